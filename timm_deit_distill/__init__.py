@@ -1,0 +1,31 @@
+"""DeiT-style distillation through attention for timm.
+
+Importing the package registers the distilled DeiT variants with timm's model registry; nothing
+else happens at import (no network, no file I/O). Heavier pieces load lazily on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import models  # noqa: F401  (registers the models with timm)
+from .models import DISTILLED_VARIANTS, PLUGIN_VARIANTS
+from .version import __version__
+
+# Public names that live in submodules, imported on first access so `import timm_deit_distill`
+# stays as cheap as registering the models.
+_LAZY = {
+    "DistillationLoss": "losses",
+    "DistillationTeacher": "teacher",
+    "DistilledStudent": "task",
+    "DeiTDistillationTask": "task",
+}
+
+__all__ = ["DISTILLED_VARIANTS", "PLUGIN_VARIANTS", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

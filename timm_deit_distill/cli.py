@@ -1,0 +1,82 @@
+"""`deit-distill`: one entry point, one subcommand per workflow.
+
+Each subcommand lives in its own module and is imported only when called, so `deit-distill models`
+does not pay for the trainer's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .version import __version__
+
+# name -> (module, help). Each module exposes ``main(argv: list[str] | None) -> int``.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("timm_deit_distill.train", "train a student (timm train.py flags + distillation flags)"),
+    "eval": ("timm_deit_distill.evaluate", "per-head accuracy and teacher agreement of a checkpoint"),
+    "cache": ("timm_deit_distill.cache_cli", "build or inspect a teacher target cache"),
+    "push": ("timm_deit_distill.hub_cli", "push a distilled student to the Hugging Face Hub"),
+    "pull": ("timm_deit_distill.hub_cli", "pull a student from the Hub, verified"),
+    "demo": ("timm_deit_distill.demo", "distil DeiT students on the bundled digits and report"),
+}
+
+
+def _models_table() -> str:
+    import timm
+    import torch
+    from timm.models._registry import model_entrypoint
+
+    from .models import DISTILLED_VARIANTS
+
+    rows = [("model", "params", "input", "classes", "pretrained weights (hub id)", "registered by")]
+    for name in DISTILLED_VARIANTS:
+        with torch.device("meta"):  # architecture only: no allocation, no init cost
+            model = timm.create_model(name)
+        cfg = model.pretrained_cfg
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        weights = cfg.get("hf_hub_id") or "none"
+        origin = "plugin" if model_entrypoint(name).__module__.startswith(__package__) else "timm"
+        size = "x".join(str(s) for s in cfg["input_size"][1:])
+        rows.append((name, f"{params:.1f}M", size, str(cfg["num_classes"]), weights, origin))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deit-distill",
+        description="DeiT-style distillation through attention for timm.",
+        epilog="Run `deit-distill SUBCOMMAND --help` for a subcommand's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub.add_parser("models", help="list the distilled DeiT variants with parameters and input size")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `deit-distill` command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        # hub_cli serves both push and pull, so it receives the subcommand name too
+        return int(module.main(argv if module.__name__.endswith("hub_cli") else argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        import timm_deit_distill  # noqa: F401  (registers the variants)
+
+        print(_models_table())
+        return 0
+    build_parser().print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
