@@ -1,0 +1,206 @@
+"""DeiT's distillation loss, numerically identical to facebookresearch/deit's ``losses.py``.
+
+Total loss ``(1 - alpha) * base + alpha * distill`` where ``distill`` is
+
+* ``'none'``: nothing, the base loss alone;
+* ``'hard'``: cross-entropy of the distillation logits against the teacher's argmax;
+* ``'soft'``: ``KL(softmax(teacher / tau) || softmax(dist / tau)) * tau**2``, summed and divided by
+  ``B * C`` with ``soft_reduction='deit'`` (DeiT's choice) or by ``B`` with ``'batchmean'`` (timm's
+  ``TokenDistillationTask`` and the textbook). The two differ by exactly the class count ``C``:
+  a ``'batchmean'`` soft term is 1000x DeiT's on ImageNet, so ``alpha`` does not transfer between them.
+
+One loss serves three training loops:
+
+* DeiT's engine: ``loss(inputs, outputs, labels)`` runs the teacher on ``inputs`` itself;
+* timm-style loops: ``loss(outputs, labels)`` with ``outputs`` a ``DistilledOutput`` from
+  :class:`timm_deit_distill.task.DistilledStudent` (it carries the teacher's logits);
+* trainers and cache replay: ``loss.from_teacher_output(outputs, labels, teacher_output)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["DistillationLoss", "DISTILLATION_TYPES", "SOFT_REDUCTIONS"]
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
+SOFT_REDUCTIONS = ("deit", "batchmean")
+
+_NOT_DISTILLED = (
+    "distillation_type={kind!r} needs the student's (cls_logits, dist_logits) pair, but the model returned "
+    "a single tensor. Use a distilled model (a '*_distilled_*' architecture such as "
+    "deit_tiny_distilled_patch16_224) in training mode with model.set_distilled_training(True), "
+    "or use distillation_type='none'."
+)
+
+
+class DistillationLoss(nn.Module):
+    """Wrap a base criterion and add DeiT's distillation term on the student's distillation head.
+
+    Args:
+        base_criterion: loss for the class head, e.g. ``nn.CrossEntropyLoss()`` or timm's
+            ``SoftTargetCrossEntropy`` when Mixup/CutMix produce soft labels.
+        teacher_model: the teacher, an ``nn.Module`` (called exactly as DeiT calls it, under
+            ``torch.no_grad()``) or a :class:`~timm_deit_distill.teacher.DistillationTeacher` (its
+            precision, normalisation and resolution settings apply). May be ``None`` when the teacher's
+            output arrives some other way (``DistilledOutput`` or :meth:`from_teacher_output`).
+        distillation_type: ``'none'``, ``'soft'`` or ``'hard'``.
+        alpha: weight of the distillation term, in ``[0, 1]``.
+        tau: softmax temperature of the soft term, ``> 0`` (ignored by ``'hard'``).
+        soft_reduction: ``'deit'`` divides the summed KL by ``B * C`` (DeiT), ``'batchmean'`` by ``B``.
+
+    After every call ``last_base_loss`` and ``last_distill_loss`` hold the two unweighted parts,
+    detached, for logging (``last_distill_loss`` is a zero tensor for ``'none'``).
+    """
+
+    def __init__(
+        self,
+        base_criterion: nn.Module | Callable[..., torch.Tensor],
+        teacher_model: nn.Module | None,
+        distillation_type: str,
+        alpha: float,
+        tau: float,
+        *,
+        soft_reduction: str = "deit",
+    ) -> None:
+        super().__init__()
+        if distillation_type not in DISTILLATION_TYPES:
+            raise ValueError(
+                f"distillation_type must be one of {DISTILLATION_TYPES}, got {distillation_type!r}.")
+        if not 0.0 <= alpha <= 1.0:  # also rejects NaN
+            raise ValueError(f"alpha must be in [0, 1] (the distillation term's weight), got {alpha!r}.")
+        if not tau > 0.0:
+            raise ValueError(f"tau must be > 0 (a softmax temperature; DeiT uses 1.0), got {tau!r}.")
+        if soft_reduction not in SOFT_REDUCTIONS:
+            raise ValueError(
+                f"soft_reduction must be one of {SOFT_REDUCTIONS} ('deit' divides by batch*classes as DeiT "
+                f"does, 'batchmean' by batch as timm does), got {soft_reduction!r}.")
+        self.base_criterion = base_criterion
+        self.teacher_model = teacher_model
+        self.distillation_type = distillation_type
+        self.alpha = float(alpha)
+        self.tau = float(tau)
+        self.soft_reduction = soft_reduction
+        self.last_base_loss: torch.Tensor | None = None
+        self.last_distill_loss: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"distillation_type={self.distillation_type!r}, alpha={self.alpha}, tau={self.tau}, "
+                f"soft_reduction={self.soft_reduction!r}")
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        """``loss(inputs, outputs, labels)`` (DeiT's engine) or ``loss(outputs, labels)`` (timm-style).
+
+        In the two-argument form ``outputs`` must carry the teacher's logits (a ``DistilledOutput``
+        from ``DistilledStudent``) unless ``distillation_type='none'``.
+        """
+        if len(args) == 3:
+            inputs, outputs, labels = args
+            return self._deit_call(inputs, outputs, labels)
+        if len(args) == 2:
+            outputs, labels = args
+            teacher_output = getattr(outputs, "teacher_logits", None)
+            if teacher_output is None and self.distillation_type != "none":
+                if isinstance(outputs, torch.Tensor):
+                    raise ValueError(_NOT_DISTILLED.format(kind=self.distillation_type))
+                raise ValueError(
+                    "loss(outputs, labels) needs outputs that carry the teacher's logits: wrap the student "
+                    "as DistilledStudent(student, teacher), or call loss(inputs, outputs, labels) so the "
+                    "loss runs the teacher itself, or loss.from_teacher_output(outputs, labels, logits).")
+            return self.from_teacher_output(outputs, labels, teacher_output)
+        raise TypeError(
+            f"DistillationLoss takes (inputs, outputs, labels) or (outputs, labels), got {len(args)} arguments.")
+
+    def _deit_call(self, inputs: torch.Tensor, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        cls_logits, dist_logits = self._split(outputs)
+        if self.distillation_type == "none":
+            return self._combine(cls_logits, None, labels, None)
+        if self.teacher_model is None:
+            raise ValueError(
+                "loss(inputs, outputs, labels) runs the teacher, but this DistillationLoss was built with "
+                "teacher_model=None: pass a teacher, or use loss.from_teacher_output(outputs, labels, logits).")
+        # Don't backprop through the teacher (DeiT's exact call for plain modules; a
+        # DistillationTeacher runs under inference_mode with its own settings).
+        with torch.no_grad():
+            teacher_output = self.teacher_model(inputs)
+        return self._combine(cls_logits, dist_logits, labels, teacher_output)
+
+    def from_teacher_output(
+        self, outputs: Any, labels: torch.Tensor, teacher_output: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The loss given the teacher's output computed elsewhere (a trainer, or the target cache).
+
+        ``outputs`` is the student's ``(cls_logits, dist_logits)``; ``teacher_output`` is float logits
+        ``(B, C)`` or, for ``'hard'`` only, int64 class indices ``(B,)``; ``None`` only for ``'none'``.
+        """
+        cls_logits, dist_logits = self._split(outputs)
+        if self.distillation_type == "none":
+            return self._combine(cls_logits, None, labels, None)
+        if teacher_output is None:
+            raise ValueError(f"distillation_type={self.distillation_type!r} needs the teacher's output, got None.")
+        return self._combine(cls_logits, dist_logits, labels, teacher_output)
+
+    def _split(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(outputs, torch.Tensor):
+            if self.distillation_type != "none":
+                raise ValueError(_NOT_DISTILLED.format(kind=self.distillation_type))
+            return outputs, None
+        # (cls, dist) from the student, or DistilledOutput(cls, dist, teacher).
+        return outputs[0], outputs[1]
+
+    def _combine(
+        self,
+        cls_logits: torch.Tensor,
+        dist_logits: torch.Tensor | None,
+        labels: torch.Tensor,
+        teacher_output: torch.Tensor | None,
+    ) -> torch.Tensor:
+        base_loss = self.base_criterion(cls_logits, labels)
+        if dist_logits is None or teacher_output is None:
+            self.last_base_loss = base_loss.detach()
+            self.last_distill_loss = torch.zeros((), device=base_loss.device, dtype=base_loss.dtype)
+            return base_loss
+        distillation_loss = self._distillation_term(dist_logits, teacher_output)
+        self.last_base_loss = base_loss.detach()
+        self.last_distill_loss = distillation_loss.detach()
+        # DeiT's exact expression and operand order, so fp32 results match bit for bit.
+        return base_loss * (1 - self.alpha) + distillation_loss * self.alpha
+
+    def _distillation_term(self, dist_logits: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
+        if teacher_output.dim() == 1:
+            if teacher_output.is_floating_point() or self.distillation_type != "hard":
+                raise ValueError(
+                    "A 1-D teacher output must be int64 class indices and is usable only with "
+                    f"distillation_type='hard'; got dtype {teacher_output.dtype} with "
+                    f"distillation_type={self.distillation_type!r}. Pass (B, C) logits for soft distillation.")
+            return F.cross_entropy(dist_logits, teacher_output)
+        if teacher_output.dtype != dist_logits.dtype:
+            # e.g. fp16 logits replayed from the cache beside fp32 student logits.
+            teacher_output = teacher_output.to(torch.promote_types(teacher_output.dtype, dist_logits.dtype))
+        if teacher_output.shape != dist_logits.shape:
+            raise ValueError(
+                f"Teacher logits {tuple(teacher_output.shape)} and student distillation logits "
+                f"{tuple(dist_logits.shape)} differ in shape: teacher and student must predict the same classes.")
+        if self.distillation_type == "hard":
+            return F.cross_entropy(dist_logits, teacher_output.argmax(dim=1))
+        T = self.tau
+        if self.soft_reduction == "deit":
+            # Summed and divided by outputs_kd.numel() = B * C, DeiT's "legacy PyTorch" reduction.
+            return F.kl_div(
+                F.log_softmax(dist_logits / T, dim=1),
+                F.log_softmax(teacher_output / T, dim=1),
+                reduction="sum",
+                log_target=True,
+            ) * (T * T) / dist_logits.numel()
+        # timm's TokenDistillationTask expression: divided by the batch size only.
+        return F.kl_div(
+            F.log_softmax(dist_logits / T, dim=-1),
+            F.log_softmax(teacher_output / T, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (T ** 2)
