@@ -234,9 +234,9 @@ def build_datasets(
     if not os.path.isdir(data_dir):
         raise DataError(f"data directory {data_dir} does not exist; fix: pass --data-dir pointing at a "
                         "folder with train/ and validation/ class folders.")
+    split_dirs = [_resolve_split(data_dir, split) for split in (train_split, val_split)]
     datasets = []
-    for split in (train_split, val_split):
-        split_dir = _resolve_split(data_dir, split)
+    for split_dir in split_dirs:
         ds = _open_split(split_dir, class_map)
         ds.skipped_files = _scan_images(ds, split_dir, skip=skip_bad_images)
         datasets.append(ds)
