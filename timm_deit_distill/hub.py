@@ -1,0 +1,316 @@
+"""Publish distilled students on the Hugging Face Hub and fetch them back, verified.
+
+What is published is what plain timm loads: ``model.safetensors`` (the student only, raw or EMA weights by
+explicit choice), a ``config.json`` written by timm's own ``save_for_hf`` that names an architecture timm
+itself registers (this package's variants are re-expressed with ``models.timm_equivalent``), and a model
+card (``model_card.py``). Uploads go through huggingface_hub's ``create_repo`` / ``upload_folder``.
+
+``pull`` resolves the revision to one commit, downloads every file at that commit with huggingface_hub's
+``snapshot_download``, then checks each file against the checksum the Hub lists for it (the LFS sha256
+for weights), because ``hf_hub_download`` checks sizes only: a bit-flipped weight file would otherwise
+load silently. Offline (``HF_HUB_OFFLINE=1``) it serves the HF cache and checks each file against the
+checksum its cache blob is named by.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .hub_export import CONFIG_NAME, WEIGHTS_NAME, HubExportError, save_pretrained
+from .version import __version__
+
+__all__ = [
+    "HubAuthError",
+    "HubExportError",
+    "HubIntegrityError",
+    "load_model",
+    "parse_repo_ref",
+    "pull",
+    "push_to_hub",
+    "resolve_token",
+    "save_pretrained",
+]
+
+_logger = logging.getLogger(__name__)
+
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+_LIBRARY = dict(library_name="timm-deit-distill", library_version=__version__)
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".tar", ".npz", ".h5")
+
+
+class HubAuthError(RuntimeError):
+    """No Hugging Face token was found for an operation that needs one."""
+
+
+class HubIntegrityError(OSError):
+    """A downloaded file does not match the checksum the Hub lists for it (the file is removed from the cache)."""
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The token to push with: ``token``, else ``HF_TOKEN``, else the stored login. Never logged."""
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise HubAuthError(
+            "No Hugging Face token found. Log in once with `hf auth login` (it stores a token), or set the "
+            "HF_TOKEN environment variable, or pass token=...; the token needs write access "
+            "(https://huggingface.co/settings/tokens).")
+    return token
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"invalid repo id {repo_id!r}: {e}") from e
+    if "/" not in repo_id:
+        raise ValueError(f"repo id {repo_id!r} needs its owner: ORG/NAME (or USER/NAME)")
+
+
+def push_to_hub(
+    model_or_checkpoint: nn.Module | Mapping[str, Any] | str | os.PathLike[str],
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    use_ema: bool | None = None,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+    endpoint: str | None = None,
+):
+    """Export a student (see ``save_pretrained``) and upload it as one commit; returns huggingface_hub's ``CommitInfo``.
+
+    The repo is created if needed (``private`` applies only then); ``revision`` names a branch, created from
+    the default branch if missing. The README is always the generated card. ``endpoint`` defaults to
+    ``HF_ENDPOINT``. Everything is checked before the first request: the token, the repo id, the weights.
+    """
+    from huggingface_hub import HfApi
+
+    _check_repo_id(repo_id)
+    if revision is not None and _COMMIT_SHA.fullmatch(revision):
+        raise ValueError(f"revision {revision!r} is a commit sha; push to a branch name")
+    token = resolve_token(token)
+    with tempfile.TemporaryDirectory(prefix="deit-distill-push-") as tmp:
+        folder = save_pretrained(
+            model_or_checkpoint, Path(tmp) / "export", repo_id=repo_id, use_ema=use_ema, model_name=model_name,
+            num_classes=num_classes, img_size=img_size, license=license, datasets=datasets, metadata=metadata)
+        facts = json.loads((folder / CONFIG_NAME).read_text())["deit_distill"]
+        api = HfApi(endpoint=endpoint, token=token, **_LIBRARY)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        message = commit_message or (f"Upload {facts['variant']} student ({facts['weights']} weights) "
+                                     "with timm-deit-distill")
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pull / load
+
+
+def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | None]:
+    """Split ``ORG/NAME@REV`` (also accepted with an ``hf-hub:`` prefix); an explicit ``revision`` must agree."""
+    repo = repo.removeprefix("hf-hub:")
+    repo_id, _, ref = repo.partition("@")
+    if ref and revision is not None and ref != revision:
+        raise ValueError(f"{repo!r} names revision {ref!r} but revision={revision!r} was also given")
+    _check_repo_id(repo_id)
+    return repo_id, (ref or revision)
+
+
+def _evict(path: Path) -> Path | None:
+    """Remove a cached file: the snapshot link and the blob it points to."""
+    blob = path.resolve() if path.is_symlink() else None
+    path.unlink(missing_ok=True)
+    if blob is not None:
+        blob.unlink(missing_ok=True)
+    return blob
+
+
+def _checksum(path: Path, kind: str) -> str:
+    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+
+    if kind == "sha256":
+        with open(path, "rb") as f:
+            return sha_fileobj(f).hex()
+    return git_hash(path.read_bytes())
+
+
+def _refuse(where: str, bad: Sequence[tuple[Path, str, str, str, str]]) -> None:
+    """Evict each mismatching file from the cache, then raise naming every one of them."""
+    lines = []
+    for path, name, kind, actual, expected in bad:
+        removed = _evict(path)
+        lines.append(f"  {name}: {kind} {actual}, the Hub lists {expected} (removed {removed or path})")
+    raise HubIntegrityError(
+        f"{where}: {len(bad)} file(s) do not match the checksums the Hub lists for them; refused:\n"
+        + "\n".join(lines) + "\nPull again to re-download them; if it fails again, the files stored on the Hub "
+        "do not match the Hub's own records: do not use this revision.")
+
+
+def _verify_against_blob_name(path: Path, name: str, where: str) -> None:
+    """Offline: a cache blob is named by the ETag the Hub served, i.e. the file's sha256 (LFS) or git sha1."""
+    blob = path.resolve()
+    if not path.is_symlink():
+        _logger.warning("%s: %s is a copy, not a link to a checksum-named blob; it cannot be verified offline",
+                        where, name)
+        return
+    kind = "sha256" if _SHA256.fullmatch(blob.name) else "git-sha1" if _COMMIT_SHA.fullmatch(blob.name) else None
+    if kind is None:
+        if name.endswith(_WEIGHT_SUFFIXES):
+            raise HubIntegrityError(f"{where}: cached {name} is stored as blob {blob.name!r}, not named by its "
+                                    "checksum, so it cannot be verified; pull it again with network access")
+        return
+    actual = _checksum(path, kind)
+    if actual != blob.name:
+        _refuse(where, [(path, name, kind, actual, blob.name)])
+
+
+def _write_ref(storage: Path, ref: str, sha: str) -> None:
+    """Record ``ref -> sha`` in the cache (refs/<ref>, no newline), as huggingface_hub does, atomically."""
+    target = storage / "refs" / ref
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_file() and target.read_text() == sha:
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(sha)
+    os.replace(tmp, target)
+
+
+def _pull_online(repo_id: str, revision: str | None, cache_dir: Path | None, token: str | None,
+                 endpoint: str | None) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+
+    api = HfApi(endpoint=endpoint, token=token, **_LIBRARY)
+    info = api.model_info(repo_id, revision=revision)  # the one revision -> commit lookup
+    sha = info.sha
+    where = f"{repo_id}@{sha}"
+    names = sorted(s.rfilename for s in info.siblings or [])
+    missing = [f for f in REQUIRED_FILES if f not in names]
+    if missing:
+        raise FileNotFoundError(f"{where} has no {', '.join(missing)}: it is not a timm model repo (files: {names})")
+    folder = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token, endpoint=endpoint,
+                                    **_LIBRARY))
+    # hf_hub_download checked sizes only; compare every file with the Hub's listing at that commit
+    # (LFS sha256 for weights, git sha1 for small files)
+    report = api.verify_repo_checksums(repo_id, revision=sha, cache_dir=folder.parents[2])
+    if report.mismatches:
+        _refuse(where, [(folder / m["path"], m["path"], m["algorithm"], m["actual"], m["expected"])
+                        for m in report.mismatches])
+    if report.missing_paths:
+        raise HubIntegrityError(f"{where}: the download lacks {report.missing_paths}; pull again")
+    if revision is None or not _COMMIT_SHA.fullmatch(revision):
+        # only now that every file checked out, so an offline pull of this branch never meets a bad snapshot
+        _write_ref(folder.parents[1], revision or "main", sha)
+    return folder
+
+
+def _pull_offline(repo_id: str, revision: str | None, cache_dir: Path | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    ref = revision or "main"
+    cache = cache_dir or constants.HF_HUB_CACHE
+    advice = (f"Pull it once with network access (`deit-distill pull {repo_id}"
+              f"{'@' + revision if revision else ''}`), or unset HF_HUB_OFFLINE.")
+    try:
+        folder = Path(snapshot_download(repo_id, revision=ref, cache_dir=cache_dir, local_files_only=True))
+    except LocalEntryNotFoundError as e:
+        raise LocalEntryNotFoundError(
+            f"HF_HUB_OFFLINE is set and {repo_id}@{ref} is not in the Hub cache ({cache}): {e} {advice}") from e
+    missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
+    if missing:
+        raise LocalEntryNotFoundError(
+            f"HF_HUB_OFFLINE is set and the cached snapshot of {repo_id}@{ref} ({folder}) lacks "
+            f"{', '.join(missing)}. {advice}")
+    where = f"{repo_id}@{folder.name}"
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _verify_against_blob_name(path, path.relative_to(folder).as_posix(), where)
+    return folder
+
+
+def _copy_out(folder: Path, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(p for p in folder.rglob("*") if p.is_file()):
+        dst = out_dir / src.relative_to(folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+        os.close(fd)
+        shutil.copyfile(src, tmp)  # follows the cache's symlinks
+        os.replace(tmp, dst)
+    return out_dir
+
+
+def pull(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download every file of ``repo_id`` at one commit, verified; returns the snapshot folder (or ``out_dir``).
+
+    ``repo_id`` may carry ``@REV``. Online, the revision is resolved to a commit sha once and each file is
+    checked against the Hub's listing (LFS sha256 for weights, git sha1 for small files); a mismatch raises
+    ``HubIntegrityError`` and removes the file from the cache. With ``HF_HUB_OFFLINE=1`` the HF cache is
+    served, each file checked against its checksum-named blob; a missing file raises huggingface_hub's
+    ``LocalEntryNotFoundError`` naming it. ``out_dir`` receives plain copies of the verified files.
+    """
+    from huggingface_hub import constants
+
+    repo_id, revision = parse_repo_ref(repo_id, revision)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if constants.HF_HUB_OFFLINE:
+        folder = _pull_offline(repo_id, revision, cache)
+    else:
+        folder = _pull_online(repo_id, revision, cache, token, endpoint)
+    return _copy_out(folder, Path(out_dir)) if out_dir is not None else folder
+
+
+def load_model(
+    source: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    **create_kwargs: Any,
+) -> nn.Module:
+    """A published student in eval mode, from a folder (``local-dir:PATH`` or an existing directory) or a
+    repo id (``ORG/NAME[@REV]``, pulled and verified first). Built by timm from the folder's config.json."""
+    import timm
+
+    text = os.fspath(source)
+    if text.startswith("local-dir:"):
+        folder = Path(text.removeprefix("local-dir:"))
+    elif Path(text).is_dir():
+        folder = Path(text)
+    else:
+        folder = pull(text, revision=revision, cache_dir=cache_dir, token=token, endpoint=endpoint)
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; is it a folder written by save_pretrained or pull?")
+    return timm.create_model(f"local-dir:{folder}", pretrained=True, **create_kwargs).eval()

@@ -1,0 +1,430 @@
+"""Export a distilled student as a folder plain timm loads: weights, config.json and a model card.
+
+The student comes from a checkpoint the trainer wrote (timm's CheckpointSaver format plus the
+``deit_distill`` metadata key, with ``summary.csv`` / ``args.yaml`` beside it), a bare state dict, or a timm
+model. It is rebuilt (on the meta device, so at no initialisation cost) under an architecture timm itself
+registers, this package's variants re-expressed with ``models.timm_equivalent``, and the weights are
+adopted strictly: a checkpoint that would not load in plain timm fails here, with the flag that fixes it.
+timm's own ``save_for_hf`` then writes ``model.safetensors`` and ``config.json``; the source-checkpoint
+fields it carries over from the registry cfg (a stale ``tag``, ``notes``) are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .model_card import CardFacts, build_model_card, read_summary_csv
+from .version import __version__
+
+__all__ = ["HubExportError", "plain_timm_architecture", "save_pretrained", "WEIGHTS_NAME", "CONFIG_NAME",
+           "CARD_NAME"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+# pretrained_cfg fields that describe where a *source* checkpoint came from; none of them is true of an export
+_STALE_CFG_KEYS = ("tag", "notes", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "state_dict")
+_DATA_KEYS = ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
+
+
+class HubExportError(ValueError):
+    """The checkpoint or model cannot be exported as asked; the message names the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What is exported: the student's weights and the facts about them.
+
+
+@dataclass
+class _Student:
+    state_dict: dict[str, torch.Tensor]
+    variant: str
+    model_kwargs: dict[str, Any]
+    weights: str  # 'raw' | 'ema' | 'module'
+    data_config: dict[str, Any] = field(default_factory=dict)  # only the keys the source states
+    label_names: list[str] | None = None
+    distill: dict[str, Any] | None = None
+    recipe: str | None = None
+    train_args: dict[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+    source_file: str | None = None
+    source_sha256: str | None = None
+    summary_rows: list[dict[str, str]] = field(default_factory=list)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _file_sha256(path: Path) -> str:
+    from huggingface_hub.utils.sha import sha_fileobj
+
+    with open(path, "rb") as f:
+        return sha_fileobj(f).hex()
+
+
+def _load_checkpoint_file(path: Path) -> Mapping[str, Any]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {"state_dict": load_file(path)}
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors come in many types; all mean the same thing here
+        raise HubExportError(
+            f"{path} could not be read with torch.load(weights_only=True): {e}. Save the student's state dict "
+            "alone (torch.save(model.state_dict(), PATH)) or as .safetensors and pass --model."
+        ) from e
+    if not isinstance(obj, Mapping):
+        raise HubExportError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
+    return obj
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _pick_weights(ckpt: Mapping[str, Any], use_ema: bool | None, name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The raw or EMA state dict, chosen explicitly whenever the checkpoint holds both."""
+    from timm.models import clean_state_dict
+
+    raw_key = next((k for k in ("state_dict", "model") if _is_state_dict(ckpt.get(k))), None)
+    ema_key = next((k for k in ("state_dict_ema", "model_ema") if _is_state_dict(ckpt.get(k))), None)
+    if raw_key is None and ema_key is None:
+        raise HubExportError(
+            f"{name} holds no state dict (keys: {sorted(map(str, ckpt))[:12]}); expected a timm checkpoint "
+            "('state_dict', optional 'state_dict_ema'), a DeiT checkpoint ('model') or a bare state dict")
+    if use_ema is None and raw_key and ema_key:
+        raise HubExportError(
+            f"{name} holds both raw weights ('{raw_key}') and EMA weights ('{ema_key}'); choose which to "
+            "publish with --use-ema or --no-ema (use_ema=True / use_ema=False)")
+    if use_ema and ema_key is None:
+        raise HubExportError(f"{name} holds no EMA weights (no 'state_dict_ema'); drop --use-ema (use_ema)")
+    if use_ema is False and raw_key is None:
+        raise HubExportError(f"{name} holds only EMA weights ('{ema_key}'); pass --use-ema (use_ema=True)")
+    key = ema_key if (use_ema or raw_key is None) else raw_key
+    return clean_state_dict(dict(ckpt[key])), ("ema" if key == ema_key else "raw")
+
+
+def _student_from_checkpoint(
+    ckpt: Mapping[str, Any],
+    *,
+    source: Path | None,
+    use_ema: bool | None,
+    model_name: str | None,
+    num_classes: int | None,
+    img_size: int | None,
+) -> _Student:
+    from timm.models import is_model
+
+    name = source.name if source is not None else "the checkpoint"
+    if _is_state_dict(ckpt):
+        ckpt = {"state_dict": ckpt}
+    state_dict, weights = _pick_weights(ckpt, use_ema, name)
+    meta = ckpt.get("deit_distill") or {}
+    args = ckpt.get("args")
+    train_args: dict[str, Any] = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
+    if not train_args and source is not None and (source.parent / "args.yaml").is_file():
+        import yaml
+
+        train_args = yaml.safe_load((source.parent / "args.yaml").read_text()) or {}
+
+    arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), str) and is_model(ckpt.get("arch")) else None
+    variant = model_name or meta.get("model") or arch or train_args.get("model")
+    if not variant:
+        raise HubExportError(f"{name} does not name its architecture; pass --model NAME (model_name=...)")
+
+    if meta:
+        model_kwargs = dict(meta.get("model_kwargs") or {})
+        data_config = {k: v for k, v in (meta.get("pretrained_cfg") or {}).items() if k in _DATA_KEYS}
+    else:  # a plain timm checkpoint: its args are what train.py passed to create_model / the data pipeline
+        model_kwargs = dict(train_args.get("model_kwargs") or {})
+        for key in ("num_classes", "in_chans"):
+            if train_args.get(key) is not None:
+                model_kwargs[key] = train_args[key]
+        data_config = {k: train_args[k] for k in ("mean", "std", "crop_pct", "interpolation") if train_args.get(k)}
+    if num_classes is not None:
+        model_kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        model_kwargs["img_size"] = img_size
+        data_config.pop("input_size", None)
+
+    summary = source.parent / "summary.csv" if source is not None else None
+    epoch = ckpt.get("epoch")
+    return _Student(
+        state_dict=state_dict,
+        variant=str(variant),
+        model_kwargs=model_kwargs,
+        weights=weights,
+        data_config=data_config,
+        label_names=list(meta["label_names"]) if meta.get("label_names") else None,
+        distill=_jsonable(meta.get("distill")),
+        recipe=meta.get("recipe"),
+        train_args=_jsonable(train_args),
+        epoch=int(epoch) if isinstance(epoch, int) else None,
+        source_file=source.name if source is not None else None,
+        source_sha256=_file_sha256(source) if source is not None else None,
+        summary_rows=read_summary_csv(summary) if summary is not None and summary.is_file() else [],
+    )
+
+
+def _student_from_module(model: nn.Module, *, use_ema: bool | None, metadata: Mapping[str, Any] | None) -> _Student:
+    from timm.models import get_model_args, get_model_input_config
+    from timm.utils import unwrap_model
+
+    if use_ema is not None:
+        raise HubExportError(
+            "use_ema chooses between the weights of a checkpoint file; for an in-memory model pass the "
+            "module whose weights you want to publish (e.g. the EMA model) and leave use_ema unset")
+    model = unwrap_model(model)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if "architecture" not in cfg:
+        raise HubExportError(
+            f"{type(model).__name__} has no pretrained_cfg['architecture']: build it with timm.create_model, "
+            "or export a checkpoint file instead")
+    meta = dict(metadata or {})
+    data_config = {k: cfg[k] for k in _DATA_KEYS if cfg.get(k) is not None}
+    data_config["input_size"] = get_model_input_config(model)["input_size"]
+    data_config.update({k: v for k, v in (meta.get("pretrained_cfg") or {}).items() if k in _DATA_KEYS})
+    labels = meta.get("label_names") or cfg.get("label_names")
+    return _Student(
+        state_dict=dict(model.state_dict()),
+        variant=meta.get("model") or cfg["architecture"],
+        model_kwargs=dict(get_model_args(model), **(meta.get("model_kwargs") or {})),
+        weights="module",
+        data_config=data_config,
+        label_names=list(labels) if labels else None,
+        distill=_jsonable(meta.get("distill")),
+        recipe=meta.get("recipe"),
+    )
+
+
+def _read_student(
+    model_or_checkpoint: nn.Module | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    use_ema: bool | None,
+    model_name: str | None,
+    num_classes: int | None,
+    img_size: int | None,
+    metadata: Mapping[str, Any] | None,
+) -> _Student:
+    if isinstance(model_or_checkpoint, nn.Module):
+        return _student_from_module(model_or_checkpoint, use_ema=use_ema, metadata=metadata)
+    options = dict(use_ema=use_ema, model_name=model_name, num_classes=num_classes, img_size=img_size)
+    if isinstance(model_or_checkpoint, Mapping):
+        return _student_from_checkpoint(model_or_checkpoint, source=None, **options)
+    path = Path(model_or_checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    return _student_from_checkpoint(_load_checkpoint_file(path), source=path, **options)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building the student the way plain timm will, so a mismatch is found before anything is written.
+
+
+def plain_timm_architecture(variant: str, model_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The architecture timm itself registers, and the model args that build ``variant`` with it."""
+    from timm.models import is_model
+    from timm.models._registry import model_entrypoint
+
+    from .models import VARIANT_ARGS, timm_equivalent
+
+    if variant in VARIANT_ARGS:
+        return timm_equivalent(variant, **model_kwargs)
+    if not is_model(variant):
+        raise HubExportError(f"{variant!r} is not a model timm knows; pass the architecture with --model NAME")
+    module = model_entrypoint(variant).__module__
+    if not module.startswith("timm."):
+        raise HubExportError(
+            f"{variant!r} is registered by {module}, which plain timm lacks, so the published model could not "
+            "be loaded without it; publish a timm architecture or one of this package's distilled variants")
+    return variant, dict(model_kwargs)
+
+
+def _fit_hints(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    hints = []
+    head = state_dict.get("head.weight")
+    if head is not None and getattr(model, "num_classes", None) != head.shape[0]:
+        hints.append(f"the weights' head has {head.shape[0]} classes: pass --num-classes {head.shape[0]}")
+    pos, proj = state_dict.get("pos_embed"), state_dict.get("patch_embed.proj.weight")
+    model_pos = getattr(model, "pos_embed", None)
+    if pos is not None and proj is not None and model_pos is not None and pos.shape != model_pos.shape:
+        grid = math.isqrt(pos.shape[1] - getattr(model, "num_prefix_tokens", 0))
+        hints.append(f"the weights' position embedding fits {grid * proj.shape[-1]}px images: "
+                     f"pass --img-size {grid * proj.shape[-1]}")
+    return hints
+
+
+def _build_plain_model(arch: str, model_args: Mapping[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Build ``arch`` on the meta device and adopt the weights: a strict check at no initialisation cost."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, **model_args)
+    except TypeError as e:
+        raise HubExportError(f"timm cannot build {arch} with {dict(model_args)}: {e}") from e
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        problems = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                    f"shape (weights vs model) {wrong[:3]}" if wrong else ""]
+        hints = _fit_hints(model, state_dict) or ["check --model, --num-classes and --img-size"]
+        raise HubExportError(f"the weights do not fit {arch} built with {dict(model_args)}: "
+                             f"{'; '.join(p for p in problems if p)}. Fix: {'; '.join(hints)}")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()
+
+
+def _data_config(student: _Student) -> dict[str, Any]:
+    """Preprocessing to publish: the variant's own cfg, overridden by what the checkpoint states."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(student.variant)
+    base = {k: getattr(cfg, k) for k in _DATA_KEYS if cfg is not None and k != "input_size"}
+    return {k: v for k, v in dict(base, **student.data_config).items() if v is not None}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# save_pretrained / push_to_hub
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give staged files the permissions a plain write would (mkdtemp and some writers use 0o700/0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _replace_dir_contents(staging: Path, directory: Path) -> None:
+    """Move every file of ``staging`` into ``directory``, each replaced atomically (same filesystem)."""
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
+        if directory.exists():
+            directory.rmdir()
+        os.replace(staging, directory)  # whole folder at once
+        return
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory} exists and is not a directory")
+    # weights first, card last: a reader never sees a card describing weights that are not there yet
+    order = {WEIGHTS_NAME: 0, CONFIG_NAME: 1, CARD_NAME: 2}
+    for f in sorted(staging.iterdir(), key=lambda p: order.get(p.name, 1)):
+        os.replace(f, directory / f.name)
+    staging.rmdir()
+
+
+def _export(
+    model_or_checkpoint: nn.Module | Mapping[str, Any] | str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    *,
+    repo_id: str | None,
+    use_ema: bool | None,
+    model_name: str | None,
+    num_classes: int | None,
+    img_size: int | None,
+    license: str,
+    datasets: Sequence[str],
+    metadata: Mapping[str, Any] | None,
+) -> tuple[Path, _Student]:
+    from timm.models import save_for_hf
+
+    student = _read_student(model_or_checkpoint, use_ema=use_ema, model_name=model_name,
+                            num_classes=num_classes, img_size=img_size, metadata=metadata)
+    arch, model_args = plain_timm_architecture(student.variant, student.model_kwargs)
+    model = _build_plain_model(arch, model_args, student.state_dict)
+    if student.label_names is not None and len(student.label_names) != model.num_classes:
+        raise HubExportError(f"{len(student.label_names)} label names for a {model.num_classes}-class model; "
+                             "the checkpoint's label_names and num_classes disagree")
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-"))
+    try:
+        try:
+            save_for_hf(model, staging, model_config={"label_names": student.label_names} if student.label_names
+                        else None, data_config=_data_config(student), safe_serialization=True)
+        except ValueError as e:  # timm's own consistency checks, e.g. an input size the model cannot take
+            raise HubExportError(f"timm refused the export of {arch}: {e}") from e
+        config = json.loads((staging / CONFIG_NAME).read_text())
+        pretrained_cfg = config["pretrained_cfg"]
+        for key in _STALE_CFG_KEYS:
+            pretrained_cfg.pop(key, None)
+        pretrained_cfg["license"] = license
+        config["deit_distill"] = {  # provenance for readers; timm ignores unknown top-level keys
+            "variant": student.variant,
+            "weights": student.weights,
+            "epoch": student.epoch,
+            "distill": student.distill,
+            "recipe": student.recipe,
+            "source": {"file": student.source_file, "sha256": student.source_sha256},
+            "exported_by": f"timm-deit-distill {__version__}",
+        }
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        facts = CardFacts(
+            variant=student.variant, timm_architecture=arch, model_args=config.get("model_args", model_args),
+            num_params=sum(p.numel() for p in model.parameters()), num_classes=model.num_classes,
+            data_config=pretrained_cfg, weights=student.weights, repo_id=repo_id,
+            label_names=student.label_names, epoch=student.epoch, distill=student.distill, recipe=student.recipe,
+            train_args=student.train_args, summary_rows=student.summary_rows, source_file=student.source_file,
+            source_sha256=student.source_sha256, license=license, datasets=tuple(datasets),
+        )
+        (staging / CARD_NAME).write_text(build_model_card(facts), encoding="utf-8")
+        _apply_umask(staging)
+        _replace_dir_contents(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory, student
+
+
+def save_pretrained(
+    model_or_checkpoint: nn.Module | Mapping[str, Any] | str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    *,
+    use_ema: bool | None = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    license: str = "apache-2.0",
+    datasets: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a student into ``directory``.
+
+    ``model_or_checkpoint`` is a checkpoint file the trainer wrote (timm format with ``deit_distill``
+    metadata; ``summary.csv`` and ``args.yaml`` beside it feed the card), a bare state dict file
+    (``.pth`` or ``.safetensors``; give ``model_name`` and, if not the variant's defaults, ``num_classes`` /
+    ``img_size``), a loaded checkpoint dict, or a timm model (``metadata`` may carry the ``deit_distill``
+    facts). ``use_ema`` must be given when the checkpoint holds both raw and EMA weights. ``repo_id`` only
+    names the model in the card. Files are written into a staging folder and moved in atomically.
+    """
+    path, _ = _export(model_or_checkpoint, directory, repo_id=repo_id, use_ema=use_ema, model_name=model_name,
+                      num_classes=num_classes, img_size=img_size, license=license, datasets=datasets,
+                      metadata=metadata)
+    return path
+
+

@@ -1,0 +1,254 @@
+"""The model card (README.md) pushed beside a distilled student.
+
+timm's own ``generate_readme`` knows nothing about distillation, so this card records what a reader needs
+to trust and reproduce a student: the architecture plain timm builds, the teacher (name, tag, hub id or
+checkpoint sha256, its accuracy), the distillation type / alpha / tau / reduction, the key recipe settings
+and the results the run logged in ``summary.csv`` for the very epoch whose weights are published.
+The YAML front matter is written by huggingface_hub's ``ModelCardData``, so the Hub parses what it expects.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCardData
+
+__all__ = ["CardFacts", "read_summary_csv", "build_model_card", "RESULT_COLUMNS", "RECIPE_KEYS"]
+
+# summary.csv column -> label. Teacher columns are accepted with or without timm's 'eval_' prefix.
+RESULT_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("eval_top1",), "top-1, fused heads (average of class and distillation heads)"),
+    (("eval_top1_cls",), "top-1, class-token head"),
+    (("eval_top1_dist",), "top-1, distillation-token head"),
+    (("eval_top5",), "top-5, fused heads"),
+    (("eval_top1_ema",), "top-1, EMA weights"),
+    (("teacher_top1", "eval_teacher_top1"), "teacher top-1 on the same evaluation set"),
+    (("teacher_agreement", "eval_teacher_agreement"), "student-teacher agreement"),
+    (("eval_loss",), "evaluation loss"),
+)
+
+# Training arguments (timm train.py names) worth a reader's attention, in display order.
+RECIPE_KEYS: tuple[str, ...] = (
+    "epochs", "batch_size", "opt", "lr", "min_lr", "weight_decay", "sched", "warmup_epochs", "warmup_lr",
+    "smoothing", "mixup", "cutmix", "mixup_prob", "aa", "reprob", "aug_repeats", "drop_path", "model_ema",
+    "model_ema_decay", "amp", "seed", "img_size", "input_size", "dataset", "train_split", "val_split",
+)
+
+_TAGS = ["image-classification", "timm", "deit", "vision-transformer", "knowledge-distillation"]
+
+_CITATION = """@InProceedings{pmlr-v139-touvron21a,
+  title     = {Training data-efficient image transformers & distillation through attention},
+  author    = {Touvron, Hugo and Cord, Matthieu and Douze, Matthijs and Massa, Francisco and Sablayrolles, Alexandre and Jegou, Herve},
+  booktitle = {Proceedings of the 38th International Conference on Machine Learning},
+  pages     = {10347--10357},
+  year      = {2021},
+  volume    = {139},
+  series    = {Proceedings of Machine Learning Research},
+  publisher = {PMLR}
+}"""
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything the card states; every field comes from the checkpoint, its run directory or the export."""
+
+    variant: str  # the name the student was trained under
+    timm_architecture: str  # the name plain timm builds it with
+    model_args: Mapping[str, Any]
+    num_params: int
+    num_classes: int
+    data_config: Mapping[str, Any]  # input_size, mean, std, crop_pct, interpolation
+    weights: str  # 'raw', 'ema' or 'module' (an in-memory model as given)
+    repo_id: str | None = None
+    label_names: Sequence[str] | None = None
+    epoch: int | None = None
+    distill: Mapping[str, Any] | None = None  # the checkpoint's deit_distill['distill']
+    recipe: str | None = None
+    train_args: Mapping[str, Any] = field(default_factory=dict)
+    summary_rows: Sequence[Mapping[str, str]] = ()
+    source_file: str | None = None
+    source_sha256: str | None = None
+    license: str = "apache-2.0"
+    datasets: Sequence[str] = ()
+
+
+def read_summary_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a timm ``summary.csv`` as dicts (values kept as the strings the run wrote)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [dict(row) for row in csv.DictReader(f)]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    if isinstance(value, str):
+        try:  # summary.csv values arrive as strings
+            return f"{float(value):.2f}" if value.strip() not in ("", "nan") else "n/a"
+        except ValueError:
+            return value
+    return str(value)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _row_epoch(row: Mapping[str, str]) -> int | None:
+    try:
+        return int(float(row.get("epoch", "")))
+    except ValueError:
+        return None
+
+
+def _column(row: Mapping[str, str], names: Sequence[str]) -> str | None:
+    for name in names:
+        value = row.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def _published_row(facts: CardFacts) -> tuple[Mapping[str, str] | None, str]:
+    """The summary row that describes the published weights, and a sentence saying which it is."""
+    rows = list(facts.summary_rows)
+    if not rows:
+        return None, ""
+    if facts.epoch is not None:
+        for row in rows:
+            if _row_epoch(row) == facts.epoch:
+                return row, f"Epoch {facts.epoch}, the epoch these weights were saved at."
+    row = rows[-1]
+    return row, (f"Last logged epoch ({row.get('epoch', '?')}); the checkpoint does not say which epoch its "
+                 "weights are from.")
+
+
+def _teacher_section(distill: Mapping[str, Any], published: Mapping[str, str] | None) -> list[tuple[str, Any]]:
+    desc = distill.get("teacher_description") or {}
+    rows: list[tuple[str, Any]] = []
+    name = desc.get("name") or distill.get("teacher")
+    if name:
+        tag = desc.get("tag")
+        rows.append(("teacher", f"`{name}.{tag}`" if tag and "." not in str(name) else f"`{name}`"))
+    if desc.get("hub_id"):
+        rows.append(("teacher hub id", f"`{desc['hub_id']}`"))
+    if desc.get("file"):
+        rows.append(("teacher checkpoint", f"`{Path(str(desc['file'])).name}`"))
+    if desc.get("sha256"):
+        rows.append(("teacher weights sha256", f"`{desc['sha256']}`"))
+    for key in ("num_classes", "input_size", "precision"):
+        if desc.get(key) is not None:
+            rows.append((f"teacher {key.replace('_', ' ')}", _fmt(desc[key])))
+    if published is not None:
+        top1 = _column(published, RESULT_COLUMNS[5][0])
+        if top1 is not None:
+            rows.append(("teacher top-1 (this run's evaluation set)", _fmt(top1)))
+    return rows
+
+
+def build_model_card(facts: CardFacts) -> str:
+    """The README.md text: YAML front matter, then the architecture, teacher, recipe, results and usage."""
+    distill = dict(facts.distill or {})
+    dtype = distill.get("type")
+    tags = list(_TAGS) + ([f"distillation-{dtype}"] if dtype and dtype != "none" else [])
+    data = ModelCardData(
+        library_name="timm",
+        license=facts.license,
+        tags=tags,
+        datasets=list(facts.datasets) or None,
+        pipeline_tag="image-classification",
+    )
+    name = facts.repo_id or facts.variant
+    published, published_note = _published_row(facts)
+    size = "x".join(str(s) for s in facts.data_config.get("input_size", ())[1:])
+    out: list[str] = [f"---\n{data.to_yaml()}\n---", f"# {name}", ""]
+
+    teacher = distill.get("teacher") or (distill.get("teacher_description") or {}).get("name")
+    if dtype and dtype != "none":
+        out.append(f"A DeiT student (`{facts.variant}`) trained with **{dtype}** distillation through attention "
+                   f"from the teacher `{teacher}`, published by timm-deit-distill. It loads with plain timm.")
+    else:
+        out.append(f"A DeiT model (`{facts.variant}`) trained without a teacher, published by timm-deit-distill. "
+                   "It loads with plain timm.")
+
+    out += ["", "## Model details", ""]
+    args_text = ", ".join(f"{k}={_fmt(v)}" for k, v in facts.model_args.items())
+    details: list[tuple[str, Any]] = [
+        ("architecture (as trained)", f"`{facts.variant}`"),
+        ("architecture (plain timm)", f"`{facts.timm_architecture}` with `{args_text}`"),
+        ("parameters", f"{facts.num_params / 1e6:.2f} M"),
+        ("classes", facts.num_classes),
+        ("input size", f"{size} ({facts.data_config.get('interpolation', '?')}, "
+                       f"crop_pct {_fmt(facts.data_config.get('crop_pct'))})"),
+        ("normalisation", f"mean {_fmt(facts.data_config.get('mean'))}, std {_fmt(facts.data_config.get('std'))}"),
+        ("published weights", {"ema": "EMA weights (`state_dict_ema`)", "raw": "raw weights (`state_dict`)",
+                               "module": "the in-memory model as given"}.get(facts.weights, facts.weights)),
+    ]
+    if facts.epoch is not None:
+        details.append(("epoch", facts.epoch))
+    if facts.source_file:
+        src = f"`{facts.source_file}`" + (f" (sha256 `{facts.source_sha256}`)" if facts.source_sha256 else "")
+        details.append(("source checkpoint", src))
+    if facts.label_names:
+        shown = ", ".join(str(n) for n in list(facts.label_names)[:20])
+        more = f", ... ({len(facts.label_names)} in all)" if len(facts.label_names) > 20 else ""
+        details.append(("labels", shown + more))
+    out.append(_table(details))
+
+    out += ["", "## Distillation", ""]
+    if dtype and dtype != "none":
+        rows = _teacher_section(distill, published)
+        rows += [("distillation type", dtype), ("alpha", _fmt(distill.get("alpha"))),
+                 ("tau", _fmt(distill.get("tau"))), ("soft-loss reduction", distill.get("soft_reduction", "n/a"))]
+        out.append(_table(rows))
+    else:
+        out.append("None: trained on labels only.")
+
+    recipe_rows = [(k, _fmt(facts.train_args[k])) for k in RECIPE_KEYS
+                   if facts.train_args.get(k) not in (None, "", [], ())]
+    out += ["", "## Training recipe", ""]
+    if facts.recipe:
+        out.append(f"Recipe preset: `{facts.recipe}`.\n")
+    out.append(_table(recipe_rows) if recipe_rows else "The checkpoint records no training arguments.")
+
+    out += ["", "## Results", ""]
+    if published is None:
+        out.append("No `summary.csv` was found beside the checkpoint, so no results are stated.")
+    else:
+        rows = [(label, _fmt(v)) for names, label in RESULT_COLUMNS
+                if (v := _column(published, names)) is not None]
+        out += [f"From the run's `summary.csv`. {published_note}", "", _table(rows)]
+        if facts.weights == "ema":
+            out += ["", "The published weights are the EMA weights: the EMA row is their accuracy."]
+        best = max(facts.summary_rows, key=lambda r: float(r.get("eval_top1") or "-inf"), default=None)
+        if best is not None and best.get("eval_top1") and best is not published:
+            out += ["", f"Best fused top-1 during the run: {_fmt(best['eval_top1'])} at epoch {best.get('epoch')}."]
+
+    hub_name = f"hf-hub:{facts.repo_id}" if facts.repo_id else "local-dir:PATH/TO/THIS/FOLDER"
+    out += ["", "## Usage", "", "Plain timm is enough; this package is not needed to load the model.", "",
+            "```python", "import timm", "import torch", "",
+            f'model = timm.create_model("{hub_name}", pretrained=True).eval()',
+            "config = timm.data.resolve_data_config({}, model=model)",
+            "transform = timm.data.create_transform(**config)",
+            "with torch.inference_mode():",
+            "    probs = model(transform(image).unsqueeze(0)).softmax(-1)  # image: a PIL image",
+            "```", "",
+            "In eval mode the model returns the average of its class-token and distillation-token heads."]
+    if facts.repo_id:
+        out += ["To download with every file checked against the sha256 the Hub lists for it:", "",
+                "```bash", f"deit-distill pull {facts.repo_id}", "```"]
+    out += ["", "## Citation", "", "```bibtex", _CITATION, "```", ""]
+    return "\n".join(out)
+
