@@ -1,0 +1,668 @@
+"""`deit-distill train`'s command line: timm train.py's flags, DeiT's recipes, one set of distillation settings.
+
+Layers, lowest first: timm train.py's defaults < ``--recipe`` YAML < ``-c/--config`` YAML < the command line.
+A timm flag this trainer does not implement is still parsed (so timm command lines and timm's own
+``args.yaml`` files read), but any value other than timm's default is refused by name.
+
+Distillation has three spellings that resolve to one setting each (``distill_*``):
+
+=====================  ==========================  ==============================================
+this package           facebookresearch/deit       timm train.py
+=====================  ==========================  ==============================================
+--distill-teacher      --teacher-model             --kd-model-name (with --kd-distill-type token)
+--distill-teacher-path --teacher-path              (none)
+--distill-type         --distillation-type         --kd-token-distill-type
+--distill-alpha        --distillation-alpha        1 - --task-loss-weight
+--distill-tau          --distillation-tau          --kd-temperature
+=====================  ==========================  ==============================================
+
+When the teacher is named with timm's ``--kd-model-name``, the unset settings take timm's defaults
+(soft, temperature 4.0, ``batchmean`` soft reduction) so a timm command line computes timm's loss terms;
+with the other spellings they take DeiT's (hard when a teacher is given, tau 1.0, DeiT's reduction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import yaml
+from timm.utils import ParseKwargs
+
+__all__ = [
+    "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
+    "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS",
+]
+
+DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
+                "distill_soft_reduction")
+
+
+class UsageError(ValueError):
+    """A setting that cannot work; the message names the problem and the fix. Exit code 2, no traceback."""
+
+
+# --------------------------------------------------------------------------------------------------
+# timm train.py flags this trainer parses but does not implement. (flags, argparse kwargs, why/what instead)
+# --------------------------------------------------------------------------------------------------
+_F, _I, _S = float, int, str
+UNSUPPORTED_TIMM_FLAGS: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
+    (("--train-num-samples",), dict(type=_I, default=None), "it sizes iterable (tfds/wds) datasets; only image folders are read"),
+    (("--val-num-samples",), dict(type=_I, default=None), "it sizes iterable (tfds/wds) datasets; only image folders are read"),
+    (("--dataset-download",), dict(action="store_true", default=False), "only local image folders are read"),
+    (("--input-img-mode",), dict(type=_S, default=None), "images are read as RGB (or L for 1-channel models)"),
+    (("--input-key",), dict(type=_S, default=None), "it applies to hfds/wds datasets; only image folders are read"),
+    (("--target-key",), dict(type=_S, default=None), "it applies to hfds/wds datasets; only image folders are read"),
+    (("--dataset-trust-remote-code",), dict(action="store_true", default=False), "no remote dataset code is ever run"),
+    (("--fuser",), dict(type=_S, default=""), "TorchScript fusers are not used; try --torchcompile"),
+    (("--torchscript",), dict(action="store_true", default=False), "TorchScript is not used; try --torchcompile"),
+    (("--model-dtype",), dict(type=_S, default=None), "use --amp --amp-dtype bfloat16 for low-precision training"),
+    (("--epoch-repeats",), dict(type=_F, default=0.0), "it needs timm's multi-epoch loader"),
+    (("--aug-splits",), dict(type=_I, default=0), "AugMix splits / JSD loss are not part of DeiT's recipe"),
+    (("--jsd-loss",), dict(action="store_true", default=False), "AugMix splits / JSD loss are not part of DeiT's recipe"),
+    (("--resplit",), dict(action="store_true", default=False), "it only applies with --aug-splits"),
+    (("--bce-loss",), dict(action="store_true", default=False), "the base loss is cross-entropy as in DeiT"),
+    (("--bce-sum",), dict(action="store_true", default=False), "the base loss is cross-entropy as in DeiT"),
+    (("--bce-target-thresh",), dict(type=_F, default=None), "the base loss is cross-entropy as in DeiT"),
+    (("--bce-pos-weight",), dict(type=_F, default=None), "the base loss is cross-entropy as in DeiT"),
+    (("--split-bn",), dict(action="store_true", default=False), "it only applies with --aug-splits"),
+    (("--worker-seeding",), dict(type=_S, default="all"), "worker seeding is fixed so views are reproducible"),
+    (("--recovery-interval",), dict(type=_I, default=0), "checkpoints are written at epoch ends, where --resume is exact"),
+    (("--save-images",), dict(action="store_true", default=False), "training batches are not saved"),
+    (("--tta",), dict(type=_I, default=0), "test-time augmentation is not implemented"),
+    (("--use-multi-epochs-loader",), dict(action="store_true", default=False), "the loader comes from timm_deit_distill.data"),
+    (("--log-wandb",), dict(action="store_true", default=False), "metrics go to summary.csv and curves.png"),
+    (("--wandb-project",), dict(type=_S, default=None), "metrics go to summary.csv and curves.png"),
+    (("--wandb-tags",), dict(type=_S, nargs="+", default=[]), "metrics go to summary.csv and curves.png"),
+    (("--wandb-resume-id",), dict(type=_S, default=""), "metrics go to summary.csv and curves.png"),
+    (("--train-img-sizes",), dict(type=_I, nargs="+", default=None), "variable-resolution batches are not implemented"),
+    (("--train-batch-sizes",), dict(type=_I, nargs="+", default=None), "variable-resolution batches are not implemented"),
+    (("--train-size-probs",), dict(type=_F, nargs="+", default=None), "variable-resolution batches are not implemented"),
+    (("--train-size-schedule",), dict(type=_S, default="constant"), "variable-resolution batches are not implemented"),
+    (("--train-size-schedule-spread",), dict(type=_F, default=0.65), "variable-resolution batches are not implemented"),
+    (("--train-size-random-mix",), dict(type=_F, default=0.1), "variable-resolution batches are not implemented"),
+    (("--train-batches-per-epoch", "--train-steps-per-epoch"), dict(type=_I, default=None), "an epoch is one pass over the (repeated) dataset"),
+    (("--variable-batch-loss-scale",), dict(type=_S, default="none"), "variable-resolution batches are not implemented"),
+    (("--naflex-loader",), dict(action="store_true", default=False), "NaFlex models are not DeiT students"),
+    (("--naflex-train-seq-lens",), dict(type=_I, nargs="+", default=[128, 256, 576, 784, 1024]), "NaFlex models are not DeiT students"),
+    (("--naflex-max-seq-len",), dict(type=_I, default=576), "NaFlex models are not DeiT students"),
+    (("--naflex-patch-sizes",), dict(type=_I, nargs="+", default=None), "NaFlex models are not DeiT students"),
+    (("--naflex-patch-size-probs",), dict(type=_F, nargs="+", default=None), "NaFlex models are not DeiT students"),
+    (("--naflex-loss-scale",), dict(type=_S, default="linear"), "NaFlex models are not DeiT students"),
+    (("--naflex-patchify-channels-first",), dict(action="store_true", default=False), "NaFlex models are not DeiT students"),
+    (("--kd-loss-type",), dict(type=_S, default="kl"), "it configures timm's logit distillation; DeiT's token distillation uses --distill-type soft|hard"),
+    (("--kd-student-feature-dim",), dict(type=_I, default=None), "feature distillation is not DeiT's; use --distill-type soft|hard"),
+    (("--kd-teacher-feature-dim",), dict(type=_I, default=None), "feature distillation is not DeiT's; use --distill-type soft|hard"),
+]
+
+# Keys a YAML config may hold without being flags: timm's args.yaml records its own -c path.
+_CONFIG_BOOKKEEPING = {"config"}
+# Aliases, their canonical setting, and the spelling family they belong to.
+_DEIT_ALIASES = {"teacher_model": "distill_teacher", "teacher_path": "distill_teacher_path",
+                 "distillation_type": "distill_type", "distillation_alpha": "distill_alpha",
+                 "distillation_tau": "distill_tau"}
+_TIMM_KD = ("kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_temperature",
+            "task_loss_weight", "distill_loss_weight")
+
+
+def _recipe_dir() -> Any:
+    return resources.files("timm_deit_distill") / "recipes"
+
+
+def list_recipes() -> list[str]:
+    """Names accepted by ``--recipe`` (the YAML files shipped in ``timm_deit_distill/recipes``)."""
+    return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """The settings of a shipped recipe (parser dest -> value)."""
+    names = list_recipes()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"--recipe {name!r} is not a shipped recipe.{hint} Choose one of: {', '.join(names)}.")
+    data = yaml.safe_load((_recipe_dir() / f"{name}.yaml").read_text())
+    return dict(data or {})
+
+
+def _config_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-c", "--config", default="", type=str)
+    parser.add_argument("--recipe", default=None, type=str)
+    return parser
+
+
+def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
+    """The full `deit-distill train` parser.
+
+    ``argument_default=argparse.SUPPRESS`` builds a twin whose namespace holds only the flags actually
+    given, which is how the command-line layer is told apart from defaults, recipes and configs.
+    """
+    sup = argument_default is argparse.SUPPRESS
+
+    def d(value: Any) -> Any:  # a default, unless building the "explicit flags only" twin
+        return argparse.SUPPRESS if sup else value
+
+    p = argparse.ArgumentParser(
+        prog="deit-distill train",
+        description=(
+            "Train a timm student with DeiT distillation. Accepts timm train.py's flags (names and defaults); "
+            "an existing timm command line runs by replacing `train.py` with `deit-distill train`."),
+        epilog=(
+            "Recipes: " + ", ".join(list_recipes()) + ". Precedence: timm defaults < --recipe < -c/--config < "
+            "command line. timm train.py flags parsed but refused unless left at timm's default: "
+            + " ".join(f[0][0] for f in UNSUPPORTED_TIMM_FLAGS) + "."),
+        argument_default=argument_default,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter if not sup else argparse.HelpFormatter,
+    )
+    p.add_argument("-c", "--config", default=d(""), metavar="FILE",
+                   help="YAML file whose keys (flag names with underscores) override defaults and --recipe")
+    p.add_argument("--recipe", default=d(None), metavar="NAME",
+                   help=f"DeiT hyper-parameters from the paper: {', '.join(list_recipes())}")
+    p.add_argument("--print-config", action="store_true", default=d(False),
+                   help="print the resolved settings as YAML and exit")
+
+    g = p.add_argument_group("Dataset parameters")
+    g.add_argument("data", nargs="?", metavar="DIR", default=d(None), help="dataset root (same as --data-dir)")
+    g.add_argument("--data-dir", metavar="DIR", default=d(None), help="dataset root holding the split folders")
+    g.add_argument("--dataset", "-d", metavar="NAME", default=d(""),
+                   help="dataset type; only '' (an image folder) is supported")
+    g.add_argument("--train-split", metavar="NAME", default=d("train"), help="training split folder")
+    g.add_argument("--val-split", metavar="NAME", default=d("validation"), help="validation split folder")
+    g.add_argument("--class-map", default=d(""), type=str, metavar="FILENAME", help="class to index mapping file")
+    g.add_argument("--skip-bad-images", action="store_true", default=d(False),
+                   help="skip unreadable image files (counted in the log) instead of stopping")
+
+    g = p.add_argument_group("Model parameters")
+    g.add_argument("--model", default=d("resnet50"), type=str, metavar="MODEL", help="student model (timm name)")
+    g.add_argument("--pretrained", action="store_true", default=d(False), help="start from pretrained weights")
+    g.add_argument("--pretrained-path", default=d(None), type=str, metavar="PATH",
+                   help="load pretrained weights from this file (head adapted, position embedding resampled)")
+    g.add_argument("--initial-checkpoint", default=d(""), type=str, metavar="PATH",
+                   help="initialize the student from this checkpoint (strict)")
+    g.add_argument("--resume", default=d(""), type=str, metavar="PATH",
+                   help="resume model, optimizer, scheduler, scaler, EMA, epoch and RNG state from a checkpoint")
+    g.add_argument("--no-resume-opt", action="store_true", default=d(False),
+                   help="do not restore optimizer/scaler state when resuming")
+    g.add_argument("--num-classes", type=int, default=d(None), metavar="N",
+                   help="number of classes (default: the dataset's)")
+    g.add_argument("--gp", default=d(None), type=str, metavar="POOL", help="global pool type")
+    g.add_argument("--img-size", type=int, default=d(None), metavar="N",
+                   help="image size: sets the data pipeline AND the model's input size")
+    g.add_argument("--in-chans", type=int, default=d(None), metavar="N", help="image input channels")
+    g.add_argument("--input-size", default=d(None), nargs=3, type=int, metavar="N",
+                   help="input dimensions C H W (sets the model's input size too)")
+    g.add_argument("--crop-pct", default=d(None), type=float, metavar="N", help="validation center crop fraction")
+    g.add_argument("--mean", type=float, nargs="+", default=d(None), metavar="MEAN", help="dataset mean override")
+    g.add_argument("--std", type=float, nargs="+", default=d(None), metavar="STD", help="dataset std override")
+    g.add_argument("--interpolation", default=d(""), type=str, metavar="NAME", help="resize interpolation")
+    g.add_argument("-b", "--batch-size", type=int, default=d(128), metavar="N", help="per-process training batch")
+    g.add_argument("-vb", "--validation-batch-size", type=int, default=d(None), metavar="N",
+                   help="validation batch size (default: --batch-size)")
+    g.add_argument("--channels-last", action="store_true", default=d(False), help="channels_last memory layout")
+    g.add_argument("--grad-accum-steps", type=int, default=d(1), metavar="N", help="batches per optimizer update")
+    g.add_argument("--grad-checkpointing", action="store_true", default=d(False), help="gradient checkpointing")
+    g.add_argument("--fast-norm", action="store_true", default=d(False), help="timm's fast (low precision) norm")
+    g.add_argument("--model-kwargs", nargs="*", default=d({}), action=ParseKwargs, metavar="KEY=VALUE",
+                   help="extra create_model keyword arguments, e.g. depth=2 embed_dim=64")
+    g.add_argument("--head-init-scale", type=float, default=d(None), help="scale the head(s) at init")
+    g.add_argument("--head-init-bias", type=float, default=d(None), help="set the head bias(es) at init")
+    g.add_argument("--torchcompile-mode", type=str, default=d(None), help="torch.compile mode")
+    g.add_argument("--torchcompile", nargs="?", type=str, default=d(None), const="inductor",
+                   help="torch.compile the student with this backend")
+
+    g = p.add_argument_group("Device parameters")
+    g.add_argument("--device", default=d(None), type=str,
+                   help="device (timm's default 'cuda'; here: cuda when available, else cpu)")
+    g.add_argument("--amp", action="store_true", default=d(False), help="mixed precision (torch.autocast)")
+    g.add_argument("--amp-dtype", default=d("float16"), type=str, help="AMP dtype: float16 or bfloat16")
+    g.add_argument("--no-ddp-bb", action="store_true", default=d(False), help="no DDP buffer broadcast")
+    g.add_argument("--synchronize-step", action="store_true", default=d(False),
+                   help="synchronize the device after each step")
+    g.add_argument("--local_rank", "--local-rank", default=d(0), type=int, help=argparse.SUPPRESS)
+    g.add_argument("--device-modules", default=d(None), type=str, nargs="+",
+                   help="python modules to import before creating models")
+
+    g = p.add_argument_group("Optimizer parameters")
+    g.add_argument("--opt", default=d("sgd"), type=str, metavar="OPTIMIZER", help="optimizer (timm name)")
+    g.add_argument("--opt-eps", default=d(None), type=float, metavar="EPSILON", help="optimizer epsilon")
+    g.add_argument("--opt-betas", default=d(None), type=float, nargs="+", metavar="BETA", help="optimizer betas")
+    g.add_argument("--momentum", type=float, default=d(0.9), metavar="M", help="optimizer momentum")
+    g.add_argument("--weight-decay", type=float, default=d(2e-5), help="weight decay")
+    g.add_argument("--clip-grad", type=float, default=d(None), metavar="NORM", help="clip gradients")
+    g.add_argument("--clip-mode", type=str, default=d("norm"), help="clipping mode: norm, value or agc")
+    g.add_argument("--layer-decay", type=float, default=d(None), help="layer-wise learning rate decay")
+    g.add_argument("--layer-decay-min-scale", type=float, default=d(0), help="layer decay minimum scale")
+    g.add_argument("--layer-decay-no-opt-scale", type=float, default=d(None),
+                   help="layer decay scale below which parameters are frozen")
+    g.add_argument("--opt-kwargs", nargs="*", default=d({}), action=ParseKwargs, metavar="KEY=VALUE",
+                   help="extra optimizer keyword arguments")
+
+    g = p.add_argument_group("Learning rate schedule parameters")
+    g.add_argument("--sched", type=str, default=d("cosine"), metavar="SCHEDULER", help="LR scheduler")
+    g.add_argument("--sched-on-updates", action="store_true", default=d(False),
+                   help="step the schedule per optimizer update instead of per epoch")
+    g.add_argument("--lr", type=float, default=d(None), metavar="LR",
+                   help="learning rate (default: --lr-base scaled by global batch / --lr-base-size)")
+    g.add_argument("--lr-base", type=float, default=d(0.1), metavar="LR", help="base learning rate")
+    g.add_argument("--lr-base-size", type=int, default=d(256), metavar="DIV", help="batch size of --lr-base")
+    g.add_argument("--lr-base-scale", type=str, default=d(""), metavar="SCALE",
+                   help="'linear' or 'sqrt' (default: sqrt for adam/lamb-family optimizers, else linear)")
+    g.add_argument("--lr-noise", type=float, nargs="+", default=d(None), metavar="pct, pct", help="LR noise epochs")
+    g.add_argument("--lr-noise-pct", type=float, default=d(0.67), metavar="PERCENT", help="LR noise limit")
+    g.add_argument("--lr-noise-std", type=float, default=d(1.0), metavar="STDDEV", help="LR noise std")
+    g.add_argument("--lr-cycle-mul", type=float, default=d(1.0), metavar="MULT", help="LR cycle length multiplier")
+    g.add_argument("--lr-cycle-decay", type=float, default=d(0.5), metavar="MULT", help="LR decay per cycle")
+    g.add_argument("--lr-cycle-limit", type=int, default=d(1), metavar="N", help="LR cycle limit")
+    g.add_argument("--lr-k-decay", type=float, default=d(1.0), help="LR k-decay for cosine/poly")
+    g.add_argument("--warmup-lr", type=float, default=d(1e-5), metavar="LR", help="warm-up start learning rate")
+    g.add_argument("--min-lr", type=float, default=d(0), metavar="LR", help="lower LR bound")
+    g.add_argument("--epochs", type=int, default=d(300), metavar="N", help="epochs to train")
+    g.add_argument("--start-epoch", default=d(None), type=int, metavar="N", help="override the starting epoch")
+    g.add_argument("--decay-milestones", default=d([90, 180, 270]), type=int, nargs="+", metavar="MILESTONES",
+                   help="multistep decay epochs")
+    g.add_argument("--decay-epochs", type=float, default=d(90), metavar="N", help="step decay interval")
+    g.add_argument("--warmup-epochs", type=int, default=d(5), metavar="N", help="warm-up epochs")
+    g.add_argument("--warmup-prefix", action="store_true", default=d(False),
+                   help="warm-up epochs are added before the schedule instead of within it")
+    g.add_argument("--cooldown-epochs", type=int, default=d(0), metavar="N", help="epochs at min LR at the end")
+    g.add_argument("--patience-epochs", type=int, default=d(10), metavar="N", help="plateau patience")
+    g.add_argument("--decay-rate", "--dr", type=float, default=d(0.1), metavar="RATE", help="LR decay rate")
+
+    g = p.add_argument_group("Augmentation and regularization parameters")
+    g.add_argument("--no-aug", action="store_true", default=d(False), help="disable training augmentation")
+    g.add_argument("--train-crop-mode", type=str, default=d(None), help="training crop mode (timm's)")
+    g.add_argument("--scale", type=float, nargs="+", default=d([0.08, 1.0]), metavar="PCT",
+                   help="random resized crop scale range")
+    g.add_argument("--ratio", type=float, nargs="+", default=d([3.0 / 4.0, 4.0 / 3.0]), metavar="RATIO",
+                   help="random resized crop aspect ratio range")
+    g.add_argument("--hflip", type=float, default=d(0.5), help="horizontal flip probability")
+    g.add_argument("--vflip", type=float, default=d(0.0), help="vertical flip probability")
+    g.add_argument("--color-jitter", type=float, default=d(0.4), metavar="PCT",
+                   help="color jitter strength (unused when --aa is set, as in timm)")
+    g.add_argument("--color-jitter-prob", type=float, default=d(None), help="color jitter probability")
+    g.add_argument("--grayscale-prob", type=float, default=d(None), help="random grayscale probability")
+    g.add_argument("--gaussian-blur-prob", type=float, default=d(None), help="gaussian blur probability")
+    g.add_argument("--aa", type=str, default=d(None), metavar="NAME",
+                   help="AutoAugment/RandAugment policy, e.g. rand-m9-mstd0.5-inc1 (DeiT)")
+    g.add_argument("--aug-repeats", type=float, default=d(0),
+                   help="repeated augmentation count (works on one process and small datasets)")
+    g.add_argument("--deterministic-aug", action="store_true", default=d(False),
+                   help="seed every view from (seed, epoch, position): views independent of workers/batching")
+    g.add_argument("--mix-group-size", type=int, default=d(2), metavar="G",
+                   help="with --deterministic-aug: Mixup/CutMix pairs views inside fixed groups of G positions")
+    g.add_argument("--reprob", type=float, default=d(0.0), metavar="PCT", help="random erase probability")
+    g.add_argument("--remode", type=str, default=d("pixel"), help="random erase mode")
+    g.add_argument("--recount", type=int, default=d(1), help="random erase count")
+    g.add_argument("--mixup", type=float, default=d(0.0), help="mixup alpha (on if > 0)")
+    g.add_argument("--cutmix", type=float, default=d(0.0), help="cutmix alpha (on if > 0)")
+    g.add_argument("--cutmix-minmax", type=float, nargs="+", default=d(None), help="cutmix min/max ratio")
+    g.add_argument("--mixup-prob", type=float, default=d(1.0), help="probability of mixup or cutmix per batch")
+    g.add_argument("--mixup-switch-prob", type=float, default=d(0.5), help="probability of cutmix when both on")
+    g.add_argument("--mixup-mode", type=str, default=d("batch"), help="mixup per 'batch', 'pair' or 'elem'")
+    g.add_argument("--mixup-off-epoch", default=d(0), type=int, metavar="N",
+                   help="turn Mixup/CutMix off from this epoch (0: never)")
+    g.add_argument("--smoothing", type=float, default=d(0.1), help="label smoothing")
+    g.add_argument("--train-interpolation", type=str, default=d("random"), help="training interpolation")
+    g.add_argument("--drop", type=float, default=d(0.0), metavar="PCT", help="dropout rate")
+    g.add_argument("--drop-connect", type=float, default=d(None), metavar="PCT", help="deprecated: use --drop-path")
+    g.add_argument("--drop-path", type=float, default=d(None), metavar="PCT", help="stochastic depth rate")
+    g.add_argument("--drop-block", type=float, default=d(None), metavar="PCT", help="drop block rate")
+
+    g = p.add_argument_group("Batch norm parameters")
+    g.add_argument("--bn-momentum", type=float, default=d(None), help="BatchNorm momentum override")
+    g.add_argument("--bn-eps", type=float, default=d(None), help="BatchNorm epsilon override")
+    g.add_argument("--sync-bn", action="store_true", default=d(False), help="synchronized BatchNorm under DDP")
+    g.add_argument("--dist-bn", type=str, default=d("reduce"),
+                   help="distribute BatchNorm stats after each epoch: broadcast, reduce or ''")
+
+    g = p.add_argument_group("Model exponential moving average parameters")
+    g.add_argument("--model-ema", action="store_true", default=d(False), help="keep an EMA of the student")
+    g.add_argument("--model-ema-force-cpu", action="store_true", default=d(False),
+                   help="keep the EMA on the CPU (not evaluated)")
+    g.add_argument("--model-ema-decay", type=float, default=d(0.9998), help="EMA decay per update")
+    g.add_argument("--model-ema-warmup", action="store_true", default=d(False), help="EMA decay warm-up")
+
+    g = p.add_argument_group("Miscellaneous parameters")
+    g.add_argument("--seed", type=int, default=d(42), metavar="S", help="random seed")
+    g.add_argument("--log-interval", type=int, default=d(50), metavar="N", help="updates between log lines")
+    g.add_argument("--val-interval", type=int, default=d(1), metavar="N", help="epochs between evaluations")
+    g.add_argument("--checkpoint-hist", type=int, default=d(10), metavar="N", help="numbered checkpoints kept")
+    g.add_argument("-j", "--workers", type=int, default=d(4), metavar="N", help="data loading processes")
+    g.add_argument("--pin-mem", action="store_true", default=d(False), help="pin loader memory")
+    g.add_argument("--no-prefetcher", action="store_true", default=d(False),
+                   help="accepted for timm compatibility: the loaders never use timm's GPU prefetcher")
+    g.add_argument("--output", default=d(""), type=str, metavar="PATH", help="output root (default ./output/train)")
+    g.add_argument("--experiment", default=d(""), type=str, metavar="NAME",
+                   help="run folder name under --output (default: date-model-size)")
+    g.add_argument("--eval-metric", default=d("top1"), type=str, metavar="EVAL_METRIC",
+                   help="checkpoint ranking metric: top1, top5 or loss")
+
+    g = p.add_argument_group("Distillation (DeiT)")
+    g.add_argument("--distill-teacher", default=d(None), metavar="SOURCE",
+                   help="teacher: timm name[.tag], hf-hub:ORG/NAME or local-dir:PATH")
+    g.add_argument("--distill-teacher-path", default=d(None), metavar="FILE",
+                   help="teacher checkpoint (timm, DeiT, plain state dict or .safetensors)")
+    g.add_argument("--distill-type", default=d(None), choices=("none", "soft", "hard"),
+                   help="distillation kind (default: hard with a teacher, none without)")
+    g.add_argument("--distill-alpha", type=float, default=d(None),
+                   help="weight of the distillation term in [0, 1] (default 0.5)")
+    g.add_argument("--distill-tau", type=float, default=d(None), help="soft temperature > 0 (default 1.0)")
+    g.add_argument("--distill-soft-reduction", default=d(None), choices=("deit", "batchmean"),
+                   help="soft KL divided by batch*classes (deit, default) or batch (batchmean, timm)")
+    g.add_argument("--teacher-precision", default=d("auto"),
+                   choices=("auto", "float32", "bfloat16", "float16"),
+                   help="teacher inference precision (auto: bfloat16 where the device runs it fast)")
+    g.add_argument("--distill-cache", default=d(None), metavar="DIR",
+                   help="replay teacher targets from a cache built by `deit-distill cache` (no teacher in memory)")
+
+    g = p.add_argument_group("Distillation, facebookresearch/deit spellings (same settings)")
+    g.add_argument("--teacher-model", default=d(None), metavar="SOURCE", help="= --distill-teacher")
+    g.add_argument("--teacher-path", default=d(None), metavar="FILE", help="= --distill-teacher-path")
+    g.add_argument("--distillation-type", default=d(None), choices=("none", "soft", "hard"), help="= --distill-type")
+    g.add_argument("--distillation-alpha", type=float, default=d(None), help="= --distill-alpha")
+    g.add_argument("--distillation-tau", type=float, default=d(None), help="= --distill-tau")
+
+    g = p.add_argument_group("Distillation, timm train.py spellings (same settings, timm's defaults)")
+    g.add_argument("--kd-model-name", default=d(None), type=str, help="= --distill-teacher (needs --kd-distill-type token)")
+    g.add_argument("--kd-distill-type", default=d("logit"), choices=("logit", "feature", "token"),
+                   help="only 'token' (DeiT) is supported")
+    g.add_argument("--kd-token-distill-type", default=d(None), choices=("soft", "hard"),
+                   help="= --distill-type (timm's default soft)")
+    g.add_argument("--kd-temperature", type=float, default=d(None),
+                   help="= --distill-tau (timm's default 4.0 applies with --kd-model-name)")
+    g.add_argument("--task-loss-weight", type=float, default=d(None), help="= 1 - --distill-alpha")
+    g.add_argument("--distill-loss-weight", type=float, default=d(None),
+                   help="= --distill-alpha, only with --task-loss-weight summing to 1")
+
+    g = p.add_argument_group("timm train.py flags refused unless at timm's default")
+    for flags, kwargs, _ in UNSUPPORTED_TIMM_FLAGS:
+        kwargs = dict(kwargs)
+        kwargs["default"] = d(kwargs["default"])
+        g.add_argument(*flags, help=argparse.SUPPRESS, **kwargs)
+    return p
+
+
+def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def _flag_name(parser: argparse.ArgumentParser, dest: str) -> str:
+    action = _dests(parser).get(dest)
+    if action is None or not action.option_strings:
+        return dest
+    return max(action.option_strings, key=len)
+
+
+def _read_yaml(path: str, what: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise UsageError(f"{what} {path!r} does not exist; pass the path of a YAML file.")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{what} {path!r} is not valid YAML ({e}); fix the file.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path!r} must hold a mapping of flag names to values, got {type(data).__name__}.")
+    return data
+
+
+def _check_keys(parser: argparse.ArgumentParser, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """Refuse keys that are no flag of ours or timm's, naming close matches; normalise dashes."""
+    dests = _dests(parser)
+    out = {}
+    for key, value in data.items():
+        norm = str(key).replace("-", "_")
+        if norm in _CONFIG_BOOKKEEPING:
+            continue
+        if norm not in dests:
+            close = difflib.get_close_matches(norm, list(dests), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(f"{what}: unknown setting {key!r}.{hint} Keys are flag names with underscores "
+                             "(e.g. batch_size for --batch-size).")
+        out[norm] = value
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse, layer (defaults < recipe < config < command line), refuse unsupported flags, resolve aliases.
+
+    Raises :class:`UsageError` for settings that cannot work; argparse itself exits with code 2 on
+    malformed flags. The returned namespace carries ``recipe_values``/``config_values``/``explicit``
+    bookkeeping under ``_layers`` (removed by :func:`config_dict`).
+    """
+    argv = list(argv) if argv is not None else None
+    pre, _ = _config_parser().parse_known_args(argv)
+    parser = build_parser()
+    config_values = _check_keys(parser, _read_yaml(pre.config, "--config"), f"--config {pre.config}") \
+        if pre.config else {}
+    if not config_values.get("kd_model_name"):
+        # timm's args.yaml records kd_temperature: 4.0 etc. even when no KD teacher was used; inert there, so here too.
+        for key in _TIMM_KD:
+            config_values.pop(key, None)
+    recipe = pre.recipe if pre.recipe is not None else config_values.get("recipe")
+    recipe_values = _check_keys(parser, load_recipe(recipe), f"recipe {recipe}") if recipe else {}
+    parser.set_defaults(**recipe_values)
+    parser.set_defaults(**config_values)
+    args = parser.parse_args(argv)
+    explicit = vars(build_parser(argparse.SUPPRESS).parse_args(argv))
+    explicit.pop("config", None)
+    args.recipe = recipe
+    layers = {"recipe": recipe_values, "config": config_values, "cli": explicit}
+
+    _refuse_unsupported(parser, args, layers)
+    if args.data and not args.data_dir:
+        args.data_dir = args.data
+    args.data = None
+    _resolve_distillation(parser, args, layers)
+    _validate(args)
+    args._layers = layers
+    return args
+
+
+def _source(layers: dict[str, dict[str, Any]], dest: str) -> str:
+    if dest in layers["cli"]:
+        return "on the command line"
+    if dest in layers["config"]:
+        return "in the --config file"
+    if dest in layers["recipe"]:
+        return "in the recipe"
+    return ""
+
+
+def _refuse_unsupported(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                        layers: dict[str, dict[str, Any]]) -> None:
+    for flags, kwargs, why in UNSUPPORTED_TIMM_FLAGS:
+        dest = flags[0].lstrip("-").replace("-", "_")
+        value = getattr(args, dest)
+        if value != kwargs["default"]:
+            where = _source(layers, dest)
+            raise UsageError(
+                f"{flags[0]} ({value!r} {where}) is a timm train.py flag deit-distill train does not support: "
+                f"{why}. Remove it (or set it back to timm's default {kwargs['default']!r}).")
+    if args.dataset not in ("", "folder", "imagefolder"):
+        raise UsageError(f"--dataset {args.dataset!r}: only image folders are supported (leave --dataset empty "
+                         "and point --data-dir at a folder with train/ and validation/ class folders).")
+    if args.kd_distill_type != "token" and args.kd_model_name:
+        raise UsageError(
+            f"--kd-model-name with --kd-distill-type {args.kd_distill_type} is timm's {args.kd_distill_type} "
+            "distillation, not DeiT's distillation token. Add --kd-distill-type token (or use --distill-teacher).")
+    # A --kd-distill-type without a teacher does nothing in timm either; only 'token' means anything here.
+    if args.kd_distill_type == "feature":
+        raise UsageError("--kd-distill-type feature is timm's feature distillation, not supported; DeiT's is 'token'.")
+
+
+def _pick(layers: dict[str, dict[str, Any]], spellings: dict[str, Any], setting: str) -> tuple[Any, str | None]:
+    """The value of one setting from its spellings, highest layer first; disagreement within a layer is refused.
+
+    ``spellings`` maps dest -> function(value) -> canonical value. Returns (value, dest it came from).
+    """
+    for layer in ("cli", "config", "recipe"):
+        found = {dest: conv(layers[layer][dest]) for dest, conv in spellings.items()
+                 if layers[layer].get(dest) is not None}
+        if not found:
+            continue
+        if len(set(map(repr, found.values()))) > 1:
+            described = ", ".join(f"--{dest.replace('_', '-')} gives {v!r}" for dest, v in found.items())
+            raise UsageError(f"The {setting} is set twice with different values ({described}); keep one.")
+        dest, value = next(iter(found.items()))
+        return value, dest
+    return None, None
+
+
+def _resolve_distillation(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                          layers: dict[str, dict[str, Any]]) -> None:
+    ident = lambda v: v  # noqa: E731
+    tw, dw = args.task_loss_weight, args.distill_loss_weight
+    if dw is not None and (tw is None or not math.isclose(tw + dw, 1.0, abs_tol=1e-9)):
+        raise UsageError(
+            f"--distill-loss-weight {dw} with --task-loss-weight {tw}: deit-distill weighs the terms "
+            "(1 - alpha) and alpha, so the two weights must sum to 1. Pass --task-loss-weight "
+            f"{1 - dw:g} with it, or use --distill-alpha {dw:g}.")
+
+    def from_task_weight(w: float) -> float:
+        return 1.0 - w
+
+    # The teacher first: its spelling picks the defaults of the other settings.
+    teacher, teacher_dest = _pick(layers, {"distill_teacher": ident, "teacher_model": ident,
+                                           "kd_model_name": ident}, "teacher")
+    teacher_path, _ = _pick(layers, {"distill_teacher_path": ident, "teacher_path": ident}, "teacher checkpoint")
+    kind, _ = _pick(layers, {"distill_type": ident, "distillation_type": ident, "kd_token_distill_type": ident},
+                    "distillation type")
+    # --distill-loss-weight was checked above to equal 1 - --task-loss-weight, which carries the value.
+    alpha, _ = _pick(layers, {"distill_alpha": float, "distillation_alpha": float,
+                              "task_loss_weight": from_task_weight}, "distillation alpha")
+    tau, _ = _pick(layers, {"distill_tau": float, "distillation_tau": float, "kd_temperature": float},
+                   "distillation temperature")
+    reduction, _ = _pick(layers, {"distill_soft_reduction": ident}, "soft reduction")
+
+    timm_spelling = teacher_dest == "kd_model_name"
+    args.distill_teacher = teacher
+    args.distill_teacher_path = teacher_path
+    if kind is None:
+        kind = ("soft" if timm_spelling else "hard") if (teacher or args.distill_cache) else "none"
+    args.distill_type = kind
+    args.distill_alpha = 0.5 if alpha is None else alpha
+    args.distill_tau = (4.0 if timm_spelling else 1.0) if tau is None else tau
+    args.distill_soft_reduction = reduction or ("batchmean" if timm_spelling else "deit")
+    args.distill_spelling = "timm" if timm_spelling else ("deit" if teacher_dest == "teacher_model" else "deit-distill")
+    for dest in (*_DEIT_ALIASES, *_TIMM_KD):  # aliases are folded into the canonical settings
+        setattr(args, dest, None)
+    args.kd_distill_type = "logit"
+
+
+def _validate(args: argparse.Namespace) -> None:
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise UsageError(message)
+
+    need(0.0 <= args.distill_alpha <= 1.0,
+         f"--distill-alpha {args.distill_alpha} is outside [0, 1]: it is the weight of the distillation term "
+         "(DeiT uses 0.5).")
+    need(math.isfinite(args.distill_tau) and args.distill_tau > 0,
+         f"--distill-tau {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
+    if args.distill_type in ("soft", "hard"):
+        need(bool(args.distill_teacher) or bool(args.distill_cache),
+             f"--distill-type {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "
+             "regnety_160.deit_in1k), a teacher checkpoint with --distill-teacher-path, or --distill-cache DIR.")
+    if args.distill_cache and args.distill_type == "none":
+        raise UsageError("--distill-cache replays teacher targets but --distill-type is none; "
+                         "pass --distill-type soft|hard or drop --distill-cache.")
+    need(args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1.")
+    need(args.validation_batch_size is None or args.validation_batch_size >= 1,
+         f"--validation-batch-size {args.validation_batch_size} must be >= 1.")
+    need(args.epochs >= 1, f"--epochs {args.epochs} must be >= 1.")
+    need(args.grad_accum_steps >= 1, f"--grad-accum-steps {args.grad_accum_steps} must be >= 1.")
+    need(args.workers >= 0, f"--workers {args.workers} must be >= 0.")
+    need(args.checkpoint_hist >= 1, f"--checkpoint-hist {args.checkpoint_hist} must be >= 1.")
+    need(args.log_interval >= 1, f"--log-interval {args.log_interval} must be >= 1.")
+    need(args.val_interval >= 1, f"--val-interval {args.val_interval} must be >= 1.")
+    need(args.lr is None or args.lr > 0, f"--lr {args.lr} must be > 0 (or leave it unset to scale --lr-base).")
+    need(args.lr_base_scale in ("", "linear", "sqrt"), f"--lr-base-scale {args.lr_base_scale!r}: use linear or sqrt.")
+    need(args.amp_dtype in ("float16", "bfloat16"), f"--amp-dtype {args.amp_dtype!r}: use float16 or bfloat16.")
+    need(args.clip_mode in ("norm", "value", "agc"), f"--clip-mode {args.clip_mode!r}: use norm, value or agc.")
+    need(args.eval_metric in ("top1", "top5", "loss"), f"--eval-metric {args.eval_metric!r}: use top1, top5 or loss.")
+    need(args.aug_repeats >= 0, f"--aug-repeats {args.aug_repeats} must be >= 0 (DeiT uses 3).")
+    need(0.0 <= args.smoothing < 1.0, f"--smoothing {args.smoothing} must be in [0, 1).")
+    need(args.mixup >= 0 and args.cutmix >= 0, "--mixup and --cutmix are Beta alphas and must be >= 0.")
+    for name in ("hflip", "vflip", "reprob", "mixup_prob", "mixup_switch_prob"):
+        value = getattr(args, name)
+        need(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} {value} is a probability; use a value in [0, 1].")
+    need(0.0 < args.model_ema_decay < 1.0, f"--model-ema-decay {args.model_ema_decay} must be in (0, 1).")
+    for name in ("drop", "drop_path", "drop_connect", "drop_block"):
+        value = getattr(args, name)
+        need(value is None or 0.0 <= value < 1.0, f"--{name.replace('_', '-')} {value} must be in [0, 1).")
+    need(len(args.scale) == 2 and len(args.ratio) == 2, "--scale and --ratio take two numbers each (min max).")
+    need(args.dist_bn in ("", "broadcast", "reduce"), f"--dist-bn {args.dist_bn!r}: use broadcast, reduce or ''.")
+    need(args.mean is None or len(args.mean) in (1, 3), "--mean takes 1 or 3 numbers.")
+    need(args.std is None or (len(args.std) in (1, 3) and all(s > 0 for s in args.std)),
+         "--std takes 1 or 3 positive numbers.")
+
+
+def resolve_lr(args: argparse.Namespace, world_size: int) -> tuple[float, str]:
+    """timm train.py's learning rate rule: ``--lr``, else ``--lr-base`` x (global batch / ``--lr-base-size``).
+
+    Returns the rate and a sentence saying how it was obtained. DeiT's ``5e-4 x batch / 512`` is
+    ``--lr-base 5e-4 --lr-base-size 512 --lr-base-scale linear`` (its recipes set exactly that).
+    """
+    if args.lr:
+        return args.lr, f"--lr {args.lr}"
+    global_batch = args.batch_size * world_size * args.grad_accum_steps
+    scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
+    ratio = global_batch / args.lr_base_size
+    if scale == "sqrt":
+        ratio = ratio ** 0.5
+    lr = args.lr_base * ratio
+    return lr, (f"{lr:g} = --lr-base {args.lr_base:g} x ({global_batch} global batch / {args.lr_base_size})"
+                f"{'^0.5' if scale == 'sqrt' else ''} ({scale} scaling)")
+
+
+_RUNTIME_KEYS = ("_layers", "distill_spelling", "local_rank", "print_config", "config", "data")
+# Folded into canonical settings (aliases) or inert at timm's default (refused otherwise): not worth printing.
+_OMITTED_KEYS = frozenset((*_DEIT_ALIASES, *_TIMM_KD, "kd_distill_type",
+                           *(f[0][0].lstrip("-").replace("-", "_") for f in UNSUPPORTED_TIMM_FLAGS)))
+
+
+def config_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved settings as plain YAML-able values, in parser order; reloadable with ``-c``.
+
+    Alias spellings (folded into ``distill_*``) and refused timm flags (always at timm's default) are left out.
+    """
+    parser = build_parser()
+    out: dict[str, Any] = {}
+    for dest in _dests(parser):
+        if dest in _RUNTIME_KEYS or dest in _OMITTED_KEYS or not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        out[dest] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def format_config(args: argparse.Namespace, world_size: int = 1) -> str:
+    """``--print-config`` output: YAML of every setting, non-default ones marked with where they came from."""
+    parser = build_parser()
+    defaults = {dest: a.default for dest, a in _dests(parser).items()}
+    layers = getattr(args, "_layers", {"cli": {}, "config": {}, "recipe": {}})
+    lines = [f"# deit-distill train resolved settings (recipe: {args.recipe or 'none'})"]
+    lr, how = resolve_lr(args, world_size)
+    lines.append(f"# learning rate at world size {world_size}: {how}")
+    if args.distill_type != "none" or args.distill_teacher:
+        lines.append(f"# distillation: {args.distill_type}, teacher {args.distill_teacher}, alpha {args.distill_alpha}, "
+                     f"tau {args.distill_tau}, soft reduction {args.distill_soft_reduction} "
+                     f"(defaults of the {getattr(args, 'distill_spelling', 'deit-distill')} spelling)")
+    for key, value in config_dict(args).items():
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()
+        if text.startswith("{") and text.endswith("}"):
+            text = text[1:-1]
+        src = _source(layers, key)
+        if not src and key in DISTILL_KEYS and value != defaults.get(key):
+            src = "resolved"
+        lines.append(f"{text}{'  # ' + src if src else ''}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,326 @@
+"""Per-head accuracy of a distilled student and its agreement with a teacher; `deit-distill eval`.
+
+A distilled DeiT predicts with two heads: the class token's (``cls``) and the distillation token's
+(``dist``); timm's inference output is their average (``fused``). :func:`evaluate` measures top-1/top-5
+of all three in one pass, the loss of the fused output (timm's ``eval_loss``), and with a teacher its
+top-1 and the fraction of images where the student's fused argmax equals the teacher's.
+Counts are summed across ranks, so distributed results are exact (timm's padding of the last rank
+is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.utils.model import unwrap_model
+
+__all__ = ["HeadLogits", "head_logits", "is_distilled", "evaluate", "main", "build_parser"]
+
+_logger = logging.getLogger(__name__)
+
+
+class HeadLogits(NamedTuple):
+    """Logits of the class head, the distillation head (None for plain models) and their average."""
+
+    cls: torch.Tensor | None
+    dist: torch.Tensor | None
+    fused: torch.Tensor
+
+
+def is_distilled(model: nn.Module) -> bool:
+    """True for students with a distillation head (timm's ``VisionTransformerDistilled`` and kin)."""
+    m = unwrap_model(model)
+    return hasattr(m, "set_distilled_training") and hasattr(m, "head_dist")
+
+
+def head_logits(model: nn.Module, x: torch.Tensor) -> HeadLogits:
+    """Run ``model`` once and return each head's logits.
+
+    For a distilled model in eval mode this takes the two tokens from ``forward_features`` and applies
+    timm's ``forward_head`` steps to each, so ``fused`` is bit-identical to ``model(x)``.
+    """
+    m = unwrap_model(model)
+    if not is_distilled(m):
+        out = model(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return HeadLogits(None, None, out)
+    feats = m.forward_features(x)
+    cls = m.head(m.head_drop(feats[:, 0]))
+    dist = m.head_dist(m.head_drop(feats[:, 1]))
+    return HeadLogits(cls, dist, (cls + dist) / 2)
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(target.view(-1, 1))
+    return [hit[:, :min(k, maxk)].any(dim=1).sum().to(torch.float64) for k in ks]
+
+
+def _real_count(loader: Any) -> int | None:
+    """Samples of this rank that are not timm's wrap-around padding (OrderedDistributedSampler)."""
+    sampler = getattr(loader, "sampler", None)
+    if sampler is None or not hasattr(sampler, "num_replicas") or not hasattr(sampler, "num_samples"):
+        return None
+    total = len(sampler.dataset)
+    return max(0, min(sampler.num_samples, total - sampler.rank * sampler.num_samples))
+
+
+_KEYS = ("n", "loss", "top1", "top5", "top1_cls", "top5_cls", "top1_dist", "top5_dist", "teacher_top1",
+         "teacher_top5", "agree")
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: torch.device | str = "cpu",
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    amp_autocast: Callable[[], Any] = contextlib.nullcontext,
+    channels_last: bool = False,
+    distributed: bool = False,
+    progress: Callable[[Any], Any] | None = None,
+) -> dict[str, float | None]:
+    """Evaluate ``model`` on ``loader`` (yielding ``(inputs, targets)``).
+
+    Returns ``loss`` (cross-entropy of the fused output), ``top1``/``top5`` (fused, in percent, as timm),
+    ``top1_cls``/``top5_cls``/``top1_dist``/``top5_dist`` (None for a plain model), and with a teacher
+    ``teacher_top1``/``teacher_top5`` (percent) and ``teacher_agreement`` (a fraction in [0, 1]);
+    ``count`` is the number of images. With ``distributed`` the sums are all-reduced.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    sums = torch.zeros(len(_KEYS), dtype=torch.float64)
+    remaining = _real_count(loader) if distributed else None
+    distilled = is_distilled(model)
+    batches = progress(loader) if progress is not None else loader
+    for inputs, targets in batches:
+        if remaining is not None:
+            if remaining <= 0:
+                continue
+            inputs, targets = inputs[:remaining], targets[:remaining]
+            remaining -= len(targets)
+        inputs, targets = inputs.to(device), targets.to(device)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with amp_autocast():
+            heads = head_logits(model, inputs)
+        fused = heads.fused.float()
+        add = dict.fromkeys(_KEYS, 0.0)
+        add["n"] = float(len(targets))
+        add["loss"] = F.cross_entropy(fused, targets, reduction="sum").double().cpu()
+        add["top1"], add["top5"] = _topk_correct(fused, targets, (1, 5))
+        if distilled:
+            add["top1_cls"], add["top5_cls"] = _topk_correct(heads.cls.float(), targets, (1, 5))
+            add["top1_dist"], add["top5_dist"] = _topk_correct(heads.dist.float(), targets, (1, 5))
+        if teacher is not None:
+            teacher_logits = teacher(inputs).float()
+            add["teacher_top1"], add["teacher_top5"] = _topk_correct(teacher_logits, targets, (1, 5))
+            add["agree"] = fused.argmax(1).eq(teacher_logits.argmax(1)).sum().double()
+        sums += torch.tensor([float(add[k]) for k in _KEYS], dtype=torch.float64)
+    if distributed:
+        reduced = sums.to(device)
+        torch.distributed.all_reduce(reduced)
+        sums = reduced.cpu()
+    s = dict(zip(_KEYS, sums.tolist(), strict=True))
+    n = max(s["n"], 1.0)
+    pct = lambda key: 100.0 * s[key] / n  # noqa: E731
+    metrics: dict[str, float | None] = {
+        "count": int(s["n"]), "loss": s["loss"] / n, "top1": pct("top1"), "top5": pct("top5"),
+        "top1_cls": pct("top1_cls") if distilled else None, "top5_cls": pct("top5_cls") if distilled else None,
+        "top1_dist": pct("top1_dist") if distilled else None, "top5_dist": pct("top5_dist") if distilled else None,
+        "teacher_top1": pct("teacher_top1") if teacher is not None else None,
+        "teacher_top5": pct("teacher_top5") if teacher is not None else None,
+        "teacher_agreement": s["agree"] / n if teacher is not None else None,
+    }
+    model.train(was_training)
+    return metrics
+
+
+# --- deit-distill eval ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `deit-distill eval` parser."""
+    p = argparse.ArgumentParser(
+        prog="deit-distill eval",
+        description="Top-1/top-5 of a checkpoint's class, distillation and fused heads, and with a teacher its "
+                    "top-1 and agreement. Printed and written as JSON.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by deit-distill train")
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="dataset root (ImageFolder layout)")
+    p.add_argument("--split", default="validation", metavar="NAME", help="split folder to evaluate")
+    p.add_argument("--class-map", default="", metavar="FILE", help="class to index mapping file")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
+    p.add_argument("--head", default="fused", choices=("fused", "cls", "dist"),
+                   help="head whose predictions are reported as top1/top5 and written by --predict")
+    p.add_argument("--predict", default=None, metavar="CSV",
+                   help="also write per-image predictions of --head (path, label, top-5 classes and probabilities)")
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument("--use-ema", dest="use_ema", action="store_const", const=True, default=None,
+                     help="evaluate the EMA weights (default: EMA when the checkpoint has them, as timm)")
+    ema.add_argument("--no-ema", dest="use_ema", action="store_const", const=False, help="evaluate the raw weights")
+    p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
+                   help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
+    p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
+    p.add_argument("--teacher-precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N")
+    p.add_argument("-j", "--workers", type=int, default=2, metavar="N")
+    p.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
+    p.add_argument("--amp", action="store_true", help="autocast the student")
+    p.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"))
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="where to write the results (default: RUN_DIR/eval-<checkpoint>-<split>.json)")
+    return p
+
+
+def _label_names(dataset: Any) -> list[str]:
+    class_to_idx = dataset.reader.class_to_idx
+    return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+
+
+def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from .checkpoint import create_model_from_checkpoint
+    from .data import build_datasets, build_eval_loader
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, checkpoint = create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
+    meta = checkpoint.get("deit_distill") or {}
+    used_ema = args.use_ema is not False and checkpoint.get("state_dict_ema") is not None
+    if args.head != "fused" and not is_distilled(model):
+        raise ValueError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
+                         "Use --head fused.")
+    # The same folder as both splits: one dataset, checked and opened by the data pipeline.
+    _, dataset = build_datasets(args.data_dir, train_split=args.split, val_split=args.split,
+                                class_map=args.class_map, skip_bad_images=args.skip_bad_images)
+    labels = _label_names(dataset)
+    trained = meta.get("label_names")
+    if trained and list(trained) != labels:
+        raise ValueError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
+                         f"but {args.data_dir}/{args.split} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
+                         "evaluate on a folder with the training classes (or pass the --class-map used in training).")
+    cfg = model.pretrained_cfg
+    data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if k in cfg}
+    data_config["input_size"] = tuple(data_config["input_size"])
+    model.to(device)
+    loader = build_eval_loader(argparse.Namespace(batch_size=args.batch_size, workers=args.workers,
+                                                  validation_batch_size=None, pin_mem=False),
+                               dataset, data_config)
+    teacher = None
+    if args.distill_teacher or args.distill_teacher_path:
+        from .teacher import DistillationTeacher
+
+        distill = meta.get("distill") or {}
+        teacher = DistillationTeacher.create(
+            args.distill_teacher or distill.get("teacher"), checkpoint_path=args.distill_teacher_path,
+            num_classes=len(labels), data_mean=data_config["mean"], data_std=data_config["std"],
+            input_size=data_config["input_size"], precision=args.teacher_precision, device=device)
+    autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
+                if args.amp else contextlib.nullcontext)
+    metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,
+                       progress=_progress("eval"))
+    chosen = {"fused": ("top1", "top5"), "cls": ("top1_cls", "top5_cls"), "dist": ("top1_dist", "top5_dist")}
+    k1, k5 = chosen[args.head]
+    result: dict[str, Any] = {
+        "checkpoint": os.path.abspath(args.checkpoint), "model": meta.get("model") or checkpoint.get("arch"),
+        "epoch": checkpoint.get("epoch"), "ema": used_ema, "data_dir": os.path.abspath(args.data_dir),
+        "split": args.split, "count": metrics["count"], "head": args.head,
+        "top1": metrics[k1], "top5": metrics[k5], "loss": metrics["loss"],
+        "heads": {"fused": {"top1": metrics["top1"], "top5": metrics["top5"]}},
+        "teacher": None,
+    }
+    if is_distilled(model):
+        result["heads"]["cls"] = {"top1": metrics["top1_cls"], "top5": metrics["top5_cls"]}
+        result["heads"]["dist"] = {"top1": metrics["top1_dist"], "top5": metrics["top5_dist"]}
+    if teacher is not None:
+        result["teacher"] = {"description": getattr(teacher, "description", None),
+                             "top1": metrics["teacher_top1"], "top5": metrics["teacher_top5"],
+                             "agreement": metrics["teacher_agreement"]}
+    if args.predict:
+        _write_predictions(args.predict, model, loader, dataset, labels, args.head, device, autocast)
+        result["predictions"] = os.path.abspath(args.predict)
+    return result
+
+
+def _progress(desc: str) -> Callable[[Any], Any] | None:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, labels: list[str], head: str,
+                       device: torch.device, autocast: Callable[[], Any]) -> None:
+    import csv
+    import io
+
+    from .atomic import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    k = min(5, len(labels))
+    w.writerow(["path", "label", *[f"pred{i + 1}" for i in range(k)], *[f"prob{i + 1}" for i in range(k)]])
+    samples = dataset.reader.samples
+    i = 0
+    with torch.inference_mode():
+        for inputs, targets in loader:
+            with autocast():
+                logits = getattr(head_logits(model, inputs.to(device)), head).float()
+            probs, preds = logits.softmax(1).topk(k, dim=1)
+            for t, pr, pb in zip(targets.tolist(), preds.tolist(), probs.tolist(), strict=True):
+                w.writerow([samples[i][0], labels[t], *[labels[c] for c in pr], *[f"{p:.5f}" for p in pb]])
+                i += 1
+    atomic_write_text(path, buf.getvalue())
+
+
+def _format(result: dict[str, Any]) -> str:
+    lines = [f"{result['model']} epoch {result['epoch']} ({'EMA' if result['ema'] else 'raw'} weights) on "
+             f"{result['count']} images of {result['split']}:"]
+    for name, m in result["heads"].items():
+        lines.append(f"  {name:<6} top-1 {m['top1']:6.2f}%  top-5 {m['top5']:6.2f}%")
+    if result["teacher"]:
+        t = result["teacher"]
+        lines.append(f"  teacher top-1 {t['top1']:6.2f}%  agreement with fused student {100 * t['agreement']:.2f}%")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    refusals: tuple[type[BaseException], ...] = (CheckpointError, DataError, ValueError, FileNotFoundError)
+    try:
+        result = _run_eval(args)
+    except refusals as e:
+        print(f"deit-distill eval: error: {e}", file=sys.stderr)
+        return 2
+    out = args.json or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)),
+        f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
+    from .atomic import atomic_write_text
+
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(_format(result))
+    print(json.dumps(result, indent=2))
+    print(f"results written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

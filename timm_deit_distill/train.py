@@ -1,0 +1,633 @@
+"""`deit-distill train`: timm's train.py loop with DeiT distillation through the distillation token.
+
+Built from timm's parts: ``create_model``, ``create_optimizer_v2``, ``create_scheduler_v2``, ``ModelEmaV3``,
+autocast + ``NativeScaler``, ``CheckpointSaver``'s files. Per step::
+
+    inputs, targets, views  <- loader (timm transforms + Mixup/CutMix, repeated augmentation)
+    teacher_logits          <- teacher(inputs)            or  cache.targets(epoch, views)
+    (cls, dist)             <- student(inputs)
+    loss                    <- (1 - alpha) * CE(cls, targets) + alpha * distill(dist, teacher_logits)
+
+The teacher stays outside DDP, in eval mode, one per process. Checkpoints hold the student only.
+Run ``deit-distill train --help`` for the flags; ``--print-config`` shows what a command line resolves to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .args import UsageError, config_dict, format_config, parse_args, resolve_lr
+
+__all__ = ["main", "NonFiniteLoss"]
+
+_logger = logging.getLogger("timm_deit_distill.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; training stops without writing anything."""
+
+
+def _refusal_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean "bad input": reported in one line with exit code 2, never as a traceback."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    types: list[type[BaseException]] = [UsageError, DataError, CheckpointError]
+    for module, name in (("teacher", "TeacherError"), ("cache", "CacheMismatch")):
+        with contextlib.suppress(ImportError, AttributeError):  # a module not written yet in this install
+            types.append(getattr(importlib.import_module(f"timm_deit_distill.{module}"), name))
+    return tuple(types)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Set-up: everything the loop needs, refused early when it cannot work
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """The pieces of one training run (built by :func:`setup`)."""
+
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world_size: int
+    model: nn.Module  # the trainable module (DDP/compiled wrapper when used)
+    student: nn.Module  # the plain student
+    model_ema: Any
+    teacher: Any
+    cache: Any
+    criterion: Any
+    optimizer: torch.optim.Optimizer
+    loss_scaler: Any
+    lr_scheduler: Any
+    amp_autocast: Callable[[], Any]
+    train_loader: Any
+    eval_loader: Any
+    num_epochs: int
+    updates_per_epoch: int
+    output_dir: str | None
+    saver: Any
+    metadata: dict[str, Any]
+    start_epoch: int = 0
+    num_updates: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng_states: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _init_device(args: argparse.Namespace) -> tuple[torch.device, int, int, int]:
+    from timm.utils.distributed import init_distributed_device_so
+
+    wanted = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {wanted}: CUDA is not available on this machine; use --device cpu "
+                         "(or leave --device unset to pick cuda when present).")
+    info = init_distributed_device_so(device=wanted)
+    return torch.device(info["device"]), info["global_rank"], info["local_rank"], info["world_size"]
+
+
+def _label_names(dataset: Any) -> list[str]:
+    return [name for name, _ in sorted(dataset.reader.class_to_idx.items(), key=lambda kv: kv[1])]
+
+
+def _architecture_kwargs(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    """create_model kwargs that define the architecture (stored in checkpoints to rebuild the student)."""
+    from .preflight import fixed_input_size
+
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    in_chans = args.in_chans if args.in_chans is not None else (args.input_size[0] if args.input_size else None)
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    size = args.input_size[1:] if args.input_size else ([args.img_size] * 2 if args.img_size else None)
+    if size is not None and fixed_input_size(args.model):
+        # timm's train.py only resizes the data; a ViT built for another size would refuse the images.
+        kwargs["img_size"] = size[0] if size[0] == size[1] else list(size)
+    if args.gp is not None:
+        kwargs["global_pool"] = args.gp
+    kwargs.update(args.model_kwargs or {})
+    return kwargs
+
+
+def _create_student(args: argparse.Namespace, arch_kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    kwargs = dict(arch_kwargs)
+    train_kwargs = dict(drop_rate=args.drop, drop_path_rate=args.drop_path if args.drop_path is not None
+                        else args.drop_connect, drop_block_rate=args.drop_block, bn_momentum=args.bn_momentum,
+                        bn_eps=args.bn_eps)
+    kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
+    if args.pretrained_path:
+        kwargs["pretrained_cfg_overlay"] = dict(file=args.pretrained_path, num_classes=-1)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained,
+                                  checkpoint_path=args.initial_checkpoint or None, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError, OSError) as e:
+        raise UsageError(f"--model {args.model} could not be built with {kwargs}: {type(e).__name__}: {e}. "
+                         "Check --model-kwargs / --img-size / --gp / --drop-* for this architecture, and that "
+                         "--pretrained weights or --initial-checkpoint are available offline.") from None
+    if args.head_init_scale is not None or args.head_init_bias is not None:
+        heads = model.get_classifier()
+        for head in heads if isinstance(heads, tuple) else (heads,):
+            with torch.no_grad():
+                if args.head_init_scale is not None:
+                    head.weight.mul_(args.head_init_scale)
+                    head.bias.mul_(args.head_init_scale)
+                if args.head_init_bias is not None:
+                    head.bias.fill_(args.head_init_bias)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    return model
+
+
+def _create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict[str, Any],
+                    device: torch.device) -> Any:
+    from .teacher import DistillationTeacher
+
+    return DistillationTeacher.create(
+        args.distill_teacher, checkpoint_path=args.distill_teacher_path, num_classes=num_classes,
+        data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
+        precision=args.teacher_precision, channels_last=args.channels_last, device=device)
+
+
+def _base_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_active:  # Mixup already smoothed the (soft) targets
+        return SoftTargetCrossEntropy()
+    if args.smoothing:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def _output_dir(args: argparse.Namespace, data_config: dict[str, Any]) -> str:
+    from timm.models import safe_model_name
+    from timm.utils import get_outdir
+
+    if args.resume and not args.output and not args.experiment:
+        return os.path.dirname(os.path.abspath(args.resume))  # continue in the run being resumed
+    name = args.experiment or "-".join([datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
+                                        safe_model_name(args.model), str(data_config["input_size"][-1])])
+    return get_outdir(args.output or "./output/train", name)
+
+
+def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, read top to bottom
+    """Build data, student, teacher/cache, loss, optimizer, schedule, EMA, saver; resume if asked."""
+    from timm.data import resolve_data_config
+    from timm.layers import set_fast_norm
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    from timm.utils import ModelEmaV3, NativeScaler, random_seed
+
+    from . import checkpoint as ckpt
+    from .data import build_datasets, build_eval_loader, build_train_loader
+    from .evaluate import is_distilled
+    from .losses import DistillationLoss
+    from .preflight import check_model_name, teacher_arch_from_checkpoint
+
+    for module in args.device_modules or []:
+        importlib.import_module(module)
+    check_model_name(args.model, "--model")
+    if args.distill_teacher_path and not args.distill_teacher and not args.distill_cache:
+        args.distill_teacher = teacher_arch_from_checkpoint(args.distill_teacher_path)
+    if args.distill_teacher:
+        check_model_name(args.distill_teacher, "--distill-teacher")
+    if args.resume and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume {args.resume!r} does not exist; pass RUN_DIR/last.pth.tar of the run to continue.")
+
+    device, rank, local_rank, world_size = _init_device(args)
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    random_seed(args.seed, rank)
+    if args.fast_norm:
+        set_fast_norm()
+
+    # Data first: a wrong folder is the most common mistake and the cheapest to report.
+    train_ds, eval_ds = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
+                                       class_map=args.class_map, skip_bad_images=args.skip_bad_images)
+    for split, ds in (("train", train_ds), ("validation", eval_ds)):
+        if getattr(ds, "skipped_files", None):
+            _logger.warning("Skipped %d unreadable image(s) in the %s split.", len(ds.skipped_files), split)
+    labels = _label_names(train_ds)
+    num_classes = len(labels)
+    if args.num_classes is not None and args.num_classes != num_classes:
+        raise UsageError(f"--num-classes {args.num_classes} but {args.data_dir} has {num_classes} class folders; "
+                         f"drop --num-classes or set it to {num_classes}.")
+    args.num_classes = num_classes
+
+    arch_kwargs = _architecture_kwargs(args, num_classes)
+    student = _create_student(args, arch_kwargs)
+    distilled = is_distilled(student)
+    if args.distill_type in ("soft", "hard") and not distilled:
+        raise UsageError(
+            f"--distill-type {args.distill_type} trains the distillation token's head, but --model {args.model} has "
+            "none. Use a distilled student (e.g. deit_tiny_distilled_patch16_224; `deit-distill models` lists them) "
+            "or --distill-type none.")
+    if distilled:
+        # 'none' trains both heads on the labels through their average (timm's fine-tuning behaviour).
+        student.set_distilled_training(args.distill_type != "none")
+    data_config = resolve_data_config(vars(args), model=student, verbose=rank == 0)
+    student.pretrained_cfg = {**student.pretrained_cfg, **data_config}  # the size the student now takes
+
+    teacher = cache = None
+    if args.distill_cache:
+        from .cache import TeacherTargetCache
+
+        cache = TeacherTargetCache.open(args.distill_cache)
+        cache.check_training(args, train_ds, args.epochs)
+    elif args.distill_teacher:
+        teacher = _create_teacher(args, num_classes, data_config, device)
+
+    student.to(device)
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+    if world_size > 1 and args.sync_bn:
+        args.dist_bn = ""
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+
+    train_loader = build_train_loader(args, train_ds, data_config, rank=rank, world_size=world_size)
+    eval_loader = build_eval_loader(args, eval_ds, data_config, rank=rank, world_size=world_size)
+    criterion = DistillationLoss(_base_criterion(args, train_loader.mixup_active), None, args.distill_type,
+                                 args.distill_alpha, args.distill_tau, soft_reduction=args.distill_soft_reduction)
+
+    args.lr, lr_how = resolve_lr(args, world_size)
+    optimizer = create_optimizer_v2(student, **optimizer_kwargs(cfg=args), **(args.opt_kwargs or {}))
+    amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+    amp_autocast: Callable[[], Any] = contextlib.nullcontext
+    loss_scaler = None
+    if args.amp:
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        if device.type == "cuda" and amp_dtype == torch.float16:
+            loss_scaler = NativeScaler(device=device.type)  # bfloat16 needs no loss scaling
+
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(student, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                               device="cpu" if args.model_ema_force_cpu else None)
+    model: nn.Module = student
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=not args.no_ddp_bb)
+
+    updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    decreasing = args.eval_metric == "loss"
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+
+    metadata = {
+        "model": args.model,
+        "model_kwargs": arch_kwargs,
+        "pretrained_cfg": {"input_size": [int(v) for v in data_config["input_size"]],
+                           "mean": [float(v) for v in data_config["mean"]],
+                           "std": [float(v) for v in data_config["std"]],
+                           "crop_pct": float(data_config["crop_pct"]),
+                           "interpolation": str(data_config["interpolation"])},
+        "label_names": labels,
+        "distill": {"teacher": args.distill_teacher,
+                    "teacher_description": (getattr(teacher, "description", None)
+                                            or getattr(cache, "teacher_description", None)),
+                    "type": args.distill_type, "alpha": args.distill_alpha, "tau": args.distill_tau,
+                    "soft_reduction": args.distill_soft_reduction},
+        "recipe": args.recipe,
+        "ema": bool(args.model_ema),
+    }
+
+    output_dir = saver = None
+    run = Run(args=args, device=device, rank=rank, world_size=world_size, model=model, student=student,
+              model_ema=model_ema, teacher=teacher, cache=cache, criterion=criterion, optimizer=optimizer,
+              loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
+              train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
+              updates_per_epoch=updates_per_epoch, output_dir=None, saver=None, metadata=metadata)
+    saved_args = argparse.Namespace(**config_dict(args))  # plain values: weights_only-loadable
+    if rank == 0:
+        from .summary import write_args_yaml
+
+        output_dir = _output_dir(args, data_config)
+        saver = ckpt.CheckpointSaver(
+            model=model, optimizer=optimizer, args=saved_args, model_ema=model_ema, amp_scaler=loss_scaler,
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
+            max_history=args.checkpoint_hist, extra_state=lambda: _extra_state(run))
+        write_args_yaml(os.path.join(output_dir, "args.yaml"), config_dict(args))
+    run.output_dir, run.saver = output_dir, saver
+
+    if rank == 0:
+        params = sum(p.numel() for p in student.parameters()) / 1e6
+        _logger.info("Student %s (%.2fM parameters, input %s), %d classes, %d train / %d eval images, "
+                     "%s on %s.", args.model, params, tuple(data_config["input_size"]), num_classes, len(train_ds),
+                     len(eval_ds), f"{world_size} processes" if world_size > 1 else "1 process", device)
+        source = f"cache {args.distill_cache}" if cache is not None else (args.distill_teacher or "none")
+        _logger.info("Distillation: %s (alpha %g, tau %g, soft reduction %s), teacher: %s.", args.distill_type,
+                     args.distill_alpha, args.distill_tau, args.distill_soft_reduction, source)
+        _logger.info("Learning rate %s; %d epochs of %d updates; output %s.", lr_how, num_epochs,
+                     updates_per_epoch, output_dir)
+
+    # Resume last: it restores the RNG states, which nothing after it may consume before the first step.
+    if args.resume:
+        state = ckpt.resume(args.resume, student, optimizer=None if args.no_resume_opt else optimizer,
+                            loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, model_ema=model_ema,
+                            rank=rank, world_size=world_size)
+        run.start_epoch, run.num_updates, run.history = state.start_epoch, state.num_updates, state.summary
+        if saver is not None and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(output_dir):
+            saver.load_state_dict(state.saver_state or {})
+        if rank == 0:
+            _logger.info("Resumed from %s at epoch %d (RNG states %s).", args.resume, run.start_epoch,
+                         "restored" if state.rng_restored else "not in the checkpoint: reseeded")
+    if args.start_epoch is not None:
+        run.start_epoch = args.start_epoch
+    if run.start_epoch > 0 and (not args.resume or args.start_epoch is not None or args.no_resume_opt):
+        # timm's rule: position the schedule at the start epoch when its state was not restored
+        if args.sched_on_updates:
+            lr_scheduler.step_update(run.start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(run.start_epoch)
+    return run
+
+
+def _extra_state(run: Run) -> dict[str, Any]:
+    """Keys added to every checkpoint: what exact resumption and downstream readers need."""
+    state: dict[str, Any] = {
+        "deit_distill": run.metadata,
+        "scheduler": run.lr_scheduler.state_dict(),
+        "num_updates": run.num_updates,
+        "rng": run.rng_states,  # gathered from every rank just before saving
+        "summary": list(run.history),
+    }
+    if run.model_ema is not None and hasattr(run.model_ema, "_sr_generator"):
+        state["ema_rng"] = run.model_ema._sr_generator.get_state()
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+def _all_reduce_sum(values: list[float], run: Run) -> list[float]:
+    if not run.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=run.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _progress(loader: Any, run: Run, desc: str) -> Any:
+    if run.primary and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    return loader
+
+
+def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """One pass over the training loader; returns the epoch's mean losses (reduced over ranks)."""
+    from timm.models import model_parameters
+    from timm.utils import dispatch_clip_grad
+
+    args, model, optimizer = run.args, run.model, run.optimizer
+    run.train_loader.set_epoch(epoch)
+    model.train()
+    if run.teacher is not None:
+        run.teacher.eval()  # the teacher never trains
+    accum = args.grad_accum_steps
+    num_batches = len(run.train_loader)
+    last_accum = num_batches % accum or accum
+    sums = [0.0, 0.0, 0.0, 0.0]  # samples, total, class-head and distillation losses (sample-weighted)
+    optimizer.zero_grad()
+    started, samples_since_log = time.time(), 0
+    batches = _progress(run.train_loader, run, f"train {epoch}")
+    for batch_idx, (inputs, targets, views) in enumerate(batches):
+        inputs, targets = inputs.to(run.device, non_blocking=True), targets.to(run.device, non_blocking=True)
+        if args.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        need_update = (batch_idx + 1) % accum == 0 or batch_idx == num_batches - 1
+        steps_in_update = last_accum if batch_idx >= num_batches - last_accum else accum
+
+        teacher_out = None
+        if args.distill_type != "none":
+            if run.cache is not None:
+                teacher_out = run.cache.targets(epoch, views).to(run.device)
+            else:
+                teacher_out = run.teacher(inputs)
+        sync = contextlib.nullcontext() if need_update or not run.distributed else model.no_sync()
+        with sync:
+            with run.amp_autocast():
+                outputs = model(inputs)
+                loss = run.criterion.from_teacher_output(outputs, targets, teacher_out)
+            parts = torch.stack([loss.detach().float(), run.criterion.last_base_loss.float(),
+                                 run.criterion.last_distill_loss.float()])
+            finite = torch.isfinite(parts[0]).to(torch.float32)
+            if run.distributed:  # every rank must stop together
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            if not bool(finite.item()):
+                raise NonFiniteLoss(
+                    f"the training loss became {parts[0].item()} at epoch {epoch}, step {batch_idx} "
+                    f"(update {run.num_updates + 1})")
+            _backward(run, loss / steps_in_update, need_update, model_parameters, dispatch_clip_grad)
+
+        n = len(targets)
+        values = parts.tolist()
+        sums = [sums[0] + n, sums[1] + values[0] * n, sums[2] + values[1] * n, sums[3] + values[2] * n]
+        samples_since_log += n * run.world_size
+        if not need_update:
+            continue
+        run.num_updates += 1
+        optimizer.zero_grad()
+        if run.model_ema is not None:
+            run.model_ema.update(run.student, step=run.num_updates)
+        if args.synchronize_step and run.device.type == "cuda":
+            torch.cuda.synchronize()
+        update_idx = batch_idx // accum
+        if update_idx % args.log_interval == 0 or batch_idx == num_batches - 1:
+            lr = sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups)
+            elapsed = max(time.time() - started, 1e-9)
+            line = (f"loss {values[0]:#.4g} (task {values[1]:#.4g}, distill {values[2]:#.4g})  "
+                    f"lr {lr:.3e}  {samples_since_log / elapsed:.1f} img/s")
+            if run.primary:
+                if hasattr(batches, "set_postfix_str"):
+                    batches.set_postfix_str(line)
+                else:
+                    _logger.info("Train: %d [%d/%d]  %s", epoch, update_idx + 1, run.updates_per_epoch, line)
+            started, samples_since_log = time.time(), 0
+        run.lr_scheduler.step_update(num_updates=run.num_updates, metric=sums[1] / max(sums[0], 1))
+
+    if hasattr(optimizer, "sync_lookahead"):
+        optimizer.sync_lookahead()
+    total = _all_reduce_sum(sums, run)
+    n = max(total[0], 1.0)
+    return {"loss": total[1] / n, "task_loss": total[2] / n, "distill_loss": total[3] / n}
+
+
+def _backward(run: Run, loss: torch.Tensor, need_update: bool, model_parameters: Any, clip: Any) -> None:
+    args = run.args
+    params = (model_parameters(run.model, exclude_head="agc" in args.clip_mode)
+              if args.clip_grad is not None else None)
+    if run.loss_scaler is not None:
+        run.loss_scaler(loss, run.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                        parameters=params, need_update=need_update)
+        return
+    loss.backward()
+    if need_update:
+        if args.clip_grad is not None:
+            clip(params, value=args.clip_grad, mode=args.clip_mode)
+        run.optimizer.step()
+
+
+def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    from timm.utils import distribute_bn
+
+    from .evaluate import evaluate
+
+    args = run.args
+    if run.distributed and args.dist_bn in ("broadcast", "reduce"):
+        distribute_bn(run.model, run.world_size, args.dist_bn == "reduce")
+    common = dict(device=run.device, amp_autocast=run.amp_autocast, channels_last=args.channels_last,
+                  distributed=run.distributed)
+    metrics = evaluate(run.student, run.eval_loader, teacher=run.teacher,
+                       progress=lambda it: _progress(it, run, f"eval {epoch}"), **common)
+    row = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+           "eval_top1_cls": metrics["top1_cls"], "eval_top5_cls": metrics["top5_cls"],
+           "eval_top1_dist": metrics["top1_dist"], "eval_top5_dist": metrics["top5_dist"],
+           "teacher_top1": metrics["teacher_top1"], "teacher_agreement": metrics["teacher_agreement"]}
+    ranking = metrics
+    if run.model_ema is not None and not args.model_ema_force_cpu:
+        if run.distributed and args.dist_bn in ("broadcast", "reduce"):
+            distribute_bn(run.model_ema, run.world_size, args.dist_bn == "reduce")
+        ema = evaluate(run.model_ema.module, run.eval_loader, **common)
+        row["eval_top1_ema"], row["eval_top5_ema"] = ema["top1"], ema["top5"]
+        ranking = ema  # timm ranks checkpoints by the EMA's metrics when it evaluates them
+    row["_metric"] = ranking[args.eval_metric]
+    return row
+
+
+def _log_epoch(run: Run, row: dict[str, Any]) -> None:
+    def f(key: str, fmt: str = "{:.2f}") -> str:
+        return "-" if row.get(key) is None else fmt.format(row[key])
+
+    parts = [f"Epoch {row['epoch']}: train loss {f('train_loss', '{:.4f}')} (task {f('train_task_loss', '{:.4f}')}, "
+             f"distill {f('train_distill_loss', '{:.4f}')})"]
+    if row.get("eval_top1") is not None:
+        parts.append(f"eval top-1 {f('eval_top1')} (cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"
+                     + (f", EMA {f('eval_top1_ema')}" if "eval_top1_ema" in row else "") + ")")
+    if row.get("teacher_top1") is not None:
+        parts.append(f"teacher top-1 {f('teacher_top1')}, agreement {f('teacher_agreement', '{:.3f}')}")
+    _logger.info("  ".join(parts))
+
+
+def train(run: Run) -> int:
+    """The epoch loop: train, evaluate, step the schedule, checkpoint, record. Returns the exit code."""
+    from .checkpoint import rng_state
+    from .plots import plot_curves
+    from .summary import write_summary
+
+    args = run.args
+    best: tuple[Any, Any] = (None, None)
+    for epoch in range(run.start_epoch, run.num_epochs):
+        train_metrics = train_one_epoch(run, epoch)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_metrics["loss"],
+                               "train_task_loss": train_metrics["task_loss"],
+                               "train_distill_loss": train_metrics["distill_loss"]}
+        lrs = [g["lr"] for g in run.optimizer.param_groups]
+        row["lr"] = sum(lrs) / len(lrs)
+        last = epoch + 1 == run.num_epochs
+        if (epoch + 1) % args.val_interval == 0 or last:
+            row.update(_evaluate_epoch(run, epoch))
+        metric = row.pop("_metric", None)
+        run.lr_scheduler.step(epoch + 1, metric)
+        run.history.append(row)
+        # Every rank's generator states, captured at the same point of the loop.
+        states = [rng_state()]
+        if run.distributed:
+            states = [None] * run.world_size
+            torch.distributed.all_gather_object(states, rng_state())
+        run.rng_states = states
+        if run.primary:
+            _log_epoch(run, row)
+            best = run.saver.save_checkpoint(epoch, metric=metric)
+            write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None)
+            plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
+                        title=f"{args.model} ({args.distill_type} distillation)")
+    if run.primary:
+        if best[0] is not None:
+            _logger.info("Best %s %.4f at epoch %s; checkpoints in %s.", args.eval_metric, best[0], best[1],
+                         run.output_dir)
+        else:
+            _logger.info("Done; checkpoints in %s.", run.output_dir)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------------------
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # timm's saver lists every retained checkpoint after each save; one line per epoch is enough here.
+    logging.getLogger("timm.utils.checkpoint_saver").setLevel(logging.WARNING)
+
+
+def _env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `deit-distill train`; returns 0 on success, 2 when the input is refused, 1 when training diverged."""
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(f"deit-distill train: error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(format_config(args, int(os.environ.get("WORLD_SIZE", "1"))), end="")
+        return 0
+    _setup_logging()
+    run = None
+    try:
+        try:
+            run = setup(args)
+        except _refusal_types() as e:
+            if _env_rank() == 0:
+                print(f"deit-distill train: error: {e}", file=sys.stderr)
+            return 2
+        try:
+            return train(run)
+        except NonFiniteLoss as e:
+            last = os.path.join(run.output_dir or "", "last.pth.tar")
+            kept = (f"The last good checkpoint is kept: {last} (epoch {run.history[-1]['epoch']})."
+                    if run.output_dir and os.path.exists(last) else "No checkpoint had been written yet.")
+            if run.primary:
+                _logger.error("Stopped: %s. Nothing was saved from this epoch. %s Lower --lr, add --clip-grad, "
+                              "or check the data, then --resume.", e, kept)
+            return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
