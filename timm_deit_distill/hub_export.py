@@ -86,17 +86,9 @@ def _load_checkpoint_file(path: Path) -> Mapping[str, Any]:
         from safetensors.torch import load_file
 
         return {"state_dict": load_file(path)}
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors come in many types; all mean the same thing here
-        raise HubExportError(
-            f"{path} could not be read with torch.load(weights_only=True): {e}. Save the student's state dict "
-            "alone (torch.save(model.state_dict(), PATH)) or as .safetensors and pass --model."
-        ) from e
-    if not isinstance(obj, Mapping):
-        raise HubExportError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
-    return obj
+    from .checkpoint import load_training_checkpoint  # the trainer's reader: weights_only + timm's Namespace
+
+    return load_training_checkpoint(path)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -169,6 +161,10 @@ def _student_from_checkpoint(
         data_config.pop("input_size", None)
 
     summary = source.parent / "summary.csv" if source is not None else None
+    if summary is not None and summary.is_file():
+        summary_rows = read_summary_csv(summary)
+    else:  # the trainer also stores the rows so far in each checkpoint
+        summary_rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in ckpt.get("summary") or []]
     epoch = ckpt.get("epoch")
     return _Student(
         state_dict=state_dict,
@@ -183,7 +179,7 @@ def _student_from_checkpoint(
         epoch=int(epoch) if isinstance(epoch, int) else None,
         source_file=source.name if source is not None else None,
         source_sha256=_file_sha256(source) if source is not None else None,
-        summary_rows=read_summary_csv(summary) if summary is not None and summary.is_file() else [],
+        summary_rows=summary_rows,
     )
 
 

@@ -1,0 +1,121 @@
+"""`deit-distill push` and `deit-distill pull`: publish a trained student, fetch one back verified.
+
+    deit-distill push CHECKPOINT --repo-id ORG/NAME [--revision BRANCH] [--private] [--use-ema|--no-ema]
+                                 [--to-dir DIR] [--model NAME --num-classes N --img-size N]
+    deit-distill pull ORG/NAME[@REV] [--out DIR]
+
+The token comes from HF_TOKEN or the stored login (`hf auth login`), never from the command line, where
+it would land in shell history; it is never printed. Errors print one line naming the fix and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
+    sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
+
+    push = sub.add_parser(
+        "push", help="push a trained student to the Hugging Face Hub (or write the folder with --to-dir)",
+        description="Publish the student of CHECKPOINT: model.safetensors (student only), a config.json "
+                    "plain timm loads, and a model card built from the checkpoint and the run's summary.csv.")
+    push.add_argument("checkpoint", metavar="CHECKPOINT",
+                      help="a checkpoint the trainer wrote (e.g. model_best.pth.tar), or a bare state dict "
+                           "(.pth / .safetensors; then give --model)")
+    push.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub repo (required unless --to-dir)")
+    push.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    ema = push.add_mutually_exclusive_group()
+    ema.add_argument("--use-ema", dest="use_ema", action="store_true", default=None,
+                     help="publish the checkpoint's EMA weights (state_dict_ema)")
+    ema.add_argument("--no-ema", dest="use_ema", action="store_false",
+                     help="publish the raw weights (state_dict)")
+    push.add_argument("--to-dir", metavar="DIR", help="write the folder to DIR instead of uploading")
+    push.add_argument("--commit-message", metavar="TEXT")
+    bare = push.add_argument_group("for a bare state dict (a trainer checkpoint records these itself)")
+    bare.add_argument("--model", metavar="NAME", help="architecture, e.g. deit_tiny_distilled_patch4_32")
+    bare.add_argument("--num-classes", type=int, metavar="N")
+    bare.add_argument("--img-size", type=int, metavar="N")
+    card = push.add_argument_group("model card")
+    card.add_argument("--license", default="apache-2.0", help="license in the card's front matter (default apache-2.0)")
+    card.add_argument("--dataset", action="append", default=[], metavar="HUB_DATASET_ID",
+                      help="dataset id for the card's front matter (repeatable)")
+
+    pull = sub.add_parser(
+        "pull", help="download a student at one commit, every file checked against the Hub's checksums",
+        description="Resolve the revision to a commit, download every file at it into the HF cache and check "
+                    "each against the sha256 / git sha1 the Hub lists. With HF_HUB_OFFLINE=1 the cache is used.")
+    pull.add_argument("repo", metavar="ORG/NAME[@REV]")
+    pull.add_argument("--out", metavar="DIR", help="also copy the verified files into DIR")
+    pull.add_argument("--cache-dir", metavar="DIR", help="HF cache to use (default: HF_HUB_CACHE)")
+    return parser
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub, save_pretrained
+
+    options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
+                   img_size=args.img_size, license=args.license, datasets=args.dataset)
+    if args.to_dir:
+        folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, **options)
+        facts = json.loads((folder / "config.json").read_text())
+        print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} "
+              f"({facts['deit_distill']['weights']} weights of {facts['deit_distill']['variant']}, "
+              f"loadable as timm architecture {facts['architecture']})")
+        return 0
+    if not args.repo_id:
+        raise ValueError("--repo-id ORG/NAME is required to push (or pass --to-dir DIR to only write the folder)")
+    info = push_to_hub(args.checkpoint, args.repo_id, revision=args.revision, private=args.private,
+                       commit_message=args.commit_message, **options)
+    print(f"pushed {args.repo_id} ({args.revision or 'main'}) at commit {info.oid}: {info.commit_url}")
+    print(f"load it with timm.create_model('hf-hub:{args.repo_id}@{info.oid}', pretrained=True), "
+          f"or verified: deit-distill pull {args.repo_id}@{info.oid}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from .hub import pull
+
+    folder = pull(args.repo, cache_dir=args.cache_dir, out_dir=args.out)
+    files = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+    print(f"verified {len(files)} files ({', '.join(files)})", file=sys.stderr)
+    print(folder)
+    return 0
+
+
+def _redact(text: str) -> str:
+    """Belt and braces: no message this command prints may contain the token in use."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return text.replace(token, "***") if token else text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `push` or `pull`; ``argv`` starts with the subcommand name. Returns the exit code."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from .hub import HubAuthError, HubExportError, HubIntegrityError
+
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _push(args) if args.command == "push" else _pull(args)
+    except (HubAuthError, HubExportError, HubIntegrityError, LocalEntryNotFoundError, FileNotFoundError,
+            HfHubHTTPError, ValueError) as e:
+        hint = ""
+        if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code == 401:
+            hint = " (check the token: `hf auth whoami`; pushing needs a token with write access)"
+        print(_redact(f"deit-distill {args.command}: error: {e}{hint}"), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
