@@ -99,6 +99,10 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[torch
     return torch.float32, f"auto: {device.type} device"
 
 
+def _has_autocast(device_type: str) -> bool:
+    return device_type in ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
 def _precision_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _DTYPES.items()}[dtype]
 
@@ -464,8 +468,11 @@ class DistillationTeacher(nn.Module):
         return x
 
     def _autocast(self, device_type: str) -> AbstractContextManager[Any]:
+        # The teacher's precision is its own: an fp32 teacher also stays fp32 inside a training loop's
+        # autocast region, so its targets do not depend on the student's AMP setting.
         if self.compute_dtype == torch.float32:
-            return nullcontext()
+            return torch.autocast(device_type=device_type, enabled=False) if _has_autocast(device_type) \
+                else nullcontext()
         return torch.autocast(device_type=device_type, dtype=self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
