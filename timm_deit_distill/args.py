@@ -224,7 +224,8 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     g.add_argument("--no-ddp-bb", action="store_true", default=d(False), help="no DDP buffer broadcast")
     g.add_argument("--synchronize-step", action="store_true", default=d(False),
                    help="synchronize the device after each step")
-    g.add_argument("--local_rank", "--local-rank", default=d(0), type=int, help=argparse.SUPPRESS)
+    g.add_argument("--local_rank", "--local-rank", default=d(0), type=int,
+                   help="written by old launchers; as in timm the rank is read from the environment")
     g.add_argument("--device-modules", default=d(None), type=str, nargs="+",
                    help="python modules to import before creating models")
 
@@ -534,15 +535,19 @@ def _resolve_distillation(parser: argparse.ArgumentParser, args: argparse.Namesp
     teacher, teacher_dest = _pick(layers, {"distill_teacher": ident, "teacher_model": ident,
                                            "kd_model_name": ident}, "teacher")
     teacher_path, _ = _pick(layers, {"distill_teacher_path": ident, "teacher_path": ident}, "teacher checkpoint")
-    kind, _ = _pick(layers, {"distill_type": ident, "distillation_type": ident, "kd_token_distill_type": ident},
+    kind, kind_dest = _pick(layers, {"distill_type": ident, "distillation_type": ident, "kd_token_distill_type": ident},
                     "distillation type")
     # --distill-loss-weight was checked above to equal 1 - --task-loss-weight, which carries the value.
-    alpha, _ = _pick(layers, {"distill_alpha": float, "distillation_alpha": float,
+    alpha, alpha_dest = _pick(layers, {"distill_alpha": float, "distillation_alpha": float,
                               "task_loss_weight": from_task_weight}, "distillation alpha")
-    tau, _ = _pick(layers, {"distill_tau": float, "distillation_tau": float, "kd_temperature": float},
+    tau, tau_dest = _pick(layers, {"distill_tau": float, "distillation_tau": float, "kd_temperature": float},
                    "distillation temperature")
     reduction, _ = _pick(layers, {"distill_soft_reduction": ident}, "soft reduction")
 
+    # Messages name the spelling the user wrote.
+    args.distill_flags = {
+        setting: "--" + (dest or setting).replace("_", "-")
+        for setting, dest in (("distill_type", kind_dest), ("distill_alpha", alpha_dest), ("distill_tau", tau_dest))}
     timm_spelling = teacher_dest == "kd_model_name"
     args.distill_teacher = teacher
     args.distill_teacher_path = teacher_path
@@ -563,14 +568,19 @@ def _validate(args: argparse.Namespace) -> None:
         if not cond:
             raise UsageError(message)
 
+    flags = getattr(args, "distill_flags", {})
+    alpha_flag, tau_flag = flags.get("distill_alpha", "--distill-alpha"), flags.get("distill_tau", "--distill-tau")
+    if alpha_flag == "--task-loss-weight":
+        need(0.0 <= args.distill_alpha <= 1.0, f"--task-loss-weight {1 - args.distill_alpha:g} is outside [0, 1]: "
+             "it is 1 - the distillation weight (DeiT's alpha 0.5 is a weight of 0.5).")
     need(0.0 <= args.distill_alpha <= 1.0,
-         f"--distill-alpha {args.distill_alpha} is outside [0, 1]: it is the weight of the distillation term "
+         f"{alpha_flag} {args.distill_alpha} is outside [0, 1]: it is the weight of the distillation term "
          "(DeiT uses 0.5).")
     need(math.isfinite(args.distill_tau) and args.distill_tau > 0,
-         f"--distill-tau {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
+         f"{tau_flag} {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
     if args.distill_type in ("soft", "hard"):
         need(bool(args.distill_teacher) or bool(args.distill_cache),
-             f"--distill-type {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "
+             f"{flags.get('distill_type', '--distill-type')} {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "
              "regnety_160.deit_in1k), a teacher checkpoint with --distill-teacher-path, or --distill-cache DIR.")
     if args.distill_cache and args.distill_type == "none":
         raise UsageError("--distill-cache replays teacher targets but --distill-type is none; "
@@ -624,7 +634,7 @@ def resolve_lr(args: argparse.Namespace, world_size: int) -> tuple[float, str]:
                 f"{'^0.5' if scale == 'sqrt' else ''} ({scale} scaling)")
 
 
-_RUNTIME_KEYS = ("_layers", "distill_spelling", "local_rank", "print_config", "config", "data")
+_RUNTIME_KEYS = ("_layers", "distill_spelling", "distill_flags", "local_rank", "print_config", "config", "data")
 # Folded into canonical settings (aliases) or inert at timm's default (refused otherwise): not worth printing.
 _OMITTED_KEYS = frozenset((*_DEIT_ALIASES, *_TIMM_KD, "kd_distill_type",
                            *(f[0][0].lstrip("-").replace("-", "_") for f in UNSUPPORTED_TIMM_FLAGS)))
