@@ -291,6 +291,19 @@ def _write_chunk(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, 
     return _sha256_file(path)
 
 
+def _chunk_metadata(fid: str, epoch: int) -> dict[str, str]:
+    # One key: safetensors writes metadata from a hash map, so several keys come out in varying order and
+    # equal chunks would get different bytes (and sha256s).
+    return {"timm_deit_distill_cache": _canonical({"format": FORMAT, "fingerprint_sha256": fid, "epoch": epoch})}
+
+
+def _parse_chunk_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    try:
+        return json.loads(metadata.get("timm_deit_distill_cache", "{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
 def _low16(sample_index: np.ndarray) -> np.ndarray:
     return (np.asarray(sample_index, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.int16)
 
@@ -416,7 +429,7 @@ def _build_epoch(out: Path, epoch: int, loader: Any, layout: ViewLayout,
         raise CacheError(f"epoch {epoch}: {int((~filled).sum())} of {rows} rows were not produced by the loader.")
     columns["sample_index_low16"] = _low16(layout.epoch(epoch)[0][:rows])
     path = out / _chunk_name(epoch)
-    sha = _write_chunk(path, columns, {"format": FORMAT, "fingerprint_sha256": fid, "epoch": str(epoch)})
+    sha = _write_chunk(path, columns, _chunk_metadata(fid, epoch))
     _write_json(path.with_suffix(".json"), {"epoch": epoch, "file": path.name, "sha256": sha, "rows": rows,
                                             "bytes": path.stat().st_size, "fingerprint_sha256": fid})
     _logger.info("cache epoch %d written: %s (%d rows)", epoch, path.name, rows)
@@ -435,8 +448,8 @@ def _chunk_done(out: Path, epoch: int, fid: str) -> bool:
         header, _ = _read_header(path)
     except (CacheError, ValueError):
         return False
-    meta = header.get("__metadata__") or {}
-    if meta.get("fingerprint_sha256") != fid or meta.get("epoch") != str(epoch):
+    meta = _parse_chunk_metadata(header.get("__metadata__") or {})
+    if meta.get("fingerprint_sha256") != fid or meta.get("epoch") != epoch:
         return False
     rows = header["sample_index_low16"]["shape"][0]
     _write_json(sidecar, {"epoch": epoch, "file": path.name, "sha256": _sha256_file(path), "rows": rows,
@@ -529,11 +542,11 @@ class TeacherTargetCache:
         problems = []
         if not getattr(args, "deterministic_aug", False):
             problems.append("deterministic_aug: cache True, now False (fix: add --deterministic-aug)")
+        num_classes = len(train_ds.reader.class_to_idx)
         if data_config is None:
             from .cache_cli import resolve_data_config
 
-            data_config = resolve_data_config(args)
-        num_classes = len(train_ds.reader.class_to_idx)
+            data_config = resolve_data_config(args, num_classes)
         current = make_fingerprint(
             dataset=dataset_fingerprint(train_ds), views=view_settings(_cache_args(args), data_config, num_classes),
             teacher=self.teacher_description, store=self.store.spec, versions=library_versions())
@@ -590,7 +603,8 @@ class TeacherTargetCache:
             raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or replaced); "
                              "fix: delete it and its .json sidecar and rerun `deit-distill cache build`.")
         arrays, metadata = _memmap_chunk(path)
-        if metadata.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"]:
+        meta = _parse_chunk_metadata(metadata)
+        if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != epoch:
             raise CacheError(f"cache chunk {path} belongs to another cache; fix: rebuild it.")
         assert self._layout is not None
         self._arrays = arrays

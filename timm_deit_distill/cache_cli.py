@@ -31,21 +31,20 @@ USAGE = """usage: deit-distill cache build [training flags] --epochs N --store h
        deit-distill cache info DIR"""
 
 
-def resolve_data_config(args: argparse.Namespace) -> dict[str, Any]:
-    """timm's resolved data config for the student ``args.model`` (``--img-size``, ``--mean`` ... applied).
+def resolve_data_config(args: argparse.Namespace, num_classes: int | None = None) -> dict[str, Any]:
+    """timm's resolved data config for the student ``args.model``, exactly as the trainer resolves it.
 
-    The model is built on the meta device: only its pretrained config is read, nothing is allocated.
+    The student is built on the meta device with the trainer's architecture kwargs (``--img-size``,
+    ``--input-size``, ``--model-kwargs``): only its pretrained config is read, nothing is allocated.
     """
     import timm
     from timm.data import resolve_data_config as timm_resolve
 
     import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 
-    kwargs = dict(getattr(args, "model_kwargs", None) or {})
-    if getattr(args, "img_size", None):
-        kwargs.setdefault("img_size", args.img_size)
-    elif getattr(args, "input_size", None):
-        kwargs.setdefault("img_size", tuple(args.input_size[1:]))
+    from .train import _architecture_kwargs
+
+    kwargs = _architecture_kwargs(args, int(num_classes or getattr(args, "num_classes", None) or 1000))
     with torch.device("meta"):
         model = timm.create_model(args.model, pretrained=False, **kwargs)
     return dict(timm_resolve(vars(args), model=model))
@@ -114,8 +113,8 @@ def _build(argv: list[str]) -> int:
 
     train_ds, _ = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
                                  class_map=args.class_map, skip_bad_images=args.skip_bad_images)
-    data_config = resolve_data_config(args)
     num_classes = len(train_ds.reader.class_to_idx)
+    data_config = resolve_data_config(args, num_classes)
 
     from .teacher import DistillationTeacher
 
