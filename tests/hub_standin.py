@@ -379,3 +379,33 @@ class _Handler(BaseHTTPRequestHandler):
             data, status = data[start:end + 1], 206
         headers["Content-Length"] = str(len(data))
         self._send(status, headers=headers, raw=data)
+
+
+def isolate_client(monkeypatch, home: Path, *, offline: bool = False) -> None:
+    """Point this process's huggingface_hub at nothing of the user's: no token, no cache, no login.
+
+    HF_HUB_OFFLINE and the token path are module constants read at import, so they are patched where the
+    client reads them at call time (``constants.HF_HUB_OFFLINE``, ``constants.HF_TOKEN_PATH``).
+    """
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "no-stored-tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+
+def client_subprocess_env(home: Path, *, endpoint: str | None = None, offline: bool = False,
+                          token: str | None = None) -> dict[str, str]:
+    """Environment for a client in a fresh process: HF_ENDPOINT / HF_HUB_OFFLINE are read at import there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE_"))}
+    env.update(HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub-cache"), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1" if offline else "0")
+    if endpoint:
+        env["HF_ENDPOINT"] = endpoint
+    if token:
+        env["HF_TOKEN"] = token
+    return env

@@ -1,0 +1,96 @@
+"""The model card: front matter the Hub parses, and facts taken from the checkpoint and its summary.csv."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from hub_checkpoints import TEACHER, write_run
+from huggingface_hub import ModelCard
+
+from timm_deit_distill.hub import save_pretrained
+
+
+def _table(card_text: str, heading: str) -> dict[str, str]:
+    """The two-column table under ``## heading``, as a dict."""
+    section = card_text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (.+?) \| (.+?) \|$", section, re.M)
+    return {k: v for k, v in rows if k.strip() and set(k) != {"-"}}
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory):
+    root = tmp_path_factory.mktemp("card")
+    run = write_run(root / "run", epoch=1, epochs=3)
+    folder = save_pretrained(run.checkpoint, root / "out", use_ema=True, repo_id="acme/deit-tiny-digits",
+                             datasets=["acme/digits"])
+    with open(run.checkpoint.parent / "summary.csv", newline="") as f:  # read as a user would, independently
+        rows = list(csv.DictReader(f))
+    return ModelCard.load(folder / "README.md"), rows, run
+
+
+def test_front_matter_is_what_the_hub_expects(card):
+    model_card, _, _ = card
+    data = model_card.data
+    assert data.library_name == "timm" and data.license == "apache-2.0"
+    assert data.datasets == ["acme/digits"] and data.pipeline_tag == "image-classification"
+    assert {"timm", "deit", "knowledge-distillation", "distillation-hard"} <= set(data.tags)
+
+
+def test_results_are_the_summary_row_of_the_published_epoch(card):
+    model_card, rows, run = card
+    row = next(r for r in rows if int(r["epoch"]) == 1)  # the checkpoint was saved at epoch 1
+    results = _table(model_card.text, "Results")
+    expected = {
+        "top-1, fused heads (average of class and distillation heads)": row["eval_top1"],
+        "top-1, class-token head": row["eval_top1_cls"],
+        "top-1, distillation-token head": row["eval_top1_dist"],
+        "top-5, fused heads": row["eval_top5"],
+        "top-1, EMA weights": row["eval_top1_ema"],
+        "teacher top-1 on the same evaluation set": row["teacher_top1"],
+        "student-teacher agreement": row["teacher_agreement"],
+    }
+    for label, value in expected.items():
+        assert results[label] == f"{float(value):.2f}", label
+    assert "Epoch 1, the epoch these weights were saved at." in model_card.text
+    assert "the EMA row is their accuracy" in model_card.text
+    best = max(rows, key=lambda r: float(r["eval_top1"]))  # the run went on improving after epoch 1
+    assert f"Best fused top-1 during the run: {float(best['eval_top1']):.2f} at epoch {best['epoch']}" in model_card.text
+
+
+def test_teacher_distillation_and_recipe_are_stated(card):
+    model_card, rows, _ = card
+    distill = _table(model_card.text, "Distillation")
+    assert distill["teacher"] == "`regnety_160.deit_in1k`"
+    assert distill["teacher hub id"] == f"`{TEACHER['hub_id']}`"
+    assert distill["teacher weights sha256"] == f"`{TEACHER['sha256']}`"
+    assert distill["teacher top-1 (this run's evaluation set)"] == f"{float(rows[1]['teacher_top1']):.2f}"
+    assert (distill["distillation type"], distill["alpha"], distill["tau"], distill["soft-loss reduction"]) == (
+        "hard", "0.5", "1", "deit")
+    recipe = _table(model_card.text, "Training recipe")
+    assert recipe["lr"] == "0.0005" and recipe["epochs"] == "3" and recipe["aa"] == "rand-m9-mstd0.5-inc1"
+    assert "Recipe preset: `deit_tiny`" in model_card.text
+    assert "/somewhere/private" not in model_card.text  # local paths stay local
+
+    details = _table(model_card.text, "Model details")
+    assert details["architecture (as trained)"] == "`deit_tiny_distilled_patch4_32`"
+    assert details["architecture (plain timm)"].startswith("`deit_tiny_distilled_patch16_224` with `img_size=(32, 32)")
+    assert details["input size"].startswith("32x32 (bilinear")
+
+
+def test_usage_snippet_loads_with_plain_timm(card):
+    model_card, _, _ = card
+    assert 'timm.create_model("hf-hub:acme/deit-tiny-digits", pretrained=True)' in model_card.text
+    assert "deit-distill pull acme/deit-tiny-digits" in model_card.text
+
+
+def test_card_without_teacher_or_summary_says_so(tmp_path):
+    run = write_run(tmp_path / "run", distill_type="none", ema=False)
+    (run.checkpoint.parent / "summary.csv").unlink()
+    folder = save_pretrained(run.checkpoint, tmp_path / "out")
+    text = ModelCard.load(folder / "README.md").text
+    assert "None: trained on labels only." in text
+    # no summary.csv beside it: the rows the checkpoint carries (epochs 0..1) stand in for it
+    fused = _table(text, "Results")["top-1, fused heads (average of class and distillation heads)"]
+    assert fused == f"{run.summary_rows[1]['eval_top1']:.2f}"
