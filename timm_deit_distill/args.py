@@ -356,9 +356,13 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     g.add_argument("--distill-tau", type=float, default=d(None), help="soft temperature > 0 (default 1.0)")
     g.add_argument("--distill-soft-reduction", default=d(None), choices=("deit", "batchmean"),
                    help="soft KL divided by batch*classes (deit, default) or batch (batchmean, timm)")
-    g.add_argument("--teacher-precision", default=d("auto"),
-                   choices=("auto", "float32", "bfloat16", "float16"),
-                   help="teacher inference precision (auto: bfloat16 where the device runs it fast)")
+    g.add_argument("--teacher-precision", default=d("auto"), choices=("auto", "fp32", "bf16", "fp16"),
+                   help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
+    ema = g.add_mutually_exclusive_group()
+    ema.add_argument("--teacher-ema", dest="distill_teacher_ema", action="store_const", const=True,
+                     default=d(None), help="use the EMA weights of a teacher checkpoint that holds both")
+    ema.add_argument("--no-teacher-ema", dest="distill_teacher_ema", action="store_const", const=False,
+                     default=d(None), help="use the raw weights of a teacher checkpoint that holds both")
     g.add_argument("--distill-cache", default=d(None), metavar="DIR",
                    help="replay teacher targets from a cache built by `deit-distill cache` (no teacher in memory)")
 
@@ -552,7 +556,7 @@ def _resolve_distillation(parser: argparse.ArgumentParser, args: argparse.Namesp
     args.distill_teacher = teacher
     args.distill_teacher_path = teacher_path
     if kind is None:
-        kind = ("soft" if timm_spelling else "hard") if (teacher or args.distill_cache) else "none"
+        kind = ("soft" if timm_spelling else "hard") if (teacher or teacher_path or args.distill_cache) else "none"
     args.distill_type = kind
     args.distill_alpha = 0.5 if alpha is None else alpha
     args.distill_tau = (4.0 if timm_spelling else 1.0) if tau is None else tau
@@ -579,7 +583,7 @@ def _validate(args: argparse.Namespace) -> None:
     need(math.isfinite(args.distill_tau) and args.distill_tau > 0,
          f"{tau_flag} {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
     if args.distill_type in ("soft", "hard"):
-        need(bool(args.distill_teacher) or bool(args.distill_cache),
+        need(bool(args.distill_teacher or args.distill_teacher_path or args.distill_cache),
              f"{flags.get('distill_type', '--distill-type')} {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "
              "regnety_160.deit_in1k), a teacher checkpoint with --distill-teacher-path, or --distill-cache DIR.")
     if args.distill_cache and args.distill_type == "none":

@@ -176,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
                    help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
-    p.add_argument("--teacher-precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--teacher-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="teacher inference precision")
+    t_ema = p.add_mutually_exclusive_group()
+    t_ema.add_argument("--teacher-ema", dest="teacher_ema", action="store_const", const=True, default=None,
+                       help="use the EMA weights of a teacher checkpoint that holds both")
+    t_ema.add_argument("--no-teacher-ema", dest="teacher_ema", action="store_const", const=False,
+                       help="use the raw weights of a teacher checkpoint that holds both")
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N")
     p.add_argument("-j", "--workers", type=int, default=2, metavar="N")
     p.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
@@ -224,8 +230,9 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
         from .teacher import DistillationTeacher
 
         distill = meta.get("distill") or {}
+        source = args.distill_teacher or (None if args.distill_teacher_path else distill.get("teacher"))
         teacher = DistillationTeacher.create(
-            args.distill_teacher or distill.get("teacher"), checkpoint_path=args.distill_teacher_path,
+            source, checkpoint_path=args.distill_teacher_path, use_ema=args.teacher_ema,
             num_classes=len(labels), data_mean=data_config["mean"], data_std=data_config["std"],
             input_size=data_config["input_size"], precision=args.teacher_precision, device=device)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))

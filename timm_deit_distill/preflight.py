@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import difflib
-import os
 
 import timm
 from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, split_model_name_tag
 
 from .args import UsageError
 
-__all__ = ["check_model_name", "fixed_input_size", "teacher_arch_from_checkpoint"]
+__all__ = ["check_model_name", "fixed_input_size"]
 
 _SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
 
@@ -48,21 +47,3 @@ def fixed_input_size(name: str) -> bool:
         return bool(get_pretrained_cfg_value(name, "fixed_input_size"))
     except RuntimeError:
         return False
-
-
-def teacher_arch_from_checkpoint(path: str) -> str:
-    """The architecture a timm/deit-distill checkpoint records (``arch`` or ``args.model``), to name its teacher."""
-    from .checkpoint import CheckpointError, load_training_checkpoint
-
-    if not os.path.isfile(path):
-        raise UsageError(f"--distill-teacher-path {path!r} does not exist; pass the teacher checkpoint's path.")
-    try:
-        checkpoint = load_training_checkpoint(path)
-    except CheckpointError:
-        checkpoint = {}
-    meta = checkpoint.get("deit_distill") or {}
-    arch = meta.get("model") or getattr(checkpoint.get("args"), "model", None) or checkpoint.get("arch")
-    if not arch or not is_model(str(arch)):
-        raise UsageError(f"--distill-teacher-path {path!r} does not record its architecture; name it with "
-                         "--distill-teacher ARCH (e.g. --distill-teacher regnety_160).")
-    return str(arch)

@@ -47,7 +47,7 @@ def _refusal_types() -> tuple[type[BaseException], ...]:
     from .data import DataError
 
     types: list[type[BaseException]] = [UsageError, DataError, CheckpointError]
-    for module, name in (("teacher", "TeacherError"), ("cache", "CacheMismatch")):
+    for module, name in (("teacher", "TeacherError"), ("cache", "CacheError")):
         with contextlib.suppress(ImportError, AttributeError):  # a module not written yet in this install
             types.append(getattr(importlib.import_module(f"timm_deit_distill.{module}"), name))
     return tuple(types)
@@ -165,7 +165,8 @@ def _create_teacher(args: argparse.Namespace, num_classes: int, data_config: dic
     from .teacher import DistillationTeacher
 
     return DistillationTeacher.create(
-        args.distill_teacher, checkpoint_path=args.distill_teacher_path, num_classes=num_classes,
+        args.distill_teacher, checkpoint_path=args.distill_teacher_path, use_ema=args.distill_teacher_ema,
+        num_classes=num_classes,
         data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
         precision=args.teacher_precision, channels_last=args.channels_last, device=device)
 
@@ -203,13 +204,11 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     from .data import build_datasets, build_eval_loader, build_train_loader
     from .evaluate import is_distilled
     from .losses import DistillationLoss
-    from .preflight import check_model_name, teacher_arch_from_checkpoint
+    from .preflight import check_model_name
 
     for module in args.device_modules or []:
         importlib.import_module(module)
     check_model_name(args.model, "--model")
-    if args.distill_teacher_path and not args.distill_teacher and not args.distill_cache:
-        args.distill_teacher = teacher_arch_from_checkpoint(args.distill_teacher_path)
     if args.distill_teacher:
         check_model_name(args.distill_teacher, "--distill-teacher")
     if args.resume and not os.path.isfile(args.resume):
@@ -251,11 +250,10 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
 
     teacher = cache = None
     if args.distill_cache:
-        from .cache import TeacherTargetCache
+        from .cache import TeacherTargetCache  # only runs that replay a cache pay for its import
 
-        cache = TeacherTargetCache.open(args.distill_cache)
-        cache.check_training(args, train_ds, args.epochs)
-    elif args.distill_teacher:
+        cache = TeacherTargetCache.open(args.distill_cache)  # checked against the run once epochs are known
+    elif args.distill_teacher or args.distill_teacher_path:
         teacher = _create_teacher(args, num_classes, data_config, device)
 
     student.to(device)
@@ -305,7 +303,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
                            "crop_pct": float(data_config["crop_pct"]),
                            "interpolation": str(data_config["interpolation"])},
         "label_names": labels,
-        "distill": {"teacher": args.distill_teacher,
+        "distill": {"teacher": args.distill_teacher or getattr(teacher, "name", None),
                     "teacher_description": (getattr(teacher, "description", None)
                                             or getattr(cache, "teacher_description", None)),
                     "type": args.distill_type, "alpha": args.distill_alpha, "tau": args.distill_tau,
@@ -356,6 +354,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
                          "restored" if state.rng_restored else "not in the checkpoint: reseeded")
     if args.start_epoch is not None:
         run.start_epoch = args.start_epoch
+    if cache is not None:
+        cache.check_training(args, train_ds, num_epochs, data_config=data_config, start_epoch=run.start_epoch)
     if run.start_epoch > 0 and (not args.resume or args.start_epoch is not None or args.no_resume_opt):
         # timm's rule: position the schedule at the start epoch when its state was not restored
         if args.sched_on_updates:
