@@ -112,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             HfHubHTTPError, ValueError) as e:
         hint = ""
         if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code == 401:
-            hint = " (check the token: `hf auth whoami`; pushing needs a token with write access)"
+            hint = (" (check the token: `hf auth whoami`; pushing needs a token with write access)"
+                    if args.command == "push" else
+                    " (a private repo needs a token: `hf auth login` or HF_TOKEN)")
         print(_redact(f"deit-distill {args.command}: error: {e}{hint}"), file=sys.stderr)
         return 1
 
