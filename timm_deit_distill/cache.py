@@ -367,7 +367,9 @@ def build_cache(
     views = view_settings(args, data_config, num_classes)
     if teacher_description is None:
         teacher_description = getattr(teacher, "description", None)
-    fingerprint = make_fingerprint(dataset=dataset_fingerprint(train_ds), views=views, teacher=teacher_description,
+    # Where the weights file lies is no part of the teacher's identity (its sha256 is).
+    teacher_identity = {k: v for k, v in (teacher_description or {}).items() if k != "file"} or None
+    fingerprint = make_fingerprint(dataset=dataset_fingerprint(train_ds), views=views, teacher=teacher_identity,
                                    store=store.spec, versions=library_versions())
     fid = _fingerprint_id(fingerprint)
     out = Path(out)
@@ -382,8 +384,9 @@ def build_cache(
     rows = rows_per_epoch(len(train_ds), views["mix_group_size"])
     total_epochs = max(epochs, previous["epochs"] if previous else 0)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": fingerprint, "fingerprint_sha256": fid,
-                "store": store.spec, "num_classes": num_classes, "rows_per_epoch": rows, "epochs": total_epochs,
-                "bytes_per_view": store.bytes_per_view(num_classes), "chunks": [], "complete": False}
+                "store": store.spec, "num_classes": num_classes, "teacher": teacher_description,
+                "rows_per_epoch": rows, "epochs": total_epochs, "bytes_per_view": store.bytes_per_view(num_classes),
+                "chunks": [], "complete": False}
     if rank == 0:
         _finalise_manifest(out, manifest)
 
@@ -525,7 +528,8 @@ class TeacherTargetCache:
 
     @property
     def teacher_description(self) -> dict[str, Any] | None:
-        return self.fingerprint.get("teacher")
+        """The teacher's ``description`` as recorded at build time (for checkpoints and model cards)."""
+        return self.manifest.get("teacher") or self.fingerprint.get("teacher")
 
     @property
     def epochs(self) -> list[int]:

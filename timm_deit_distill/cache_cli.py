@@ -116,14 +116,13 @@ def _build(argv: list[str]) -> int:
     num_classes = len(train_ds.reader.class_to_idx)
     data_config = resolve_data_config(args, num_classes)
 
-    from .teacher import DistillationTeacher
+    # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
+    from .preflight import check_model_name
+    from .train import _create_teacher
 
-    teacher = DistillationTeacher.create(
-        args.distill_teacher or args.distill_teacher_path,
-        checkpoint_path=args.distill_teacher_path if args.distill_teacher else None,
-        num_classes=num_classes, data_mean=tuple(data_config["mean"]), data_std=tuple(data_config["std"]),
-        input_size=tuple(data_config["input_size"]), precision=args.teacher_precision,
-        channels_last=True if args.channels_last else None, device=device)
+    if args.distill_teacher:
+        check_model_name(args.distill_teacher, "--distill-teacher")
+    teacher = _create_teacher(args, num_classes, data_config, device)
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
         return teacher(x.to(device, non_blocking=True))

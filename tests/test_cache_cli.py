@@ -1,0 +1,121 @@
+"""`deit-distill cache build|info` end to end, and `deit-distill train --distill-cache` against online teaching."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from timm_deit_distill import cache_cli
+from timm_deit_distill.digits import write_digits_imagefolder
+
+
+@pytest.fixture(scope="module")
+def setup_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cachecli")
+    data = write_digits_imagefolder(root / "digits", train_per_class=4)
+    torch.manual_seed(0)
+    teacher = root / "teacher.pth"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), teacher)
+    return root, data, teacher
+
+
+def flags(data, teacher, *extra):
+    """A DeiT-like command line at toy size: RandAugment, random erasing, Mixup + CutMix, repeats x3."""
+    return ["--data-dir", str(data), "--model", "deit_tiny_distilled_patch4_32", "--model-kwargs", "depth=2",
+            "--distill-teacher", "resnet18", "--distill-teacher-path", str(teacher), "--distill-type", "hard",
+            "--epochs", "2", "--batch-size", "8", "--workers", "0", "--aa", "rand-m9-mstd0.5-inc1",
+            "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0", "--aug-repeats", "3", "--deterministic-aug",
+            "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0", "--teacher-precision", "fp32",
+            "--seed", "3", *extra]
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def read_summary(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_train_from_cache_equals_online_teaching(setup_files, capsys):
+    from timm_deit_distill import train
+
+    root, data, teacher = setup_files
+    out = root / "cache"
+    assert cache_cli.main(["build", *flags(data, teacher), "--store", "hard", "--out", str(out)]) == 0
+    assert "2/2 epochs (complete), 40 views per epoch, 4 bytes per view" in capsys.readouterr().out
+    runs = root / "runs"
+    assert train.main([*flags(data, teacher), "--output", str(runs), "--experiment", "online"]) == 0
+    assert train.main([*flags(data, teacher), "--distill-cache", str(out), "--output", str(runs),
+                       "--experiment", "cached"]) == 0
+    online, cached = read_summary(runs / "online"), read_summary(runs / "cached")
+    for a, b in zip(online, cached, strict=True):
+        for column in ("train_loss", "train_task_loss", "train_distill_loss", "eval_loss", "eval_top1"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-5, abs=1e-6), column
+    # identical teacher targets, identical steps: the same student weights
+    sd_online = load_state_dict(runs / "online" / "last.pth.tar")
+    sd_cached = load_state_dict(runs / "cached" / "last.pth.tar")
+    for key, value in sd_online.items():
+        torch.testing.assert_close(sd_cached[key], value, rtol=1e-5, atol=1e-6)
+
+    # one changed augmentation setting: refused before training, naming the field
+    capsys.readouterr()
+    assert train.main([*flags(data, teacher, "--reprob", "0.1"), "--distill-cache", str(out), "--output",
+                       str(runs), "--experiment", "changed"]) == 2
+    err = capsys.readouterr().err
+    assert "views.reprob: cache 0.25, now 0.1" in err and "Traceback" not in err
+    assert train.main([*flags(data, teacher), "--epochs", "3", "--distill-cache", str(out), "--output",
+                       str(runs), "--experiment", "longer"]) == 2
+    assert "holds 2 (epochs 0-1); missing: 2" in capsys.readouterr().err
+
+    assert cache_cli.main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "store hard" in info and "teacher: resnet18" in info and "aa=rand-m9-mstd0.5-inc1" in info
+
+
+def test_bad_cache_commands_are_refused(setup_files, capsys, tmp_path):
+    root, data, teacher = setup_files
+    cases = [
+        (["build", *flags(data, teacher), "--store", "hard"], "no --out DIR given"),
+        (["build", *flags(data, teacher), "--store", "top5", "--out", str(tmp_path)], "use hard, topk:K"),
+        (["build", "--data-dir", str(data), "--out", str(tmp_path)], "no teacher given"),
+        (["build", *flags(tmp_path / "nope", teacher), "--out", str(tmp_path)], "does not exist"),
+        (["info", str(tmp_path / "none")], "no teacher target cache"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ]
+    for argv, message in cases:
+        assert cache_cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.slow
+def test_torchrun_processes_share_the_build(setup_files, tmp_path):
+    root, data, teacher = setup_files
+    out = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "timm_deit_distill.cache_cli", "build",
+           *flags(data, teacher, "--epochs", "3"), "--store", "topk:3", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and [c["epoch"] for c in manifest["chunks"]] == [0, 1, 2]
+    # the same cache a single process writes
+    single = tmp_path / "single"
+    assert cache_cli.main(["build", *flags(data, teacher, "--epochs", "3"), "--store", "topk:3",
+                           "--out", str(single)]) == 0
+    reference = json.loads((single / "manifest.json").read_text())
+    assert [c["sha256"] for c in manifest["chunks"]] == [c["sha256"] for c in reference["chunks"]]
