@@ -60,7 +60,7 @@ def test_results_are_the_summary_row_of_the_published_epoch(card):
 
 
 def test_teacher_distillation_and_recipe_are_stated(card):
-    model_card, rows, _ = card
+    model_card, rows, run = card
     distill = _table(model_card.text, "Distillation")
     assert distill["teacher"] == "`regnety_160.deit_in1k`"
     assert distill["teacher hub id"] == f"`{TEACHER['hub_id']}`"
@@ -71,7 +71,9 @@ def test_teacher_distillation_and_recipe_are_stated(card):
     recipe = _table(model_card.text, "Training recipe")
     assert recipe["lr"] == "0.0005" and recipe["epochs"] == "3" and recipe["aa"] == "rand-m9-mstd0.5-inc1"
     assert "Recipe preset: `deit_tiny`" in model_card.text
-    assert "/somewhere/private" not in model_card.text  # local paths stay local
+    assert distill["teacher checkpoint"] == "`regnety_160.pth`"
+    config = (run.checkpoint.parent.parent / "out" / "config.json").read_text()
+    assert "/somewhere/private" not in model_card.text + config  # local paths stay local
 
     details = _table(model_card.text, "Model details")
     assert details["architecture (as trained)"] == "`deit_tiny_distilled_patch4_32`"

@@ -91,6 +91,21 @@ def _load_checkpoint_file(path: Path) -> Mapping[str, Any]:
     return load_training_checkpoint(path)
 
 
+def _public_distill(distill: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The distillation facts fit to publish: local paths (the teacher's file) reduced to their names."""
+    if not distill:
+        return None
+    distill = dict(_jsonable(distill))
+    teacher = distill.get("teacher")
+    if isinstance(teacher, str) and (teacher.startswith("local-dir:") or os.sep in teacher):
+        prefix = "local-dir:" if teacher.startswith("local-dir:") else ""
+        distill["teacher"] = prefix + Path(teacher.removeprefix("local-dir:")).name
+    desc = distill.get("teacher_description")
+    if isinstance(desc, dict) and desc.get("file"):
+        distill["teacher_description"] = dict(desc, file=Path(str(desc["file"])).name)
+    return distill
+
+
 def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -173,7 +188,7 @@ def _student_from_checkpoint(
         weights=weights,
         data_config=data_config,
         label_names=list(meta["label_names"]) if meta.get("label_names") else None,
-        distill=_jsonable(meta.get("distill")),
+        distill=_public_distill(meta.get("distill")),
         recipe=meta.get("recipe"),
         train_args=_jsonable(train_args),
         epoch=int(epoch) if isinstance(epoch, int) else None,
@@ -209,7 +224,7 @@ def _student_from_module(model: nn.Module, *, use_ema: bool | None, metadata: Ma
         weights="module",
         data_config=data_config,
         label_names=list(labels) if labels else None,
-        distill=_jsonable(meta.get("distill")),
+        distill=_public_distill(meta.get("distill")),
         recipe=meta.get("recipe"),
     )
 
