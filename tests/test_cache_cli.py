@@ -55,7 +55,7 @@ def test_train_from_cache_equals_online_teaching(setup_files, capsys):
     root, data, teacher = setup_files
     out = root / "cache"
     assert cache_cli.main(["build", *flags(data, teacher), "--store", "hard", "--out", str(out)]) == 0
-    assert "2/2 epochs (complete), 40 views per epoch, 4 bytes per view" in capsys.readouterr().out
+    assert "2/2 epochs (complete), 40 views per epoch, 3 bytes per view" in capsys.readouterr().out
     runs = root / "runs"
     assert train.main([*flags(data, teacher), "--output", str(runs), "--experiment", "online"]) == 0
     assert train.main([*flags(data, teacher), "--distill-cache", str(out), "--output", str(runs),

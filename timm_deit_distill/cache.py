@@ -7,8 +7,8 @@ partner and the cache row, so replaying targets is the same computation as runni
 On disk (``DIR``)::
 
     manifest.json              fingerprint, store, epochs, rows per epoch, chunk list with sha256
-    epoch-0000.safetensors     one chunk per epoch: the targets of every position, plus the low 16
-    epoch-0000.json            bits of each row's sample index; a sidecar with the chunk's sha256
+    epoch-0000.safetensors     one chunk per epoch: the targets of every position, plus a one-byte
+    epoch-0000.json            hash of each row's sample index; a sidecar with the chunk's sha256
 
 Every file is written to a temporary sibling and renamed into place, so a killed build leaves whole
 chunks or nothing; a new build over the same directory keeps finished chunks and computes the rest.
@@ -62,8 +62,8 @@ MANIFEST = "manifest.json"
 # term) and low enough that exp() of it is exactly 0 beside any real logit at any sane temperature.
 TOPK_FILL = -1.0e4
 
-_DTYPES = {"I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16, "F32": np.float32,
-           "U16": np.uint16}
+_DTYPES = {"U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
+           "F32": np.float32}
 
 
 class CacheError(ValueError):
@@ -111,7 +111,7 @@ class CacheStore:
         return "full:fp16" if self.kind == "full" and self.dtype == "float16" else self.kind
 
     def bytes_per_view(self, num_classes: int) -> int:
-        """Bytes one view takes on disk (targets plus the 2-byte sample-index check)."""
+        """Bytes one view takes on disk (targets plus the one-byte sample-index check)."""
         cls_bytes = 2 if num_classes <= np.iinfo(np.int16).max else 4
         if self.kind == "hard":
             target = cls_bytes
@@ -119,7 +119,7 @@ class CacheStore:
             target = self.k * (2 + cls_bytes)
         else:
             target = num_classes * (2 if self.dtype == "float16" else 4)
-        return target + 2
+        return target + 1
 
     def encode(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
         """Arrays to store for teacher logits ``(B, C)`` float."""
@@ -304,8 +304,14 @@ def _parse_chunk_metadata(metadata: dict[str, str]) -> dict[str, Any]:
         return {}
 
 
-def _low16(sample_index: np.ndarray) -> np.ndarray:
-    return (np.asarray(sample_index, dtype=np.int64) & 0xFFFF).astype(np.uint16).view(np.int16)
+def _sample_check(sample_index: np.ndarray) -> np.ndarray:
+    """One byte per row from each row's sample index (Knuth's multiplicative hash, top byte).
+
+    A row computed for another image fails the check with probability 255/256, so a misordered batch
+    of B rows slips through with probability 256**-B, for a sixth of the cost of storing the index.
+    """
+    h = (np.asarray(sample_index, dtype=np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
+    return (h >> np.uint64(24)).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,9 +361,9 @@ def build_cache(
     ``args`` are the training settings (timm flag names); the views are built with
     ``--deterministic-aug`` whatever ``args`` says. Finished chunks already in ``out`` are kept; a
     cache in ``out`` built for other settings is refused (:class:`CacheMismatch`). With several
-    processes, process ``rank`` computes the epochs ``e`` with ``e % world_size == rank`` and
-    ``barrier`` (e.g. ``torch.distributed.barrier``) is called before rank 0 writes the final
-    manifest. Returns the manifest.
+    processes, process ``rank`` computes the epochs ``e`` with ``e % world_size == rank``;
+    ``barrier`` (e.g. ``torch.distributed.barrier``) is called once rank 0 has removed temporary files
+    a killed build left, and again before rank 0 writes the final manifest. Returns the manifest.
     """
     store = store if isinstance(store, CacheStore) else CacheStore.parse(store)
     if epochs < 1:
@@ -388,7 +394,11 @@ def build_cache(
                 "rows_per_epoch": rows, "epochs": total_epochs, "bytes_per_view": store.bytes_per_view(num_classes),
                 "chunks": [], "complete": False}
     if rank == 0:
+        for stale in out.glob(".*.tmp"):  # left by a build killed mid-write; no process writes yet
+            stale.unlink(missing_ok=True)
         _finalise_manifest(out, manifest)
+    if barrier is not None:
+        barrier()
 
     layout = ViewLayout(len(train_ds), seed=views["seed"], repeats=views["aug_repeats"],
                         group_size=views["mix_group_size"], grouped=True)
@@ -397,7 +407,7 @@ def build_cache(
         if epoch % world_size != rank or _chunk_done(out, epoch, fid):
             continue
         if loader is None:
-            loader = build_train_loader(args, train_ds, data_config)
+            loader = build_train_loader(args, train_ds, data_config, drop_last=False)
         _build_epoch(out, epoch, loader, layout, teacher, store, fid, rows)
         if rank == 0:
             _finalise_manifest(out, manifest)
@@ -430,7 +440,7 @@ def _build_epoch(out: Path, epoch: int, loader: Any, layout: ViewLayout,
         bar.close()
     if not filled.all():  # the loader and the row count disagree: never write a chunk with holes
         raise CacheError(f"epoch {epoch}: {int((~filled).sum())} of {rows} rows were not produced by the loader.")
-    columns["sample_index_low16"] = _low16(layout.epoch(epoch)[0][:rows])
+    columns["sample_check"] = _sample_check(layout.epoch(epoch)[0][:rows])
     path = out / _chunk_name(epoch)
     sha = _write_chunk(path, columns, _chunk_metadata(fid, epoch))
     _write_json(path.with_suffix(".json"), {"epoch": epoch, "file": path.name, "sha256": sha, "rows": rows,
@@ -454,7 +464,7 @@ def _chunk_done(out: Path, epoch: int, fid: str) -> bool:
     meta = _parse_chunk_metadata(header.get("__metadata__") or {})
     if meta.get("fingerprint_sha256") != fid or meta.get("epoch") != epoch:
         return False
-    rows = header["sample_index_low16"]["shape"][0]
+    rows = header["sample_check"]["shape"][0]
     _write_json(sidecar, {"epoch": epoch, "file": path.name, "sha256": _sha256_file(path), "rows": rows,
                           "bytes": path.stat().st_size, "fingerprint_sha256": fid})
     return True
@@ -510,7 +520,7 @@ class TeacherTargetCache:
         self._layout: ViewLayout | None = None
         self._open_epoch: int | None = None
         self._arrays: dict[str, np.ndarray] = {}
-        self._expected_low16: np.ndarray | None = None
+        self._expected_check: np.ndarray | None = None
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, verify: bool = True) -> TeacherTargetCache:
@@ -612,7 +622,7 @@ class TeacherTargetCache:
             raise CacheError(f"cache chunk {path} belongs to another cache; fix: rebuild it.")
         assert self._layout is not None
         self._arrays = arrays
-        self._expected_low16 = _low16(self._layout.epoch(epoch)[0][: self.rows_per_epoch])
+        self._expected_check = _sample_check(self._layout.epoch(epoch)[0][: self.rows_per_epoch])
         self._open_epoch = epoch
 
     def targets(self, epoch: int, view_index: torch.Tensor) -> torch.Tensor:
@@ -632,16 +642,16 @@ class TeacherTargetCache:
                              f"{self.rows_per_epoch} per epoch; fix: train with the cache's settings.")
         order = np.argsort(positions, kind="stable")  # memmap reads in file order
         rows = positions[order]
-        stored = np.asarray(self._arrays["sample_index_low16"][rows])
-        assert self._expected_low16 is not None
-        bad = np.nonzero(stored != self._expected_low16[rows])[0]
+        stored = np.asarray(self._arrays["sample_check"][rows])
+        assert self._expected_check is not None
+        bad = np.nonzero(stored != self._expected_check[rows])[0]
         if bad.size:
             p = int(rows[bad[0]])
             raise CacheError(
                 f"cache row {p} of epoch {epoch} was computed for another image than the one training shows at "
                 f"that position ({bad.size} of {len(rows)} rows in this batch); the view order differs from the "
                 "cache's. fix: rebuild the cache with this version and these settings.")
-        picked = {name: np.asarray(arr[rows]) for name, arr in self._arrays.items() if name != "sample_index_low16"}
+        picked = {name: np.asarray(arr[rows]) for name, arr in self._arrays.items() if name != "sample_check"}
         out = self.store.decode(picked, self.num_classes)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))

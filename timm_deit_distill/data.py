@@ -542,13 +542,13 @@ class _ViewBatchSampler(torch.utils.data.Sampler):
     """Yields this rank's batches of view keys for the current epoch."""
 
     def __init__(self, layout: ViewLayout, *, batch_size: int, rank: int, world_size: int,
-                 mixing: bool) -> None:
+                 mixing: bool, drop_last: bool = True) -> None:
         self.layout = layout
         self.batch_size = batch_size
         self.positions = layout.rank_positions(rank, world_size, mixing)
         n = len(self.positions)
         # timm drops the last partial batch; a whole epoch shorter than a batch still trains once
-        self.num_batches = n // batch_size if n >= batch_size else 1
+        self.num_batches = n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -654,8 +654,12 @@ def _check_num_classes(args: Any, dataset: Any) -> int:
 
 
 def build_train_loader(args: Any, dataset: Any, data_config: dict[str, Any], *, rank: int = 0,
-                       world_size: int = 1) -> ViewLoader:
-    """The training loader for ``dataset`` with timm's transforms and Mixup (see module docstring)."""
+                       world_size: int = 1, drop_last: bool = True) -> ViewLoader:
+    """The training loader for ``dataset`` with timm's transforms and Mixup (see module docstring).
+
+    ``drop_last=False`` keeps the last partial batch (made of whole mix groups), so every position of
+    the epoch is produced: what a teacher target cache needs.
+    """
     num_classes = _check_num_classes(args, dataset)
     settings = view_settings(args, data_config, num_classes)
     deterministic = settings["deterministic_aug"]
@@ -674,7 +678,7 @@ def build_train_loader(args: Any, dataset: Any, data_config: dict[str, Any], *, 
     layout = ViewLayout(len(dataset), seed=settings["seed"], repeats=settings["aug_repeats"],
                         group_size=group, grouped=deterministic)
     batch_sampler = _ViewBatchSampler(layout, batch_size=batch_size, rank=rank, world_size=world_size,
-                                      mixing=mixup is not None)
+                                      mixing=mixup is not None, drop_last=drop_last)
     views = _ViewDataset(dataset, build_train_transform(args, data_config), settings["seed"])
     collate = _MixCollate(mixup, seed=settings["seed"], group_size=group if deterministic else None,
                           mixup_off_epoch=settings["mixup_off_epoch"])
