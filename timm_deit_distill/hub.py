@@ -22,12 +22,15 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .hub_export import CONFIG_NAME, WEIGHTS_NAME, HubExportError, save_pretrained
 from .version import __version__
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 __all__ = [
     "HubAuthError",
@@ -98,7 +101,7 @@ def push_to_hub(
     datasets: Sequence[str] = (),
     metadata: Mapping[str, Any] | None = None,
     endpoint: str | None = None,
-):
+) -> CommitInfo:
     """Export a student (see ``save_pretrained``) and upload it as one commit; returns huggingface_hub's ``CommitInfo``.
 
     The repo is created if needed (``private`` applies only then); ``revision`` names a branch, created from
@@ -214,13 +217,12 @@ def _pull_online(repo_id: str, revision: str | None, cache_dir: Path | None, tok
     folder = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token, endpoint=endpoint,
                                     **_LIBRARY))
     # hf_hub_download checked sizes only; compare every file with the Hub's listing at that commit
-    # (LFS sha256 for weights, git sha1 for small files)
+    # (LFS sha256 for weights, git sha1 for small files). Missing files need no check here:
+    # snapshot_download fetched every listed file or raised.
     report = api.verify_repo_checksums(repo_id, revision=sha, cache_dir=folder.parents[2])
     if report.mismatches:
         _refuse(where, [(folder / m["path"], m["path"], m["algorithm"], m["actual"], m["expected"])
                         for m in report.mismatches])
-    if report.missing_paths:
-        raise HubIntegrityError(f"{where}: the download lacks {report.missing_paths}; pull again")
     if revision is None or not _COMMIT_SHA.fullmatch(revision):
         # only now that every file checked out, so an offline pull of this branch never meets a bad snapshot
         _write_ref(folder.parents[1], revision or "main", sha)
