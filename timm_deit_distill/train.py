@@ -286,8 +286,10 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
     if world_size > 1:
+        # broadcast_buffers is passed only to turn it off (--no-ddp-bb): torch 2.14 deprecates the keyword.
+        ddp_kwargs = {"broadcast_buffers": False} if args.no_ddp_bb else {}
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=not args.no_ddp_bb)
+            model, device_ids=[device] if device.type == "cuda" else None, **ddp_kwargs)
 
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     decreasing = args.eval_metric == "loss"
