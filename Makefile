@@ -26,6 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/teacher_overhead.py
 	$(PY) benchmarks/cache_overhead.py
+	$(PY) benchmarks/hub_pull_overhead.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -20,6 +20,10 @@ _LAZY = {
     "DistillationTeacher": "teacher",
     "DistilledStudent": "task",
     "DeiTDistillationTask": "task",
+    "save_pretrained": "hub",
+    "push_to_hub": "hub",
+    "pull": "hub",
+    "load_model": "hub",
 }
 
 __all__ = ["DISTILLED_VARIANTS", "PLUGIN_VARIANTS", "__version__", *_LAZY]
