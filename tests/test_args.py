@@ -7,6 +7,7 @@ every flag, its default and its kind. The tests hold the trainer to it flag by f
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 
@@ -448,3 +449,23 @@ def test_format_config_reports_the_resolved_lr():
     args = parse_args(["--recipe", "deit_tiny"])
     assert "1024 global batch / 512" in format_config(args, world_size=16)
     assert isinstance(args, argparse.Namespace)
+
+
+def test_a_timm_command_line_runs_unchanged_plus_a_teacher():
+    # timm's documented ViT/DeiT-style ImageNet command (train.py flags) for a distilled DeiT, plus a teacher.
+    timm_line = shlex.split("/imagenet --model deit_base_distilled_patch16_224 --sched cosine --epochs 300 --opt adamw -j 8 "
+                 "--warmup-lr 1e-6 --mixup .8 --cutmix 1.0 --model-ema --model-ema-decay 0.99996 "
+                 "--aa rand-m9-mstd0.5-inc1 --remode pixel --reprob 0.25 --amp --lr 5e-4 --weight-decay .05 "
+                 "--drop 0.1 --drop-path .1 -b 288")
+    args = parse_args([*timm_line, "--distill-teacher", "regnety_160.deit_in1k"])
+    assert (args.data_dir, args.model, args.opt, args.lr, args.batch_size, args.model_ema_decay, args.amp) == (
+        "/imagenet", "deit_base_distilled_patch16_224", "adamw", 5e-4, 288, 0.99996, True)
+    assert (args.distill_teacher, args.distill_type, args.distill_alpha) == ("regnety_160.deit_in1k", "hard", 0.5)
+
+
+def test_train_is_reached_through_the_deit_distill_command(capsys):
+    from timm_deit_distill.cli import main as cli_main
+
+    assert cli_main(["train", "--recipe", "deit_small", "--print-config"]) == 0
+    assert "model: deit_small_distilled_patch16_224  # in the recipe" in capsys.readouterr().out
+    assert cli_main(["train", "--distill-alpha", "3"]) == 2

@@ -35,7 +35,7 @@ import yaml
 from timm.utils import ParseKwargs
 
 __all__ = [
-    "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
+    "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
     "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS",
 ]
 
@@ -110,6 +110,16 @@ _TIMM_KD = ("kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_tem
             "task_loss_weight", "distill_loss_weight")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it says something (not None/False/'') and the help has not already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _recipe_dir() -> Any:
     return resources.files("timm_deit_distill") / "recipes"
 
@@ -158,7 +168,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
             "command line. timm train.py flags parsed but refused unless left at timm's default: "
             + " ".join(f[0][0] for f in UNSUPPORTED_TIMM_FLAGS) + "."),
         argument_default=argument_default,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter if not sup else argparse.HelpFormatter,
+        formatter_class=HelpFormatter if not sup else argparse.HelpFormatter,
     )
     p.add_argument("-c", "--config", default=d(""), metavar="FILE",
                    help="YAML file whose keys (flag names with underscores) override defaults and --recipe")

@@ -154,11 +154,13 @@ def evaluate(
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
+    from .args import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="deit-distill eval",
         description="Top-1/top-5 of a checkpoint's class, distillation and fused heads, and with a teacher its "
                     "top-1 and agreement. Printed and written as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by deit-distill train")
     p.add_argument("--data-dir", required=True, metavar="DIR", help="dataset root (ImageFolder layout)")
@@ -177,17 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
     p.add_argument("--teacher-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="teacher inference precision")
+                   help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
     t_ema = p.add_mutually_exclusive_group()
     t_ema.add_argument("--teacher-ema", dest="teacher_ema", action="store_const", const=True, default=None,
                        help="use the EMA weights of a teacher checkpoint that holds both")
     t_ema.add_argument("--no-teacher-ema", dest="teacher_ema", action="store_const", const=False,
                        help="use the raw weights of a teacher checkpoint that holds both")
-    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N")
-    p.add_argument("-j", "--workers", type=int, default=2, metavar="N")
+    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="evaluation batch size")
+    p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes")
     p.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
     p.add_argument("--amp", action="store_true", help="autocast the student")
-    p.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"))
+    p.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"), help="autocast dtype")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the results (default: RUN_DIR/eval-<checkpoint>-<split>.json)")
     return p
