@@ -1,0 +1,115 @@
+"""`deit-distill demo`: its command lines are the trainer's, its reports add up, `--quick` runs end to end."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from timm_deit_distill import demo
+from timm_deit_distill.args import parse_args
+
+_DISTILL_FLAGS = {"distill_type", "distill_teacher", "distill_teacher_path", "distill_alpha", "distill_tau",
+                  "distill_soft_reduction", "teacher_precision", "distill_teacher_ema", "experiment", "seed", "_layers"}
+
+
+def _student_config(mode: str, seed: int = 0) -> dict:
+    argv = demo.student_args(demo.DEFAULT_REGIME, Path("/data"), Path("/runs"), mode, seed, Path("/t/last.pth.tar"))
+    return vars(parse_args(argv))
+
+
+def test_students_get_the_same_budget_and_differ_only_in_distillation():
+    configs = {mode: _student_config(mode) for mode in demo.MODES}
+    budget = {mode: {k: v for k, v in c.items() if k not in _DISTILL_FLAGS} for mode, c in configs.items()}
+    assert budget["none"] == budget["soft"] == budget["hard"]
+    regime = demo.DEFAULT_REGIME
+    none = configs["none"]
+    assert (none["model"], none["epochs"], none["img_size"]) == (demo.STUDENT, regime.epochs, regime.img_size)
+    assert none["model_ema"] is regime.ema and none["hflip"] == 0
+
+
+def test_students_use_deits_loss_definitions():
+    for mode in ("soft", "hard"):
+        c = _student_config(mode, seed=2)
+        assert c["distill_type"] == mode and c["seed"] == 2
+        assert (c["distill_alpha"], c["distill_tau"], c["distill_soft_reduction"]) == (0.5, 1.0, "deit")
+        assert c["distill_teacher"] == demo.TEACHER and c["distill_teacher_path"] == "/t/last.pth.tar"
+    assert _student_config("none")["distill_teacher"] is None
+
+
+def test_teacher_is_trained_with_the_students_augmentation():
+    regime = demo.DEFAULT_REGIME
+    teacher = vars(parse_args(demo.teacher_args(regime, Path("/data"), Path("/runs"))))
+    student = _student_config("hard")
+    for key in ("scale", "ratio", "hflip", "color_jitter", "aa", "mixup", "cutmix", "reprob", "smoothing", "img_size",
+                "train_interpolation"):
+        assert teacher[key] == student[key], key
+    assert teacher["model"] == demo.TEACHER and teacher["distill_type"] == "none"
+    assert teacher["epochs"] == regime.teacher_epochs
+
+
+def test_aggregate_gives_means_and_sample_stds_beside_them():
+    rows = [{"seed": s, "top1_cls": c, "top1_dist": d, "top1_fused": f, "agreement": a}
+            for s, c, d, f, a in [(0, 80.0, 82.0, 83.0, 0.85), (1, 70.0, 75.0, 74.0, 0.78), (2, 75.5, 79.0, 77.0, 0.8)]]
+    out = demo.aggregate({"hard": rows})["hard"]
+    assert out["top1_fused"] == pytest.approx(statistics.mean([83.0, 74.0, 77.0]))
+    assert out["top1_fused_std"] == pytest.approx(statistics.stdev([83.0, 74.0, 77.0]))
+    assert out["agreement_std"] == pytest.approx(statistics.stdev([0.85, 0.78, 0.8]))
+    assert out["per_seed"] == rows
+    single = demo.aggregate({"none": rows[:1]})["none"]
+    assert single["top1_cls"] == 80.0 and single["top1_cls_std"] is None  # one seed: no spread to report
+
+
+def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "o"), "--seeds", "1", "1"])
+    assert e.value.code == 2
+    assert "distinct" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _check_range(value, lo, hi):
+    assert value is not None and lo <= value <= hi, value
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| model | distillation |" in printed and "(the paper: 0.06 and 0.93)" in printed
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0]
+    _check_range(results["teacher"]["top1"], 0, 100)
+    assert set(results["students"]) == set(demo.MODES)
+    for mode, s in results["students"].items():
+        for key in ("top1_cls", "top1_dist", "top1_fused"):
+            _check_range(s[key], 0, 100)
+        _check_range(s["agreement"], 0, 1)
+        assert s["top1_fused_std"] is None and len(s["per_seed"]) == 1, mode
+    tc = results["token_cosine"]
+    for key in ("input", "output"):
+        _check_range(tc[key], -1, 1)
+    assert len(tc["layers"]) == 12  # DeiT-Ti's depth
+
+    # Every run went through the trainer and the evaluator, and the reports were written.
+    runs = out / "runs" / "quick"
+    for name in ["teacher", *(f"{m}-seed0" for m in demo.MODES)]:
+        assert (runs / name / "summary.csv").exists() and (runs / name / "last.pth.tar").exists(), name
+    student_eval = json.loads((runs / "hard-seed0" / "eval.json").read_text())
+    assert student_eval["heads"]["fused"]["top1"] == results["students"]["hard"]["top1_fused"]
+    assert (out / "results.md").read_text().startswith("Validation top-1")
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hub = out / "best_student"
+    assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in hub.iterdir()}
+    config = json.loads((hub / "config.json").read_text())
+    assert config["num_classes"] == 10
+
+    # A second call reuses every finished run and reports the same figures.
+    assert demo.main(["--quick", "--out", str(out)]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["students"] == results["students"] and again["teacher"] == results["teacher"]

@@ -1,0 +1,497 @@
+"""`deit-distill demo`: the paper's comparison of no, soft and hard distillation, on a laptop CPU.
+
+On scikit-learn's bundled handwritten digits (real data, no download) with scarce labels, a timm
+convnet teacher is trained, then a DeiT-Ti-sized distilled student under each distillation type with
+the same budget, for several seeds. Every run goes through ``deit-distill train`` (``train.main``) and
+is measured by ``deit-distill eval`` (``evaluate.main``); the hard-distilled students' class and
+distillation tokens are compared as in the paper's section 4 (``analysis.token_cosine``).
+
+Writes into ``--out``::
+
+    digits/                  the dataset as an ImageFolder (fixed stratified split)
+    runs/<regime>/<run>/     one trainer run each: checkpoints, summary.csv, args.yaml, eval.json
+    results.json             teacher and per-student top-1, agreement, token cosines (means, stds, per seed)
+    results.md               the table, in the spirit of the paper's Table 3
+    curves.png               every student's validation accuracy and training loss per epoch
+    best_student/            the best student as a Hub-ready folder (safetensors, config.json, card)
+
+Finished runs are reused when the demo is run again with the same settings and an interrupted run
+resumes from its last checkpoint, so a kill loses at most one epoch. Why this regime (data size,
+resolution, schedule, recipe) is documented in the README with the measurements behind it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "main", "build_parser"]
+
+_logger = logging.getLogger("timm_deit_distill.demo")
+
+MODES = ("none", "soft", "hard")
+STUDENT = "deit_tiny_distilled_patch4_32"
+TEACHER = "resnet10t"
+_RUN_SPEC = "demo_run.json"  # beside each run: the exact trainer command line it was started with
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Everything that decides what the demo trains; the README explains the default's choices."""
+
+    name: str
+    train_per_class: int  # labelled training images per class (the scarce-data regime)
+    val_fraction: float  # held-out share of the 1,797 digits (stratified, fixed by split_seed)
+    img_size: int  # 8x8 digits upsampled; the student's tokens are (img_size / 4) ** 2
+    epochs: int
+    teacher_epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: int
+    weight_decay: float
+    clip_grad: float
+    smoothing: float
+    drop_path: float
+    ema_decay: float  # 0 turns EMA off
+    scale: tuple[float, float]  # RandomResizedCrop area range, shared by teacher and students
+    val_interval: int
+    seeds: tuple[int, ...]
+    split_seed: int = 0
+    teacher_seed: int = 0
+    distill_alpha: float = 0.5  # DeiT's defaults for the loss
+    distill_tau: float = 1.0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ema(self) -> bool:
+        return self.ema_decay > 0
+
+
+DEFAULT_REGIME = Regime(
+    name="default", train_per_class=30, val_fraction=0.2, img_size=12, epochs=50, teacher_epochs=40,
+    batch_size=32, lr=1e-3, warmup_epochs=5, weight_decay=0.05, clip_grad=1.0, smoothing=0.1, drop_path=0.1,
+    ema_decay=0.99, scale=(0.5, 1.0), val_interval=5, seeds=(0, 1, 2))
+QUICK_REGIME = replace(
+    DEFAULT_REGIME, name="quick", train_per_class=5, epochs=2, teacher_epochs=2, warmup_epochs=1, val_interval=1,
+    seeds=(0,))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command lines: the demo's runs are ordinary `deit-distill train` / `deit-distill eval` invocations.
+
+
+def _common_train_args(regime: Regime, data_dir: Path) -> list[str]:
+    args = [
+        "--data-dir", str(data_dir), "--img-size", str(regime.img_size),
+        "--batch-size", str(regime.batch_size), "--opt", "adamw", "--lr", f"{regime.lr:g}",
+        "--weight-decay", f"{regime.weight_decay:g}", "--sched", "cosine", "--warmup-epochs", str(regime.warmup_epochs),
+        "--warmup-lr", "1e-6", "--min-lr", "1e-5", "--clip-grad", f"{regime.clip_grad:g}",
+        "--smoothing", f"{regime.smoothing:g}",
+        # Digits are not mirror-symmetric and have no colour; crops keep most of the stroke.
+        "--scale", f"{regime.scale[0]:g}", f"{regime.scale[1]:g}", "--hflip", "0", "--color-jitter", "0",
+        "--train-interpolation", "bicubic",
+        "--crop-pct", "1",  # evaluate the whole digit (a centre crop would cut strokes), teacher and students alike
+        "--workers", "0",  # 8x8 PNGs decode faster than worker processes start
+        "--val-interval", str(regime.val_interval), "--checkpoint-hist", "1", "--log-interval", "1000",
+    ]
+    if regime.ema:
+        args += ["--model-ema", "--model-ema-decay", f"{regime.ema_decay:g}"]
+    return args + list(regime.extra_args)
+
+
+def teacher_args(regime: Regime, data_dir: Path, output: Path) -> list[str]:
+    """`deit-distill train` arguments of the convnet teacher (same augmentation as the students)."""
+    return [*_common_train_args(regime, data_dir), "--model", TEACHER, "--epochs", str(regime.teacher_epochs),
+            "--drop-path", "0", "--distill-type", "none", "--seed", str(regime.teacher_seed),
+            "--output", str(output), "--experiment", "teacher"]
+
+
+def student_args(regime: Regime, data_dir: Path, output: Path, mode: str, seed: int,
+                 teacher_checkpoint: Path) -> list[str]:
+    """`deit-distill train` arguments of one student; the budget is the same for every mode."""
+    args = [*_common_train_args(regime, data_dir), "--model", STUDENT, "--epochs", str(regime.epochs),
+            "--drop-path", f"{regime.drop_path:g}", "--distill-type", mode, "--seed", str(seed),
+            "--output", str(output), "--experiment", f"{mode}-seed{seed}"]
+    if mode != "none":
+        args += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
+                 "--distill-alpha", f"{regime.distill_alpha:g}", "--distill-tau", f"{regime.distill_tau:g}",
+                 "--distill-soft-reduction", "deit", "--teacher-precision", "fp32"]
+        if regime.ema:
+            args += ["--teacher-ema"]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running (or reusing) one training run.
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+def _finished_epochs(run_dir: Path) -> int:
+    from .summary import read_summary
+
+    path = run_dir / "summary.csv"
+    if not path.exists():
+        return 0
+    rows = read_summary(path)
+    return (int(rows[-1]["epoch"]) + 1) if rows else 0
+
+
+def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Path:
+    """Train through ``train.main`` unless ``run_dir`` already holds this exact run; returns its last checkpoint.
+
+    A run with the same command line that stopped early resumes from ``last.pth.tar``; a folder holding a
+    different run is refused rather than overwritten.
+    """
+    from . import train
+    from .atomic import atomic_write_text
+
+    last = run_dir / "last.pth.tar"
+    spec_path = run_dir / _RUN_SPEC
+    if run_dir.exists() and any(run_dir.iterdir()):
+        spec = json.loads(spec_path.read_text()) if spec_path.exists() else None
+        if spec != {"argv": argv}:
+            raise DemoError(f"{run_dir} holds a different run (settings changed or not written by the demo); "
+                            "delete it or pass another --out.")
+        if last.exists() and _finished_epochs(run_dir) >= epochs:
+            _logger.info("%s: reusing the finished run in %s", label, run_dir)
+            return last
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec_path, json.dumps({"argv": argv}, indent=1) + "\n")
+    full = list(argv)
+    if last.exists():
+        _logger.info("%s: resuming from %s (epoch %d of %d)", label, last, _finished_epochs(run_dir), epochs)
+        full += ["--resume", str(last)]
+    code = train.main(full)
+    if code != 0 or not last.exists():
+        raise DemoError(f"{label}: `deit-distill train {' '.join(full)}` exited with code {code}; see the lines above.")
+    _prune_checkpoints(run_dir)
+    return last
+
+
+def _prune_checkpoints(run_dir: Path) -> None:
+    """Keep ``last.pth.tar`` only: the demo reports the final weights, not an epoch picked on validation."""
+    for path in [*run_dir.glob("checkpoint-*.pth.tar"), run_dir / "model_best.pth.tar"]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, use_ema: bool) -> dict[str, Any]:
+    """``deit-distill eval`` on the validation split; its JSON is kept beside the checkpoint."""
+    from . import evaluate
+
+    out = checkpoint.parent / "eval.json"
+    argv = ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--workers", "0",
+            "--use-ema" if use_ema else "--no-ema", "--json", str(out)]
+    if teacher_checkpoint is not None:
+        argv += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
+                 "--teacher-precision", "fp32"]
+        argv += ["--teacher-ema"] if use_ema else ["--no-teacher-ema"]
+    log = io.StringIO()  # eval prints its full JSON; the demo prints one line and keeps the file
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = evaluate.main(argv)
+    if code != 0:
+        raise DemoError(f"`deit-distill eval {' '.join(argv)}` exited with code {code}:\n{log.getvalue()}")
+    return json.loads(out.read_text())
+
+
+def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dict[str, Any]:
+    """Class/distillation token cosine of a student checkpoint over the validation images."""
+    from .analysis import token_cosine
+    from .checkpoint import create_model_from_checkpoint
+    from .data import build_datasets, build_eval_loader
+
+    model, _ = create_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
+    _, val_ds = build_datasets(str(data_dir))
+    cfg = model.pretrained_cfg
+    data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")}
+    data_config["input_size"] = tuple(data_config["input_size"])
+    loader = build_eval_loader(argparse.Namespace(batch_size=128, workers=0, validation_batch_size=None,
+                                                  pin_mem=False), val_ds, data_config)
+    return token_cosine(model, loader).as_dict()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Aggregation and reports.
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value: no spread can be measured)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+_STUDENT_METRICS = ("top1_cls", "top1_dist", "top1_fused", "agreement")
+
+
+def student_record(evaluation: dict[str, Any]) -> dict[str, float]:
+    """One student's figures from its ``deit-distill eval`` JSON: top-1 in percent, agreement a fraction."""
+    heads = evaluation["heads"]
+    return {"top1_cls": heads["cls"]["top1"], "top1_dist": heads["dist"]["top1"],
+            "top1_fused": heads["fused"]["top1"], "agreement": evaluation["teacher"]["agreement"]}
+
+
+def aggregate(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Means over seeds with the standard deviation beside each (``<metric>_std``), plus the per-seed rows."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode, rows in per_seed.items():
+        entry: dict[str, Any] = {}
+        for key in _STUDENT_METRICS:
+            entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in rows])
+        entry["per_seed"] = rows
+        out[mode] = entry
+    return out
+
+
+def _fmt(mean: float | None, std: float | None, *, scale: float = 1.0, digits: int = 1) -> str:
+    if mean is None:
+        return "-"
+    text = f"{mean * scale:.{digits}f}"
+    return text if std is None else f"{text} ± {std * scale:.{digits}f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (Table 3 of the paper, in spirit)."""
+    teacher = results["teacher"]
+    n = len(results["seeds"])
+    lines = [
+        f"Validation top-1 (%) on {results['data']['val_images']} held-out digits; students trained on "
+        f"{results['data']['train_images']} labelled images; mean ± std over {n} seed{'s' if n > 1 else ''} "
+        f"({', '.join(str(s) for s in results['seeds'])}).",
+        "",
+        "| model | distillation | class head | distillation head | class+distillation | agreement with teacher |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| {teacher['model']} (teacher) | - | | | {teacher['top1']:.1f} | |",
+    ]
+    for mode in MODES:
+        s = results["students"].get(mode)
+        if s is None:
+            continue
+        lines.append(
+            f"| {results['student_model']} | {mode} | {_fmt(s['top1_cls'], s['top1_cls_std'])} | "
+            f"{_fmt(s['top1_dist'], s['top1_dist_std'])} | {_fmt(s['top1_fused'], s['top1_fused_std'])} | "
+            f"{_fmt(s['agreement'], s['agreement_std'], scale=100)} % |")
+    tc = results.get("token_cosine")
+    if tc:
+        lines += ["", f"Cosine similarity of the class and distillation tokens of the hard-distilled student: "
+                      f"{_fmt(tc['input'], tc['input_std'], digits=2)} at the input, "
+                      f"{_fmt(tc['output'], tc['output_std'], digits=2)} at the output (the paper: 0.06 and 0.93)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_students(runs: dict[str, list[Path]], teacher_top1: float, path: Path) -> None:
+    """curves.png: validation top-1 (fused) and training loss per epoch for every student run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .atomic import atomic_path
+    from .summary import read_summary
+
+    fig = Figure(figsize=(11, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    colors = {"none": "tab:gray", "soft": "tab:blue", "hard": "tab:red"}
+    for mode, run_dirs in runs.items():
+        for i, run_dir in enumerate(run_dirs):
+            rows = read_summary(run_dir / "summary.csv")
+            label = mode if i == 0 else None
+            acc = [(r["epoch"] + 1, r.get("eval_top1_ema") or r["eval_top1"]) for r in rows
+                   if r.get("eval_top1") is not None]
+            if acc:
+                ax_acc.plot(*zip(*acc, strict=True), color=colors[mode], alpha=0.8, marker="o", markersize=2.5,
+                            label=label)
+            loss = [(r["epoch"] + 1, r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+            ax_loss.plot(*zip(*loss, strict=True), color=colors[mode], alpha=0.8, label=label)
+    ax_acc.axhline(teacher_top1, color="black", linestyle="--", linewidth=1, label="teacher")
+    ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%), class+distillation", title="accuracy (one line per seed)")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (total)", title="training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deit-distill demo",
+        description="Distil DeiT-Ti students from a convnet teacher on scikit-learn's bundled digits with no, soft "
+                    "and hard distillation, and report the paper's comparison (Table 3) and token similarity.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="output folder (reused runs are kept here)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help=f"student seeds (default: {' '.join(map(str, DEFAULT_REGIME.seeds))}; --quick: "
+                        f"{' '.join(map(str, QUICK_REGIME.seeds))})")
+    p.add_argument("--quick", action="store_true",
+                   help="a sub-minute smoke run (tiny data, 2 epochs, one seed): checks the pipeline, not the science")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help=f"student epochs (default {DEFAULT_REGIME.epochs}); changing it changes the regime")
+    return p
+
+
+def _regime_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Regime:
+    regime = QUICK_REGIME if args.quick else DEFAULT_REGIME
+    if args.seeds is not None:
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            parser.error(f"--seeds {' '.join(map(str, args.seeds))}: give distinct non-negative integers.")
+        regime = replace(regime, seeds=tuple(args.seeds))
+    if args.epochs is not None:
+        if args.epochs < 1:
+            parser.error(f"--epochs {args.epochs} must be at least 1.")
+        if args.epochs != regime.epochs:
+            regime = replace(regime, name=f"{regime.name}-{args.epochs}ep", epochs=args.epochs)
+    return regime
+
+
+def _setup_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class _Progress:
+    """Headers between runs: which run, how far along, time spent and a rough time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.time()
+
+    def begin(self, label: str) -> None:
+        elapsed = time.time() - self.started
+        eta = f", about {_duration(elapsed / self.done * (self.total - self.done))} left" if self.done else ""
+        _logger.info("\n=== [%d/%d] %s (elapsed %s%s) ===", self.done + 1, self.total, label, _duration(elapsed), eta)
+
+    def end(self) -> None:
+        self.done += 1
+
+
+def run_demo(regime: Regime, out: Path) -> dict[str, Any]:
+    """Train and evaluate everything, write the reports; returns the results dict (also results.json)."""
+    import torch
+
+    from .atomic import atomic_write_text
+    from .digits import write_digits_imagefolder
+    from .hub import save_pretrained
+
+    started = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = out / f"digits-{regime.train_per_class}-per-class"
+    write_digits_imagefolder(data_dir, val_fraction=regime.val_fraction, train_per_class=regime.train_per_class,
+                             seed=regime.split_seed)
+    train_images = sum(1 for _ in (data_dir / "train").rglob("*.png"))
+    val_images = sum(1 for _ in (data_dir / "validation").rglob("*.png"))
+    runs_dir = out / "runs" / regime.name
+    progress = _Progress(1 + len(MODES) * len(regime.seeds))
+    _logger.info("deit-distill demo: teacher %s, then %s students with %s distillation x seeds %s; %d training "
+                 "/ %d validation digits at %dpx (%d tokens); torch threads: %d.", TEACHER, STUDENT, "/".join(MODES),
+                 list(regime.seeds), train_images, val_images, regime.img_size, (regime.img_size // 4) ** 2,
+                 torch.get_num_threads())
+
+    progress.begin(f"teacher {TEACHER}, {regime.teacher_epochs} epochs")
+    teacher_ckpt = run_training(teacher_args(regime, data_dir, runs_dir), runs_dir / "teacher",
+                                regime.teacher_epochs, "teacher")
+    teacher_eval = run_eval(teacher_ckpt, data_dir, None, regime.ema)
+    progress.end()
+    _logger.info("teacher %s: top-1 %.2f%%", TEACHER, teacher_eval["top1"])
+
+    per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    run_dirs: dict[str, list[Path]] = {m: [] for m in MODES}
+    cosines: list[dict[str, Any]] = []
+    for seed in regime.seeds:
+        for mode in MODES:
+            label = f"student {mode} distillation, seed {seed}, {regime.epochs} epochs"
+            progress.begin(label)
+            run_dir = runs_dir / f"{mode}-seed{seed}"
+            ckpt = run_training(student_args(regime, data_dir, runs_dir, mode, seed, teacher_ckpt), run_dir,
+                                regime.epochs, label)
+            record = {"seed": seed, **student_record(run_eval(ckpt, data_dir, teacher_ckpt, regime.ema))}
+            if mode == "hard":
+                cos = measure_token_cosine(ckpt, data_dir, regime.ema)
+                record["token_cosine"] = {"input": cos["input"], "output": cos["output"], "layers": cos["layers"]}
+                cosines.append(cos)
+            per_seed[mode].append(record)
+            run_dirs[mode].append(run_dir)
+            progress.end()
+            _logger.info("%s: top-1 cls %.2f%%, dist %.2f%%, fused %.2f%%; agreement with teacher %.3f%s", label,
+                         record["top1_cls"], record["top1_dist"], record["top1_fused"], record["agreement"],
+                         (f"; token cosine input {record['token_cosine']['input']:.3f}, output "
+                          f"{record['token_cosine']['output']:.3f}" if mode == "hard" else ""))
+
+    students = aggregate(per_seed)
+    best_mode, best = max(((m, r) for m in MODES for r in per_seed[m]), key=lambda mr: mr[1]["top1_fused"])
+    best_dir = runs_dir / f"{best_mode}-seed{best['seed']}"
+    hub_dir = save_pretrained(best_dir / "last.pth.tar", out / "best_student", use_ema=regime.ema)
+
+    token = None
+    if cosines:
+        token = {"student": "hard"}
+        for key in ("input", "output"):
+            token[key], token[f"{key}_std"] = _mean_std([c[key] for c in cosines])
+        token["layers"] = [statistics.fmean(c["layers"][i] for c in cosines) for i in range(len(cosines[0]["layers"]))]
+    results: dict[str, Any] = {
+        "teacher": {"model": TEACHER, "top1": teacher_eval["top1"], "top5": teacher_eval["top5"]},
+        "student_model": STUDENT,
+        "students": students,
+        "token_cosine": token,
+        "seeds": list(regime.seeds),
+        "data": {"dataset": "sklearn.datasets.load_digits", "train_images": train_images, "val_images": val_images,
+                 "train_per_class": regime.train_per_class, "img_size": regime.img_size, "dir": str(data_dir)},
+        "regime": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(regime).items()},
+        "weights": "ema" if regime.ema else "raw",
+        "best_student": {"mode": best_mode, "seed": best["seed"], "top1_fused": best["top1_fused"],
+                         "run": str(best_dir), "hub_folder": str(hub_dir)},
+        "paper": {"token_cosine": {"input": 0.06, "output": 0.93}},
+        "elapsed_s": round(time.time() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.md", results_table(results))
+    plot_students(run_dirs, teacher_eval["top1"], out / "curves.png")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `deit-distill demo`; returns 0 on success, 2 for bad options, 1 when a step failed."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    regime = _regime_from(args, parser)
+    out = Path(args.out)
+    _setup_logging()
+    try:
+        results = run_demo(regime, out)
+    except (DemoError, FileExistsError) as e:
+        print(f"deit-distill demo: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, FileExistsError) else 1
+    print()
+    print(results_table(results))
+    print(f"Done in {_duration(results['elapsed_s'])}. Wrote {out / 'results.json'}, {out / 'results.md'}, "
+          f"{out / 'curves.png'} and the best student ({results['best_student']['mode']}, seed "
+          f"{results['best_student']['seed']}) as a Hub-ready folder: {results['best_student']['hub_folder']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
