@@ -143,6 +143,7 @@ class ResumeState:
     num_updates: int = 0
     summary: list[dict[str, Any]] = field(default_factory=list)
     saver_state: dict[str, Any] | None = None
+    scheduler_restored: bool = False
     rng_restored: bool = False
 
 
@@ -175,8 +176,16 @@ def resume(
         optimizer.load_state_dict(checkpoint["optimizer"])
     if optimizer is not None and loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
         loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+    scheduler_restored = False
     if lr_scheduler is not None and "scheduler" in checkpoint:
-        lr_scheduler.load_state_dict(checkpoint["scheduler"])
+        # Restore the schedule's state only when its settings are the ones of the checkpoint's run; a run
+        # resumed with another --epochs/--lr/--sched keeps its new schedule, positioned at the start epoch
+        # by the caller (timm's behaviour). 'metric', 'best', 'last_epoch' are the state that moves.
+        moving = {"metric", "best", "last_epoch"}
+        fresh, saved = lr_scheduler.state_dict(), checkpoint["scheduler"]
+        if {k: v for k, v in saved.items() if k not in moving} == {k: v for k, v in fresh.items() if k not in moving}:
+            lr_scheduler.load_state_dict(saved)
+            scheduler_restored = True
     if model_ema is not None:
         ema_state = checkpoint.get("state_dict_ema")
         if ema_state is None:
@@ -187,7 +196,8 @@ def resume(
     if checkpoint.get("version", 1) < 2:
         epoch -= 1  # timm: version-1 files stored the next epoch
     state = ResumeState(start_epoch=epoch + 1, num_updates=int(checkpoint.get("num_updates", 0)),
-                        summary=list(checkpoint.get("summary", [])), saver_state=checkpoint.get("saver"))
+                        summary=list(checkpoint.get("summary", [])), saver_state=checkpoint.get("saver"),
+                        scheduler_restored=scheduler_restored)
     rngs = checkpoint.get("rng")
     if rngs:
         set_rng_state(rngs[rank] if rank < len(rngs) and len(rngs) == world_size else rngs[0])

@@ -206,6 +206,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     from .losses import DistillationLoss
     from .preflight import check_model_name
 
+    user_config = config_dict(args)  # args.yaml records the settings as given (lr still scales on reload)
     for module in args.device_modules or []:
         importlib.import_module(module)
     check_model_name(args.model, "--model")
@@ -329,7 +330,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
             model=model, optimizer=optimizer, args=saved_args, model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
             max_history=args.checkpoint_hist, extra_state=lambda: _extra_state(run))
-        write_args_yaml(os.path.join(output_dir, "args.yaml"), config_dict(args))
+        write_args_yaml(os.path.join(output_dir, "args.yaml"), user_config)
     run.output_dir, run.saver = output_dir, saver
 
     if rank == 0:
@@ -344,21 +345,24 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
                      updates_per_epoch, output_dir)
 
     # Resume last: it restores the RNG states, which nothing after it may consume before the first step.
+    scheduler_restored = False
     if args.resume:
         state = ckpt.resume(args.resume, student, optimizer=None if args.no_resume_opt else optimizer,
                             loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, model_ema=model_ema,
                             rank=rank, world_size=world_size)
         run.start_epoch, run.num_updates, run.history = state.start_epoch, state.num_updates, state.summary
+        scheduler_restored = state.scheduler_restored
         if saver is not None and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(output_dir):
             saver.load_state_dict(state.saver_state or {})
         if rank == 0:
-            _logger.info("Resumed from %s at epoch %d (RNG states %s).", args.resume, run.start_epoch,
-                         "restored" if state.rng_restored else "not in the checkpoint: reseeded")
+            _logger.info("Resumed from %s at epoch %d (RNG states %s; schedule %s).", args.resume, run.start_epoch,
+                         "restored" if state.rng_restored else "not in the checkpoint: reseeded",
+                         "restored" if scheduler_restored else "rebuilt from these flags")
     if args.start_epoch is not None:
         run.start_epoch = args.start_epoch
     if cache is not None:
         cache.check_training(args, train_ds, num_epochs, data_config=data_config, start_epoch=run.start_epoch)
-    if run.start_epoch > 0 and (not args.resume or args.start_epoch is not None or args.no_resume_opt):
+    if run.start_epoch > 0 and (not scheduler_restored or args.start_epoch is not None):
         # timm's rule: position the schedule at the start epoch when its state was not restored
         if args.sched_on_updates:
             lr_scheduler.step_update(run.start_epoch * updates_per_epoch)
