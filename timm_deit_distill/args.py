@@ -361,9 +361,9 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    help="teacher checkpoint (timm, DeiT, plain state dict or .safetensors)")
     g.add_argument("--distill-type", default=d(None), choices=("none", "soft", "hard"),
                    help="distillation kind (default: hard with a teacher, none without)")
-    g.add_argument("--distill-alpha", type=float, default=d(None),
+    g.add_argument("--distill-alpha", type=float, default=d(None), metavar="ALPHA",
                    help="weight of the distillation term in [0, 1] (default 0.5)")
-    g.add_argument("--distill-tau", type=float, default=d(None), help="soft temperature > 0 (default 1.0)")
+    g.add_argument("--distill-tau", type=float, default=d(None), metavar="TAU", help="soft temperature > 0 (default 1.0)")
     g.add_argument("--distill-soft-reduction", default=d(None), choices=("deit", "batchmean"),
                    help="soft KL divided by batch*classes (deit, default) or batch (batchmean, timm)")
     g.add_argument("--teacher-precision", default=d("auto"), choices=("auto", "fp32", "bf16", "fp16"),
@@ -380,19 +380,19 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     g.add_argument("--teacher-model", default=d(None), metavar="SOURCE", help="= --distill-teacher")
     g.add_argument("--teacher-path", default=d(None), metavar="FILE", help="= --distill-teacher-path")
     g.add_argument("--distillation-type", default=d(None), choices=("none", "soft", "hard"), help="= --distill-type")
-    g.add_argument("--distillation-alpha", type=float, default=d(None), help="= --distill-alpha")
-    g.add_argument("--distillation-tau", type=float, default=d(None), help="= --distill-tau")
+    g.add_argument("--distillation-alpha", type=float, default=d(None), metavar="ALPHA", help="= --distill-alpha")
+    g.add_argument("--distillation-tau", type=float, default=d(None), metavar="TAU", help="= --distill-tau")
 
     g = p.add_argument_group("Distillation, timm train.py spellings (same settings, timm's defaults)")
-    g.add_argument("--kd-model-name", default=d(None), type=str, help="= --distill-teacher (needs --kd-distill-type token)")
+    g.add_argument("--kd-model-name", default=d(None), type=str, metavar="NAME", help="= --distill-teacher (needs --kd-distill-type token)")
     g.add_argument("--kd-distill-type", default=d("logit"), choices=("logit", "feature", "token"),
                    help="only 'token' (DeiT) is supported")
     g.add_argument("--kd-token-distill-type", default=d(None), choices=("soft", "hard"),
                    help="= --distill-type (timm's default soft)")
-    g.add_argument("--kd-temperature", type=float, default=d(None),
+    g.add_argument("--kd-temperature", type=float, default=d(None), metavar="T",
                    help="= --distill-tau (timm's default 4.0 applies with --kd-model-name)")
-    g.add_argument("--task-loss-weight", type=float, default=d(None), help="= 1 - --distill-alpha")
-    g.add_argument("--distill-loss-weight", type=float, default=d(None),
+    g.add_argument("--task-loss-weight", type=float, default=d(None), metavar="W", help="= 1 - --distill-alpha")
+    g.add_argument("--distill-loss-weight", type=float, default=d(None), metavar="W",
                    help="= --distill-alpha, only with --task-loss-weight summing to 1")
 
     g = p.add_argument_group("timm train.py flags refused unless at timm's default")
