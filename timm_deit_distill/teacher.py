@@ -618,7 +618,7 @@ def _build_model(
             "'hf-hub:ORG/NAME' or 'local-dir:PATH'. Plugin architectures need their module imported first.")
     if checkpoint_path is not None:
         state, info = load_teacher_checkpoint(checkpoint_path, use_ema=use_ema)
-        return _model_from_state(arch, state, info, checkpoint_path, model_kwargs)
+        return _model_from_state(source, state, info, checkpoint_path, model_kwargs)
     if pretrained and "num_classes" in model_kwargs:
         raise TeacherError(
             "num_classes cannot be set for pretrained teacher weights: timm would discard the trained head. "
