@@ -11,16 +11,19 @@ of
   ``auto``, as `deit-distill train` runs it);
 * ``cached``: hard distillation with targets read from the cache (no teacher in memory).
 
-Modes are interleaved in rotating order over several rounds; the figures are medians of per-step
-times. Prints::
+Each cycle runs one step of every mode, in rotating order; the figures are medians over cycles of
+each mode's step time divided by the plain step's in the same cycle (so slow drifts in machine load
+cancel). Prints::
 
     cached_over_plain=X.XX online_over_plain=Y.YY
 
-(each a step's median time over the plain step's; the goal is ``cached_over_plain <= 1.05``), then the
+(the goal is ``cached_over_plain <= 1.05``), then steps per second and the
 cache size per view and per epoch, here and extrapolated to ImageNet-1k. Details go to stderr.
 Defaults: DeiT-Ti/16 distilled at 224px, batch 16, a RegNetY-16GF teacher with random weights (timing
 only). Run: ``python benchmarks/cache_overhead.py`` (a few minutes on 2 CPU cores); ``--quick`` for a
-32px smoke run.
+32px smoke run; ``--clock cpu`` times by this process's CPU time, which load from other processes on
+a shared machine disturbs far less than wall time (use it with ``OMP_NUM_THREADS=1``: idle OpenMP
+threads spin and burn CPU time while descheduled).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def measure(opts: argparse.Namespace) -> dict[str, Any]:
+    # cpu: this process's CPU seconds, which other processes' load disturbs far less than wall time
+    clock = time.process_time if opts.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="cache_overhead."))
     root = write_digits_imagefolder(tmp / "digits", train_per_class=opts.per_class)
@@ -103,14 +108,14 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
         batches = _batches(build_train_loader(args, train_ds, data_config))
 
         def step() -> float:
-            t0 = time.perf_counter()
+            t0 = clock()
             inputs, labels, views = next(batches)
             teacher_out = targets(inputs, views)
             loss = criterion.from_teacher_output(model(inputs), labels, teacher_out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            return time.perf_counter() - t0
+            return clock() - t0
 
         return step
 
@@ -123,14 +128,30 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     names = list(steps)
     for name in names:  # warm-up: allocator, kernels, first loader pass
         steps[name]()
-    for r in range(opts.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            times[name] += [steps[name]() for _ in range(opts.steps)]
-        _log(f"round {r + 1}/{opts.rounds}: " + ", ".join(
-            f"{n} {statistics.median(t):.3f}s/step" for n, t in times.items()))
+    # One step of each mode per cycle, order rotating: load from other processes drifts slowly, so
+    # ratios taken within a cycle cancel it and their median is the figure reported.
+    ratios: dict[str, list[float]] = {"cached": [], "online": []}
+    for cycle in range(opts.cycles):
+        order = names[cycle % len(names):] + names[:cycle % len(names)]
+        step_time = {name: steps[name]() for name in order}
+        for name, t in step_time.items():
+            times[name].append(t)
+        for name in ratios:
+            ratios[name].append(step_time[name] / step_time["plain"])
+        if (cycle + 1) % max(1, opts.cycles // 4) == 0:
+            _log(f"cycle {cycle + 1}/{opts.cycles}: " + ", ".join(
+                f"{n} {statistics.median(t):.3f}s/step" for n, t in times.items()))
     median = {name: statistics.median(t) for name, t in times.items()}
-    return {"median": median, "manifest": manifest, "build_s": build_s}
+    # The cached step's only extra work, timed alone: reading one batch of targets.
+    views = torch.arange(min(opts.batch_size, manifest["rows_per_epoch"]))
+    lookups = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        cache.targets(0, views)
+        lookups.append(time.perf_counter() - t0)
+    median["lookup"] = statistics.median(lookups)
+    median_ratio = {name: statistics.median(r) for name, r in ratios.items()}
+    return {"median": median, "ratio": median_ratio, "manifest": manifest, "build_s": build_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=12, help="training images per digit class")
     parser.add_argument("--store", default="hard", help="hard, topk:K, full or full:fp16")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per mode per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cycles", type=int, default=12, help="timed cycles of one step per mode")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time steps by wall clock, or by this process's CPU time (for shared machines)")
     parser.add_argument("--quick", action="store_true", help="32px student and a small teacher: a smoke run")
     opts = parser.parse_args(argv)
     if opts.quick:
@@ -152,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     m = result["median"]
     manifest = result["manifest"]
     per_view = manifest["bytes_per_view"]
-    print(f"cached_over_plain={m['cached'] / m['plain']:.2f} online_over_plain={m['online'] / m['plain']:.2f}")
+    ratio = result["ratio"]
+    print(f"cached_over_plain={ratio['cached']:.2f} online_over_plain={ratio['online']:.2f}  ({opts.clock} clock)")
     print(f"steps_per_s plain={1 / m['plain']:.2f} online={1 / m['online']:.2f} cached={1 / m['cached']:.2f}")
     print(f"cache store={manifest['store']} bytes_per_view={per_view} "
           f"per_epoch_here={format_bytes(per_view * manifest['rows_per_epoch'])} "
           f"per_epoch_imagenet1k={format_bytes(per_view * IMAGENET_TRAIN_IMAGES)} "
           f"imagenet1k_300_epochs={format_bytes(per_view * IMAGENET_TRAIN_IMAGES * 300)}")
+    print(f"cache_lookup_ms_per_batch={m['lookup'] * 1e3:.3f} ({100 * m['lookup'] / m['plain']:.3f}% of a plain step)")
     _log(f"cache build: {result['build_s']:.1f}s for {manifest['rows_per_epoch']} views (one teacher pass)")
     return 0
 
