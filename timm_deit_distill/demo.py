@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -329,6 +330,11 @@ def plot_students(runs: dict[str, list[Path]], teacher_top1: float, path: Path) 
 # The command.
 
 
+def _default_jobs() -> int:
+    # Small models use one core far better than two: two runs side by side beat one run on two threads.
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deit-distill demo",
@@ -341,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{' '.join(map(str, QUICK_REGIME.seeds))})")
     p.add_argument("--quick", action="store_true",
                    help="a sub-minute smoke run (tiny data, 2 epochs, one seed): checks the pipeline, not the science")
+    p.add_argument("--jobs", type=int, default=_default_jobs(), metavar="N",
+                   help="student runs trained at once, each in its own process (default: CPU cores, at most 4)")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help=f"student epochs (default {DEFAULT_REGIME.epochs}); changing it changes the regime")
     return p
@@ -352,6 +360,8 @@ def _regime_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> R
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             parser.error(f"--seeds {' '.join(map(str, args.seeds))}: give distinct non-negative integers.")
         regime = replace(regime, seeds=tuple(args.seeds))
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs} must be at least 1.")
     if args.epochs is not None:
         if args.epochs < 1:
             parser.error(f"--epochs {args.epochs} must be at least 1.")
@@ -374,23 +384,134 @@ def _duration(seconds: float) -> str:
 
 
 class _Progress:
-    """Headers between runs: which run, how far along, time spent and a rough time left."""
+    """One line per finished run: how many are done, time spent and a rough time left."""
 
     def __init__(self, total: int) -> None:
         self.total, self.done, self.started = total, 0, time.time()
 
-    def begin(self, label: str) -> None:
+    def status(self) -> str:
         elapsed = time.time() - self.started
         eta = f", about {_duration(elapsed / self.done * (self.total - self.done))} left" if self.done else ""
-        _logger.info("\n=== [%d/%d] %s (elapsed %s%s) ===", self.done + 1, self.total, label, _duration(elapsed), eta)
-
-    def end(self) -> None:
-        self.done += 1
+        return f"[{self.done}/{self.total} runs done, elapsed {_duration(elapsed)}{eta}]"
 
 
-def run_demo(regime: Regime, out: Path) -> dict[str, Any]:
-    """Train and evaluate everything, write the reports; returns the results dict (also results.json)."""
+class _NotATerminal(io.TextIOBase):
+    """stderr for runs sharing a terminal: two progress bars on one screen garble each other, so the trainer
+    (which draws a bar only on a terminal) writes plain log lines instead."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+@dataclass(frozen=True)
+class StudentJob:
+    """One student run: train, evaluate, and (hard distillation) measure the token cosines."""
+
+    regime: Regime
+    data_dir: Path
+    runs_dir: Path
+    mode: str
+    seed: int
+    teacher_checkpoint: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode}-seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.label
+
+
+def run_student(job: StudentJob) -> dict[str, Any]:
+    """Train (or reuse) one student and return its figures: the per-seed record of ``results.json``."""
+    regime = job.regime
+    argv = student_args(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
+    ckpt = run_training(argv, job.run_dir, regime.epochs, f"student {job.label}")
+    record: dict[str, Any] = {"seed": job.seed,
+                              **student_record(run_eval(ckpt, job.data_dir, job.teacher_checkpoint, regime.ema))}
+    if job.mode == "hard":
+        cos = measure_token_cosine(ckpt, job.data_dir, regime.ema)
+        record["token_cosine"] = {"input": cos["input"], "output": cos["output"], "layers": cos["layers"]}
+    return record
+
+
+def _worker_init(threads: int) -> None:
     import torch
+
+    torch.set_num_threads(threads)
+    sys.stderr = _NotATerminal(sys.stderr)
+    _setup_logging()
+
+
+def _worker_run(job: StudentJob) -> dict[str, Any]:
+    # Every line a run logs names the run, since the runs of one pool share the screen.
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(f"[{job.label}] %(message)s"))
+    return run_student(job)
+
+
+def _describe(job: StudentJob, record: dict[str, Any]) -> str:
+    text = (f"student {job.label}: top-1 cls {record['top1_cls']:.2f}%, dist {record['top1_dist']:.2f}%, "
+            f"fused {record['top1_fused']:.2f}%; agreement with teacher {record['agreement']:.3f}")
+    if "token_cosine" in record:
+        tc = record["token_cosine"]
+        text += f"; token cosine input {tc['input']:.3f}, output {tc['output']:.3f}"
+    return text
+
+
+def run_students(jobs: Sequence[StudentJob], workers: int, progress: _Progress) -> list[dict[str, Any]]:
+    """All student runs, ``workers`` at a time in separate processes (one CPU thread each when parallel)."""
+    import torch
+
+    records: list[dict[str, Any] | None] = [None] * len(jobs)
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            _logger.info("\n=== student %s, %d epochs %s ===", job.label, job.regime.epochs, progress.status())
+            records[i] = run_student(job)
+            progress.done += 1
+            _logger.info("%s %s", _describe(job, records[i]), progress.status())
+        return records  # type: ignore[return-value]
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, torch.get_num_threads() // workers)
+    _logger.info("Training %d students, %d at a time (%d CPU thread%s each); each line names its run.",
+                 len(jobs), workers, threads, "s" if threads > 1 else "")
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        pending = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    records[i] = future.result()
+                    progress.done += 1
+                    _logger.info("%s %s", _describe(jobs[i], records[i]), progress.status())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return records  # type: ignore[return-value]
+
+
+def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
+    """Train and evaluate everything, write the reports; returns the results dict (also results.json)."""
 
     from .atomic import atomic_write_text
     from .digits import write_digits_imagefolder
@@ -406,39 +527,25 @@ def run_demo(regime: Regime, out: Path) -> dict[str, Any]:
     runs_dir = out / "runs" / regime.name
     progress = _Progress(1 + len(MODES) * len(regime.seeds))
     _logger.info("deit-distill demo: teacher %s, then %s students with %s distillation x seeds %s; %d training "
-                 "/ %d validation digits at %dpx (%d tokens); torch threads: %d.", TEACHER, STUDENT, "/".join(MODES),
-                 list(regime.seeds), train_images, val_images, regime.img_size, (regime.img_size // 4) ** 2,
-                 torch.get_num_threads())
+                 "/ %d validation digits at %dpx (%d tokens).", TEACHER, STUDENT, "/".join(MODES),
+                 list(regime.seeds), train_images, val_images, regime.img_size, (regime.img_size // 4) ** 2)
 
-    progress.begin(f"teacher {TEACHER}, {regime.teacher_epochs} epochs")
+    _logger.info("\n=== teacher %s, %d epochs %s ===", TEACHER, regime.teacher_epochs, progress.status())
     teacher_ckpt = run_training(teacher_args(regime, data_dir, runs_dir), runs_dir / "teacher",
                                 regime.teacher_epochs, "teacher")
     teacher_eval = run_eval(teacher_ckpt, data_dir, None, regime.ema)
-    progress.end()
-    _logger.info("teacher %s: top-1 %.2f%%", TEACHER, teacher_eval["top1"])
+    progress.done += 1
+    _logger.info("teacher %s: top-1 %.2f%% %s", TEACHER, teacher_eval["top1"], progress.status())
 
+    jobs = [StudentJob(regime, data_dir, runs_dir, mode, seed, teacher_ckpt)
+            for seed in regime.seeds for mode in MODES]
+    records = run_students(jobs, min(workers, len(jobs)), progress)
     per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     run_dirs: dict[str, list[Path]] = {m: [] for m in MODES}
-    cosines: list[dict[str, Any]] = []
-    for seed in regime.seeds:
-        for mode in MODES:
-            label = f"student {mode} distillation, seed {seed}, {regime.epochs} epochs"
-            progress.begin(label)
-            run_dir = runs_dir / f"{mode}-seed{seed}"
-            ckpt = run_training(student_args(regime, data_dir, runs_dir, mode, seed, teacher_ckpt), run_dir,
-                                regime.epochs, label)
-            record = {"seed": seed, **student_record(run_eval(ckpt, data_dir, teacher_ckpt, regime.ema))}
-            if mode == "hard":
-                cos = measure_token_cosine(ckpt, data_dir, regime.ema)
-                record["token_cosine"] = {"input": cos["input"], "output": cos["output"], "layers": cos["layers"]}
-                cosines.append(cos)
-            per_seed[mode].append(record)
-            run_dirs[mode].append(run_dir)
-            progress.end()
-            _logger.info("%s: top-1 cls %.2f%%, dist %.2f%%, fused %.2f%%; agreement with teacher %.3f%s", label,
-                         record["top1_cls"], record["top1_dist"], record["top1_fused"], record["agreement"],
-                         (f"; token cosine input {record['token_cosine']['input']:.3f}, output "
-                          f"{record['token_cosine']['output']:.3f}" if mode == "hard" else ""))
+    for job, record in zip(jobs, records, strict=True):
+        per_seed[job.mode].append(record)
+        run_dirs[job.mode].append(job.run_dir)
+    cosines = [r["token_cosine"] for r in per_seed["hard"]]
 
     students = aggregate(per_seed)
     best_mode, best = max(((m, r) for m in MODES for r in per_seed[m]), key=lambda mr: mr[1]["top1_fused"])
@@ -465,7 +572,8 @@ def run_demo(regime: Regime, out: Path) -> dict[str, Any]:
                          "run": str(best_dir), "hub_folder": str(hub_dir)},
         "paper": {"token_cosine": {"input": 0.06, "output": 0.93}},
         "elapsed_s": round(time.time() - started, 1),
-        "torch_threads": torch.get_num_threads(),
+        "parallel_runs": min(workers, len(jobs)),
+        "cpu_count": os.cpu_count(),
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", results_table(results))
@@ -481,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     _setup_logging()
     try:
-        results = run_demo(regime, out)
+        results = run_demo(regime, out, workers=args.jobs)
     except (DemoError, FileExistsError) as e:
         print(f"deit-distill demo: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, FileExistsError) else 1
