@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import timm
@@ -252,3 +256,15 @@ def test_none_type_trains_the_class_head_without_a_teacher(data):
     result = task(x, y)
     torch.testing.assert_close(result["loss"], nn.functional.cross_entropy(result["output"], y))
     assert result["distill_loss"].item() == 0.0
+
+
+@pytest.mark.slow
+def test_examples_run(tmp_path):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for script in ("deit_engine_loop.py", "timm_style_loop.py", "task_api.py"):
+        done = subprocess.run(
+            [sys.executable, str(examples / script), "--workdir", str(tmp_path), "--steps", "2",
+             "--batch-size", "8", "--teacher-epochs", "1"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
+        assert "student val top-1" in done.stdout
