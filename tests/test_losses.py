@@ -196,3 +196,13 @@ def test_plain_tensor_outputs_name_the_fix():
         loss_fn((cls, cls), labels)  # a (cls, dist) pair without the teacher's logits
     with pytest.raises(ValueError, match="teacher_model=None"):
         loss_fn(teacher, (cls, cls), labels)
+
+
+def test_no_gradient_reaches_a_teacher_output_passed_in():
+    cls, dist, teacher, labels = _batch(seed=8)
+    teacher = teacher.clone().requires_grad_()
+    for kind in ("soft", "hard"):
+        loss = DistillationLoss(nn.CrossEntropyLoss(), None, kind, 0.5, 2.0).from_teacher_output(
+            (cls.clone().requires_grad_(), dist.clone().requires_grad_()), labels, teacher)
+        loss.backward()
+        assert teacher.grad is None

@@ -172,6 +172,7 @@ class DistillationLoss(nn.Module):
         return base_loss * (1 - self.alpha) + distillation_loss * self.alpha
 
     def _distillation_term(self, dist_logits: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
+        teacher_output = teacher_output.detach()  # never backprop into a teacher, however its output arrived
         if teacher_output.dim() == 1:
             if teacher_output.is_floating_point() or self.distillation_type != "hard":
                 raise ValueError(

@@ -375,7 +375,12 @@ class DistillationTeacher(nn.Module):
             model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``); ``num_classes``
                 is only accepted for random weights, since it would discard a trained head.
             teacher_mean, teacher_std: the teacher's own normalisation, when its config lacks it.
+
+        An ``nn.Module`` source is used in place, not copied: it is put in eval mode, frozen and, for
+        convnets, converted to channels_last. A ``DistillationTeacher`` source is returned as it is,
+        after the class check.
         """
+        resolve_precision(precision, "cpu")  # reject a bad value before loading anything
         if isinstance(source, DistillationTeacher):
             teacher = source
             if num_classes is not None:
