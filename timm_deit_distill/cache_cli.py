@@ -42,9 +42,9 @@ def resolve_data_config(args: argparse.Namespace, num_classes: int | None = None
 
     import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 
-    from .train import _architecture_kwargs
+    from .train import architecture_kwargs
 
-    kwargs = _architecture_kwargs(args, int(num_classes or getattr(args, "num_classes", None) or 1000))
+    kwargs = architecture_kwargs(args, int(num_classes or getattr(args, "num_classes", None) or 1000))
     with torch.device("meta"):
         model = timm.create_model(args.model, pretrained=False, **kwargs)
     return dict(timm_resolve(vars(args), model=model))
@@ -118,11 +118,11 @@ def _build(argv: list[str]) -> int:
 
     # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
     from .preflight import check_model_name
-    from .train import _create_teacher
+    from .train import create_teacher
 
     if args.distill_teacher:
         check_model_name(args.distill_teacher, "--distill-teacher")
-    teacher = _create_teacher(args, num_classes, data_config, device)
+    teacher = create_teacher(args, num_classes, data_config, device)
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
         return teacher(x.to(device, non_blocking=True))

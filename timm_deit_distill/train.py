@@ -111,7 +111,7 @@ def _label_names(dataset: Any) -> list[str]:
     return [name for name, _ in sorted(dataset.reader.class_to_idx.items(), key=lambda kv: kv[1])]
 
 
-def _architecture_kwargs(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+def architecture_kwargs(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
     """create_model kwargs that define the architecture (stored in checkpoints to rebuild the student)."""
     from .preflight import fixed_input_size
 
@@ -160,8 +160,9 @@ def _create_student(args: argparse.Namespace, arch_kwargs: dict[str, Any]) -> nn
     return model
 
 
-def _create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict[str, Any],
-                    device: torch.device) -> Any:
+def create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict[str, Any],
+                   device: torch.device) -> Any:
+    """The run's DistillationTeacher, adapted to the data pipeline (shared with `deit-distill cache build`)."""
     from .teacher import DistillationTeacher
 
     return DistillationTeacher.create(
@@ -235,7 +236,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
                          f"drop --num-classes or set it to {num_classes}.")
     args.num_classes = num_classes
 
-    arch_kwargs = _architecture_kwargs(args, num_classes)
+    arch_kwargs = architecture_kwargs(args, num_classes)
     student = _create_student(args, arch_kwargs)
     distilled = is_distilled(student)
     if args.distill_type in ("soft", "hard") and not distilled:
@@ -255,7 +256,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
 
         cache = TeacherTargetCache.open(args.distill_cache)  # checked against the run once epochs are known
     elif args.distill_teacher or args.distill_teacher_path:
-        teacher = _create_teacher(args, num_classes, data_config, device)
+        teacher = create_teacher(args, num_classes, data_config, device)
 
     student.to(device)
     if args.channels_last:
