@@ -79,9 +79,9 @@ class Regime:
 
 
 DEFAULT_REGIME = Regime(
-    name="default", train_per_class=30, val_fraction=0.2, img_size=12, epochs=50, teacher_epochs=40,
-    batch_size=32, lr=1e-3, warmup_epochs=5, weight_decay=0.05, clip_grad=1.0, smoothing=0.1, drop_path=0.1,
-    ema_decay=0.99, scale=(0.5, 1.0), val_interval=5, seeds=(0, 1, 2))
+    name="default", train_per_class=20, val_fraction=0.2, img_size=12, epochs=60, teacher_epochs=60,
+    batch_size=32, lr=1e-3, warmup_epochs=10, weight_decay=0.05, clip_grad=1.0, smoothing=0.1, drop_path=0.1,
+    ema_decay=0.99, scale=(0.25, 1.0), val_interval=10, seeds=(0, 1, 2))
 QUICK_REGIME = replace(
     DEFAULT_REGIME, name="quick", train_per_class=5, epochs=2, teacher_epochs=2, warmup_epochs=1, val_interval=1,
     seeds=(0,))
@@ -416,28 +416,40 @@ class _NotATerminal(io.TextIOBase):
 
 
 @dataclass(frozen=True)
-class StudentJob:
-    """One student run: train, evaluate, and (hard distillation) measure the token cosines."""
+class Job:
+    """One run of the demo: the teacher (``mode=None``) or a student with a distillation type and a seed."""
 
     regime: Regime
     data_dir: Path
     runs_dir: Path
-    mode: str
-    seed: int
-    teacher_checkpoint: Path
+    mode: str | None = None
+    seed: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.mode}-seed{self.seed}"
+        return "teacher" if self.mode is None else f"{self.mode}-seed{self.seed}"
 
     @property
     def run_dir(self) -> Path:
         return self.runs_dir / self.label
 
+    @property
+    def teacher_checkpoint(self) -> Path:
+        return self.runs_dir / "teacher" / "last.pth.tar"
 
-def run_student(job: StudentJob) -> dict[str, Any]:
-    """Train (or reuse) one student and return its figures: the per-seed record of ``results.json``."""
+    @property
+    def needs_teacher(self) -> bool:
+        return self.mode in ("soft", "hard")
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train (or reuse) one run and measure it: the teacher's top-1, or a student's per-seed record."""
     regime = job.regime
+    if job.mode is None:
+        ckpt = run_training(teacher_args(regime, job.data_dir, job.runs_dir), job.run_dir, regime.teacher_epochs,
+                            "teacher")
+        evaluation = run_eval(ckpt, job.data_dir, None, regime.ema)
+        return {"top1": evaluation["top1"], "top5": evaluation["top5"]}
     argv = student_args(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
     ckpt = run_training(argv, job.run_dir, regime.epochs, f"student {job.label}")
     record: dict[str, Any] = {"seed": job.seed,
@@ -456,15 +468,16 @@ def _worker_init(threads: int) -> None:
     _setup_logging()
 
 
-def _worker_run(job: StudentJob) -> dict[str, Any]:
+def _worker_run(job: Job) -> dict[str, Any]:
     # Every line a run logs names the run, since the runs of one pool share the screen.
-    root = logging.getLogger()
-    for handler in root.handlers:
+    for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"[{job.label}] %(message)s"))
-    return run_student(job)
+    return run_job(job)
 
 
-def _describe(job: StudentJob, record: dict[str, Any]) -> str:
+def _describe(job: Job, record: dict[str, Any]) -> str:
+    if job.mode is None:
+        return f"teacher {TEACHER}: top-1 {record['top1']:.2f}%"
     text = (f"student {job.label}: top-1 cls {record['top1_cls']:.2f}%, dist {record['top1_dist']:.2f}%, "
             f"fused {record['top1_fused']:.2f}%; agreement with teacher {record['agreement']:.3f}")
     if "token_cosine" in record:
@@ -473,28 +486,36 @@ def _describe(job: StudentJob, record: dict[str, Any]) -> str:
     return text
 
 
-def run_students(jobs: Sequence[StudentJob], workers: int, progress: _Progress) -> list[dict[str, Any]]:
-    """All student runs, ``workers`` at a time in separate processes (one CPU thread each when parallel)."""
-    import torch
+def run_jobs(jobs: Sequence[Job], workers: int, progress: _Progress) -> list[dict[str, Any]]:
+    """Every run, ``workers`` at a time in separate processes of one CPU thread each when ``workers > 1``.
 
+    Runs that need the teacher start once it is trained; the others (the teacher itself and the students
+    without distillation) start right away, so no core waits for the teacher.
+    """
     records: list[dict[str, Any] | None] = [None] * len(jobs)
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].needs_teacher)  # stable: teacher-free runs first
     if workers <= 1:
-        for i, job in enumerate(jobs):
-            _logger.info("\n=== student %s, %d epochs %s ===", job.label, job.regime.epochs, progress.status())
-            records[i] = run_student(job)
+        for i in order:
+            epochs = jobs[i].regime.teacher_epochs if jobs[i].mode is None else jobs[i].regime.epochs
+            _logger.info("\n=== %s, %d epochs %s ===", jobs[i].label, epochs, progress.status())
+            records[i] = run_job(jobs[i])
             progress.done += 1
-            _logger.info("%s %s", _describe(job, records[i]), progress.status())
+            _logger.info("%s %s", _describe(jobs[i], records[i]), progress.status())
         return records  # type: ignore[return-value]
 
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    import torch
+
     threads = max(1, torch.get_num_threads() // workers)
-    _logger.info("Training %d students, %d at a time (%d CPU thread%s each); each line names its run.",
+    _logger.info("Training %d runs, %d at a time (%d CPU thread%s each); each line names its run.",
                  len(jobs), workers, threads, "s" if threads > 1 else "")
+    teacher = next((i for i in order if jobs[i].mode is None), None)
+    waiting = [i for i in order if jobs[i].needs_teacher and teacher is not None]
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        pending = {pool.submit(_worker_run, job): i for i, job in enumerate(jobs)}
+        pending = {pool.submit(_worker_run, jobs[i]): i for i in order if i not in waiting}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -503,6 +524,8 @@ def run_students(jobs: Sequence[StudentJob], workers: int, progress: _Progress) 
                     records[i] = future.result()
                     progress.done += 1
                     _logger.info("%s %s", _describe(jobs[i], records[i]), progress.status())
+                    if i == teacher:
+                        pending.update({pool.submit(_worker_run, jobs[w]): w for w in waiting})
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -530,19 +553,13 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
                  "/ %d validation digits at %dpx (%d tokens).", TEACHER, STUDENT, "/".join(MODES),
                  list(regime.seeds), train_images, val_images, regime.img_size, (regime.img_size // 4) ** 2)
 
-    _logger.info("\n=== teacher %s, %d epochs %s ===", TEACHER, regime.teacher_epochs, progress.status())
-    teacher_ckpt = run_training(teacher_args(regime, data_dir, runs_dir), runs_dir / "teacher",
-                                regime.teacher_epochs, "teacher")
-    teacher_eval = run_eval(teacher_ckpt, data_dir, None, regime.ema)
-    progress.done += 1
-    _logger.info("teacher %s: top-1 %.2f%% %s", TEACHER, teacher_eval["top1"], progress.status())
-
-    jobs = [StudentJob(regime, data_dir, runs_dir, mode, seed, teacher_ckpt)
-            for seed in regime.seeds for mode in MODES]
-    records = run_students(jobs, min(workers, len(jobs)), progress)
+    teacher_job = Job(regime, data_dir, runs_dir)
+    jobs = [teacher_job, *(Job(regime, data_dir, runs_dir, mode, seed) for seed in regime.seeds for mode in MODES)]
+    records = run_jobs(jobs, min(workers, len(jobs)), progress)
+    teacher_eval = records[0]
     per_seed: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     run_dirs: dict[str, list[Path]] = {m: [] for m in MODES}
-    for job, record in zip(jobs, records, strict=True):
+    for job, record in zip(jobs[1:], records[1:], strict=True):
         per_seed[job.mode].append(record)
         run_dirs[job.mode].append(job.run_dir)
     cosines = [r["token_cosine"] for r in per_seed["hard"]]
