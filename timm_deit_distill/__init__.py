@@ -18,6 +18,8 @@ from .version import __version__
 _LAZY = {
     "DistillationLoss": "losses",
     "DistillationTeacher": "teacher",
+    "TeacherError": "teacher",
+    "DistilledOutput": "task",
     "DistilledStudent": "task",
     "DeiTDistillationTask": "task",
     "save_pretrained": "hub",

@@ -169,7 +169,9 @@ def create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict
         args.distill_teacher, checkpoint_path=args.distill_teacher_path, use_ema=args.distill_teacher_ema,
         num_classes=num_classes,
         data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
-        precision=args.teacher_precision, channels_last=args.channels_last, device=device)
+        precision=args.teacher_precision,
+        # --channels-last is about the student; unset, the teacher picks channels_last for convnets itself
+        channels_last=args.channels_last or None, device=device)
 
 
 def _base_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
