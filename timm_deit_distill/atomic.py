@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash or kill leaves either the old file or the new one, never half of one.
+"""Atomic file writes and file hashing: a crash or kill leaves either the old file or the new one, never half of one.
 
 Write into a temporary sibling, flush it to disk, then ``os.replace`` it over the target (atomic on
 POSIX and Windows within one filesystem).
@@ -7,12 +7,20 @@ POSIX and Windows within one filesystem).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_link_or_copy"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_link_or_copy", "sha256_file"]
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -21,6 +29,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints and shared caches from others
     try:
         yield tmp
         with open(tmp, "rb") as f:  # durable before it becomes visible under the real name
@@ -56,3 +65,11 @@ def atomic_link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes (the Hub's LFS object id for weight files)."""
+    from huggingface_hub.utils.sha import sha_fileobj
+
+    with open(path, "rb") as f:
+        return sha_fileobj(f).hex()

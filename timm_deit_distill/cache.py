@@ -29,9 +29,7 @@ import logging
 import os
 import struct
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_path, sha256_file
 from .data import ViewLayout, build_train_loader, view_settings
 
 __all__ = [
@@ -213,43 +212,10 @@ def _differences(cached: dict[str, Any], current: dict[str, Any]) -> list[str]:
 # Files
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[str]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would keep a shared cache from other users
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with _atomic(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.write("\n")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _chunk_name(epoch: int) -> str:
@@ -286,9 +252,9 @@ def _memmap_chunk(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def _write_chunk(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
     from safetensors.numpy import save_file
 
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
-    return _sha256_file(path)
+    return sha256_file(path)
 
 
 def _chunk_metadata(fid: str, epoch: int) -> dict[str, str]:
@@ -465,7 +431,7 @@ def _chunk_done(out: Path, epoch: int, fid: str) -> bool:
     if meta.get("fingerprint_sha256") != fid or meta.get("epoch") != epoch:
         return False
     rows = header["sample_check"]["shape"][0]
-    _write_json(sidecar, {"epoch": epoch, "file": path.name, "sha256": _sha256_file(path), "rows": rows,
+    _write_json(sidecar, {"epoch": epoch, "file": path.name, "sha256": sha256_file(path), "rows": rows,
                           "bytes": path.stat().st_size, "fingerprint_sha256": fid})
     return True
 
@@ -613,7 +579,7 @@ class TeacherTargetCache:
         if not path.exists():
             raise CacheError(f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
                              f"{self.directory} (only missing epochs are recomputed).")
-        if self.verify and _sha256_file(path) != chunk["sha256"]:
+        if self.verify and sha256_file(path) != chunk["sha256"]:
             raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or replaced); "
                              "fix: delete it and its .json sidecar and rerun `deit-distill cache build`.")
         arrays, metadata = _memmap_chunk(path)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .atomic import atomic_path, atomic_write_text
 from .hub_export import CONFIG_NAME, WEIGHTS_NAME, HubExportError, save_pretrained
 from .version import __version__
 
@@ -196,10 +197,7 @@ def _write_ref(storage: Path, ref: str, sha: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_file() and target.read_text() == sha:
         return
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(sha)
-    os.replace(tmp, target)
+    atomic_write_text(target, sha)
 
 
 def _pull_online(repo_id: str, revision: str | None, cache_dir: Path | None, token: str | None,
@@ -258,10 +256,8 @@ def _copy_out(folder: Path, out_dir: Path) -> Path:
     for src in sorted(p for p in folder.rglob("*") if p.is_file()):
         dst = out_dir / src.relative_to(folder)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-        os.close(fd)
-        shutil.copyfile(src, tmp)  # follows the cache's symlinks
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)  # follows the cache's symlinks
     return out_dir
 
 

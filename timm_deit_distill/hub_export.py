@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import sha256_file
 from .model_card import CardFacts, build_model_card, read_summary_csv
 from .version import __version__
 
@@ -72,13 +73,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return str(value)
-
-
-def _file_sha256(path: Path) -> str:
-    from huggingface_hub.utils.sha import sha_fileobj
-
-    with open(path, "rb") as f:
-        return sha_fileobj(f).hex()
 
 
 def _load_checkpoint_file(path: Path) -> Mapping[str, Any]:
@@ -193,7 +187,7 @@ def _student_from_checkpoint(
         train_args=_jsonable(train_args),
         epoch=int(epoch) if isinstance(epoch, int) else None,
         source_file=source.name if source is not None else None,
-        source_sha256=_file_sha256(source) if source is not None else None,
+        source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
     )
 

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .atomic import sha256_file
+
 __all__ = [
     "DistillationTeacher",
     "TeacherError",
@@ -220,14 +222,6 @@ def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], origin:
             f"The weights in {origin} do not fit {type(model).__name__}: {' '.join(message[:3])[:600]} "
             "Check that the teacher's architecture name matches the checkpoint (a timm training checkpoint "
             "records it under 'arch').") from first_error
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _state_dict_sha256(model: nn.Module) -> str:
@@ -501,7 +495,7 @@ class DistillationTeacher(nn.Module):
         """JSON-serialisable identity of this teacher, for cache fingerprints and model cards."""
         if self._sha256 is None:
             file = self._info.get("file")
-            self._sha256 = _file_sha256(Path(file)) if file and Path(file).is_file() else _state_dict_sha256(self.model)
+            self._sha256 = sha256_file(Path(file)) if file and Path(file).is_file() else _state_dict_sha256(self.model)
         info = self._info
         description = {
             "name": info.get("name"),
