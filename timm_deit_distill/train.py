@@ -43,14 +43,12 @@ class NonFiniteLoss(RuntimeError):
 
 def _refusal_types() -> tuple[type[BaseException], ...]:
     """Errors that mean "bad input": reported in one line with exit code 2, never as a traceback."""
+    from .cache import CacheError
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .teacher import TeacherError
 
-    types: list[type[BaseException]] = [UsageError, DataError, CheckpointError]
-    for module, name in (("teacher", "TeacherError"), ("cache", "CacheError")):
-        with contextlib.suppress(ImportError, AttributeError):  # a module not written yet in this install
-            types.append(getattr(importlib.import_module(f"timm_deit_distill.{module}"), name))
-    return tuple(types)
+    return (UsageError, DataError, CheckpointError, TeacherError, CacheError)
 
 
 # --------------------------------------------------------------------------------------------------------------
