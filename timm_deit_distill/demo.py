@@ -79,9 +79,9 @@ class Regime:
 
 
 DEFAULT_REGIME = Regime(
-    name="default", train_per_class=20, val_fraction=0.2, img_size=12, epochs=60, teacher_epochs=60,
+    name="default", train_per_class=20, val_fraction=0.2, img_size=12, epochs=80, teacher_epochs=60,
     batch_size=32, lr=1e-3, warmup_epochs=10, weight_decay=0.05, clip_grad=1.0, smoothing=0.1, drop_path=0.1,
-    ema_decay=0.99, scale=(0.25, 1.0), val_interval=10, seeds=(0, 1, 2))
+    ema_decay=0.0, scale=(0.25, 1.0), val_interval=10, seeds=(0, 1, 2))
 QUICK_REGIME = replace(
     DEFAULT_REGIME, name="quick", train_per_class=5, epochs=2, teacher_epochs=2, warmup_epochs=1, val_interval=1,
     seeds=(0,))
