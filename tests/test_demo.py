@@ -71,6 +71,16 @@ def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_folder_holding_another_run_is_refused_not_overwritten(tmp_path):
+    run_dir = tmp_path / "hard-seed0"
+    run_dir.mkdir()
+    (run_dir / "demo_run.json").write_text(json.dumps({"argv": ["--epochs", "5"]}))
+    (run_dir / "last.pth.tar").write_bytes(b"kept")
+    with pytest.raises(demo.DemoError, match="holds a different run"):
+        demo.run_training(["--epochs", "6"], run_dir, 6, "student hard-seed0")
+    assert (run_dir / "last.pth.tar").read_bytes() == b"kept"
+
+
 def _check_range(value, lo, hi):
     assert value is not None and lo <= value <= hi, value
 

@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deit-distill demo",
         description="Distil DeiT-Ti students from a convnet teacher on scikit-learn's bundled digits with no, soft "
                     "and hard distillation, and report the paper's comparison (Table 3) and token similarity.")
-    p.add_argument("--out", default="demo_output", metavar="DIR", help="output folder; finished runs in it are reused (default: demo_output)")
+    p.add_argument("--out", default="demo_output", metavar="DIR",
+                   help="output folder; finished runs in it are reused (default: demo_output)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help=f"student seeds (default: {' '.join(map(str, DEFAULT_REGIME.seeds))}; --quick: "
                         f"{' '.join(map(str, QUICK_REGIME.seeds))})")
