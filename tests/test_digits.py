@@ -43,3 +43,13 @@ def test_refuses_a_foreign_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not a digits folder"):
         write_digits_imagefolder(tmp_path / "x")
     assert (tmp_path / "x" / "mine.txt").read_text() == "keep me"
+
+
+def test_a_concurrent_writer_of_the_same_split_is_not_an_error(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    target = tmp_path / "shared"
+    with ProcessPoolExecutor(max_workers=3) as pool:
+        roots = list(pool.map(write_digits_imagefolder, [target] * 3))
+    assert all(r == target for r in roots)
+    assert len(create_dataset("", root=str(target), split="train")) == 1437

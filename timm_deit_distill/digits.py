@@ -82,6 +82,12 @@ def write_digits_imagefolder(
         if root.exists():
             root.rmdir()  # empty, checked above
         os.replace(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Another process may have written the same split first (parallel demo runs): theirs is ours.
+        if manifest.exists() and json.loads(manifest.read_text()) == spec:
+            return root
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
