@@ -381,15 +381,6 @@ def _regime_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> R
     return regime
 
 
-def _setup_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
 def _duration(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
@@ -476,7 +467,9 @@ def _worker_init(threads: int) -> None:
 
     torch.set_num_threads(threads)
     sys.stderr = _NotATerminal(sys.stderr)
-    _setup_logging()
+    from .train import setup_logging
+
+    setup_logging()
 
 
 def _worker_run(job: Job) -> dict[str, Any]:
@@ -615,7 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     regime = _regime_from(args, parser)
     out = Path(args.out)
-    _setup_logging()
+    from .train import setup_logging
+
+    setup_logging()
     try:
         results = run_demo(regime, out, workers=args.jobs)
     except (DemoError, FileExistsError) as e:

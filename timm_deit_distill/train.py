@@ -588,7 +588,8 @@ def train(run: Run) -> int:
 # Entry point
 # --------------------------------------------------------------------------------------------------------------
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Plain INFO lines on stdout unless the application already configured logging (shared with the demo)."""
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stdout)
@@ -613,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(format_config(args, int(os.environ.get("WORLD_SIZE", "1"))), end="")
         return 0
-    _setup_logging()
+    setup_logging()
     run = None
     try:
         try:
