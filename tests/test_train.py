@@ -229,3 +229,37 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(data,
     assert [r["epoch"] for r in read_summary(tmp_path / "nan" / "summary.csv")] == [0]
     assert "train 0" in tty and "it/s" in tty  # tqdm's bar on the terminal
     assert "Train: 0 [" not in proc.stdout  # ... instead of plain per-step lines
+
+
+def test_checkpoint_interval_saves_every_evaluation_and_the_last_epoch(data, tmp_path, capsys, monkeypatch):
+    from timm_deit_distill import checkpoint as ckpt_module
+
+    saved = []
+    original = ckpt_module.CheckpointSaver.save_checkpoint
+
+    def spy(self, epoch, metric=None):
+        saved.append(epoch)
+        return original(self, epoch, metric=metric)
+
+    monkeypatch.setattr(ckpt_module.CheckpointSaver, "save_checkpoint", spy)
+    code, _, err = _run(["--data-dir", str(data["small"]), *STUDENT, *FAST, "--epochs", "7", "--val-interval", "3",
+                         "--checkpoint-interval", "4", "--checkpoint-hist", "2", "--output", str(tmp_path),
+                         "--experiment", "sparse"], capsys)
+    assert code == 0, err
+    # Evaluated at epochs 2, 5 and 6 (the last); epoch 3 ends the first interval of 4; 0, 1 and 4 are skipped.
+    assert saved == [2, 3, 5, 6]
+    run_dir = tmp_path / "sparse"
+    rows = read_summary(run_dir / "summary.csv")
+    assert [r["epoch"] for r in rows] == list(range(7))  # the summary still has every epoch
+    evaluated = [r for r in rows if r["eval_top1"] is not None]
+    best = max(evaluated, key=lambda r: r["eval_top1"])  # ties keep the earlier epoch, as timm's saver does
+    assert load(run_dir / "model_best.pth.tar")["epoch"] == best["epoch"]
+    assert load(run_dir / "last.pth.tar")["epoch"] == 6
+    numbered = sorted(p.name for p in run_dir.glob("checkpoint-*.pth.tar"))
+    assert len(numbered) == 2 and all(int(n.split("-")[1].split(".")[0]) in (2, 5, 6) for n in numbered)
+
+
+def test_checkpoint_interval_must_be_positive(data, tmp_path, capsys):
+    code, _, err = _run(["--data-dir", str(data["small"]), *STUDENT, *FAST, "--checkpoint-interval", "0",
+                         "--output", str(tmp_path)], capsys)
+    assert code == 2 and "--checkpoint-interval 0 must be >= 1" in err

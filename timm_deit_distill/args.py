@@ -344,6 +344,10 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     g.add_argument("--log-interval", type=int, default=d(50), metavar="N", help="updates between log lines")
     g.add_argument("--val-interval", type=int, default=d(1), metavar="N", help="epochs between evaluations")
     g.add_argument("--checkpoint-hist", type=int, default=d(10), metavar="N", help="numbered checkpoints kept")
+    g.add_argument("--checkpoint-interval", type=int, default=d(1), metavar="N",
+                   help="epochs between checkpoints (default 1, timm's); evaluated epochs and the last are always "
+                        "saved, so model_best and --checkpoint-hist rank every evaluation, and a kill loses at most "
+                        "N-1 epochs")
     g.add_argument("-j", "--workers", type=int, default=d(4), metavar="N", help="data loading processes")
     g.add_argument("--pin-mem", action="store_true", default=d(False), help="pin loader memory")
     g.add_argument("--no-prefetcher", action="store_true", default=d(False),
@@ -606,6 +610,7 @@ def _validate(args: argparse.Namespace) -> None:
     need(args.grad_accum_steps >= 1, f"--grad-accum-steps {args.grad_accum_steps} must be >= 1.")
     need(args.workers >= 0, f"--workers {args.workers} must be >= 0.")
     need(args.checkpoint_hist >= 1, f"--checkpoint-hist {args.checkpoint_hist} must be >= 1.")
+    need(args.checkpoint_interval >= 1, f"--checkpoint-interval {args.checkpoint_interval} must be >= 1.")
     need(args.log_interval >= 1, f"--log-interval {args.log_interval} must be >= 1.")
     need(args.val_interval >= 1, f"--val-interval {args.val_interval} must be >= 1.")
     need(args.lr is None or args.lr > 0, f"--lr {args.lr} must be > 0 (or leave it unset to scale --lr-base).")

@@ -570,7 +570,10 @@ def train(run: Run) -> int:
         run.rng_states = states
         if run.primary:
             _log_epoch(run, row)
-            best = run.saver.save_checkpoint(epoch, metric=metric)
+            # A skipped epoch is only unranked history: evaluated epochs are always saved so that
+            # model_best and the ranked checkpoints see every evaluation.
+            if metric is not None or last or (epoch + 1) % args.checkpoint_interval == 0:
+                best = run.saver.save_checkpoint(epoch, metric=metric)
             write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None)
             if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
                 plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
