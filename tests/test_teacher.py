@@ -162,6 +162,19 @@ def test_unknown_source_and_misplaced_options_are_refused(tmp_path):
         DistillationTeacher.create("resnet10t", checkpoint_path=tmp_path / "missing.pth")
 
 
+
+def test_pretrained_weights_that_cannot_be_fetched_name_the_local_alternatives(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(TeacherError) as error:
+        DistillationTeacher.create("resnet10t", pretrained=True)
+    message = str(error.value)
+    assert "couldn't connect" in message  # the cause, then the fixes for the API and the command line
+    assert "checkpoint_path=FILE" in message and "--distill-teacher-path FILE" in message and "local-dir:" in message
+
+
 # ---- checkpoint files -------------------------------------------------------------------------------------
 
 def test_timm_training_checkpoint_needs_an_explicit_raw_or_ema_choice(tmp_path, batch):

@@ -627,7 +627,8 @@ def _build_model(
     except Exception as e:
         raise TeacherError(
             f"Could not create teacher {source!r} with pretrained={pretrained}: {e}. Without network access, "
-            "pass local weights: checkpoint_path=FILE, or 'local-dir:PATH' / a Hub cache.") from e
+            "pass local weights: checkpoint_path=FILE (command line: --distill-teacher-path FILE), or "
+            "'local-dir:PATH', or a Hub cache filled beforehand.") from e
     meta = {"name": arch, "tag": (model.pretrained_cfg.get("tag") if pretrained else None),
             "weights": "pretrained" if pretrained else "random"}
     if pretrained and model.pretrained_cfg.get("hf_hub_id"):
