@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -17,6 +16,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from aug_fixtures import DATA_CONFIG
+from aug_fixtures import make_args as _aug_args
 from safetensors.numpy import load_file
 
 from timm_deit_distill.cache import (
@@ -31,22 +32,12 @@ from timm_deit_distill.data import ViewLayout, build_datasets, build_train_loade
 from timm_deit_distill.digits import write_digits_imagefolder
 from timm_deit_distill.losses import DistillationLoss
 
-DATA_CONFIG = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9,
-                   interpolation="bicubic")
 TEACHER = {"name": "resnet18", "tag": None, "sha256": "0" * 64, "precision": "float32"}
 
 
 def make_args(**overrides):
-    """DeiT's augmentation (RandAugment, random erasing, Mixup + CutMix, repeats x3), small batches."""
-    args = dict(
-        aa="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel", recount=1, mixup=0.8, cutmix=1.0,
-        cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1,
-        aug_repeats=3, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], hflip=0.5, vflip=0.0, color_jitter=0.4,
-        train_interpolation="random", batch_size=8, workers=0, pin_mem=False, seed=0, num_classes=None,
-        deterministic_aug=True, distill_type="hard", distill_teacher=None,
-    )
-    args.update(overrides)
-    return argparse.Namespace(**args)
+    """DeiT's augmentation as in test_data, plus the trainer's distillation settings."""
+    return _aug_args(**{**dict(distill_type="hard", distill_teacher=None), **overrides})
 
 
 class CountingTeacher(torch.nn.Module):
