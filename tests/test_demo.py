@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import statistics
@@ -63,6 +64,50 @@ def test_aggregate_gives_means_and_sample_stds_beside_them():
     assert single["top1_cls"] == 80.0 and single["top1_cls_std"] is None  # one seed: no spread to report
 
 
+def test_paired_differences_subtract_the_same_seeds_undistilled_run():
+    def rows(values):
+        return [{"seed": s, "top1_fused": f, "agreement": a} for s, (f, a) in values.items()]
+
+    per_seed = {"none": rows({0: (70.0, 0.70), 1: (80.0, 0.80), 2: (75.0, 0.75)}),
+                "soft": rows({2: (76.0, 0.80), 0: (73.0, 0.72), 1: (82.0, 0.81)}),  # order must not matter
+                "hard": rows({0: (71.0, 0.69), 1: (78.0, 0.80), 2: (77.0, 0.78)})}
+    out = demo.paired_differences(per_seed)
+    soft_diffs = [3.0, 2.0, 1.0]  # seeds 0, 1, 2
+    assert [d["seed"] for d in out["soft"]["per_seed"]] == [2, 0, 1]
+    assert out["soft"]["top1_fused"] == pytest.approx(statistics.mean(soft_diffs))
+    assert out["soft"]["top1_fused_std"] == pytest.approx(statistics.stdev(soft_diffs))
+    assert out["soft"]["outside_spread"] is True  # +2 +- 1
+    hard_diffs = [1.0, -2.0, 2.0]
+    assert out["hard"]["top1_fused"] == pytest.approx(statistics.mean(hard_diffs))
+    assert out["hard"]["agreement"] == pytest.approx(statistics.mean([-0.01, 0.0, 0.03]))
+    assert out["hard"]["outside_spread"] is False  # +0.33 +- 2.1
+    # A seed without an undistilled run is left out rather than compared with another seed's.
+    partial = demo.paired_differences({"none": per_seed["none"][:1], "hard": per_seed["hard"]})
+    assert [d["seed"] for d in partial["hard"]["per_seed"]] == [0] and partial["hard"]["outside_spread"] is None
+
+
+def test_a_seed_gives_every_mode_the_same_initial_student_and_views(tmp_path):
+    """The premise of the paired comparison, checked on the trainer's real set-up."""
+    import torch
+    from train_fixtures import digits, teacher_checkpoint
+
+    from timm_deit_distill import train
+
+    data = digits(tmp_path / "digits", train_per_class=2)
+    teacher = teacher_checkpoint(tmp_path / "teacher.pth")
+    regime = dataclasses.replace(demo.QUICK_REGIME, batch_size=4)
+    runs = {}
+    for mode in demo.MODES:
+        argv = demo.student_args(regime, data, tmp_path / "runs", mode, 5, teacher)
+        run = train.setup(parse_args([*argv, "--model-kwargs", "depth=1", "embed_dim=32", "num_heads=2"]))
+        run.train_loader.set_epoch(1)
+        runs[mode] = (run.student.state_dict(), next(iter(run.train_loader))[0])
+    weights, views = runs["none"]
+    for mode in ("soft", "hard"):
+        assert all(torch.equal(weights[k], v) for k, v in runs[mode][0].items()), mode
+        assert torch.equal(views, runs[mode][1]), mode
+
+
 def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         demo.main(["--out", str(tmp_path / "o"), "--seeds", "1", "1"])
@@ -102,6 +147,10 @@ def test_quick_demo_end_to_end(tmp_path, capfd, caplog):
             _check_range(s[key], 0, 100)
         _check_range(s["agreement"], 0, 1)
         assert s["top1_fused_std"] is None and len(s["per_seed"]) == 1, mode
+    assert set(results["vs_none"]) == {"soft", "hard"}
+    for mode, d in results["vs_none"].items():
+        expected = results["students"][mode]["top1_fused"] - results["students"]["none"]["top1_fused"]
+        assert d["top1_fused"] == pytest.approx(expected) and d["outside_spread"] is None, mode
     tc = results["token_cosine"]
     for key in ("input", "output"):
         _check_range(tc[key], -1, 1)
