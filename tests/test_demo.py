@@ -66,7 +66,8 @@ def test_aggregate_gives_means_and_sample_stds_beside_them():
 
 def test_paired_differences_subtract_the_same_seeds_undistilled_run():
     def rows(values):
-        return [{"seed": s, "top1_fused": f, "agreement": a} for s, (f, a) in values.items()]
+        return [{"seed": s, "top1_cls": f, "top1_dist": f, "top1_fused": f, "agreement": a}
+                for s, (f, a) in values.items()]
 
     per_seed = {"none": rows({0: (70.0, 0.70), 1: (80.0, 0.80), 2: (75.0, 0.75)}),
                 "soft": rows({2: (76.0, 0.80), 0: (73.0, 0.72), 1: (82.0, 0.81)}),  # order must not matter
@@ -81,6 +82,9 @@ def test_paired_differences_subtract_the_same_seeds_undistilled_run():
     assert out["hard"]["top1_fused"] == pytest.approx(statistics.mean(hard_diffs))
     assert out["hard"]["agreement"] == pytest.approx(statistics.mean([-0.01, 0.0, 0.03]))
     assert out["hard"]["outside_spread"] is False  # +0.33 +- 2.1
+    results = {"teacher": {"model": "t", "top1": 90.0}, "seeds": [0, 1, 2], "student_model": "s",
+               "data": {"val_images": 360, "train_images": 200}, "students": demo.aggregate(per_seed), "vs_none": out}
+    assert "soft +2.0 ± 1.0 (outside the spread); hard +0.3 ± 2.1 (within the spread)" in demo.results_table(results)
     # A seed without an undistilled run is left out rather than compared with another seed's.
     partial = demo.paired_differences({"none": per_seed["none"][:1], "hard": per_seed["hard"]})
     assert [d["seed"] for d in partial["hard"]["per_seed"]] == [0] and partial["hard"]["outside_spread"] is None

@@ -286,12 +286,11 @@ def paired_differences(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, d
         rows = [r for r in per_seed.get(mode, []) if r["seed"] in base]
         if not rows:
             continue
-        entry: dict[str, Any] = {"per_seed": []}
+        diffs = [{"seed": r["seed"], **{k: r[k] - base[r["seed"]][k] for k in _PAIRED_METRICS}} for r in rows]
+        entry: dict[str, Any] = {}
         for key in _PAIRED_METRICS:
-            diffs = [r[key] - base[r["seed"]][key] for r in rows]
-            entry[key], entry[f"{key}_std"] = _mean_std(diffs)
-        entry["per_seed"] = [{"seed": r["seed"], **{k: r[k] - base[r["seed"]][k] for k in _PAIRED_METRICS}}
-                             for r in rows]
+            entry[key], entry[f"{key}_std"] = _mean_std([d[key] for d in diffs])
+        entry["per_seed"] = diffs
         std = entry["top1_fused_std"]
         entry["outside_spread"] = None if std is None else abs(entry["top1_fused"]) > std
         out[mode] = entry
@@ -328,12 +327,9 @@ def results_table(results: dict[str, Any]) -> str:
             f"{_fmt(s['agreement'], s['agreement_std'], scale=100)} % |")
     paired = results.get("vs_none") or {}
     if paired:
-        parts = []
-        for mode, d in paired.items():
-            verdict = {True: "outside the spread", False: "within the spread", None: "one seed: no spread"}
-            parts.append(f"{mode} {d['top1_fused']:+.1f}" + ("" if d["top1_fused_std"] is None else
-                                                           f" ± {d['top1_fused_std']:.1f}")
-                         + f" ({verdict[d['outside_spread']]})")
+        verdict = {True: "outside the spread", False: "within the spread", None: "one seed: no spread"}
+        parts = [f"{mode} {'+' if d['top1_fused'] >= 0 else ''}{_fmt(d['top1_fused'], d['top1_fused_std'])} "
+                 f"({verdict[d['outside_spread']]})" for mode, d in paired.items()]
         lines += ["", "Class+distillation top-1 minus no distillation's, paired by seed (same initial weights and "
                       "training views), in points: " + "; ".join(parts) + "."]
     tc = results.get("token_cosine")
