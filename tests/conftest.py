@@ -4,5 +4,15 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory):
+    """A resnet10t that has learned the digits at 32px (trained once per test session, ~15 s)."""
+    from train_fixtures import train_teacher
+
+    return train_teacher(tmp_path_factory.mktemp("trained-teacher"))
