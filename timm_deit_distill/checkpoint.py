@@ -81,8 +81,12 @@ def _first_line(error: BaseException) -> str:
 
 def _checkpoints_in(folder: Path) -> str:
     """'a.pth.tar, b.pth' (the checkpoint files in a folder), to point at the file that was probably meant."""
-    try:
-        names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(_CHECKPOINT_SUFFIXES))
+    import itertools
+
+    try:  # a bounded look: the folder may be a dataset's, with a million files
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in itertools.islice(entries, 10_000)
+                           if e.name.endswith(_CHECKPOINT_SUFFIXES) and e.is_file())
     except OSError:
         return ""
     if not names:
