@@ -96,15 +96,17 @@ def test_eval_cli_matches_timm_on_every_head(run, tmp_path, capsys):
     out_json = tmp_path / "result.json"
     predict = tmp_path / "pred.csv"
     code = evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), "--workers", "0",
-                          "-b", "32", "--distill-teacher", "resnet10t", "--distill-teacher-path", str(run["teacher"]),
+                          "-b", "32", "--use-ema", "--distill-teacher", "resnet10t",
+                          "--distill-teacher-path", str(run["teacher"]),
                           "--json", str(out_json), "--head", "dist", "--predict", str(predict)])
     assert code == 0
     printed = capsys.readouterr().out
     result = json.loads(out_json.read_text())
     teacher = timm.create_model("resnet10t", num_classes=10)
     teacher.load_state_dict(torch.load(run["teacher"], weights_only=True))
-    ref, n = _reference(run["ema"], run["data"], teacher.eval())  # EMA weights by default, as timm
-    assert result["ema"] is True and result["count"] == n and result["head"] == "dist"
+    ref, n = _reference(run["ema"], run["data"], teacher.eval())  # the EMA weights, as asked
+    assert result["weights"] == "ema" and result["ema"] is True
+    assert result["count"] == n and result["head"] == "dist"
     for head in ("fused", "cls", "dist"):
         assert result["heads"][head]["top1"] == pytest.approx(ref[head][0], abs=1e-6)
         assert result["heads"][head]["top5"] == pytest.approx(ref[head][1], abs=1e-6)
@@ -124,7 +126,7 @@ def test_eval_raw_weights_on_request(run, tmp_path):
                           "--no-ema", "--json", str(out_json)]) == 0
     result = json.loads(out_json.read_text())
     ref, _ = _reference(run["model"].eval(), run["data"])
-    assert result["ema"] is False and result["teacher"] is None
+    assert result["weights"] == "raw" and result["ema"] is False and result["teacher"] is None
     assert result["heads"]["fused"]["top1"] == pytest.approx(ref["fused"][0], abs=1e-6)
     assert result["loss"] == pytest.approx(ref["loss"], rel=1e-5)
 
@@ -133,7 +135,8 @@ def test_eval_refuses_other_classes_and_missing_files(run, tmp_path, capsys):
     other = digits(tmp_path / "letters", train_per_class=1)
     (other / "validation" / "9").rename(other / "validation" / "x")
     (other / "train" / "9").rename(other / "train" / "x")
-    assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(other), "--workers", "0"]) == 2
+    assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(other), "--workers", "0",
+                          "--no-ema"]) == 2
     err = capsys.readouterr().err
     assert "was trained on classes" in err and "Traceback" not in err
     assert evaluate.main(["--checkpoint", str(tmp_path / "none.pth.tar"), "--data-dir", str(other)]) == 2

@@ -12,6 +12,7 @@ from hub_checkpoints import LABELS, reference_model, write_run
 from safetensors.torch import load_file, save_file
 from timm.data import resolve_data_config
 
+from timm_deit_distill.checkpoint import CheckpointError
 from timm_deit_distill.hub import HubExportError, save_pretrained
 from timm_deit_distill.hub_export import plain_timm_architecture
 from timm_deit_distill.models import timm_equivalent
@@ -29,7 +30,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_ema_choice_is_explicit_refused_without_flags_and_recorded(run, tmp_path):
-    with pytest.raises(HubExportError, match="--use-ema or --no-ema"):
+    with pytest.raises(CheckpointError, match="--use-ema or --no-ema"):
         save_pretrained(run.checkpoint, tmp_path / "none")
     assert not (tmp_path / "none").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
@@ -47,7 +48,7 @@ def test_ema_choice_is_explicit_refused_without_flags_and_recorded(run, tmp_path
 
 def test_an_unavailable_choice_is_refused(tmp_path):
     no_ema = write_run(tmp_path / "run", ema=False)
-    with pytest.raises(HubExportError, match="no EMA weights"):
+    with pytest.raises(CheckpointError, match="no EMA weights"):
         save_pretrained(no_ema.checkpoint, tmp_path / "out", use_ema=True)
     folder = save_pretrained(no_ema.checkpoint, tmp_path / "out")  # nothing to choose: raw, recorded
     assert json.loads((folder / "config.json").read_text())["deit_distill"]["weights"] == "raw"
@@ -121,7 +122,7 @@ def test_existing_folder_is_replaced_file_by_file_and_kept_when_export_fails(run
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "config.json").read_text())["deit_distill"]["weights"] == "ema"
     before = _files(out)
-    with pytest.raises(HubExportError):
+    with pytest.raises(CheckpointError):
         save_pretrained(run.checkpoint, out)  # ambiguous EMA choice: refused before anything is written
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

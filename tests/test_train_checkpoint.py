@@ -140,7 +140,7 @@ def test_resume_restores_the_schedule_only_when_its_settings_are_unchanged(tmp_p
 def test_unreadable_and_mismatched_checkpoints_are_refused(tmp_path):
     bad = tmp_path / "bad.pth.tar"
     bad.write_bytes(b"garbage")
-    with pytest.raises(ckpt.CheckpointError, match="could not be read"):
+    with pytest.raises(ckpt.CheckpointError, match="is not a checkpoint: it is a text file starting with 'garbage'"):
         ckpt.load_training_checkpoint(bad)
     model, optimizer, _, saver = _setup(tmp_path)
     saver.save_checkpoint(0)

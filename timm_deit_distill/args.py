@@ -195,6 +195,11 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    help="load pretrained weights from this file (head adapted, position embedding resampled)")
     g.add_argument("--initial-checkpoint", default=d(""), type=str, metavar="PATH",
                    help="initialize the student from this checkpoint (strict)")
+    ema = g.add_mutually_exclusive_group()
+    ema.add_argument("--initial-ema", dest="initial_ema", action="store_const", const=True, default=d(None),
+                     help="use the EMA weights of an --initial-checkpoint / --pretrained-path file that holds both")
+    ema.add_argument("--no-initial-ema", dest="initial_ema", action="store_const", const=False, default=d(None),
+                     help="use the raw weights of an --initial-checkpoint / --pretrained-path file that holds both")
     g.add_argument("--resume", default=d(""), type=str, metavar="PATH",
                    help="resume model, optimizer, scheduler, scaler, EMA, epoch and RNG state from a checkpoint")
     g.add_argument("--no-resume-opt", action="store_true", default=d(False),

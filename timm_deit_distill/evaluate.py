@@ -173,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write per-image predictions of --head (path, label, top-5 classes and probabilities)")
     ema = p.add_mutually_exclusive_group()
     ema.add_argument("--use-ema", dest="use_ema", action="store_const", const=True, default=None,
-                     help="evaluate the EMA weights (default: EMA when the checkpoint has them, as timm)")
-    ema.add_argument("--no-ema", dest="use_ema", action="store_const", const=False, help="evaluate the raw weights")
+                     help="evaluate the EMA weights (one of the two is required when the checkpoint holds both)")
+    ema.add_argument("--no-ema", dest="use_ema", action="store_const", const=False,
+                     help="evaluate the raw weights (one of the two is required when the checkpoint holds both)")
     p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
                    help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
@@ -201,13 +202,18 @@ def _label_names(dataset: Any) -> list[str]:
 
 
 def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from .checkpoint import create_model_from_checkpoint
+    from .checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
     from .data import build_datasets, build_eval_loader
 
+    if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint
+        check_checkpoint_file(args.distill_teacher_path, what="--distill-teacher-path")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, checkpoint = create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
+    checkpoint = read_checkpoint(args.checkpoint, what="--checkpoint")
+    name = f"--checkpoint {args.checkpoint}"
+    state_dict, weights = select_weights(checkpoint, use_ema=args.use_ema, name=name, flags=("--use-ema", "--no-ema"))
+    model = model_from_checkpoint(checkpoint, state_dict, name=name)
+    del state_dict
     meta = checkpoint.get("deit_distill") or {}
-    used_ema = args.use_ema is not False and checkpoint.get("state_dict_ema") is not None
     if args.head != "fused" and not is_distilled(model):
         raise ValueError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
                          "Use --head fused.")
@@ -245,7 +251,8 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     k1, k5 = chosen[args.head]
     result: dict[str, Any] = {
         "checkpoint": os.path.abspath(args.checkpoint), "model": meta.get("model") or checkpoint.get("arch"),
-        "epoch": checkpoint.get("epoch"), "ema": used_ema, "data_dir": os.path.abspath(args.data_dir),
+        "epoch": checkpoint.get("epoch"), "weights": weights, "ema": weights == "ema",
+        "data_dir": os.path.abspath(args.data_dir),
         "split": args.split, "count": metrics["count"], "head": args.head,
         "top1": metrics[k1], "top5": metrics[k5], "loss": metrics["loss"],
         "heads": {"fused": {"top1": metrics["top1"], "top5": metrics["top5"]}},
@@ -297,7 +304,8 @@ def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, l
 
 
 def _format(result: dict[str, Any]) -> str:
-    lines = [f"{result['model']} epoch {result['epoch']} ({'EMA' if result['ema'] else 'raw'} weights) on "
+    weights = {"ema": "EMA weights", "raw": "raw weights", "plain": "plain state dict"}[result["weights"]]
+    lines = [f"{result['model']} epoch {result['epoch']} ({weights}) on "
              f"{result['count']} images of {result['split']}:"]
     for name, m in result["heads"].items():
         lines.append(f"  {name:<6} top-1 {m['top1']:6.2f}%  top-5 {m['top5']:6.2f}%")

@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.command == "push" else
                     " (a private repo needs a token: `hf auth login` or HF_TOKEN)")
         print(_redact(f"deit-distill {args.command}: error: {e}{hint}"), file=sys.stderr)
-        return 1
+        from .checkpoint import CheckpointError
+
+        return 2 if isinstance(e, CheckpointError) else 1  # a file the user handed in: bad input, as elsewhere
 
 
 if __name__ == "__main__":

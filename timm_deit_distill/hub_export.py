@@ -76,13 +76,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load_checkpoint_file(path: Path) -> Mapping[str, Any]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from .checkpoint import read_checkpoint  # the package's one reader: weights_only, safetensors by content
 
-        return {"state_dict": load_file(path)}
-    from .checkpoint import load_training_checkpoint  # the trainer's reader: weights_only + timm's Namespace
-
-    return load_training_checkpoint(path)
+    return read_checkpoint(path)
 
 
 def _public_distill(distill: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -100,30 +96,12 @@ def _public_distill(distill: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return distill
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def _pick_weights(ckpt: Mapping[str, Any], use_ema: bool | None, name: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The raw or EMA state dict, chosen explicitly whenever the checkpoint holds both."""
-    from timm.models import clean_state_dict
+    """The raw or EMA state dict, by the package's one policy (an explicit choice whenever both are there)."""
+    from .checkpoint import select_weights
 
-    raw_key = next((k for k in ("state_dict", "model") if _is_state_dict(ckpt.get(k))), None)
-    ema_key = next((k for k in ("state_dict_ema", "model_ema") if _is_state_dict(ckpt.get(k))), None)
-    if raw_key is None and ema_key is None:
-        raise HubExportError(
-            f"{name} holds no state dict (keys: {sorted(map(str, ckpt))[:12]}); expected a timm checkpoint "
-            "('state_dict', optional 'state_dict_ema'), a DeiT checkpoint ('model') or a bare state dict")
-    if use_ema is None and raw_key and ema_key:
-        raise HubExportError(
-            f"{name} holds both raw weights ('{raw_key}') and EMA weights ('{ema_key}'); choose which to "
-            "publish with --use-ema or --no-ema (use_ema=True / use_ema=False)")
-    if use_ema and ema_key is None:
-        raise HubExportError(f"{name} holds no EMA weights (no 'state_dict_ema'); drop --use-ema (use_ema)")
-    if use_ema is False and raw_key is None:
-        raise HubExportError(f"{name} holds only EMA weights ('{ema_key}'); pass --use-ema (use_ema=True)")
-    key = ema_key if (use_ema or raw_key is None) else raw_key
-    return clean_state_dict(dict(ckpt[key])), ("ema" if key == ema_key else "raw")
+    state_dict, weights = select_weights(ckpt, use_ema=use_ema, name=name, flags=("--use-ema", "--no-ema"))
+    return state_dict, "raw" if weights == "plain" else weights  # a bare state dict is published as given
 
 
 def _student_from_checkpoint(
@@ -137,9 +115,7 @@ def _student_from_checkpoint(
 ) -> _Student:
     from timm.models import is_model
 
-    name = source.name if source is not None else "the checkpoint"
-    if _is_state_dict(ckpt):
-        ckpt = {"state_dict": ckpt}
+    name = f"checkpoint {source}" if source is not None else "the checkpoint"
     state_dict, weights = _pick_weights(ckpt, use_ema, name)
     meta = ckpt.get("deit_distill") or {}
     args = ckpt.get("args")
@@ -238,8 +214,6 @@ def _read_student(
     if isinstance(model_or_checkpoint, Mapping):
         return _student_from_checkpoint(model_or_checkpoint, source=None, **options)
     path = Path(model_or_checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
     return _student_from_checkpoint(_load_checkpoint_file(path), source=path, **options)
 
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import sys
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -49,14 +48,16 @@ _logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_RAW_KEYS = ("state_dict", "model")  # timm CheckpointSaver, facebookresearch/deit
-_EMA_KEYS = ("state_dict_ema", "model_ema")
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
                      "open_clip_pytorch_model.bin")
 
 
 class TeacherError(ValueError):
-    """A teacher that cannot teach this student: wrong classes, ambiguous weights, unreadable source."""
+    """A teacher that cannot teach this student: wrong classes, an unknown source, weights that do not fit.
+
+    A checkpoint file that cannot be read, or holds raw and EMA weights with no choice made, raises the
+    package's one :class:`~timm_deit_distill.checkpoint.CheckpointError` instead (also a ``ValueError``).
+    """
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,71 +114,25 @@ def _precision_name(dtype: torch.dtype) -> str:
 # Checkpoint files
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``, allowing only the argparse.Namespace that training scripts save."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise TeacherError(
-            f"{path} holds Python objects that are unsafe to unpickle ({str(e).splitlines()[0][:200]}). "
-            "This tool loads weights with torch.load(weights_only=True) only: re-save the weights as a "
-            "plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors.") from e
-
-
 def load_teacher_checkpoint(
     path: str | os.PathLike[str], *, use_ema: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights from a timm training checkpoint, a facebookresearch/deit checkpoint (``{'model': ...}``),
-    a plain state dict or a ``.safetensors`` file.
+    a plain state dict or a safetensors file, through the package's one reader and weights policy
+    (:func:`timm_deit_distill.checkpoint.read_checkpoint` / ``select_weights``).
 
     Returns ``(state_dict, info)``; ``info`` has ``weights`` ('raw', 'ema' or 'plain') and, when the
     checkpoint records them, ``arch``, ``model_kwargs`` and ``pretrained_cfg``. When the checkpoint holds
-    both raw and EMA weights, ``use_ema`` must say which (``None`` raises :class:`TeacherError`).
+    both raw and EMA weights, ``use_ema`` must say which. A file that cannot be used raises
+    :class:`~timm_deit_distill.checkpoint.CheckpointError` saying what is wrong with it.
     """
-    from timm.models import clean_state_dict
+    from .checkpoint import read_checkpoint, select_weights
 
-    path = Path(path)
-    if not path.is_file():
-        raise TeacherError(f"Teacher checkpoint {path} does not exist or is not a file.")
-    if path.suffix == ".safetensors":
-        import safetensors.torch
-        try:
-            state = safetensors.torch.load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own SafetensorError
-            raise TeacherError(f"{path} is not a readable .safetensors file: {e}") from e
-        if use_ema:
-            raise TeacherError(f"use_ema=True, but {path} is a .safetensors file with one set of weights.")
-        return clean_state_dict(state), {"weights": "plain"}
-
-    checkpoint = _torch_load(path)
-    if not isinstance(checkpoint, Mapping):
-        raise TeacherError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict or state dict.")
-    info: dict[str, Any] = {}
-    raw_key = next((k for k in _RAW_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
-    ema_key = next((k for k in _EMA_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
-    if raw_key is None and ema_key is None:
-        if not checkpoint or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            raise TeacherError(
-                f"{path} is neither a state dict nor a checkpoint with one of the keys "
-                f"{_RAW_KEYS + _EMA_KEYS}; found keys {sorted(map(str, checkpoint))[:10]}.")
-        if use_ema:
-            raise TeacherError(f"use_ema=True, but {path} is a plain state dict without EMA weights.")
-        state, info["weights"] = checkpoint, "plain"
-    elif raw_key and ema_key and use_ema is None:
-        raise TeacherError(
-            f"{path} holds both raw weights ('{raw_key}') and EMA weights ('{ema_key}'). Choose explicitly: "
-            "use_ema=False for the raw weights or use_ema=True for the EMA weights "
-            "(--teacher-ema / --no-teacher-ema on the command line). timm would silently pick EMA.")
-    elif use_ema is True and ema_key is None:
-        raise TeacherError(f"use_ema=True, but {path} holds no EMA weights (no {' or '.join(_EMA_KEYS)} key).")
-    elif use_ema is False and raw_key is None:
-        raise TeacherError(f"use_ema=False, but {path} holds only EMA weights ('{ema_key}'): pass use_ema=True.")
-    else:
-        key = ema_key if (use_ema or raw_key is None) else raw_key
-        state, info["weights"] = checkpoint[key], ("ema" if key in _EMA_KEYS else "raw")
-
-    meta = checkpoint.get("deit_distill") if raw_key or ema_key else None
+    checkpoint = read_checkpoint(path, what="teacher checkpoint")
+    state, weights = select_weights(checkpoint, use_ema=use_ema, name=f"teacher checkpoint {Path(path)}",
+                                    flags=("--teacher-ema", "--no-teacher-ema"))
+    info: dict[str, Any] = {"weights": weights}
+    meta = checkpoint.get("deit_distill") if weights != "plain" else None
     if isinstance(meta, Mapping):
         info["arch"] = meta.get("model")
         info["model_kwargs"] = dict(meta.get("model_kwargs") or {})
@@ -190,7 +145,7 @@ def load_teacher_checkpoint(
         cfg = {k: getattr(args, k) for k in ("mean", "std") if getattr(args, k, None) is not None}
         if cfg:
             info["pretrained_cfg"] = cfg
-    return clean_state_dict(dict(state)), info
+    return state, info
 
 
 def _classes_in_state_dict(state_dict: Mapping[str, torch.Tensor], classifier: str | Sequence[str] | None) -> int | None:

@@ -130,20 +130,34 @@ def architecture_kwargs(args: argparse.Namespace, num_classes: int) -> dict[str,
 def _create_student(args: argparse.Namespace, arch_kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
+    from .checkpoint import CheckpointError
+
     kwargs = dict(arch_kwargs)
     train_kwargs = dict(drop_rate=args.drop, drop_path_rate=args.drop_path if args.drop_path is not None
                         else args.drop_connect, drop_block_rate=args.drop_block, bn_momentum=args.bn_momentum,
                         bn_eps=args.bn_eps)
     kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
-    if args.pretrained_path:
-        kwargs["pretrained_cfg_overlay"] = dict(file=args.pretrained_path, num_classes=-1)
+    overlay, initial = _initial_weights(args)
     try:
-        model = timm.create_model(args.model, pretrained=args.pretrained,
-                                  checkpoint_path=args.initial_checkpoint or None, **kwargs)
+        model = timm.create_model(args.model, pretrained=args.pretrained, pretrained_cfg_overlay=overlay,
+                                  checkpoint_path=initial if isinstance(initial, str) else None, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError, OSError) as e:
         raise UsageError(f"--model {args.model} could not be built with {kwargs}: {type(e).__name__}: {e}. "
                          "Check --model-kwargs / --img-size / --gp / --drop-* for this architecture, and that "
                          "--pretrained weights or --initial-checkpoint are available offline.") from None
+    if overlay and "state_dict" in overlay:
+        # timm keeps the cfg it loaded from, here a copy of the weights: drop it, record the file instead.
+        model.pretrained_cfg.pop("state_dict", None)
+        model.pretrained_cfg["file"] = os.path.abspath(args.pretrained_path)
+    if isinstance(initial, dict):
+        try:
+            model.load_state_dict(initial)  # strict, as timm loads --initial-checkpoint
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"--initial-checkpoint {args.initial_checkpoint} does not fit --model {args.model} built with "
+                f"{kwargs}: {' '.join(str(e).split())[:400]}. It loads strictly (same architecture and classes); "
+                "to start from weights with another head or input size use --pretrained --pretrained-path FILE "
+                "(head replaced, position embedding resampled).") from None
     if args.head_init_scale is not None or args.head_init_bias is not None:
         heads = model.get_classifier()
         for head in heads if isinstance(heads, tuple) else (heads,):
@@ -156,6 +170,43 @@ def _create_student(args: argparse.Namespace, arch_kwargs: dict[str, Any]) -> nn
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     return model
+
+
+def _initial_weights(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None]:
+    """The student's starting weights from --pretrained-path / --initial-checkpoint, read by the package's
+    reader and weights policy (timm's loaders would take a file's EMA weights silently).
+
+    Returns (pretrained_cfg_overlay for timm.create_model, the --initial-checkpoint state dict); NumPy
+    .npz/.npy files stay with timm, whose models read them with their own load_pretrained.
+    """
+    from .checkpoint import read_checkpoint, select_weights
+
+    flags = ("--initial-ema", "--no-initial-ema")
+    overlay = None
+    if args.pretrained_path:
+        if not args.pretrained:
+            raise UsageError(f"--pretrained-path {args.pretrained_path} is only read with --pretrained (timm's "
+                             "rule); add --pretrained, or use --initial-checkpoint for weights that fit the model.")
+        if args.pretrained_path.lower().endswith((".npz", ".npy")):
+            overlay = dict(file=args.pretrained_path, num_classes=-1)
+        else:
+            checkpoint = read_checkpoint(args.pretrained_path, what="--pretrained-path")
+            state_dict, _ = select_weights(checkpoint, use_ema=args.initial_ema,
+                                           name=f"--pretrained-path {args.pretrained_path}", flags=flags)
+            # num_classes=-1: timm replaces the head of --pretrained-path weights (timm train.py's behaviour)
+            overlay = dict(state_dict=state_dict, num_classes=-1)
+    initial: dict[str, Any] | str | None = None
+    if args.initial_checkpoint:
+        if args.initial_checkpoint.lower().endswith((".npz", ".npy")):
+            initial = args.initial_checkpoint
+        else:
+            checkpoint = read_checkpoint(args.initial_checkpoint, what="--initial-checkpoint")
+            initial, _ = select_weights(checkpoint, use_ema=args.initial_ema,
+                                        name=f"--initial-checkpoint {args.initial_checkpoint}", flags=flags)
+    if args.initial_ema is not None and overlay is None and not isinstance(initial, dict):
+        raise UsageError("--initial-ema / --no-initial-ema choose between the raw and EMA weights of an "
+                         "--initial-checkpoint or --pretrained-path file; pass one, or drop the flag.")
+    return overlay, initial
 
 
 def create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict[str, Any],
@@ -213,8 +264,10 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     check_model_name(args.model, "--model")
     if args.distill_teacher:
         check_model_name(args.distill_teacher, "--distill-teacher")
-    if args.resume and not os.path.isfile(args.resume):
-        raise UsageError(f"--resume {args.resume!r} does not exist; pass RUN_DIR/last.pth.tar of the run to continue.")
+    for flag in ("resume", "initial_checkpoint", "pretrained_path", "distill_teacher_path"):
+        path = getattr(args, flag)  # a damaged file is refused here, before the data scan and any model is built
+        if path and not path.lower().endswith((".npz", ".npy")):  # NumPy weights are timm's to read
+            ckpt.check_checkpoint_file(path, what=f"--{flag.replace('_', '-')}")
 
     device, rank, local_rank, world_size = _init_device(args)
     if rank != 0:
