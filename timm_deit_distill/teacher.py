@@ -1083,24 +1083,39 @@ def _pretrained_cfg_facts(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
         if hw is not None:
             facts["input_hw"], facts["input_hw_source"] = list(hw), f"{where}: {key}"
             break
-    if cfg.get("label_names"):
-        facts["label_names"] = [str(n) for n in cfg["label_names"]]
+    names = _label_list(cfg.get("label_names"))
+    if names:
+        facts["label_names"] = names
     return facts
 
 
+def _label_list(names: Any) -> list[str] | None:
+    """timm's ``label_names``: a list, or a dict ``{index: name}`` (string keys after JSON); None with gaps."""
+    if isinstance(names, Mapping):
+        try:
+            by_index = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            return None
+        return [by_index[i] for i in range(len(by_index))] if set(by_index) == set(range(len(by_index))) else None
+    if isinstance(names, (list, tuple)):
+        return [str(n) for n in names]
+    return None
+
+
 def _config_json_facts(hub_source: str, model_id: str) -> dict[str, Any]:
-    """:func:`_pretrained_cfg_facts` of the raw ``config.json`` (timm's parser, without its dataclass's
-    defaults: a config without an ``input_size`` must not read as 224)."""
-    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+    """:func:`_pretrained_cfg_facts` of the ``config.json`` as written, read directly: timm's own parser and
+    its dataclass fill a missing ``input_size`` with 224, which must not read as the size of these weights."""
+    from timm.models._hub import download_from_hf, load_cfg_from_json
 
     try:
-        if hub_source == "local-dir":
-            cfg, _, _ = load_model_config_from_path(model_id)
-        else:
-            cfg, _, _ = load_model_config_from_hf(model_id)
+        path = Path(model_id) / "config.json" if hub_source == "local-dir" else download_from_hf(model_id, "config.json")
+        raw = load_cfg_from_json(path)
     except Exception as e:  # noqa: BLE001 - the model loaded; its size just stays unknown
         _logger.debug("Could not re-read the config.json of %s: %s", model_id, e)
         return {}
+    cfg = dict(raw.get("pretrained_cfg") or {}) if "pretrained_cfg" in raw else dict(raw)  # timm's legacy layout
+    labels = raw.get("label_names") or cfg.get("label_names") or cfg.get("labels")
+    cfg["label_names"] = labels
     return _pretrained_cfg_facts(cfg, f"its pretrained config ({hub_source}:{model_id} config.json)")
 
 
