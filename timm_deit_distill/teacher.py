@@ -32,6 +32,7 @@ import os
 import pickle
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class TeacherCheck:
     min_top1: float | None  # the threshold applied (None: measured only)
     seconds: float  # wall time of the measurement
     passed: bool | None  # None when no threshold was applied
-    diagnosis: str | None = None  # a class order that differs from the dataset's, when the confusion shows one
+    diagnosis: str | None = None  # a class order that differs from the dataset's, when the predictions show one
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values (for eval.json and checkpoint metadata)."""
@@ -658,16 +659,18 @@ class DistillationTeacher(nn.Module):
         the top-1 of always predicting the sample's most common class (100 / classes on a balanced
         sample; on an imbalanced one a constant teacher would otherwise pass); a number is a threshold in
         percent; ``None`` measures without refusing. Below the threshold a one-line :class:`TeacherError`
-        names the figure, the threshold and the likely causes with their fixes; a consistent relabelling
-        (each true class mostly predicted as one other class, one-to-one, and clearing the threshold once
-        relabelled) is named as a class order that differs from the dataset's.
+        names the figure, the threshold and the likely causes with their fixes. A consistent relabelling
+        (see :meth:`_relabelling`) is named as a class order that differs from the dataset's, and refused
+        even when plain top-1 clears the threshold: a head with some classes reordered still scores well
+        above chance while teaching those classes wrong. The error carries the result as ``error.check``.
         """
         if max_images < 1:
             raise TeacherError(f"max_images must be >= 1, got {max_images}.")
         if isinstance(min_top1, str) and min_top1 != "auto":
             raise TeacherError(f"min_top1 must be 'auto', a percentage or None, got {min_top1!r}.")
         device = self.input_scale.device
-        confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        # (true, predicted) pair counts: at most max_images entries, whatever the class count
+        pairs: Counter[tuple[int, int]] = Counter()
         seen = 0
         start = time.perf_counter()
         for batch in loader:
@@ -680,8 +683,7 @@ class DistillationTeacher(nn.Module):
                 raise TeacherError(f"the check images have labels up to {int(targets.max())} but the teacher "
                                    f"predicts {self.num_classes} classes; check the dataset's classes.")
             predicted = self(inputs.to(device)).argmax(1).cpu()
-            confusion += torch.bincount(targets * self.num_classes + predicted,
-                                        minlength=self.num_classes ** 2).view(self.num_classes, self.num_classes)
+            pairs.update(zip(targets.tolist(), predicted.tolist(), strict=True))
             seen += len(targets)
             if seen >= max_images:
                 break
@@ -689,13 +691,13 @@ class DistillationTeacher(nn.Module):
         if seen == 0:
             raise TeacherError("the teacher check got no images: the validation split is empty; add images "
                                "(or skip the check with --no-teacher-check).")
-        per_class = confusion.sum(1)
-        top1 = 100.0 * float(confusion.diagonal().sum()) / seen
-        chance = 100.0 * max(float(per_class.max()) / seen, 1.0 / self.num_classes)
+        per_class: Counter[int] = Counter()
+        for (t, _), n in pairs.items():
+            per_class[t] += n
+        top1 = 100.0 * sum(n for (t, p), n in pairs.items() if t == p) / seen
+        chance = 100.0 * max(max(per_class.values()) / seen, 1.0 / self.num_classes)
         threshold = auto_min_top1(chance) if min_top1 == "auto" else (None if min_top1 is None else float(min_top1))
-        relabelled = self._relabelling(confusion, auto_min_top1(chance) if threshold is None else threshold)
-        # A consistent relabelling is refused even when plain top-1 clears the threshold: a head with part
-        # of its classes in another order still scores well above chance while teaching wrong classes.
+        relabelled = self._relabelling(pairs, per_class, auto_min_top1(chance) if threshold is None else threshold)
         passed = None if threshold is None else (top1 >= threshold and relabelled is None)
         result = TeacherCheck(top1=top1, images=seen, num_classes=self.num_classes, chance=chance,
                               min_top1=threshold, seconds=seconds, passed=passed, diagnosis=relabelled)
@@ -710,23 +712,25 @@ class DistillationTeacher(nn.Module):
             _logger.warning("Teacher check: %s.", relabelled)
         return result
 
-    def _relabelling(self, confusion: torch.Tensor, threshold: float) -> str | None:
-        """'class order differs ...' when the sample's confusion shows a consistent relabelling.
+    def _relabelling(self, pairs: Counter[tuple[int, int]], per_class: Counter[int], threshold: float) -> str | None:
+        """'class order differs ...' when the sample's (true, predicted) pairs show a consistent relabelling.
 
         Consistent: mapping each true class to the teacher class it is most often predicted as is one-to-one
         and not the identity; every moved class has at least 2 images, most of them predicted as its image;
         and the relabelled top-1 clears ``threshold``. An honest teacher that confuses class A with B still
         predicts B for B's images, which breaks the one-to-one mapping.
         """
-        counts = confusion.sum(1)
-        present = torch.nonzero(counts).flatten().tolist()
-        mapping = {t: int(confusion[t].argmax()) for t in present}
-        moved = [(t, p) for t, p in mapping.items() if t != p]
+        best: dict[int, tuple[int, int]] = {}  # true class -> (count, predicted class); ties: lowest class
+        for (t, p), n in sorted(pairs.items()):
+            if t not in best or n > best[t][0]:
+                best[t] = (n, p)
+        mapping = {t: p for t, (_, p) in best.items()}
+        moved = [(t, p) for t, p in sorted(mapping.items()) if t != p]
         if len(set(mapping.values())) != len(mapping) or not moved:
             return None
-        if any(int(counts[t]) < 2 or 2 * int(confusion[t, p]) <= int(counts[t]) for t, p in moved):
+        if any(per_class[t] < 2 or 2 * pairs[(t, p)] <= per_class[t] for t, p in moved):
             return None
-        relabelled_top1 = 100.0 * sum(int(confusion[t, p]) for t, p in mapping.items()) / float(confusion.sum())
+        relabelled_top1 = 100.0 * sum(pairs[(t, p)] for t, p in mapping.items()) / sum(per_class.values())
         if relabelled_top1 < threshold:
             return None
         data_names = self._dataset_label_names or []
