@@ -107,7 +107,8 @@ def test_nn_module_without_num_classes_is_probed(batch):
 
 def test_local_dir_written_by_save_for_hf(tmp_path, batch):
     model = _convnet()
-    save_for_hf(model, str(tmp_path / "teacher"), safe_serialization=True)
+    # config.json's input_size is the size the teacher runs at: the batch's, so nothing is resized here
+    save_for_hf(model, str(tmp_path / "teacher"), safe_serialization=True, data_config={"input_size": (3, 32, 32)})
     teacher = DistillationTeacher.create(f"local-dir:{tmp_path / 'teacher'}", num_classes=7, precision="fp32")
     torch.testing.assert_close(teacher(batch), _logits(model, batch))
     weights = tmp_path / "teacher" / "model.safetensors"
@@ -136,7 +137,7 @@ def _offline_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
 @pytest.mark.slow  # a fresh interpreter: the Hub client reads HF_HUB_OFFLINE/HF_HUB_CACHE at import
 def test_hf_hub_id_from_the_local_hub_cache(tmp_path, batch):
     model = _convnet()
-    save_for_hf(model, str(tmp_path / "export"), safe_serialization=True)
+    save_for_hf(model, str(tmp_path / "export"), safe_serialization=True, data_config={"input_size": (3, 32, 32)})
     _offline_hub_cache(tmp_path / "hub", "testorg/tiny-teacher", tmp_path / "export")
     torch.save(batch, tmp_path / "batch.pt")
     script = (
@@ -181,7 +182,8 @@ def test_pretrained_weights_that_cannot_be_fetched_name_the_local_alternatives(m
 def test_timm_training_checkpoint_needs_an_explicit_raw_or_ema_choice(tmp_path, batch):
     model = _convnet()
     ema = _perturbed_ema(model)
-    args = argparse.Namespace(model="resnet10t", lr=0.1, mean=None, std=None)
+    # trained at the batch's size (timm's train.py records --img-size), so the teacher runs unresized
+    args = argparse.Namespace(model="resnet10t", lr=0.1, mean=None, std=None, img_size=32, input_size=None)
     saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, model_ema=ema,
                             checkpoint_dir=str(tmp_path))
     saver.save_checkpoint(epoch=0, metric=1.0)
@@ -203,7 +205,8 @@ def test_deit_checkpoint_with_model_and_model_ema(tmp_path, batch):
     path = tmp_path / "deit_checkpoint.pth"
     optimizer = torch.optim.AdamW(model.parameters())
     torch.save({"model": model.state_dict(), "model_ema": ema.module.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": 299, "args": argparse.Namespace(model="resnet10t", teacher_model="regnety_160")}, path)
+                "epoch": 299, "args": argparse.Namespace(model="resnet10t", teacher_model="regnety_160", input_size=32)},
+               path)
     with pytest.raises(CheckpointError, match="both raw weights"):
         DistillationTeacher.create("resnet10t", checkpoint_path=path)
     raw = DistillationTeacher.create("resnet10t", checkpoint_path=path, use_ema=False, precision="fp32")

@@ -19,6 +19,7 @@ _LAZY = {
     "DistillationLoss": "losses",
     "DistillationTeacher": "teacher",
     "TeacherError": "teacher",
+    "TeacherCheck": "teacher",
     "DistilledOutput": "task",
     "DistilledStudent": "task",
     "DeiTDistillationTask": "task",

@@ -36,7 +36,8 @@ from timm.utils import ParseKwargs
 
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
-    "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS",
+    "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS", "TEACHER_CHECK_IMAGES",
+    "add_teacher_check_flags", "validate_teacher_check_flags",
 ]
 
 DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
@@ -384,6 +385,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                      default=d(None), help="use the raw weights of a teacher checkpoint that holds both")
     g.add_argument("--distill-cache", default=d(None), metavar="DIR",
                    help="replay teacher targets from a cache built by `deit-distill cache` (no teacher in memory)")
+    add_teacher_check_flags(g, d)
 
     g = p.add_argument_group("Distillation, facebookresearch/deit spellings (same settings)")
     g.add_argument("--teacher-model", default=d(None), metavar="SOURCE", help="= --distill-teacher")
@@ -410,6 +412,65 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
         kwargs["default"] = d(kwargs["default"])
         g.add_argument(*flags, help=argparse.SUPPRESS, **kwargs)
     return p
+
+
+TEACHER_CHECK_IMAGES = 512
+
+
+def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
+    """The teacher's input size and check flags, shared by `deit-distill train`, `cache build` and `eval`.
+
+    ``d`` wraps each default (the train parser's "explicit flags only" twin suppresses them).
+    """
+    group.add_argument("--teacher-input-size", type=int, nargs="+", default=d(None), metavar="N",
+                       help="size the teacher runs at: N (square), H W, or C H W as timm's --input-size; the "
+                            "student's batches are resized to it (default: the size the teacher's weights record "
+                            "- its checkpoint or pretrained config - else the student's)")
+    group.add_argument("--teacher-min-top1", type=float, default=d(None), metavar="PCT",
+                       help="refuse a teacher whose top-1 on validation images is below PCT percent (default: "
+                            "auto, chance + a quarter of the way to 100, e.g. 32.5 for 10 classes)")
+    group.add_argument("--teacher-check-images", type=int, default=d(TEACHER_CHECK_IMAGES), metavar="N",
+                       help="validation images (a seeded random subset) the teacher check measures")
+    group.add_argument("--no-teacher-check", action="store_true", default=d(False),
+                       help="do not measure the teacher before it teaches (it may then distil noise silently)")
+
+
+def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool) -> None:
+    """Refuse teacher check / input size settings that cannot work; ``--teacher-input-size N`` becomes ``[N]``.
+
+    Shared by `deit-distill train` (and so `cache build`) and `deit-distill eval`.
+    """
+    size = args.teacher_input_size
+    if size is not None:
+        size = [size] if isinstance(size, int) else list(size)
+        if not (1 <= len(size) <= 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                 for v in size):
+            raise UsageError(f"--teacher-input-size {' '.join(map(str, size))}: give N (square), H W, or C H W "
+                             "(timm's --input-size form), positive integers.")
+        args.teacher_input_size = size
+    if args.teacher_min_top1 is not None and not (0.0 <= args.teacher_min_top1 <= 100.0):
+        raise UsageError(f"--teacher-min-top1 {args.teacher_min_top1:g} is a top-1 in percent; use a value in "
+                         "[0, 100] (or leave it unset for the automatic threshold).")
+    if args.teacher_check_images < 1:
+        raise UsageError(f"--teacher-check-images {args.teacher_check_images} must be >= 1.")
+    if args.no_teacher_check and args.teacher_min_top1 is not None:
+        raise UsageError(f"--no-teacher-check with --teacher-min-top1 {args.teacher_min_top1:g} contradict each "
+                         "other: keep --teacher-min-top1 to check against that threshold, or --no-teacher-check "
+                         "to skip the check.")
+    if args.no_teacher_check and args.teacher_check_images != TEACHER_CHECK_IMAGES:
+        raise UsageError(f"--no-teacher-check with --teacher-check-images {args.teacher_check_images} contradict "
+                         "each other: drop one.")
+    if not has_teacher:
+        given = [flag for flag, value, default in (
+            ("--teacher-input-size", args.teacher_input_size, None),
+            ("--teacher-min-top1", args.teacher_min_top1, None),
+            ("--teacher-check-images", args.teacher_check_images, TEACHER_CHECK_IMAGES),
+            ("--no-teacher-check", args.no_teacher_check, False)) if value != default]
+        if given:
+            verb = "configures" if len(given) == 1 else "configure"
+            raise UsageError(f"{', '.join(given)} {verb} the teacher, but no teacher is given: add "
+                             "--distill-teacher NAME and/or --distill-teacher-path FILE, or drop "
+                             f"{'it' if len(given) == 1 else 'them'}.")
 
 
 def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -635,6 +696,8 @@ def _validate(args: argparse.Namespace) -> None:
         need(value is None or 0.0 <= value < 1.0, f"--{name.replace('_', '-')} {value} must be in [0, 1).")
     need(len(args.scale) == 2 and len(args.ratio) == 2, "--scale and --ratio take two numbers each (min max).")
     need(args.dist_bn in ("", "broadcast", "reduce"), f"--dist-bn {args.dist_bn!r}: use broadcast, reduce or ''.")
+    validate_teacher_check_flags(
+        args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path or args.distill_cache))
     need(args.mean is None or len(args.mean) in (1, 3), "--mean takes 1 or 3 numbers.")
     need(args.std is None or (len(args.std) in (1, 3) and all(s > 0 for s in args.std)),
          "--std takes 1 or 3 positive numbers.")

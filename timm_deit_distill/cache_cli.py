@@ -23,7 +23,7 @@ import torch
 
 from .cache import CacheError, CacheStore, TeacherTargetCache, build_cache
 
-__all__ = ["main", "resolve_data_config", "format_bytes"]
+__all__ = ["main", "resolve_data_config", "format_bytes", "check_teacher"]
 
 _logger = logging.getLogger("timm_deit_distill.cache")
 
@@ -48,6 +48,18 @@ def resolve_data_config(args: argparse.Namespace, num_classes: int | None = None
     with torch.device("meta"):
         model = timm.create_model(args.model, pretrained=False, **kwargs)
     return dict(timm_resolve(vars(args), model=model))
+
+
+def check_teacher(teacher: Any, args: argparse.Namespace, val_ds: Any, data_config: dict[str, Any]) -> Any:
+    """``teacher.check`` on a seeded subset of the validation split, with the training command's flags
+    (``--teacher-check-images``, ``--teacher-min-top1``); raises TeacherError below the threshold."""
+    from .data import build_check_loader
+
+    loader = build_check_loader(val_ds, data_config, max_images=args.teacher_check_images,
+                                batch_size=args.validation_batch_size or args.batch_size, workers=args.workers,
+                                seed=args.seed)
+    min_top1 = "auto" if args.teacher_min_top1 is None else args.teacher_min_top1
+    return teacher.check(loader, max_images=args.teacher_check_images, min_top1=min_top1)
 
 
 def format_bytes(n: float) -> str:
@@ -111,9 +123,10 @@ def _build(argv: list[str]) -> int:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         barrier = dist.barrier
 
-    train_ds, _ = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
-                                 class_map=args.class_map, skip_bad_images=args.skip_bad_images)
-    num_classes = len(train_ds.reader.class_to_idx)
+    train_ds, val_ds = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
+                                      class_map=args.class_map, skip_bad_images=args.skip_bad_images)
+    labels = [name for name, _ in sorted(train_ds.reader.class_to_idx.items(), key=lambda kv: kv[1])]
+    num_classes = len(labels)
     data_config = resolve_data_config(args, num_classes)
 
     # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
@@ -122,7 +135,11 @@ def _build(argv: list[str]) -> int:
 
     if args.distill_teacher:
         check_model_name(args.distill_teacher, "--distill-teacher")
-    teacher = create_teacher(args, num_classes, data_config, device)
+    teacher = create_teacher(args, num_classes, data_config, device, label_names=labels)
+    if not args.no_teacher_check:
+        # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
+        # Every process checks the same seeded images, so all of them refuse or none does.
+        check_teacher(teacher, args, val_ds, data_config)
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
         return teacher(x.to(device, non_blocking=True))

@@ -53,6 +53,7 @@ __all__ = [
     "build_datasets",
     "build_train_loader",
     "build_eval_loader",
+    "build_check_loader",
     "build_train_transform",
     "build_eval_transform",
     "build_mixup",
@@ -729,3 +730,32 @@ def build_eval_loader(args: Any, dataset: Any, data_config: dict[str, Any], *, r
         pin_memory=bool(_arg(args, "pin_mem", False)) and torch.cuda.is_available(),
         persistent_workers=workers > 0,
     )
+
+
+def build_check_loader(
+    dataset: Any,
+    data_config: dict[str, Any],
+    *,
+    max_images: int = 512,
+    batch_size: int = 64,
+    workers: int = 0,
+    seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A loader for the teacher check: a seeded random subset of ``dataset`` (at most ``max_images``,
+    drawn without replacement) with timm's eval transform for ``data_config``, yielding ``(inputs, targets)``.
+
+    The subset depends only on ``(len(dataset), max_images, seed)``; its indices are read in file order.
+    """
+    if int(max_images) < 1:
+        raise DataError(f"--teacher-check-images {max_images} must be >= 1.")
+    if int(batch_size) < 1:
+        raise DataError(f"batch size {batch_size} must be >= 1.")
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the validation split holds no images, so the teacher cannot be checked; fix: add "
+                        "images (or pass --no-teacher-check).")
+    count = min(n, int(max_images))
+    indices = np.sort(np.random.default_rng(int(seed)).choice(n, size=count, replace=False)).tolist()
+    subset = torch.utils.data.Subset(_EvalDataset(dataset, build_eval_transform(data_config)), indices)
+    return torch.utils.data.DataLoader(subset, batch_size=int(batch_size), shuffle=False,
+                                       num_workers=int(workers), drop_last=False)

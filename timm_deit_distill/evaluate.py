@@ -154,7 +154,7 @@ def evaluate(
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
-    from .args import HelpFormatter
+    from .args import HelpFormatter, add_teacher_check_flags
 
     p = argparse.ArgumentParser(
         prog="deit-distill eval",
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use the EMA weights of a teacher checkpoint that holds both")
     t_ema.add_argument("--no-teacher-ema", dest="teacher_ema", action="store_const", const=False,
                        help="use the raw weights of a teacher checkpoint that holds both")
+    add_teacher_check_flags(p)  # the teacher is checked on --split before the full evaluation
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="evaluation batch size")
     p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes")
     p.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
@@ -202,9 +203,11 @@ def _label_names(dataset: Any) -> list[str]:
 
 
 def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from .args import validate_teacher_check_flags
     from .checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
-    from .data import build_datasets, build_eval_loader
+    from .data import build_check_loader, build_datasets, build_eval_loader
 
+    validate_teacher_check_flags(args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path))
     if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint
         check_checkpoint_file(args.distill_teacher_path, what="--distill-teacher-path")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -233,7 +236,7 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     loader = build_eval_loader(argparse.Namespace(batch_size=args.batch_size, workers=args.workers,
                                                   validation_batch_size=None, pin_mem=False),
                                dataset, data_config)
-    teacher = None
+    teacher = check = None
     if args.distill_teacher or args.distill_teacher_path:
         from .teacher import DistillationTeacher
 
@@ -241,8 +244,15 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
         source = args.distill_teacher or (None if args.distill_teacher_path else distill.get("teacher"))
         teacher = DistillationTeacher.create(
             source, checkpoint_path=args.distill_teacher_path, use_ema=args.teacher_ema,
-            num_classes=len(labels), data_mean=data_config["mean"], data_std=data_config["std"],
-            input_size=data_config["input_size"], precision=args.teacher_precision, device=device)
+            num_classes=len(labels), label_names=labels, data_mean=data_config["mean"],
+            data_std=data_config["std"], input_size=data_config["input_size"],
+            teacher_input_size=args.teacher_input_size, precision=args.teacher_precision, device=device)
+        if not args.no_teacher_check:
+            # Before the full pass: a teacher near chance makes its agreement figures meaningless.
+            check_loader = build_check_loader(dataset, data_config, max_images=args.teacher_check_images,
+                                              batch_size=args.batch_size, workers=args.workers, seed=0)
+            check = teacher.check(check_loader, max_images=args.teacher_check_images,
+                                  min_top1="auto" if args.teacher_min_top1 is None else args.teacher_min_top1)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
                 if args.amp else contextlib.nullcontext)
     metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,
@@ -264,7 +274,8 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     if teacher is not None:
         result["teacher"] = {"description": getattr(teacher, "description", None),
                              "top1": metrics["teacher_top1"], "top5": metrics["teacher_top5"],
-                             "agreement": metrics["teacher_agreement"]}
+                             "agreement": metrics["teacher_agreement"],
+                             "check": check.as_dict() if check is not None else None}
     if args.predict:
         _write_predictions(args.predict, model, loader, dataset, labels, args.head, device, autocast)
         result["predictions"] = os.path.abspath(args.predict)
@@ -312,6 +323,10 @@ def _format(result: dict[str, Any]) -> str:
     if result["teacher"]:
         t = result["teacher"]
         lines.append(f"  teacher top-1 {t['top1']:6.2f}%  agreement with fused student {100 * t['agreement']:.2f}%")
+        if t.get("check"):
+            c = t["check"]
+            threshold = "no threshold" if c["min_top1"] is None else f"threshold {c['min_top1']:.2f}%"
+            lines.append(f"  teacher check before evaluating: top-1 {c['top1']:.2f}% on {c['images']} images ({threshold})")
     return "\n".join(lines)
 
 

@@ -135,6 +135,26 @@ def _published_row(facts: CardFacts) -> tuple[Mapping[str, str] | None, str]:
                  "weights are from.")
 
 
+# DistillationTeacher.description['input_size_source'] -> why the teacher ran at that size
+_SIZE_SOURCES = {
+    "fixed_size": "its fixed-size architecture",
+    "override": "set with --teacher-input-size",
+    "checkpoint": "recorded in its checkpoint",
+    "pretrained_cfg": "its pretrained config",
+    "student": "the student's: the teacher's weights record none",
+}
+
+
+def _check_text(check: Mapping[str, Any] | None) -> str:
+    """The teacher check (``TeacherCheck.as_dict()``) as one cell; None means it was skipped."""
+    if not check:
+        return "not run (--no-teacher-check)"
+    text = f"top-1 {float(check['top1']):.2f}% on {int(check['images'])} validation images"
+    if check.get("min_top1") is None:
+        return text + " (measured only, no threshold)"
+    return text + f" (threshold {float(check['min_top1']):.2f}%, chance {float(check['chance']):.2f}%)"
+
+
 def _teacher_section(distill: Mapping[str, Any], published: Mapping[str, str] | None) -> list[tuple[str, Any]]:
     desc = distill.get("teacher_description") or {}
     rows: list[tuple[str, Any]] = []
@@ -148,9 +168,15 @@ def _teacher_section(distill: Mapping[str, Any], published: Mapping[str, str] | 
         rows.append(("teacher checkpoint", f"`{Path(str(desc['file'])).name}`"))
     if desc.get("sha256"):
         rows.append(("teacher weights sha256", f"`{desc['sha256']}`"))
-    for key in ("num_classes", "input_size", "precision"):
-        if desc.get(key) is not None:
-            rows.append((f"teacher {key.replace('_', ' ')}", _fmt(desc[key])))
+    if desc.get("num_classes") is not None:
+        rows.append(("teacher num classes", _fmt(desc["num_classes"])))
+    if desc.get("input_size"):
+        why = _SIZE_SOURCES.get(str(desc.get("input_size_source")), "")
+        rows.append(("teacher input size", "x".join(str(v) for v in desc["input_size"][-2:]) + (f" ({why})" if why else "")))
+    if desc.get("precision") is not None:
+        rows.append(("teacher precision", _fmt(desc["precision"])))
+    if "teacher_check" in distill:
+        rows.append(("teacher check before training", _check_text(distill["teacher_check"])))
     if published is not None:
         top1 = _column(published, RESULT_COLUMNS[5][0])
         if top1 is not None:

@@ -210,14 +210,15 @@ def _initial_weights(args: argparse.Namespace) -> tuple[dict[str, Any] | None, d
 
 
 def create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict[str, Any],
-                   device: torch.device) -> Any:
+                   device: torch.device, label_names: Sequence[str] | None = None) -> Any:
     """The run's DistillationTeacher, adapted to the data pipeline (shared with `deit-distill cache build`)."""
     from .teacher import DistillationTeacher
 
     return DistillationTeacher.create(
         args.distill_teacher, checkpoint_path=args.distill_teacher_path, use_ema=args.distill_teacher_ema,
-        num_classes=num_classes,
+        num_classes=num_classes, label_names=label_names,
         data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
+        teacher_input_size=getattr(args, "teacher_input_size", None),
         precision=args.teacher_precision,
         # --channels-last is about the student; unset, the teacher picks channels_last for convnets itself
         channels_last=args.channels_last or None, device=device)
