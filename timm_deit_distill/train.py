@@ -208,6 +208,8 @@ def _rank0_decides(rank: int, world_size: int, decide: Callable[[], Any]) -> Any
             result = decide()
         except _refusal_types() as e:
             error = str(e)
+            if world_size > 1:  # said before the others learn of it: torchrun stops rank 0 once they exit
+                print(f"deit-distill train: error: {error}", file=sys.stderr, flush=True)
         except BaseException:
             failed = True
             if world_size == 1:
@@ -221,7 +223,9 @@ def _rank0_decides(rank: int, world_size: int, decide: Callable[[], Any]) -> Any
     if failed:
         raise RuntimeError("rank 0 failed while setting up the run folder; see its error.")
     if error is not None:
-        raise RunFolderError(error)
+        refusal = RunFolderError(error)
+        refusal.reported = world_size > 1  # type: ignore[attr-defined]
+        raise refusal
     return result
 
 
@@ -771,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run = setup(args)
         except _refusal_types() as e:
-            if _env_rank() == 0:
+            if _env_rank() == 0 and not getattr(e, "reported", False):
                 print(f"deit-distill train: error: {e}", file=sys.stderr)
             return 2
         try:
