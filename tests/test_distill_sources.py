@@ -94,7 +94,7 @@ def test_a_tampered_chunk_is_refused_before_the_first_step_naming_it(data, train
                                                                      capsys):
     cache = shutil.copytree(cache_dir, tmp_path / "c")
     flip_a_byte(cache / "epoch-0001.safetensors")
-    err = refused([*flags(data, trained_teacher["checkpoint"]), "--distill-cache", str(cache), "--output",
+    err = refused([*flags(data, trained_teacher["checkpoint"]), "--deterministic-aug", "--distill-cache", str(cache), "--output",
                    str(tmp_path), "--experiment", "run"], capsys)
     assert f"cache chunk {cache / 'epoch-0001.safetensors'} does not match its sha256" in err and "fix:" in err
     assert not (tmp_path / "run").exists()
@@ -104,11 +104,11 @@ def test_a_truncated_chunk_beyond_the_hashing_budget_is_refused_up_front(data, t
                                                                          capsys, monkeypatch):
     import timm_deit_distill.cache as cache_module
 
-    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0)  # sizes and headers only
+    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0, raising=False)  # sizes and headers only
     cache = shutil.copytree(cache_dir, tmp_path / "c")
     chunk = cache / "epoch-0001.safetensors"
     chunk.write_bytes(chunk.read_bytes()[:-10])
-    err = refused([*flags(data, trained_teacher["checkpoint"]), "--distill-cache", str(cache), "--output",
+    err = refused([*flags(data, trained_teacher["checkpoint"]), "--deterministic-aug", "--distill-cache", str(cache), "--output",
                    str(tmp_path), "--experiment", "run"], capsys)
     assert f"cache chunk {chunk} has" in err and "truncated or replaced" in err
 
@@ -125,7 +125,7 @@ def test_a_chunk_that_changes_mid_run_stops_it_in_one_line_keeping_the_last_chec
         return original(run, epoch)
 
     monkeypatch.setattr(train, "train_one_epoch", tamper_before_epoch_1)
-    err = refused([*flags(data, trained_teacher["checkpoint"]), "--distill-cache", str(cache), "--output",
+    err = refused([*flags(data, trained_teacher["checkpoint"]), "--deterministic-aug", "--distill-cache", str(cache), "--output",
                    str(tmp_path), "--experiment", "run"], capsys)
     run = tmp_path / "run"
     assert f"stopped in epoch 1: cache chunk {cache / 'epoch-0001.safetensors'} does not match its sha256" in err

@@ -103,9 +103,10 @@ def test_a_refused_run_writes_nothing(finished_run, data, tmp_path, capsys):
     before = snapshot(run)
     last = run / "last.pth.tar"
     # Refused late in set-up (the resumed weights do not fit a two-block student): args.yaml stays as it was.
-    refused(base_argv(data, "--epochs", "3", "--model-kwargs", "depth=2", "embed_dim=32", "num_heads=2",
-                      "--resume", str(last)), capsys)
-    assert snapshot(run) == before
+    code = train.main(base_argv(data, "--epochs", "3", "--model-kwargs", "depth=2", "embed_dim=32", "num_heads=2",
+                                "--resume", str(last)))
+    assert code == 2 and snapshot(run) == before
+    assert capsys.readouterr().err.count("\n") == 1
     # The same into a new folder: the folder is not even created.
     refused(base_argv(data, "--epochs", "3", "--model-kwargs", "depth=2", "embed_dim=32", "num_heads=2",
                       "--resume", str(last), "--output", str(tmp_path), "--experiment", "branch"), capsys)
@@ -166,7 +167,8 @@ def test_resuming_an_older_checkpoint_into_its_folder_is_refused_and_a_new_folde
     older = run / "checkpoint-0.pth.tar"
     assert load(older)["epoch"] == 0 and load(run / "last.pth.tar")["epoch"] == 1
     err = refused(base_argv(data, "--epochs", "2", "--resume", str(older)), capsys)
-    assert "saved up to epoch 1" in err and "epochs 1-1" in err and "--experiment NEW" in err
+    assert "saved up to epoch 1: its epoch 1 (summary rows and checkpoints) would be overwritten" in err
+    assert f"--output {tmp_path} --experiment NEW" in err
     # --start-epoch pointing back into the run is the same overwrite.
     err = refused(base_argv(data, "--epochs", "2", "--resume", str(run / "last.pth.tar"), "--start-epoch", "1"),
                   capsys)

@@ -199,8 +199,10 @@ def resume(
     try:
         unwrap_model(model).load_state_dict(clean_state_dict(checkpoint["state_dict"]))
     except RuntimeError as e:
-        raise CheckpointError(f"{path!r} does not fit the student built from these flags: {e}. Resume with the "
-                              "flags of the original run (its args.yaml: -c RUN/args.yaml).") from None
+        # torch lists every mismatching tensor on its own line; the first few name the problem.
+        detail = " ".join(" ".join(str(e).split("\n")[:4]).split())[:500]
+        raise CheckpointError(f"{path!r} does not fit the student built from these flags: {detail} Resume with "
+                              "the flags of the original run (its args.yaml: -c RUN/args.yaml).") from None
     if optimizer is not None and "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if optimizer is not None and loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:

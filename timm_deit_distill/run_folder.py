@@ -261,10 +261,12 @@ def check_run_folder(folder: str, plan: FolderPlan, *, locked_here: bool = False
         if latest is not None and start <= latest:
             what = (f"--start-epoch {start}" if plan.start_epoch is not None
                     else f"--resume {plan.resume} (epoch {plan.resume_epoch})")
+            epochs = f"epoch {latest}" if start == latest else f"epochs {start}-{latest}"
+            parent = os.path.dirname(os.path.abspath(folder))
             raise RunFolderError(
                 f"{what} would continue the run in {folder} at epoch {start}, but that run has saved up to epoch "
-                f"{latest}: its epochs {start}-{latest} (summary rows and checkpoints) would be overwritten. "
-                f"fix: continue in a NEW folder with --experiment NEW (the run in {folder} stays intact), or "
+                f"{latest}: its {epochs} (summary rows and checkpoints) would be overwritten. fix: continue in a "
+                f"NEW folder with --output {parent} --experiment NEW (the run in {folder} stays intact), or "
                 f"--resume {os.path.join(folder, 'last.pth.tar')} to continue it from its end.")
         return
     files = run_files(folder)
