@@ -9,6 +9,8 @@ autocast + ``NativeScaler``, ``CheckpointSaver``'s files. Per step::
     loss                    <- (1 - alpha) * CE(cls, targets) + alpha * distill(dist, teacher_logits)
 
 The teacher stays outside DDP, in eval mode, one per process. Checkpoints hold the student only.
+A run writes only into a folder of its own, created (or, for ``--resume``, taken) and locked after every
+check has passed; a folder holding another run is refused, never overwritten (see :mod:`.run_folder`).
 Run ``deit-distill train --help`` for the flags; ``--print-config`` shows what a command line resolves to.
 """
 
