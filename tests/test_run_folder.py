@@ -222,6 +222,23 @@ def test_a_lock_is_exclusive_and_clearing_a_locked_folder_is_refused(tmp_path):
     assert clear_run_files(tmp_path) == ["args.yaml"]
 
 
+def test_a_filesystem_without_locks_trains_unlocked_and_removes_nothing(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from timm_deit_distill import run_folder
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    (tmp_path / LOCK_NAME).write_text("1\n")
+    (tmp_path / ".last.pth.tar.abcd1234.tmp").write_bytes(b"maybe someone's")
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
+    assert run_folder.locked_by(tmp_path) is None
+    lock = run_folder.RunLock.acquire(tmp_path)
+    assert not lock.held and lock.remove_partial_files() == (0, 0)
+    assert "Cannot lock" in caplog.text and (tmp_path / ".last.pth.tar.abcd1234.tmp").exists()
+
+
 @pytest.mark.slow
 def test_resume_removes_the_partial_files_a_killed_save_left(finished_run, data, tmp_path, caplog):
     run = copy_run(finished_run, tmp_path / "run")

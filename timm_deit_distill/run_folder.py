@@ -10,13 +10,14 @@ long as it trains. The lock is what proves, to a later process, that nobody is w
   own them.
 
 The kernel releases the lock when the process ends, however it ends (``SIGKILL`` included), so a lock
-file never has to be cleaned up. Where ``fcntl`` does not exist (Windows) nothing is locked and no
-partial file is removed.
+file never has to be cleaned up. Where ``fcntl`` does not exist (Windows) or the filesystem has no
+locks, nothing is locked and no partial file is removed (with a warning for the latter).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_OUTPUT = "./output/train"  # timm train.py's default --output
+
+_logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".deit-distill.lock"
 # Every name the trainer writes (timm's CheckpointSaver saves to tmp.pth.tar, then renames it to last).
@@ -103,6 +106,8 @@ def locked_by(folder: str | os.PathLike[str]) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return f"another deit-distill train{_holder(path)}"
+    except OSError:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): nothing can be told
+        return None
     finally:
         os.close(fd)  # closing the descriptor also drops a lock taken just now
     return None
@@ -131,6 +136,11 @@ class RunLock:
                 f"{folder} is in use: another deit-distill train{_holder(path)} is training there now. "
                 "Wait for it to end (or stop it), then --resume its last.pth.tar; or pick another "
                 "--experiment.") from None
+        except OSError as e:  # a filesystem without locks: train unlocked, and remove no partial file
+            os.close(fd)
+            _logger.warning("Cannot lock %s (%s): a second trainer into it will not be refused, and partial "
+                            "files of a killed save are left in place.", folder, e.strerror or e)
+            return cls(folder, None)
         except BaseException:
             os.close(fd)
             raise
