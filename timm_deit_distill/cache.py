@@ -541,10 +541,11 @@ class TeacherTargetCache:
             problems.append("store: cache 'hard' holds teacher labels only, soft distillation needs logits "
                             "(fix: rebuild with --store full or --store topk:K, or train with --distill-type hard)")
         if problems:
-            raise CacheMismatch(
-                f"the teacher target cache in {self.directory} was built for other settings: "
-                + "; ".join(problems) + ". fix: train with the cache's settings, or build a cache for these "
-                "(`deit-distill cache build` with the same flags).")
+            # One fix per problem: the general one only for the problems that do not carry their own.
+            general = ("" if all("fix:" in p for p in problems) else " fix: train with the cache's settings, or "
+                       "build a cache for these (`deit-distill cache build` with the same flags).")
+            raise CacheMismatch(f"the teacher target cache in {self.directory} was built for other settings: "
+                                + "; ".join(problems) + "." + general)
         needed = range(int(start_epoch), int(epochs))
         missing = [e for e in needed if e not in self._chunks]
         if missing:
