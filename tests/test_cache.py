@@ -319,13 +319,20 @@ def test_row_check_catches_an_ordering_bug(tmp_path, digits, teacher):
         cache.targets(0, torch.arange(8))
 
 
-def test_corrupted_chunk_and_bad_inputs(tmp_path, digits, teacher):
+def test_corrupted_chunk_and_bad_inputs(tmp_path, digits, teacher, monkeypatch):
     train_ds, _ = digits
     build(tmp_path / "c", train_ds, teacher, epochs=1)
     chunk = tmp_path / "c" / "epoch-0000.safetensors"
     data = bytearray(chunk.read_bytes())
     data[-1] ^= 0x01
     chunk.write_bytes(bytes(data))
+    # Caught before training starts (check_training hashes the chunks a run needs) ...
+    with pytest.raises(CacheError, match="epoch-0000.safetensors does not match its sha256.*rerun `deit-distill cache build`"):
+        opened(tmp_path / "c", make_args(), train_ds, 1)
+    # ... and, beyond the up-front hashing budget, when the epoch is loaded.
+    import timm_deit_distill.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0)
     cache = opened(tmp_path / "c", make_args(), train_ds, 1)
     with pytest.raises(CacheError, match="does not match its sha256.*rerun `deit-distill cache build`"):
         cache.targets(0, torch.arange(4))

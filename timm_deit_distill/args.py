@@ -101,8 +101,9 @@ UNSUPPORTED_TIMM_FLAGS: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
     (("--kd-teacher-feature-dim",), dict(type=_I, default=None), "feature distillation is not DeiT's; use --distill-type soft|hard"),
 ]
 
-# Keys a YAML config may hold without being flags: timm's args.yaml records its own -c path.
-_CONFIG_BOOKKEEPING = {"config"}
+# Keys a YAML config may hold without being flags: timm's args.yaml records its own -c path, and the
+# trainer's records the settings each --resume changed.
+_CONFIG_BOOKKEEPING = {"config", "resumed"}
 # Aliases, their canonical setting, and the spelling family they belong to.
 _DEIT_ALIASES = {"teacher_model": "distill_teacher", "teacher_path": "distill_teacher_path",
                  "distillation_type": "distill_type", "distillation_alpha": "distill_alpha",
@@ -310,7 +311,8 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     g.add_argument("--aug-repeats", type=float, default=d(0),
                    help="repeated augmentation count (works on one process and small datasets)")
     g.add_argument("--deterministic-aug", action="store_true", default=d(False),
-                   help="seed every view from (seed, epoch, position): views independent of workers/batching")
+                   help="seed every view from (seed, epoch, position): views independent of workers/batching "
+                        "(implied by --distill-cache)")
     g.add_argument("--mix-group-size", type=int, default=d(2), metavar="G",
                    help="with --deterministic-aug: Mixup/CutMix pairs views inside fixed groups of G positions")
     g.add_argument("--reprob", type=float, default=d(0.0), metavar="PCT", help="random erase probability")
@@ -547,12 +549,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.data_dir = args.data
     args.data = None
     _resolve_distillation(parser, args, layers)
+    _resolve_implied(args, layers)
     _validate(args)
     args._layers = layers
     return args
 
 
 def _source(layers: dict[str, dict[str, Any]], dest: str) -> str:
+    if dest in layers.get("implied", {}):
+        return f"implied by {layers['implied'][dest]}"
     if dest in layers["cli"]:
         return "on the command line"
     if dest in layers["config"]:
@@ -645,6 +650,15 @@ def _resolve_distillation(parser: argparse.ArgumentParser, args: argparse.Namesp
     for dest in (*_DEIT_ALIASES, *_TIMM_KD):  # aliases are folded into the canonical settings
         setattr(args, dest, None)
     args.kd_distill_type = "logit"
+
+
+def _resolve_implied(args: argparse.Namespace, layers: dict[str, dict[str, Any]]) -> None:
+    """Settings that follow from others: a cache replays deterministic views only, so it turns them on."""
+    implied: dict[str, str] = {}
+    if args.distill_cache and not args.deterministic_aug:
+        args.deterministic_aug = True
+        implied["deterministic_aug"] = "--distill-cache"
+    layers["implied"] = implied
 
 
 def _validate(args: argparse.Namespace) -> None:

@@ -60,6 +60,9 @@ MANIFEST = "manifest.json"
 # Logit given to classes a top-k row does not store: finite (no inf - inf = nan in a softmax or a KL
 # term) and low enough that exp() of it is exactly 0 beside any real logit at any sane temperature.
 TOPK_FILL = -1.0e4
+# check_training hashes every chunk a run needs when they add up to no more than this; beyond it, it checks
+# their sizes and headers up front and each chunk's sha256 when its epoch is loaded.
+HASH_UP_FRONT_BYTES = 4_000_000_000
 
 _DTYPES = {"U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
            "F32": np.float32}
@@ -538,10 +541,11 @@ class TeacherTargetCache:
             problems.append("store: cache 'hard' holds teacher labels only, soft distillation needs logits "
                             "(fix: rebuild with --store full or --store topk:K, or train with --distill-type hard)")
         if problems:
-            raise CacheMismatch(
-                f"the teacher target cache in {self.directory} was built for other settings: "
-                + "; ".join(problems) + ". fix: train with the cache's settings, or build a cache for these "
-                "(`deit-distill cache build` with the same flags).")
+            # One fix per problem: the general one only for the problems that do not carry their own.
+            general = ("" if all("fix:" in p for p in problems) else " fix: train with the cache's settings, or "
+                       "build a cache for these (`deit-distill cache build` with the same flags).")
+            raise CacheMismatch(f"the teacher target cache in {self.directory} was built for other settings: "
+                                + "; ".join(problems) + "." + general)
         needed = range(int(start_epoch), int(epochs))
         missing = [e for e in needed if e not in self._chunks]
         if missing:
@@ -552,23 +556,74 @@ class TeacherTargetCache:
                 f"{self.directory} holds {len(have)} ({span}); missing: {_ranges(missing)}. fix: extend it with "
                 f"`deit-distill cache build ... --epochs {epochs} --out {self.directory}` (finished epochs are kept), "
                 f"or train --epochs {len(have)}.")
+        self._verify_chunks(needed)
         self._layout = ViewLayout(len(train_ds), seed=self.fingerprint["views"]["seed"],
                                   repeats=self.fingerprint["views"]["aug_repeats"],
                                   group_size=self.fingerprint["views"]["mix_group_size"], grouped=True)
 
+    def _verify_chunks(self, epochs: range) -> None:
+        """Refuse, before training starts, a chunk the run needs that is missing, truncated or altered.
+
+        Every chunk is hashed when the needed ones add up to at most :data:`HASH_UP_FRONT_BYTES`;
+        otherwise sizes and headers are checked here and each chunk's sha256 when its epoch is loaded.
+        """
+        chunks = [self._chunks[e] for e in epochs]
+        hash_now = self.verify and sum(int(c.get("bytes", 0)) for c in chunks) <= HASH_UP_FRONT_BYTES
+        for chunk in chunks:
+            path = self.directory / chunk["file"]
+            if not path.is_file():
+                raise CacheError(f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
+                                 f"{self.directory} (only missing epochs are recomputed).")
+            size = path.stat().st_size
+            if "bytes" in chunk and size != int(chunk["bytes"]):
+                raise CacheError(f"cache chunk {path} has {size} bytes but {MANIFEST} records {chunk['bytes']} "
+                                 "(truncated or replaced); " + _REBUILD_CHUNK)
+            if hash_now:
+                if sha256_file(path) != chunk["sha256"]:
+                    raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or "
+                                     "replaced); " + _REBUILD_CHUNK)
+                continue
+            try:
+                header, _ = _read_header(path)
+            except (CacheError, ValueError, UnicodeDecodeError):
+                raise CacheError(f"cache chunk {path} has no readable safetensors header (corrupted); "
+                                 + _REBUILD_CHUNK) from None
+            meta = _parse_chunk_metadata(header.get("__metadata__") or {})
+            if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != chunk["epoch"]:
+                raise CacheError(f"cache chunk {path} belongs to another cache; " + _REBUILD_CHUNK)
+
     def _teacher_problems(self, args: argparse.Namespace) -> list[str]:
+        problems = self._teacher_file_problems(getattr(args, "distill_teacher_path", None))
         name = getattr(args, "distill_teacher", None)
         desc = self.teacher_description or {}
         if not name or not desc:
-            return []
+            return problems
         known = {str(desc.get(k)) for k in ("name", "hub_id", "source") if desc.get(k)}
         if desc.get("name") and desc.get("tag"):
             known.add(f"{desc['name']}.{desc['tag']}")
         known |= {f"hf-hub:{desc['hub_id']}"} if desc.get("hub_id") else set()
         if str(name) in known:
+            return problems
+        return [*problems, f"teacher: cache {desc.get('name')!r}, now {name!r} (fix: drop --distill-teacher when "
+                "training from a cache, or build a cache with this teacher)"]
+
+    def _teacher_file_problems(self, path: str | None) -> list[str]:
+        """A teacher checkpoint given with a cache is accepted only when it is the file the cache was built from."""
+        if not path:
             return []
-        return [f"teacher: cache {desc.get('name')!r}, now {name!r} (fix: drop --distill-teacher when training "
-                "from a cache, or build a cache with this teacher)"]
+        desc = self.teacher_description or {}
+        cached = desc.get("sha256")
+        if not os.path.isfile(path):
+            return [f"teacher checkpoint: --distill-teacher-path {path} does not exist (fix: drop it: the cache "
+                    "holds the teacher's targets)"]
+        given = sha256_file(path)
+        if given != cached:
+            return [f"teacher checkpoint: cache built with {desc.get('name')!r} (weights sha256 {str(cached)[:12]}), "
+                    f"--distill-teacher-path {path} has sha256 {given[:12]} (fix: drop --distill-teacher-path: "
+                    "the cache holds the teacher's targets; or build a cache with this teacher)"]
+        _logger.info("--distill-teacher-path %s matches the cache's teacher (%s, sha256 %s).", path,
+                     desc.get("name"), given[:12])
+        return []
 
     def _load_epoch(self, epoch: int) -> None:
         chunk = self._chunks.get(epoch)
@@ -581,7 +636,7 @@ class TeacherTargetCache:
                              f"{self.directory} (only missing epochs are recomputed).")
         if self.verify and sha256_file(path) != chunk["sha256"]:
             raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or replaced); "
-                             "fix: delete it and its .json sidecar and rerun `deit-distill cache build`.")
+                             + _REBUILD_CHUNK)
         arrays, metadata = _memmap_chunk(path)
         meta = _parse_chunk_metadata(metadata)
         if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != epoch:
@@ -622,6 +677,9 @@ class TeacherTargetCache:
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return out[torch.from_numpy(inverse)]
+
+
+_REBUILD_CHUNK = "fix: delete it and its .json sidecar and rerun `deit-distill cache build` (only that epoch is recomputed)."
 
 
 def _ranges(values: list[int]) -> str:

@@ -5,7 +5,8 @@ Each file holds timm's keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
 ``resume_checkpoint`` read it, plus:
 
 * ``deit_distill``: plain-JSON metadata to rebuild and describe the student (model, model_kwargs,
-  pretrained_cfg, label_names, distill settings, recipe, ema);
+  pretrained_cfg, label_names, distill settings, recipe, ema) and to check a resume against the run
+  (seed, data: the training set's fingerprint, world_size, resumed: the settings each resume changed);
 * ``scheduler``, ``num_updates``, ``rng`` (every rank's Python/NumPy/torch/CUDA generator states) and
   ``summary`` (the per-epoch rows so far): what ``--resume`` needs to continue bit for bit.
 
@@ -36,8 +37,9 @@ from .atomic import atomic_link_or_copy, atomic_path
 
 __all__ = [
     "CheckpointSaver", "load_training_checkpoint", "rng_state", "set_rng_state", "ResumeState", "resume",
-    "create_model_from_checkpoint", "model_from_checkpoint", "CheckpointError", "read_checkpoint",
-    "check_checkpoint_file", "select_weights", "RAW_KEYS", "EMA_KEYS",
+    "checkpoint_epoch", "compare_resume", "ResumeComparison", "create_model_from_checkpoint",
+    "model_from_checkpoint", "CheckpointError", "read_checkpoint", "check_checkpoint_file", "select_weights",
+    "RAW_KEYS", "EMA_KEYS",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -529,6 +531,14 @@ class CheckpointSaver(TimmCheckpointSaver):
 
 # --- resuming ------------------------------------------------------------------------------------------------
 
+def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:
+    """The last epoch a training checkpoint completed (timm's ``version`` rule; -1 when it records none)."""
+    epoch = int(checkpoint.get("epoch", -1))
+    if checkpoint.get("version", 1) < 2:
+        epoch -= 1  # timm: version-1 files stored the next epoch
+    return epoch
+
+
 @dataclass
 class ResumeState:
     """What the loop needs after :func:`resume` restored the modules."""
@@ -539,6 +549,20 @@ class ResumeState:
     saver_state: dict[str, Any] | None = None
     scheduler_restored: bool = False
     rng_restored: bool = False
+    rng: list[dict[str, Any]] | None = None  # every rank's generator states, as saved
+    ema_rng: Any = None
+    rank: int = 0
+    world_size: int = 1
+
+    def restore_rng(self, model_ema: nn.Module | None = None) -> None:
+        """Put this rank's saved generator states back: the very last step before the first epoch."""
+        if not self.rng:
+            return
+        rngs, rank = self.rng, self.rank
+        set_rng_state(rngs[rank] if rank < len(rngs) and len(rngs) == self.world_size else rngs[0])
+        if model_ema is not None and self.ema_rng is not None and hasattr(model_ema, "_sr_generator"):
+            model_ema._sr_generator.set_state(self.ema_rng)
+        self.rng_restored = True
 
 
 def resume(
@@ -551,21 +575,29 @@ def resume(
     model_ema: nn.Module | None = None,
     rank: int = 0,
     world_size: int = 1,
+    checkpoint: dict[str, Any] | None = None,
+    restore_rng: bool = True,
 ) -> ResumeState:
     """Restore model, optimizer, scaler, scheduler, EMA and this rank's RNG states from ``path``.
 
-    The RNG states are restored last, so call this right before the first epoch starts.
+    The RNG states are restored last, so call this right before the first epoch starts; or pass
+    ``restore_rng=False`` and call :meth:`ResumeState.restore_rng` then (the trainer does, so that
+    nothing it does in between, such as claiming its run folder, can consume them).
     ``optimizer=None`` (``--no-resume-opt``) skips optimizer and scaler state, as timm does.
+    ``checkpoint`` is the file's contents when the caller has read it already.
     """
-    checkpoint = load_training_checkpoint(path)
+    if checkpoint is None:
+        checkpoint = load_training_checkpoint(path)
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{path!r} has no 'state_dict': it is not a training checkpoint; "
                               "use --initial-checkpoint for plain weights.")
     try:
         unwrap_model(model).load_state_dict(clean_state_dict(checkpoint["state_dict"]))
     except RuntimeError as e:
-        raise CheckpointError(f"{path!r} does not fit the student built from these flags: {e}. Resume with the "
-                              "flags of the original run (its args.yaml: -c RUN/args.yaml).") from None
+        # torch lists every mismatching tensor on its own line; the first few name the problem.
+        detail = " ".join(" ".join(str(e).split("\n")[:4]).split())[:500]
+        raise CheckpointError(f"{path!r} does not fit the student built from these flags: {detail} Resume with "
+                              "the flags of the original run (its args.yaml: -c RUN/args.yaml).") from None
     if optimizer is not None and "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if optimizer is not None and loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
@@ -586,19 +618,96 @@ def resume(
             raise CheckpointError(f"{path!r} holds no EMA weights but --model-ema is on; resume without "
                                   "--model-ema or from a run that had it.")
         unwrap_model(model_ema).load_state_dict(clean_state_dict(ema_state))
-    epoch = checkpoint.get("epoch", -1)
-    if checkpoint.get("version", 1) < 2:
-        epoch -= 1  # timm: version-1 files stored the next epoch
-    state = ResumeState(start_epoch=epoch + 1, num_updates=int(checkpoint.get("num_updates", 0)),
+    state = ResumeState(start_epoch=checkpoint_epoch(checkpoint) + 1, num_updates=int(checkpoint.get("num_updates", 0)),
                         summary=list(checkpoint.get("summary", [])), saver_state=checkpoint.get("saver"),
-                        scheduler_restored=scheduler_restored)
-    rngs = checkpoint.get("rng")
-    if rngs:
-        set_rng_state(rngs[rank] if rank < len(rngs) and len(rngs) == world_size else rngs[0])
-        if model_ema is not None and "ema_rng" in checkpoint and hasattr(model_ema, "_sr_generator"):
-            model_ema._sr_generator.set_state(checkpoint["ema_rng"])
-        state.rng_restored = True
+                        scheduler_restored=scheduler_restored, rng=checkpoint.get("rng") or None,
+                        ema_rng=checkpoint.get("ema_rng"), rank=rank, world_size=world_size)
+    if restore_rng:
+        state.restore_rng(model_ema)
     return state
+
+
+# What exact resumption needs unchanged, compared by compare_resume. Settings that only say where the run
+# is written, or which file it resumes from, are no change to the run at all.
+_NOT_A_CHANGE = frozenset({"resume", "output", "experiment", "start_epoch"})
+_IDENTITY_SETTINGS = frozenset({"seed", "model", "model_kwargs", "num_classes"})
+
+
+@dataclass
+class ResumeComparison:
+    """How a resumed run differs from the run its checkpoint came from (see :func:`compare_resume`)."""
+
+    refused: list[str] = field(default_factory=list)  # "seed 3 -> 4": exact resume is impossible
+    changed: dict[str, list[Any]] = field(default_factory=dict)  # setting -> [old, new]: allowed, recorded
+    notes: list[str] = field(default_factory=list)  # what could not be compared, and why
+
+
+def _teacher_identity(description: dict[str, Any] | None) -> tuple[Any, Any] | None:
+    return None if not description else (description.get("name"), description.get("sha256"))
+
+
+def _describe_teacher(description: dict[str, Any] | None) -> str:
+    if not description:
+        return "none"
+    return f"{description.get('name')} (weights sha256 {str(description.get('sha256'))[:12]})"
+
+
+def _describe_data(fingerprint: dict[str, Any]) -> str:
+    return (f"{fingerprint.get('num_samples')} images in {fingerprint.get('num_classes')} classes "
+            f"(files sha256 {str(fingerprint.get('files_sha256'))[:12]})")
+
+
+def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], metadata: dict[str, Any]) -> ResumeComparison:
+    """Compare a checkpoint's run with the run about to resume from it.
+
+    ``settings`` are the resumed run's resolved settings (the ``args`` it saves), ``metadata`` its
+    ``deit_distill`` metadata. Refused (an exact resume needs them unchanged): the student (model,
+    architecture kwargs, classes), the training data (its fingerprint), the seed and the teacher
+    (name and weights sha256; none -> some and some -> none included). Every other setting that
+    differs is listed in ``changed``.
+    """
+    out = ResumeComparison()
+    old_meta = checkpoint.get("deit_distill") or {}
+    old_args = checkpoint.get("args")
+    old_settings = dict(vars(old_args)) if isinstance(old_args, argparse.Namespace) else dict(old_args or {})
+
+    def refuse(what: str, old: Any, new: Any) -> None:
+        out.refused.append(f"{what} {old} -> {new}")
+
+    if not old_meta:
+        out.notes.append("the checkpoint has no deit_distill metadata (not written by deit-distill train): its "
+                         "student, training data and teacher could not be compared")
+    for key, what in (("model", "model"), ("model_kwargs", "architecture")):
+        if key in old_meta and old_meta[key] != metadata.get(key):
+            refuse(what, old_meta[key], metadata.get(key))
+    if not old_meta and old_settings.get("model") not in (None, settings.get("model")):
+        refuse("model", old_settings["model"], settings.get("model"))
+    if old_meta.get("label_names") is not None and old_meta["label_names"] != metadata.get("label_names"):
+        refuse("classes", old_meta["label_names"], metadata.get("label_names"))
+    old_seed = old_meta.get("seed", old_settings.get("seed"))
+    if old_seed is not None and old_seed != settings.get("seed"):
+        refuse("seed", old_seed, settings.get("seed"))
+    if "data" in old_meta:
+        if old_meta["data"] != metadata.get("data"):
+            refuse("training data", _describe_data(old_meta["data"]), _describe_data(metadata.get("data") or {}))
+    elif old_meta:
+        out.notes.append("the checkpoint records no fingerprint of its training data (written before "
+                         "deit-distill recorded one): the training data could not be compared")
+    if old_meta:
+        old_teacher = (old_meta.get("distill") or {}).get("teacher_description")
+        new_teacher = (metadata.get("distill") or {}).get("teacher_description")
+        if _teacher_identity(old_teacher) != _teacher_identity(new_teacher):
+            refuse("teacher", _describe_teacher(old_teacher), _describe_teacher(new_teacher))
+
+    for key, new in settings.items():
+        if key in _NOT_A_CHANGE or key in _IDENTITY_SETTINGS or key not in old_settings:
+            continue
+        old = old_settings[key]
+        if (list(old) if isinstance(old, tuple) else old) != new:
+            out.changed[key] = [old, new]
+    if "world_size" in old_meta and old_meta["world_size"] != metadata.get("world_size"):
+        out.changed["world_size"] = [old_meta["world_size"], metadata.get("world_size")]
+    return out
 
 
 # --- reading a student back ----------------------------------------------------------------------------------

@@ -172,11 +172,13 @@ def _finished_epochs(run_dir: Path) -> int:
 def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Path:
     """Train through ``train.main`` unless ``run_dir`` already holds this exact run; returns its last checkpoint.
 
-    A run with the same command line that stopped early resumes from ``last.pth.tar``; a folder holding a
-    different run is refused rather than overwritten.
+    A run with the same command line that stopped early resumes from ``last.pth.tar``; one killed before
+    its first checkpoint starts over (the demo owns the folder, so it clears the trainer's files, which
+    the trainer itself never overwrites); a folder holding a different run is refused rather than overwritten.
     """
     from . import train
     from .atomic import atomic_write_text
+    from .run_folder import RunFolderError, clear_run_files
 
     last = run_dir / "last.pth.tar"
     spec_path = run_dir / _RUN_SPEC
@@ -194,6 +196,14 @@ def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Pat
     if last.exists():
         _logger.info("%s: resuming from %s (epoch %d of %d)", label, last, _finished_epochs(run_dir), epochs)
         full += ["--resume", str(last)]
+    else:
+        try:
+            removed = clear_run_files(run_dir)
+        except RunFolderError as e:
+            raise DemoError(f"{label}: {e}") from None
+        if removed:
+            _logger.info("%s: starting over in %s (killed before its first checkpoint; removed %s)", label,
+                         run_dir, ", ".join(removed))
     code = train.main(full)
     if code != 0 or not last.exists():
         raise DemoError(f"{label}: `deit-distill train {' '.join(full)}` exited with code {code}; see the lines above.")

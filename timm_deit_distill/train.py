@@ -9,6 +9,8 @@ autocast + ``NativeScaler``, ``CheckpointSaver``'s files. Per step::
     loss                    <- (1 - alpha) * CE(cls, targets) + alpha * distill(dist, teacher_logits)
 
 The teacher stays outside DDP, in eval mode, one per process. Checkpoints hold the student only.
+A run writes only into a folder of its own, created (or, for ``--resume``, taken) and locked after every
+check has passed; a folder holding another run is refused, never overwritten (see :mod:`.run_folder`).
 Run ``deit-distill train --help`` for the flags; ``--print-config`` shows what a command line resolves to.
 """
 
@@ -20,6 +22,7 @@ import datetime
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,9 +49,10 @@ def _refusal_types() -> tuple[type[BaseException], ...]:
     from .cache import CacheError
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .run_folder import RunFolderError
     from .teacher import TeacherError
 
-    return (UsageError, DataError, CheckpointError, TeacherError, CacheError)
+    return (UsageError, DataError, CheckpointError, TeacherError, CacheError, RunFolderError)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -84,6 +88,8 @@ class Run:
     num_updates: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     rng_states: list[dict[str, Any]] = field(default_factory=list)
+    lock: Any = None  # rank 0's RunLock on output_dir, held for the whole run
+    last_saved_epoch: int | None = None  # the epoch output_dir/last.pth.tar holds
 
     @property
     def primary(self) -> bool:
@@ -92,6 +98,11 @@ class Run:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def close(self) -> None:
+        """Release the run folder (the process's end would as well)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _init_device(args: argparse.Namespace) -> tuple[torch.device, int, int, int]:
@@ -234,19 +245,80 @@ def _base_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _output_dir(args: argparse.Namespace, data_config: dict[str, Any]) -> str:
-    from timm.models import safe_model_name
-    from timm.utils import get_outdir
+# --------------------------------------------------------------------------------------------------------------
+# The run folder (run_folder.py): checked early by rank 0, claimed at the end of set-up, never overwritten
+# --------------------------------------------------------------------------------------------------------------
 
-    if args.resume and not args.output and not args.experiment:
-        return os.path.dirname(os.path.abspath(args.resume))  # continue in the run being resumed
-    name = args.experiment or "-".join([datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
-                                        safe_model_name(args.model), str(data_config["input_size"][-1])])
-    return get_outdir(args.output or "./output/train", name)
+def _rank0_decides(rank: int, world_size: int, decide: Callable[[], Any]) -> Any:
+    """Run ``decide`` on rank 0 only and give every rank its (picklable) result, or its refusal, together.
+
+    Every rank refuses at once, instead of rank 0 alone while the others wait for it in a collective.
+    """
+    from .run_folder import RunFolderError
+
+    result, error, failed = None, None, False
+    if rank == 0:
+        try:
+            result = decide()
+        except _refusal_types() as e:
+            error = str(e)
+            if world_size > 1:  # said before the others learn of it: torchrun stops rank 0 once they exit
+                print(f"deit-distill train: error: {error}", file=sys.stderr, flush=True)
+        except BaseException:
+            failed = True
+            if world_size == 1:
+                raise
+            torch.distributed.broadcast_object_list([None, None, True], src=0)
+            raise
+    if world_size > 1:
+        box = [result, error, failed]
+        torch.distributed.broadcast_object_list(box, src=0)
+        result, error, failed = box
+    if failed:
+        raise RuntimeError("rank 0 failed while setting up the run folder; see its error.")
+    if error is not None:
+        refusal = RunFolderError(error)
+        refusal.reported = world_size > 1  # type: ignore[attr-defined]
+        raise refusal
+    return result
+
+
+def _run_name(args: argparse.Namespace, data_config: dict[str, Any]) -> str:
+    """timm train.py's name for a run folder: date-time, model, input size."""
+    from timm.models import safe_model_name
+
+    return "-".join([datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), safe_model_name(args.model),
+                     str(data_config["input_size"][-1])])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# setup(): checks first, then building, then (last) claiming the folder and writing
+# --------------------------------------------------------------------------------------------------------------
+
+def _teacher_source(args: argparse.Namespace, teacher: Any, cache: Any) -> str:
+    if cache is not None:
+        return f"cache {args.distill_cache}"
+    if teacher is None:
+        return "none"
+    name = args.distill_teacher or getattr(teacher, "name", None) or "?"
+    return f"{name} ({args.distill_teacher_path})" if args.distill_teacher_path else name
+
+
+def _identity_refusal(args: argparse.Namespace, refused: list[str]) -> str:
+    run_dir = os.path.dirname(os.path.abspath(args.resume))
+    return (f"--resume {args.resume}: {'; '.join(refused)}. An exact resume needs the student, the training "
+            f"data, the seed and the teacher of the run it continues. fix: resume with the original values (its "
+            f"args.yaml: -c {os.path.join(run_dir, 'args.yaml')} --resume {args.resume}), or start a NEW run "
+            f"from these weights with --initial-checkpoint {args.resume} (and another --experiment).")
 
 
 def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, read top to bottom
-    """Build data, student, teacher/cache, loss, optimizer, schedule, EMA, saver; resume if asked."""
+    """Build data, student, teacher/cache, loss, optimizer, schedule, EMA; check everything; then claim the
+    run folder, write its first files and resume if asked.
+
+    Nothing is written before every check has passed: the folder is created (or taken) and locked,
+    and args.yaml written, only at the end.
+    """
     from timm.data import resolve_data_config
     from timm.layers import set_fast_norm
     from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -254,30 +326,42 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     from timm.utils import ModelEmaV3, NativeScaler, random_seed
 
     from . import checkpoint as ckpt
+    from .cache import dataset_fingerprint
     from .data import build_datasets, build_eval_loader, build_train_loader
     from .evaluate import is_distilled
     from .losses import DistillationLoss
     from .preflight import check_model_name
+    from .run_folder import FolderPlan, claim_run_folder, format_size, plan_run_folder
+    from .summary import write_args_yaml
 
+    # --- Cheap checks first: names, the checkpoint to resume from, the run folder.
     user_config = config_dict(args)  # args.yaml records the settings as given (lr still scales on reload)
     for module in args.device_modules or []:
         importlib.import_module(module)
     check_model_name(args.model, "--model")
     if args.distill_teacher:
         check_model_name(args.distill_teacher, "--distill-teacher")
-    for flag in ("resume", "initial_checkpoint", "pretrained_path", "distill_teacher_path"):
+    for flag in ("initial_checkpoint", "pretrained_path", "distill_teacher_path"):
         path = getattr(args, flag)  # a damaged file is refused here, before the data scan and any model is built
         if path and not path.lower().endswith((".npz", ".npy")):  # NumPy weights are timm's to read
             ckpt.check_checkpoint_file(path, what=f"--{flag.replace('_', '-')}")
+    resume_from: dict[str, Any] | None = None
+    resume_epoch: int | None = None
+    if args.resume:
+        resume_from = ckpt.read_checkpoint(args.resume, what="--resume")
+        resume_epoch = ckpt.checkpoint_epoch(resume_from)
 
     device, rank, local_rank, world_size = _init_device(args)
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
+    folder_plan: FolderPlan = _rank0_decides(rank, world_size, lambda: plan_run_folder(
+        output=args.output, experiment=args.experiment, resume=args.resume or None, resume_epoch=resume_epoch,
+        start_epoch=args.start_epoch))
     random_seed(args.seed, rank)
     if args.fast_norm:
         set_fast_norm()
 
-    # Data first: a wrong folder is the most common mistake and the cheapest to report.
+    # --- Data: a wrong folder is the most common mistake and the cheapest to report.
     train_ds, eval_ds = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
                                        class_map=args.class_map, skip_bad_images=args.skip_bad_images)
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
@@ -290,6 +374,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
                          f"drop --num-classes or set it to {num_classes}.")
     args.num_classes = num_classes
 
+    # --- Student, teacher (or cache), loaders, loss, optimizer, schedule, EMA.
     arch_kwargs = architecture_kwargs(args, num_classes)
     student = _create_student(args, arch_kwargs)
     distilled = is_distilled(student)
@@ -368,56 +453,96 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
                     "soft_reduction": args.distill_soft_reduction},
         "recipe": args.recipe,
         "ema": bool(args.model_ema),
+        # What a later --resume is checked against (see checkpoint.compare_resume).
+        "seed": args.seed,
+        "data": dataset_fingerprint(train_ds),
+        "world_size": world_size,
+        "resumed": [],
     }
+    saved_args = argparse.Namespace(**config_dict(args))  # plain values: weights_only-loadable
 
-    output_dir = saver = None
+    # --- Every remaining check, still before anything is written.
+    comparison = None
+    if resume_from is not None:
+        comparison = ckpt.compare_resume(resume_from, settings=vars(saved_args), metadata=metadata)
+        if comparison.refused:
+            raise UsageError(_identity_refusal(args, comparison.refused))
+    start_epoch = resume_epoch + 1 if resume_epoch is not None else 0
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    if cache is not None:
+        cache.check_training(args, train_ds, num_epochs, data_config=data_config, start_epoch=start_epoch)
+    resumed = None
+    if resume_from is not None:
+        # Weights, optimizer, schedule and EMA now (a checkpoint that does not fit is refused here);
+        # the generator states last, after the folder is claimed.
+        resumed = ckpt.resume(args.resume, student, optimizer=None if args.no_resume_opt else optimizer,
+                              loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, model_ema=model_ema,
+                              rank=rank, world_size=world_size, checkpoint=resume_from, restore_rng=False)
+        assert comparison is not None
+        entry = {"epoch": start_epoch, "checkpoint": os.path.abspath(args.resume), "changed": comparison.changed}
+        metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
+
+    # --- Claim the run folder (create or take it, lock it) and write: the first writes of the run.
+    lock_box: list[Any] = []
+
+    def claim() -> str:
+        lock = claim_run_folder(folder_plan, _run_name(args, data_config))
+        lock_box.append(lock)
+        return str(lock.folder)
+
+    output_dir: str = _rank0_decides(rank, world_size, claim)
     run = Run(args=args, device=device, rank=rank, world_size=world_size, model=model, student=student,
               model_ema=model_ema, teacher=teacher, cache=cache, criterion=criterion, optimizer=optimizer,
               loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
               train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
-              updates_per_epoch=updates_per_epoch, output_dir=None, saver=None, metadata=metadata)
-    saved_args = argparse.Namespace(**config_dict(args))  # plain values: weights_only-loadable
+              updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata,
+              lock=lock_box[0] if lock_box else None)
     if rank == 0:
-        from .summary import write_args_yaml
-
-        output_dir = _output_dir(args, data_config)
-        saver = ckpt.CheckpointSaver(
+        removed, size = run.lock.remove_partial_files()
+        run.saver = ckpt.CheckpointSaver(
             model=model, optimizer=optimizer, args=saved_args, model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
             max_history=args.checkpoint_hist, extra_state=lambda: _extra_state(run))
-        write_args_yaml(os.path.join(output_dir, "args.yaml"), user_config)
-    run.output_dir, run.saver = output_dir, saver
+        record = dict(user_config)
+        if metadata["resumed"]:
+            record["resumed"] = metadata["resumed"]
+        write_args_yaml(os.path.join(output_dir, "args.yaml"), record)
 
-    if rank == 0:
         params = sum(p.numel() for p in student.parameters()) / 1e6
         _logger.info("Student %s (%.2fM parameters, input %s), %d classes, %d train / %d eval images, "
                      "%s on %s.", args.model, params, tuple(data_config["input_size"]), num_classes, len(train_ds),
                      len(eval_ds), f"{world_size} processes" if world_size > 1 else "1 process", device)
-        source = f"cache {args.distill_cache}" if cache is not None else (args.distill_teacher or "none")
         _logger.info("Distillation: %s (alpha %g, tau %g, soft reduction %s), teacher: %s.", args.distill_type,
-                     args.distill_alpha, args.distill_tau, args.distill_soft_reduction, source)
+                     args.distill_alpha, args.distill_tau, args.distill_soft_reduction,
+                     _teacher_source(args, teacher, cache))
         _logger.info("Learning rate %s; %d epochs of %d updates; output %s.", lr_how, num_epochs,
                      updates_per_epoch, output_dir)
+        if removed:
+            _logger.info("Removed %d partial file(s) (%s) that a killed save left in %s.", removed,
+                         format_size(size), output_dir)
 
-    # Resume last: it restores the RNG states, which nothing after it may consume before the first step.
-    scheduler_restored = False
-    if args.resume:
-        state = ckpt.resume(args.resume, student, optimizer=None if args.no_resume_opt else optimizer,
-                            loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, model_ema=model_ema,
-                            rank=rank, world_size=world_size)
-        run.start_epoch, run.num_updates, run.history = state.start_epoch, state.num_updates, state.summary
-        scheduler_restored = state.scheduler_restored
-        if saver is not None and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(output_dir):
-            saver.load_state_dict(state.saver_state or {})
+    if resumed is not None:
+        run.start_epoch, run.num_updates, run.history = resumed.start_epoch, resumed.num_updates, resumed.summary
+        if folder_plan.continuing:
+            run.last_saved_epoch = resume_epoch
+            if run.saver is not None:
+                run.saver.load_state_dict(resumed.saver_state or {})
+        if rank == 0:
+            assert comparison is not None
+            for key, (old, new) in comparison.changed.items():
+                _logger.warning("Resumed with a changed setting: %s %s -> %s (recorded in args.yaml).", key, old, new)
+            for note in comparison.notes:
+                _logger.warning("Resume check: %s.", note)
+        # Resume last: the generator states, which nothing after this may consume before the first step.
+        resumed.restore_rng(model_ema)
         if rank == 0:
             _logger.info("Resumed from %s at epoch %d (RNG states %s; schedule %s).", args.resume, run.start_epoch,
-                         "restored" if state.rng_restored else "not in the checkpoint: reseeded",
-                         "restored" if scheduler_restored else "rebuilt from these flags")
+                         "restored" if resumed.rng_restored else "not in the checkpoint: reseeded",
+                         "restored" if resumed.scheduler_restored else "rebuilt from these flags")
     if args.start_epoch is not None:
         run.start_epoch = args.start_epoch
-    if cache is not None:
-        cache.check_training(args, train_ds, num_epochs, data_config=data_config, start_epoch=run.start_epoch)
-    if run.start_epoch > 0 and (not scheduler_restored or args.start_epoch is not None):
+    if run.start_epoch > 0 and (resumed is None or not resumed.scheduler_restored or args.start_epoch is not None):
         # timm's rule: position the schedule at the start epoch when its state was not restored
         if args.sched_on_updates:
             lr_scheduler.step_update(run.start_epoch * updates_per_epoch)
@@ -628,6 +753,7 @@ def train(run: Run) -> int:
             # model_best and the ranked checkpoints see every evaluation.
             if metric is not None or last or (epoch + 1) % args.checkpoint_interval == 0:
                 best = run.saver.save_checkpoint(epoch, metric=metric)
+                run.last_saved_epoch = epoch
             write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None)
             if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
                 plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
@@ -661,8 +787,35 @@ def _env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line; for one a DataLoader worker re-raised, the original message.
+
+    torch re-raises a worker's exception as the same type with "Caught X in DataLoader worker process N.
+    Original Traceback ..." as its message; the original message is its last line, after "module.X: ".
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else text
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", last)
+    return " ".join(text.split())
+
+
+def _current_epoch(run: Run) -> int:
+    return run.history[-1]["epoch"] + 1 if run.history else run.start_epoch
+
+
+def _kept(run: Run) -> str:
+    last = os.path.join(run.output_dir or "", "last.pth.tar")
+    if not (run.output_dir and os.path.exists(last)):
+        return "No checkpoint had been written yet."
+    epoch = f" (epoch {run.last_saved_epoch})" if run.last_saved_epoch is not None else ""
+    return f"The last good checkpoint is kept: {last}{epoch}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `deit-distill train`; returns 0 on success, 2 when the input is refused, 1 when training diverged."""
+    """Run `deit-distill train`; returns 0 on success, 2 when the input is refused (also when a file it reads
+    turns bad during training), 1 when training diverged."""
     try:
         args = parse_args(argv)
     except UsageError as e:
@@ -677,20 +830,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run = setup(args)
         except _refusal_types() as e:
-            if _env_rank() == 0:
+            if _env_rank() == 0 and not getattr(e, "reported", False):
                 print(f"deit-distill train: error: {e}", file=sys.stderr)
             return 2
         try:
             return train(run)
         except NonFiniteLoss as e:
-            last = os.path.join(run.output_dir or "", "last.pth.tar")
-            kept = (f"The last good checkpoint is kept: {last} (epoch {run.history[-1]['epoch']})."
-                    if run.output_dir and os.path.exists(last) else "No checkpoint had been written yet.")
             if run.primary:
                 _logger.error("Stopped: %s. Nothing was saved from this epoch. %s Lower --lr, add --clip-grad, "
-                              "or check the data, then --resume.", e, kept)
+                              "or check the data, then --resume.", e, _kept(run))
             return 1
+        except _refusal_types() as e:
+            # A file that turned bad mid-run (a cache chunk, an image): the same one line as a refusal.
+            # An image is read by one rank only, so that rank speaks; a cache chunk is read by all, rank 0 speaks.
+            from .data import DataError
+
+            if run.primary or isinstance(e, DataError):
+                rank = f" (rank {run.rank})" if run.distributed else ""
+                print(f"deit-distill train: error{rank}: stopped in epoch {_current_epoch(run)}: {_one_line(e)} "
+                      f"{_kept(run)} Fix the file, then --resume.", file=sys.stderr)
+            return 2
     finally:
+        if run is not None:
+            run.close()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

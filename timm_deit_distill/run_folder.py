@@ -1,0 +1,354 @@
+"""The trainer's run folder: one run per folder, claimed only once every check has passed, never overwritten.
+
+A run folder holds the files ``deit-distill train`` writes (:data:`RUN_FILES` and ``checkpoint-N.pth.tar``)
+and a lock file, ``.deit-distill.lock``, that the writing process holds locked (``fcntl.flock``) for as
+long as it trains. The lock is what proves, to a later process, that nobody is writing here any more:
+
+* a second trainer into a folder that a live process trains in is refused;
+* partial files a killed save left behind (the hidden temporaries of :func:`atomic.atomic_path` for
+  the trainer's own file names) are removed, and only while the lock is held, so no live writer can
+  own them.
+
+The kernel releases the lock when the process ends, however it ends (``SIGKILL`` included), so a lock
+file never has to be cleaned up. Where ``fcntl`` does not exist (Windows) or the filesystem has no
+locks, nothing is locked and no partial file is removed (with a warning for the latter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "RunFolderError", "RUN_FILES", "LOCK_NAME", "RunLock", "run_files", "checkpoint_epochs", "partial_files",
+    "locked_by", "create_unique", "clear_run_files", "format_size", "FolderPlan", "plan_run_folder",
+    "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT",
+]
+
+DEFAULT_OUTPUT = "./output/train"  # timm train.py's default --output
+
+_logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".deit-distill.lock"
+# Every name the trainer writes (timm's CheckpointSaver saves to tmp.pth.tar, then renames it to last).
+RUN_FILES = ("args.yaml", "summary.csv", "curves.png", "last.pth.tar", "model_best.pth.tar", "tmp.pth.tar")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pth\.tar$")
+_TRAINER_NAME = "|".join([*(re.escape(n) for n in RUN_FILES), r"checkpoint-\d+\.pth\.tar"])
+# atomic_path / atomic_link_or_copy: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") next to the target.
+_PARTIAL = re.compile(rf"^\.(?:{_TRAINER_NAME})\.[a-z0-9_]+\.tmp$")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked; the message names the folder and the ways out."""
+
+
+def run_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Names of the trainer's (complete) files in ``folder``, sorted; empty when it holds no run."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if n in RUN_FILES or _CHECKPOINT.match(n))
+
+
+def checkpoint_epochs(folder: str | os.PathLike[str]) -> list[int]:
+    """Epochs of the numbered checkpoints (``checkpoint-N.pth.tar``) in ``folder``, ascending."""
+    return sorted(int(m.group(1)) for n in run_files(folder) if (m := _CHECKPOINT.match(n)))
+
+
+def partial_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Temporaries of the trainer's file names that an interrupted write left in ``folder``."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [Path(folder) / n for n in sorted(names) if _PARTIAL.match(n)]
+
+
+def format_size(n: float) -> str:
+    """Bytes as a short human-readable size (1000-based, as ``ls -h --si``)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _holder(path: Path) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(path.read_text().strip())
+        return f" (pid {pid})"
+    return ""
+
+
+def locked_by(folder: str | os.PathLike[str]) -> str | None:
+    """Whether a live process holds ``folder``'s lock: ``None`` when not, else a description of it.
+
+    Reads only: a folder without a lock file is not locked, and none is created to find out.
+    """
+    path = Path(folder) / LOCK_NAME
+    if fcntl is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"another deit-distill train{_holder(path)}"
+    except OSError:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): nothing can be told
+        return None
+    finally:
+        os.close(fd)  # closing the descriptor also drops a lock taken just now
+    return None
+
+
+class RunLock:
+    """This process's exclusive lock on a run folder, held until :meth:`release` or the process ends."""
+
+    def __init__(self, folder: Path, fd: int | None) -> None:
+        self.folder = folder
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, folder: str | os.PathLike[str]) -> RunLock:
+        """Lock ``folder`` (which must exist) without waiting; :class:`RunFolderError` when a live process has it."""
+        folder = Path(folder)
+        if fcntl is None:  # pragma: no cover - Windows
+            return cls(folder, None)
+        path = folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderError(
+                f"{folder} is in use: another deit-distill train{_holder(path)} is training there now. "
+                "Wait for it to end (or stop it), then --resume its last.pth.tar; or pick another "
+                "--experiment.") from None
+        except OSError as e:  # a filesystem without locks: train unlocked, and remove no partial file
+            os.close(fd)
+            _logger.warning("Cannot lock %s (%s): a second trainer into it will not be refused, and partial "
+                            "files of a killed save are left in place.", folder, e.strerror or e)
+            return cls(folder, None)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(folder, fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def remove_partial_files(self) -> tuple[int, int]:
+        """Delete the partial files a killed save left here; returns (count, bytes).
+
+        Safe only because the lock is held: a live trainer holds it for as long as it writes, so
+        whatever temporaries of its file names are here belong to a process that is gone.
+        """
+        if not self.held:
+            return 0, 0
+        count = size = 0
+        for path in partial_files(self.folder):
+            with contextlib.suppress(FileNotFoundError):
+                size += path.stat().st_size
+                path.unlink()
+                count += 1
+        return count, size
+
+    def release(self) -> None:
+        """Let go of the lock (the lock file stays: it is never a sign of a run by itself)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # a Run dropped without close() must not keep its folder locked
+        self.release()
+
+
+def create_unique(root: str | os.PathLike[str], name: str) -> Path:
+    """Create and return a new, empty ``root/name``, or ``root/name-1``, ``-2``... when taken.
+
+    ``os.mkdir`` either creates the folder or fails, so two runs started in the same second never
+    share one (timm's ``get_outdir(inc=True)`` checks, then creates: two processes can both pass).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        path = root / (name if i == 0 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunFolderError(f"{root} has no free name for {name}-N; fix: pass another --output or --experiment.")
+
+
+def clear_run_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete the trainer's files (and partial files) from ``folder``, under its lock; returns the names removed.
+
+    For a caller that owns the folder and knows its run never saved a checkpoint (the demo's run
+    manager). Refused with :class:`RunFolderError` while a live trainer holds the folder.
+    """
+    folder = Path(folder)
+    lock = RunLock.acquire(folder)
+    try:
+        removed = [p.name for p in partial_files(folder)]
+        lock.remove_partial_files()
+        for name in run_files(folder):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+                removed.append(name)
+        return removed
+    finally:
+        lock.release()
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer's rules: which folder a run writes to, and when that folder is refused
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    """Where a run will write, decided before any work (the folder is created or taken only at the end)."""
+
+    root: str  # --output, or timm's default
+    path: str | None  # the run folder; None: a fresh dated folder, named once the input size is known
+    continuing: bool  # --resume continues the run in its own folder
+    resume: str | None = None
+    resume_epoch: int | None = None  # the epoch the checkpoint completed
+    start_epoch: int | None = None  # --start-epoch
+
+
+def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _latest_saved_epoch(folder: str, resume: str, resume_epoch: int) -> int | None:
+    """The latest epoch the run in ``folder`` has saved: its last.pth.tar's and its numbered checkpoints'."""
+    from .checkpoint import CheckpointError, checkpoint_epoch, load_training_checkpoint
+
+    epochs = checkpoint_epochs(folder)
+    last = os.path.join(folder, "last.pth.tar")
+    if os.path.isfile(last):
+        if _same_path(last, resume):
+            epochs.append(resume_epoch)
+        else:
+            with contextlib.suppress(CheckpointError):
+                epochs.append(checkpoint_epoch(load_training_checkpoint(last)))
+    return max(epochs, default=None)
+
+
+def check_run_folder(folder: str, plan: FolderPlan, *, locked_here: bool = False) -> None:
+    """Refuse ``folder`` when a live trainer holds it (unless ``locked_here``: this process does), when it
+    holds another run, or, continuing a run, when resuming there would overwrite epochs it has saved."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise RunFolderError(f"the run folder {folder} is a file; fix: pick another --experiment or --output.")
+    holder = None if locked_here else locked_by(folder)
+    if holder is not None:
+        raise RunFolderError(
+            f"{folder} is in use: {holder} is training there now. Wait for it to end (or stop it), then --resume "
+            f"{os.path.join(folder, 'last.pth.tar')}; or pick another --experiment.")
+    if plan.continuing:
+        assert plan.resume is not None and plan.resume_epoch is not None
+        start = plan.start_epoch if plan.start_epoch is not None else plan.resume_epoch + 1
+        latest = _latest_saved_epoch(folder, plan.resume, plan.resume_epoch)
+        if latest is not None and start <= latest:
+            what = (f"--start-epoch {start}" if plan.start_epoch is not None
+                    else f"--resume {plan.resume} (epoch {plan.resume_epoch})")
+            epochs = f"epoch {latest}" if start == latest else f"epochs {start}-{latest}"
+            parent = os.path.dirname(os.path.abspath(folder))
+            raise RunFolderError(
+                f"{what} would continue the run in {folder} at epoch {start}, but that run has saved up to epoch "
+                f"{latest}: its {epochs} (summary rows and checkpoints) would be overwritten. fix: continue in a "
+                f"NEW folder with --output {parent} --experiment NEW (the run in {folder} stays intact), or "
+                f"--resume {os.path.join(folder, 'last.pth.tar')} to continue it from its end.")
+        return
+    files = run_files(folder)
+    if not files:
+        return
+    shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+    checkpoints = [f for f in files if f.endswith(".pth.tar") and f != "tmp.pth.tar"]
+    if checkpoints:
+        latest_file = "last.pth.tar" if "last.pth.tar" in checkpoints else checkpoints[-1]
+        raise RunFolderError(
+            f"{folder} already holds a run ({shown}) and a run folder is never overwritten. To continue that run: "
+            f"--resume {os.path.join(folder, latest_file)}; for a new run: another --experiment (or none, for a "
+            "fresh dated folder).")
+    raise RunFolderError(
+        f"{folder} holds the files of a run that saved no checkpoint ({shown}), so there is nothing to resume. "
+        "fix: delete that folder to reuse its name, or pick another --experiment.")
+
+
+def _check_writable(path: str) -> None:
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise RunFolderError(f"cannot create the run folder {path}: {probe} is not a folder this user can write "
+                             "to; fix: pass another --output.")
+
+
+def plan_run_folder(*, output: str | None, experiment: str | None, resume: str | None = None,
+                    resume_epoch: int | None = None, start_epoch: int | None = None) -> FolderPlan:
+    """Decide and check where a run writes, before any work; :class:`RunFolderError` when it cannot.
+
+    ``resume`` without ``output``/``experiment`` continues the run in its own folder, as does an
+    ``experiment`` naming that folder; ``experiment`` is ``output/experiment`` and must hold no other
+    run; without it, a fresh dated folder is created by :func:`claim_run_folder`. Reads only.
+    """
+    root = output or DEFAULT_OUTPUT
+    resume_dir = os.path.dirname(os.path.abspath(resume)) if resume else None
+    if resume_dir is not None and not output and not experiment:
+        path, continuing = resume_dir, True
+    elif experiment:
+        path = os.path.join(root, experiment)
+        continuing = resume_dir is not None and _same_path(path, resume_dir)
+    else:
+        path, continuing = None, False
+    plan = FolderPlan(root=root, path=path, continuing=continuing, resume=resume, resume_epoch=resume_epoch,
+                      start_epoch=start_epoch)
+    _check_writable(path or root)
+    if path is not None:
+        check_run_folder(path, plan)
+    return plan
+
+
+def claim_run_folder(plan: FolderPlan, name: str) -> RunLock:
+    """Create (or take) the planned folder and lock it for this process: the run's first write.
+
+    ``name`` names a fresh folder (``plan.path`` None) under ``plan.root``. The folder is checked
+    again under the lock, which no other trainer can hold at the same time, so one taken since
+    :func:`plan_run_folder` looked is refused all the same.
+    """
+    try:
+        if plan.path is None:
+            folder = str(create_unique(plan.root, name))
+        else:
+            folder = plan.path
+            os.makedirs(folder, exist_ok=True)
+        lock = RunLock.acquire(folder)
+    except OSError as e:
+        raise RunFolderError(f"cannot create the run folder under {plan.root}: {e}; fix: pass another "
+                             "--output.") from None
+    try:
+        check_run_folder(folder, plan, locked_here=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
