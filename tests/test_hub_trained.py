@@ -35,6 +35,7 @@ def test_trained_student_published_and_loaded_by_plain_timm(tmp_path, monkeypatc
              "--num-classes", "10", "--epochs", "1", "-b", "50", "--workers", "0", "--model-ema",
              "--distill-type", "hard", "--distill-teacher", "resnet10t",
              "--distill-teacher-path", str(tmp_path / "teacher.safetensors"),
+                 "--no-teacher-check",  # a random-weight teacher: this test is about publishing
              "--output", str(tmp_path / "runs"), "--experiment", "e2e"]
     proc = subprocess.run(train, capture_output=True, text=True, timeout=600,
                           env=client_subprocess_env(tmp_path / "home", offline=True))

@@ -24,6 +24,7 @@ def _argv(data, teacher, out, name):
             "--lr", "1e-3", "--warmup-epochs", "1", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25",
             "--mixup", "0.8", "--cutmix", "1.0", "--aug-repeats", "3", "--drop-path", "0.1", "--model-ema",
             "--model-ema-decay", "0.9", "--distill-teacher", "resnet10t", "--distill-teacher-path", str(teacher),
+            "--no-teacher-check",
             "--distill-type", "soft", "--seed", "7", "--log-interval", "100", "--output", str(out),
             "--experiment", name]
 

@@ -101,9 +101,9 @@ UNSUPPORTED_TIMM_FLAGS: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
     (("--kd-teacher-feature-dim",), dict(type=_I, default=None), "feature distillation is not DeiT's; use --distill-type soft|hard"),
 ]
 
-# Keys a YAML config may hold without being flags: timm's args.yaml records its own -c path, and the
-# trainer's records the settings each --resume changed.
-_CONFIG_BOOKKEEPING = {"config", "resumed"}
+# Keys a YAML config may hold without being flags: timm's args.yaml records its own -c path; the trainer's
+# records the settings each --resume changed and the teacher check it measured (records of a run, not settings).
+_CONFIG_BOOKKEEPING = {"config", "resumed", "teacher_check"}
 # Aliases, their canonical setting, and the spelling family they belong to.
 _DEIT_ALIASES = {"teacher_model": "distill_teacher", "teacher_path": "distill_teacher_path",
                  "distillation_type": "distill_type", "distillation_alpha": "distill_alpha",

@@ -321,6 +321,7 @@ def build_cache(
     epochs: int,
     store: str | CacheStore,
     teacher_description: dict[str, Any] | None = None,
+    teacher_check: dict[str, Any] | None = None,
     rank: int = 0,
     world_size: int = 1,
     barrier: Callable[[], None] | None = None,
@@ -332,7 +333,9 @@ def build_cache(
     cache in ``out`` built for other settings is refused (:class:`CacheMismatch`). With several
     processes, process ``rank`` computes the epochs ``e`` with ``e % world_size == rank``;
     ``barrier`` (e.g. ``torch.distributed.barrier``) is called once rank 0 has removed temporary files
-    a killed build left, and again before rank 0 writes the final manifest. Returns the manifest.
+    a killed build left, and again before rank 0 writes the final manifest. ``teacher_check`` (the
+    teacher's ``TeacherCheck.as_dict()`` measured before building) is recorded in the manifest, outside the
+    fingerprint, so training from the cache can report it. Returns the manifest.
     """
     store = store if isinstance(store, CacheStore) else CacheStore.parse(store)
     if epochs < 1:
@@ -360,6 +363,7 @@ def build_cache(
     total_epochs = max(epochs, previous["epochs"] if previous else 0)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "fingerprint": fingerprint, "fingerprint_sha256": fid,
                 "store": store.spec, "num_classes": num_classes, "teacher": teacher_description,
+                "teacher_check": teacher_check,
                 "rows_per_epoch": rows, "epochs": total_epochs, "bytes_per_view": store.bytes_per_view(num_classes),
                 "chunks": [], "complete": False}
     if rank == 0:
@@ -594,6 +598,7 @@ class TeacherTargetCache:
 
     def _teacher_problems(self, args: argparse.Namespace) -> list[str]:
         problems = self._teacher_file_problems(getattr(args, "distill_teacher_path", None))
+        problems += self._teacher_setting_problems(args)
         name = getattr(args, "distill_teacher", None)
         desc = self.teacher_description or {}
         if not name or not desc:
@@ -606,6 +611,24 @@ class TeacherTargetCache:
             return problems
         return [*problems, f"teacher: cache {desc.get('name')!r}, now {name!r} (fix: drop --distill-teacher when "
                 "training from a cache, or build a cache with this teacher)"]
+
+    def _teacher_setting_problems(self, args: argparse.Namespace) -> list[str]:
+        """Teacher settings given with a cache change nothing (no teacher runs): accepted only when they are the
+        cache's, so a run never believes its teacher ran at a size or precision it did not."""
+        desc = self.teacher_description or {}
+        problems = []
+        size = tuple(int(v) for v in getattr(args, "teacher_input_size", None) or ())
+        wanted_hw = size * 2 if len(size) == 1 else size[-2:]  # N, (H, W) or (C, H, W)
+        cached_size = desc.get("input_size")
+        if wanted_hw and cached_size and wanted_hw != tuple(int(v) for v in cached_size[-2:]):
+            problems.append(f"teacher input size: cache {'x'.join(map(str, cached_size[-2:]))}, now "
+                            f"--teacher-input-size {' '.join(map(str, size))} (fix: drop --teacher-input-size when "
+                            "training from a cache, or build a cache at that size)")
+        precision = getattr(args, "teacher_precision", "auto")
+        if precision not in (None, "auto") and desc.get("precision") and precision != desc["precision"]:
+            problems.append(f"teacher precision: cache {desc['precision']}, now --teacher-precision {precision} "
+                            "(fix: drop --teacher-precision when training from a cache, or build a cache with it)")
+        return problems
 
     def _teacher_file_problems(self, path: str | None) -> list[str]:
         """A teacher checkpoint given with a cache is accepted only when it is the file the cache was built from."""

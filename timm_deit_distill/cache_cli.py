@@ -23,7 +23,7 @@ import torch
 
 from .cache import CacheError, CacheStore, TeacherTargetCache, build_cache
 
-__all__ = ["main", "resolve_data_config", "format_bytes", "check_teacher"]
+__all__ = ["main", "resolve_data_config", "format_bytes"]
 
 _logger = logging.getLogger("timm_deit_distill.cache")
 
@@ -48,18 +48,6 @@ def resolve_data_config(args: argparse.Namespace, num_classes: int | None = None
     with torch.device("meta"):
         model = timm.create_model(args.model, pretrained=False, **kwargs)
     return dict(timm_resolve(vars(args), model=model))
-
-
-def check_teacher(teacher: Any, args: argparse.Namespace, val_ds: Any, data_config: dict[str, Any]) -> Any:
-    """``teacher.check`` on a seeded subset of the validation split, with the training command's flags
-    (``--teacher-check-images``, ``--teacher-min-top1``); raises TeacherError below the threshold."""
-    from .data import build_check_loader
-
-    loader = build_check_loader(val_ds, data_config, max_images=args.teacher_check_images,
-                                batch_size=args.validation_batch_size or args.batch_size, workers=args.workers,
-                                seed=args.seed)
-    min_top1 = "auto" if args.teacher_min_top1 is None else args.teacher_min_top1
-    return teacher.check(loader, max_images=args.teacher_check_images, min_top1=min_top1)
 
 
 def format_bytes(n: float) -> str:
@@ -131,15 +119,16 @@ def _build(argv: list[str]) -> int:
 
     # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
     from .preflight import check_model_name
-    from .train import create_teacher
+    from .train import check_teacher, create_teacher
 
     if args.distill_teacher:
         check_model_name(args.distill_teacher, "--distill-teacher")
     teacher = create_teacher(args, num_classes, data_config, device, label_names=labels)
+    check = None
     if not args.no_teacher_check:
         # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
         # Every process checks the same seeded images, so all of them refuse or none does.
-        check_teacher(teacher, args, val_ds, data_config)
+        check = check_teacher(teacher, args, val_ds, data_config).as_dict()
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
         return teacher(x.to(device, non_blocking=True))
@@ -148,8 +137,8 @@ def _build(argv: list[str]) -> int:
         _logger.info("caching %d epochs of %d images, store %s, teacher %s, into %s", args.epochs, len(train_ds),
                      store.spec, args.distill_teacher or args.distill_teacher_path, own.out)
     manifest = build_cache(args, train_ds, data_config, run_teacher, own.out, epochs=args.epochs, store=store,
-                           teacher_description=teacher.description, rank=rank, world_size=world_size,
-                           barrier=barrier)
+                           teacher_description=teacher.description, teacher_check=check, rank=rank,
+                           world_size=world_size, barrier=barrier)
     if rank == 0:
         print(_summary(own.out, manifest))
     if world_size > 1:

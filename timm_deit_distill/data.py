@@ -757,5 +757,6 @@ def build_check_loader(
     count = min(n, int(max_images))
     indices = np.sort(np.random.default_rng(int(seed)).choice(n, size=count, replace=False)).tolist()
     subset = torch.utils.data.Subset(_EvalDataset(dataset, build_eval_transform(data_config)), indices)
+    # Its own generator: checking the teacher must not move the global generator the student's training draws on.
     return torch.utils.data.DataLoader(subset, batch_size=int(batch_size), shuffle=False,
-                                       num_workers=int(workers), drop_last=False)
+                                       num_workers=int(workers), drop_last=False, generator=torch.Generator())

@@ -235,6 +235,18 @@ def create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict
         channels_last=args.channels_last or None, device=device)
 
 
+def check_teacher(teacher: Any, args: argparse.Namespace, val_ds: Any, data_config: dict[str, Any]) -> Any:
+    """``teacher.check`` on a seeded subset of the validation split, with the training command's flags
+    (``--teacher-check-images``, ``--teacher-min-top1``); raises TeacherError below the threshold."""
+    from .data import build_check_loader
+
+    loader = build_check_loader(val_ds, data_config, max_images=args.teacher_check_images,
+                                batch_size=args.validation_batch_size or args.batch_size, workers=args.workers,
+                                seed=args.seed)
+    min_top1 = "auto" if args.teacher_min_top1 is None else args.teacher_min_top1
+    return teacher.check(loader, max_images=args.teacher_check_images, min_top1=min_top1)
+
+
 def _base_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
@@ -395,7 +407,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
 
         cache = TeacherTargetCache.open(args.distill_cache)  # checked against the run once epochs are known
     elif args.distill_teacher or args.distill_teacher_path:
-        teacher = create_teacher(args, num_classes, data_config, device)
+        teacher = create_teacher(args, num_classes, data_config, device, label_names=labels)
 
     student.to(device)
     if args.channels_last:
@@ -483,6 +495,14 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
         entry = {"epoch": start_epoch, "checkpoint": os.path.abspath(args.resume), "changed": comparison.changed}
         metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
 
+    # --- The teacher is measured through the loss's own path before it teaches (refused near chance).
+    if teacher is not None and not args.no_teacher_check:
+        metadata["distill"]["teacher_check"] = check_teacher(teacher, args, eval_ds, data_config).as_dict()
+    elif teacher is not None:
+        metadata["distill"]["teacher_check"] = None  # skipped with --no-teacher-check: the card says so
+    elif cache is not None and cache.manifest.get("teacher_check"):
+        metadata["distill"]["teacher_check"] = cache.manifest["teacher_check"]  # measured when it was built
+
     # --- Claim the run folder (create or take it, lock it) and write: the first writes of the run.
     lock_box: list[Any] = []
 
@@ -507,6 +527,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
         record = dict(user_config)
         if metadata["resumed"]:
             record["resumed"] = metadata["resumed"]
+        if "teacher_check" in metadata["distill"]:
+            record["teacher_check"] = metadata["distill"]["teacher_check"]
         write_args_yaml(os.path.join(output_dir, "args.yaml"), record)
 
         params = sum(p.numel() for p in student.parameters()) / 1e6
