@@ -19,14 +19,23 @@ from pathlib import Path
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
-    sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
-    push = sub.add_parser(
-        "push", help="push a trained student to the Hugging Face Hub (or write the folder with --to-dir)",
-        description="Publish the student of CHECKPOINT: model.safetensors (student only), a config.json "
-                    "plain timm loads, and a model card built from the checkpoint and the run's summary.csv.")
+
+_PUSH_HELP = "push a trained student to the Hugging Face Hub (or write the folder with --to-dir)"
+_PUSH_DESCRIPTION = ("Publish the student of CHECKPOINT: model.safetensors (student only), a config.json plain timm "
+                     "loads, and a model card built from the checkpoint and the run's summary.csv. The token comes "
+                     "from HF_TOKEN or `hf auth login`, never from the command line.")
+_PULL_HELP = "download a student at one commit, every file checked against the Hub's checksums"
+_PULL_DESCRIPTION = ("Resolve the revision to a commit, download every file at it into the HF cache and check each "
+                     "against the sha256 / git sha1 the Hub lists. With HF_HUB_OFFLINE=1 the cache is used.")
+
+
+def _add_push_arguments(push: argparse.ArgumentParser) -> None:
     push.add_argument("checkpoint", metavar="CHECKPOINT",
                       help="a checkpoint the trainer wrote (e.g. model_best.pth.tar), or a bare state dict "
                            "(.pth / .safetensors; then give --model)")
@@ -42,20 +51,38 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", metavar="TEXT")
     bare = push.add_argument_group("for a bare state dict (a trainer checkpoint records these itself)")
     bare.add_argument("--model", metavar="NAME", help="architecture, e.g. deit_tiny_distilled_patch4_32")
-    bare.add_argument("--num-classes", type=int, metavar="N")
-    bare.add_argument("--img-size", type=int, metavar="N")
+    bare.add_argument("--num-classes", type=_positive_int, metavar="N")
+    bare.add_argument("--img-size", type=_positive_int, metavar="N")
     card = push.add_argument_group("model card")
     card.add_argument("--license", default="apache-2.0", help="license in the card's front matter (default apache-2.0)")
     card.add_argument("--dataset", action="append", default=[], metavar="HUB_DATASET_ID",
                       help="dataset id for the card's front matter (repeatable)")
 
-    pull = sub.add_parser(
-        "pull", help="download a student at one commit, every file checked against the Hub's checksums",
-        description="Resolve the revision to a commit, download every file at it into the HF cache and check "
-                    "each against the sha256 / git sha1 the Hub lists. With HF_HUB_OFFLINE=1 the cache is used.")
+
+def _add_pull_arguments(pull: argparse.ArgumentParser) -> None:
     pull.add_argument("repo", metavar="ORG/NAME[@REV]")
     pull.add_argument("--out", metavar="DIR", help="also copy the verified files into DIR")
     pull.add_argument("--cache-dir", metavar="DIR", help="HF cache to use (default: HF_HUB_CACHE)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `deit-distill push` or `deit-distill pull` (``command``), or of both as subcommands (None).
+
+    Each subcommand has a parser of its own so that its usage line and errors name it
+    (``usage: deit-distill push [-h] ...``), whatever flag is wrong.
+    """
+    if command == "push":
+        parser = argparse.ArgumentParser(prog="deit-distill push", description=_PUSH_DESCRIPTION)
+        _add_push_arguments(parser)
+        return parser
+    if command == "pull":
+        parser = argparse.ArgumentParser(prog="deit-distill pull", description=_PULL_DESCRIPTION)
+        _add_pull_arguments(parser)
+        return parser
+    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
+    sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
+    _add_push_arguments(sub.add_parser("push", help=_PUSH_HELP, description=_PUSH_DESCRIPTION))
+    _add_pull_arguments(sub.add_parser("pull", help=_PULL_HELP, description=_PULL_DESCRIPTION))
     return parser
 
 
@@ -105,7 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .hub import HubAuthError, HubExportError, HubIntegrityError
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("push", "pull"):
+        args = build_parser(argv[0]).parse_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = build_parser().parse_args(argv)  # prints the usage of both and exits 2
     try:
         return _push(args) if args.command == "push" else _pull(args)
     except (HubAuthError, HubExportError, HubIntegrityError, LocalEntryNotFoundError, FileNotFoundError,
