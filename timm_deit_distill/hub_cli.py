@@ -5,13 +5,19 @@
     deit-distill pull ORG/NAME[@REV] [--out DIR]
 
 The token comes from HF_TOKEN or the stored login (`hf auth login`), never from the command line, where
-it would land in shell history; it is never printed. Errors print one line naming the fix and exit 1.
+it would land in shell history; it is never printed.
+
+Exit codes, as the other subcommands: 2 when the command is refused for something the user can fix (a bad
+flag or repo id, no token, a rejected token, a repo or revision that does not exist, an endpoint that cannot
+be reached, offline without the files cached), with one line naming the problem and the fix; 1 when the Hub
+itself failed (a server error, rate limiting, or files whose bytes do not match the Hub's own checksums).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,11 +93,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub, save_pretrained
+    from .hub import _check_folder_target, push_to_hub, save_pretrained
 
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:
+        _check_folder_target(Path(args.to_dir), "--to-dir")
         folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, **options)
         facts = json.loads((folder / "config.json").read_text())
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} "
@@ -119,18 +126,42 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _redact(text: str) -> str:
-    """Belt and braces: no message this command prints may contain the token in use."""
+    """Belt and braces: no message this command prints may contain the token in use, or a URL's password."""
     from huggingface_hub import get_token
 
     token = get_token()
-    return text.replace(token, "***") if token else text
+    text = text.replace(token, "***") if token else text
+    return re.sub(r"(\w+://)[^/\s@]+@", r"\1***@", text)
+
+
+def _exit_code(e: BaseException) -> int:
+    """1 when the Hub failed (5xx, rate limited, bytes that do not match its own records), else 2 (refused)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import HubIntegrityError
+
+    if isinstance(e, HubIntegrityError):
+        return 1
+    if isinstance(e, HfHubHTTPError) and e.response is not None and (
+            e.response.status_code >= 500 or e.response.status_code == 429):
+        return 1
+    return 2
+
+
+def _hint(e: BaseException, command: str) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code == 401:
+        return (" (check the token: `hf auth whoami`; pushing needs a token with write access)" if command == "push"
+                else " (a private repo needs a token: `hf auth login` or HF_TOKEN)")
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `push` or `pull`; ``argv`` starts with the subcommand name. Returns the exit code."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from .hub import HubAuthError, HubExportError, HubIntegrityError
+    from .hub import HubAuthError, HubConnectionError, HubExportError, HubIntegrityError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("push", "pull"):
@@ -140,15 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # prints the usage of both and exits 2
     try:
         return _push(args) if args.command == "push" else _pull(args)
-    except (HubAuthError, HubExportError, HubIntegrityError, LocalEntryNotFoundError, FileNotFoundError,
-            HfHubHTTPError, ValueError) as e:
-        hint = ""
-        if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code == 401:
-            hint = (" (check the token: `hf auth whoami`; pushing needs a token with write access)"
-                    if args.command == "push" else
-                    " (a private repo needs a token: `hf auth login` or HF_TOKEN)")
-        print(_redact(f"deit-distill {args.command}: error: {e}{hint}"), file=sys.stderr)
-        return 1
+    except (HubAuthError, HubExportError, HubIntegrityError, HubConnectionError, LocalEntryNotFoundError,
+            FileNotFoundError, NotADirectoryError, HfHubHTTPError, ValueError) as e:
+        # huggingface_hub's HTTP errors span several lines (status, URL, advice): one line here. The
+        # integrity report keeps its list of files, one per line.
+        text = str(e) if isinstance(e, HubIntegrityError) else " ".join(str(e).split())
+        print(_redact(f"deit-distill {args.command}: error: {text}{_hint(e, args.command)}"), file=sys.stderr)
+        return _exit_code(e)
 
 
 if __name__ == "__main__":
