@@ -67,6 +67,18 @@ def test_predict_and_json_on_one_file_is_refused(tmp_path, capsys, no_work):
     assert "is also where the JSON results go" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--json", "--predict"])
+def test_an_output_on_the_checkpoint_or_teacher_is_refused(flag, run, tmp_path, capsys, no_work):
+    teacher = tmp_path / "teacher.pth"
+    teacher.write_bytes(b"teacher weights")
+    before = run["ckpt"].read_bytes()
+    for target, name in ((run["ckpt"], "--checkpoint"), (teacher, "--distill-teacher-path")):
+        assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]),
+                              "--distill-teacher-path", str(teacher), flag, str(target)]) == 2
+        assert f"{flag} {target} is the {name} file; writing there would destroy it" in capsys.readouterr().err
+    assert run["ckpt"].read_bytes() == before and teacher.read_bytes() == b"teacher weights"
+
+
 def test_default_results_file_that_is_a_folder_is_refused(run, capsys, monkeypatch):
     default = run["ckpt"].parent / "eval-last-validation.json"
     default.mkdir()

@@ -335,6 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = [p for flag, path in outputs if path and (p := _output_problem(flag, path))]
     if args.predict and os.path.abspath(args.predict) == os.path.abspath(out):
         problems.append(f"--predict {args.predict} is also where the JSON results go; give them different files.")
+    for flag, path in outputs[:2]:  # an output written over an input would destroy it
+        for name, source in (("--checkpoint", args.checkpoint), ("--distill-teacher-path", args.distill_teacher_path)):
+            if path and source and os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
+                problems.append(f"{flag} {path} is the {name} file; writing there would destroy it. Give another "
+                                "file name.")
     if problems:
         print(f"deit-distill eval: error: {problems[0]}", file=sys.stderr)
         return 2
