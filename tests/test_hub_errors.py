@@ -152,7 +152,7 @@ def test_empty_revision_is_refused_before_any_request(ref, hub, tmp_path, monkey
     assert hub_cli.main(["pull", ref]) == 2
     assert "names an empty revision; write ORG/NAME@REV" in capsys.readouterr().err
     assert hub.calls[start:] == []
-    with pytest.raises(ValueError, match="empty revision"):
+    with pytest.raises(ValueError, match="revision is empty"):
         parse_repo_ref("acme/tiny", revision="")
 
 

@@ -119,8 +119,9 @@ def _check_endpoint(endpoint: str | None) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"{name} is not an http:// or https:// URL with a host: write it as "
-                         "https://HOST[:PORT], or unset HF_ENDPOINT to use https://huggingface.co")
+        fix = "pass an http(s):// URL" if endpoint else "unset HF_ENDPOINT to use https://huggingface.co"
+        raise ValueError(f"{name} is not an http:// or https:// URL with a host: write it as https://HOST[:PORT], "
+                         f"or {fix}")
 
 
 @contextlib.contextmanager
@@ -184,7 +185,8 @@ def push_to_hub(
 
     The repo is created if needed (``private`` applies only then); ``revision`` names a branch, created from
     the default branch if missing. The README is always the generated card. ``endpoint`` defaults to
-    ``HF_ENDPOINT``. Everything is checked before the first request: the token, the repo id, the weights.
+    ``HF_ENDPOINT``. Everything is checked before the first request: the repo id, the revision, offline mode,
+    the endpoint URL, the token, the weights. A Hub that cannot be reached raises ``HubConnectionError``.
     """
     from huggingface_hub import HfApi, constants
 
@@ -221,9 +223,11 @@ def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | N
     """Split ``ORG/NAME@REV`` (also accepted with an ``hf-hub:`` prefix); an explicit ``revision`` must agree."""
     repo = repo.removeprefix("hf-hub:")
     repo_id, at, ref = repo.partition("@")
-    if (at and not ref.strip()) or (revision is not None and not revision.strip()):
+    if at and not ref.strip():
         raise ValueError(f"{repo!r} names an empty revision; write ORG/NAME@REV (a branch, tag or commit sha), "
                          "or ORG/NAME for main")
+    if revision is not None and not revision.strip():
+        raise ValueError("revision is empty; name a branch, tag or commit sha, or leave it out (None) for main")
     if ref and revision is not None and ref != revision:
         raise ValueError(f"{repo!r} names revision {ref!r} but revision={revision!r} was also given")
     _check_repo_id(repo_id)
@@ -387,6 +391,9 @@ def pull(
     ``HubIntegrityError`` and removes the file from the cache. With ``HF_HUB_OFFLINE=1`` the HF cache is
     served, each file checked against its checksum-named blob; a missing file raises huggingface_hub's
     ``LocalEntryNotFoundError`` naming it. ``out_dir`` receives plain copies of the verified files.
+    A Hub that cannot be reached raises ``HubConnectionError`` (the revision lookup times out after
+    ``HF_HUB_ETAG_TIMEOUT`` seconds); a file in the way of ``out_dir``/``cache_dir`` raises
+    ``NotADirectoryError`` before the first request.
     """
     from huggingface_hub import constants
 
