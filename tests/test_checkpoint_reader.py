@@ -185,6 +185,7 @@ def _commands(kind_path: Path, trained_teacher, tmp_path: Path) -> dict[str, tup
     data, good = str(trained_teacher["data"]), str(trained_teacher["checkpoint"])
     bad = str(kind_path)
     out = tmp_path / "out"
+    results = tmp_path / "eval.json"  # in a folder that exists: only the damaged input can be refused
     common = ["--data-dir", data, *STUDENT, "--output", str(out), "--experiment", "run", "--workers", "0"]
     return {
         "train --distill-teacher-path": (train.main, [*common, "--distill-teacher", "resnet10t",
@@ -193,10 +194,10 @@ def _commands(kind_path: Path, trained_teacher, tmp_path: Path) -> dict[str, tup
         "train --initial-checkpoint": (train.main, [*common, "--initial-checkpoint", bad], out),
         "train --pretrained-path": (train.main, [*common, "--pretrained", "--pretrained-path", bad], out),
         "eval --checkpoint": (evaluate.main, ["--checkpoint", bad, "--data-dir", data, "--workers", "0",
-                                              "--json", str(out / "eval.json")], out),
+                                              "--json", str(results)], results),
         "eval --distill-teacher-path": (evaluate.main, ["--checkpoint", good, "--data-dir", data, "--workers", "0",
                                                         "--distill-teacher", "resnet10t", "--distill-teacher-path",
-                                                        bad, "--json", str(out / "eval.json")], out),
+                                                        bad, "--json", str(results)], results),
         "push": (hub_cli.main, ["push", bad, "--to-dir", str(out), "--model", "resnet10t"], out),
     }
 

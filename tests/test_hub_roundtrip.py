@@ -121,7 +121,7 @@ def test_push_without_a_token_fails_before_any_request_and_says_how_to_log_in(ru
     start = len(hub.calls)
     with pytest.raises(HubAuthError, match=r"hf auth login.*HF_TOKEN"):
         push_to_hub(run.checkpoint, "acme/none", use_ema=True, endpoint=hub.url)
-    assert hub_cli.main(["push", str(run.checkpoint), "--repo-id", "acme/none", "--use-ema"]) == 1
+    assert hub_cli.main(["push", str(run.checkpoint), "--repo-id", "acme/none", "--use-ema"]) == 2
     err = capsys.readouterr().err
     assert "deit-distill push: error: No Hugging Face token found" in err and "hf auth login" in err
     assert hub.calls[start:] == []
@@ -133,7 +133,7 @@ def test_a_rejected_token_is_reported_and_never_printed(run, hub, tmp_path, monk
     monkeypatch.setenv("HF_TOKEN", secret)
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)  # what HF_ENDPOINT sets at import
     caplog.set_level("DEBUG")
-    assert hub_cli.main(["push", str(run.checkpoint), "--repo-id", "acme/denied", "--no-ema"]) == 1
+    assert hub_cli.main(["push", str(run.checkpoint), "--repo-id", "acme/denied", "--no-ema"]) == 2
     captured = capsys.readouterr()
     assert "401" in captured.err and "hf auth whoami" in captured.err
     assert secret not in captured.out + captured.err + caplog.text
@@ -169,5 +169,5 @@ def test_cli_to_dir_writes_the_folder_without_uploading(run, hub, tmp_path, caps
     assert "raw weights of deit_tiny_distilled_patch4_32" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert hub.calls[start:] == []
-    assert hub_cli.main(["push", str(run.checkpoint), "--no-ema"]) == 1
+    assert hub_cli.main(["push", str(run.checkpoint), "--no-ema"]) == 2
     assert "--repo-id ORG/NAME is required" in capsys.readouterr().err

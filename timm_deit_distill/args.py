@@ -668,14 +668,29 @@ def _validate(args: argparse.Namespace) -> None:
 
     flags = getattr(args, "distill_flags", {})
     alpha_flag, tau_flag = flags.get("distill_alpha", "--distill-alpha"), flags.get("distill_tau", "--distill-tau")
+    # argparse's float() accepts "nan" and "inf", which slip through every range check written as a
+    # comparison (nan compares False both ways) and fail, if at all, deep inside training.
     if alpha_flag == "--task-loss-weight":
+        need(math.isfinite(args.distill_alpha), f"--task-loss-weight {1 - args.distill_alpha:g} must be a finite "
+             "number in [0, 1]: it is 1 - the distillation weight (DeiT's alpha 0.5 is a weight of 0.5).")
         need(0.0 <= args.distill_alpha <= 1.0, f"--task-loss-weight {1 - args.distill_alpha:g} is outside [0, 1]: "
              "it is 1 - the distillation weight (DeiT's alpha 0.5 is a weight of 0.5).")
+    need(math.isfinite(args.distill_alpha),
+         f"{alpha_flag} {args.distill_alpha} must be a finite number in [0, 1]: it is the weight of the "
+         "distillation term (DeiT uses 0.5).")
     need(0.0 <= args.distill_alpha <= 1.0,
          f"{alpha_flag} {args.distill_alpha} is outside [0, 1]: it is the weight of the distillation term "
          "(DeiT uses 0.5).")
-    need(math.isfinite(args.distill_tau) and args.distill_tau > 0,
-         f"{tau_flag} {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
+    need(math.isfinite(args.distill_tau),
+         f"{tau_flag} {args.distill_tau} must be a finite number > 0: it divides the logits (DeiT uses 1.0).")
+    need(args.distill_tau > 0, f"{tau_flag} {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
+    parser = build_parser()
+    for dest, action in _dests(parser).items():
+        value = getattr(args, dest, None)
+        if action.type is float and value is not None and dest not in ("distill_alpha", "distill_tau"):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            need(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values),
+                 f"{_flag_name(parser, dest)} {' '.join(map(str, values))} must be a finite number (not nan or inf).")
     if args.distill_type in ("soft", "hard"):
         need(bool(args.distill_teacher or args.distill_teacher_path or args.distill_cache),
              f"{flags.get('distill_type', '--distill-type')} {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "
@@ -715,6 +730,62 @@ def _validate(args: argparse.Namespace) -> None:
     need(args.mean is None or len(args.mean) in (1, 3), "--mean takes 1 or 3 numbers.")
     need(args.std is None or (len(args.std) in (1, 3) and all(s > 0 for s in args.std)),
          "--std takes 1 or 3 positive numbers.")
+
+    # Sizes: zero or negative ones pass model creation for some architectures and fail in the first epoch.
+    need(args.img_size is None or args.img_size >= 1,
+         f"--img-size {args.img_size} must be >= 1 (pixels, e.g. 224; leave it unset for the model's own size).")
+    need(args.input_size is None or all(v >= 1 for v in args.input_size),
+         f"--input-size {' '.join(map(str, args.input_size or []))}: C H W must each be >= 1 (e.g. 3 224 224).")
+    need(args.in_chans is None or args.in_chans >= 1, f"--in-chans {args.in_chans} must be >= 1 (3 for RGB).")
+    need(args.num_classes is None or args.num_classes >= 1,
+         f"--num-classes {args.num_classes} must be >= 1 (or leave it unset to use the dataset's).")
+    need(args.crop_pct is None or 0.0 < args.crop_pct <= 1.0,
+         f"--crop-pct {args.crop_pct} must be in (0, 1]: the fraction of the resized image the validation crop "
+         "keeps (DeiT uses 0.875).")
+    interpolations = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
+    for name in ("interpolation", "train_interpolation"):
+        value = getattr(args, name)
+        allowed = ("", "random") if name == "train_interpolation" else ("",)
+        need(value in allowed or value in interpolations,
+             f"--{name.replace('_', '-')} {value!r}: use one of {', '.join((*allowed[1:], *interpolations))}.")
+
+    # Augmentation: each of these raised (math domain error, assertion, torchvision ValueError) or silently did
+    # nothing once training had started.
+    scale, ratio = args.scale, args.ratio
+    need(0.0 < scale[0] <= scale[1], f"--scale {scale[0]:g} {scale[1]:g}: give min max with 0 < min <= max "
+         "(fractions of the image area; DeiT uses 0.08 1).")
+    need(0.0 < ratio[0] <= ratio[1], f"--ratio {ratio[0]:g} {ratio[1]:g}: give min max with 0 < min <= max "
+         "(aspect ratios; timm uses 0.75 1.3333).")
+    need(args.color_jitter >= 0, f"--color-jitter {args.color_jitter} must be >= 0 (0 turns it off).")
+    for name in ("color_jitter_prob", "grayscale_prob", "gaussian_blur_prob"):
+        value = getattr(args, name)
+        need(value is None or 0.0 <= value <= 1.0,
+             f"--{name.replace('_', '-')} {value} is a probability; use a value in [0, 1].")
+    need(args.recount >= 1, f"--recount {args.recount} must be >= 1: random erasing erases 1 to N regions.")
+    mm = args.cutmix_minmax
+    need(mm is None or (len(mm) == 2 and 0.0 < mm[0] < mm[1] <= 1.0),
+         f"--cutmix-minmax {' '.join(f'{v:g}' for v in mm or [])}: give min max with 0 < min < max <= 1 "
+         "(box size as a fraction of the image), or leave it unset.")
+    need(args.mixup_off_epoch >= 0, f"--mixup-off-epoch {args.mixup_off_epoch} must be >= 0 (0: never).")
+
+    # Optimizer and schedule.
+    need(args.lr_base > 0, f"--lr-base {args.lr_base} must be > 0.")
+    need(args.lr_base_size >= 1, f"--lr-base-size {args.lr_base_size} must be >= 1 (the batch size --lr-base is for).")
+    need(args.weight_decay >= 0, f"--weight-decay {args.weight_decay} must be >= 0.")
+    need(args.clip_grad is None or args.clip_grad > 0,
+         f"--clip-grad {args.clip_grad} must be > 0 (or leave it unset for no clipping).")
+    need(args.layer_decay is None or args.layer_decay > 0,
+         f"--layer-decay {args.layer_decay} must be > 0 (0 would freeze every layer but the head).")
+    need(args.warmup_lr >= 0, f"--warmup-lr {args.warmup_lr} must be >= 0.")
+    need(args.min_lr >= 0, f"--min-lr {args.min_lr} must be >= 0.")
+    need(args.warmup_epochs >= 0, f"--warmup-epochs {args.warmup_epochs} must be >= 0.")
+    need(args.cooldown_epochs >= 0, f"--cooldown-epochs {args.cooldown_epochs} must be >= 0.")
+    need(args.decay_epochs > 0, f"--decay-epochs {args.decay_epochs} must be > 0.")
+    need(args.lr_cycle_mul > 0, f"--lr-cycle-mul {args.lr_cycle_mul} must be > 0.")
+    need(args.lr_cycle_limit >= 1, f"--lr-cycle-limit {args.lr_cycle_limit} must be >= 1.")
+    need(args.start_epoch is None or args.start_epoch >= 0, f"--start-epoch {args.start_epoch} must be >= 0.")
+    need(0 <= args.seed < 2**31, f"--seed {args.seed} must be in [0, 2**31): it seeds numpy (32-bit seeds) "
+         "after the process rank is added.")
 
 
 def resolve_lr(args: argparse.Namespace, world_size: int) -> tuple[float, str]:

@@ -7,7 +7,6 @@ POSIX and Windows within one filesystem).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -16,8 +15,20 @@ from pathlib import Path
 __all__ = ["atomic_path", "atomic_write_text", "atomic_link_or_copy", "sha256_file"]
 
 
-@functools.cache
 def _umask() -> int:
+    """The process's current umask, read without changing it where the OS allows.
+
+    Read at every call, not cached: a process (or a test) may change its umask after the first write.
+    ``os.umask`` can only read the mask by setting it, which for a moment would give files another thread
+    creates mode 0o666; Linux reports the mask in /proc/self/status, so that window is avoided there.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -29,9 +40,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints and shared caches from others
     try:
         yield tmp
+        # The mode a plain open() would give, set AFTER the writer: mkstemp creates 0o600 (which would hide
+        # checkpoints and shared caches from other users and jobs), and a writer may re-create the file
+        # (safetensors' save_file does, with 0o600), so a chmod before it would not last.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:  # durable before it becomes visible under the real name
             os.fsync(f.fileno())
         os.replace(tmp, path)

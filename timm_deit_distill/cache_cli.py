@@ -88,6 +88,11 @@ def _build(argv: list[str]) -> int:
               "  --out     the cache directory (rerun on it to resume or extend)\n"
               "  --epochs  epochs to cache (training may use up to this many)")
         return 0
+    # The training flags through the trainer's own parser, named as this command: a bad flag prints
+    # `usage: deit-distill cache build ...`, not the trainer's name (parse_args below builds its own).
+    check = train_args.build_parser()
+    check.prog = "deit-distill cache build"
+    check.parse_args(rest)
     if not own.out:
         raise CacheError("no --out DIR given; fix: add --out DIR, the directory the cache is written to.")
     store = CacheStore.parse(own.store)
@@ -158,12 +163,19 @@ def _summary(directory: str, manifest: dict[str, Any]) -> str:
             f"{per_view} bytes per view, {format_bytes(per_epoch)} per epoch, {format_bytes(on_disk)} on disk")
 
 
+def _info_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deit-distill cache info",
+        description="Print what a teacher target cache holds: store, epochs built, views per epoch, size on disk, "
+                    "the teacher and the augmentation settings its views were made with.")
+    parser.add_argument("directory", metavar="DIR", help="the cache directory (the --out of `cache build`)")
+    return parser
+
+
 def _info(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    cache = TeacherTargetCache.open(argv[0])
-    print(_summary(argv[0], cache.manifest))
+    directory = _info_parser().parse_args(argv).directory  # -h: help, exit 0; a bad flag: usage, exit 2
+    cache = TeacherTargetCache.open(directory)
+    print(_summary(directory, cache.manifest))
     teacher = cache.teacher_description or {}
     views = cache.fingerprint["views"]
     print(f"teacher: {teacher.get('name')} ({teacher.get('precision')}), sha256 {str(teacher.get('sha256'))[:12]}")
@@ -175,9 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`deit-distill cache build|info ...`; returns the exit code (2 with a message for bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print(f"{USAGE}\ndeit-distill cache: error: a command is required: build or info", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0
     command, rest = argv[0], argv[1:]
     try:
         if command == "build":

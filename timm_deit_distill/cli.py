@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("timm_deit_distill.hub_cli", "pull a student from the Hub, verified"),
     "demo": ("timm_deit_distill.demo", "distil DeiT students on the bundled digits and report"),
 }
+MODELS_HELP = "list the distilled DeiT variants with parameters and input size"
 
 
 def _models_table() -> str:
@@ -45,20 +46,24 @@ def _models_table() -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: ``--help``, ``--version`` and the subcommand names (each subcommand parses its own flags)."""
     parser = argparse.ArgumentParser(
         prog="deit-distill",
         description="DeiT-style distillation through attention for timm.",
         epilog="Run `deit-distill SUBCOMMAND --help` for a subcommand's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    sub.add_parser("models", help="list the distilled DeiT variants with parameters and input size")
+    # required: `deit-distill` alone is a usage error (exit 2), as argparse treats any missing argument
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    sub.add_parser("models", help=MODELS_HELP, add_help=False)
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _models_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog="deit-distill models", description=f"{MODELS_HELP[0].upper()}{MODELS_HELP[1:]}.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,14 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         # hub_cli serves both push and pull, so it receives the subcommand name too
         return int(module.main(argv if module.__name__.endswith("hub_cli") else argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
-    if args.command == "models":
+    if argv and argv[0] == "models":
+        _models_parser().parse_args(argv[1:])  # its own usage line on a bad flag
         import timm_deit_distill  # noqa: F401  (registers the variants)
 
         print(_models_table())
         return 0
-    build_parser().print_help()
-    return 0
+    parser = build_parser()
+    parser.parse_args(argv)  # --help, --version, a missing or unknown subcommand: argparse prints and exits
+    parser.print_usage(sys.stderr)  # not reached with argparse's own rules; kept as a usage error
+    return 2
 
 
 if __name__ == "__main__":

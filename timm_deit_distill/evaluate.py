@@ -330,21 +330,48 @@ def _format(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _output_problem(flag: str, path: str) -> str | None:
+    """Why ``path`` cannot receive a file (its folder is missing or not a folder, or it is a folder), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        return (f"{flag} {path}: the folder {folder} {what}; create it first (mkdir -p {folder}) or write "
+                "somewhere else.")
+    if os.path.isdir(path):
+        return f"{flag} {path} is a folder; give a file name inside it, e.g. {os.path.join(path, 'eval.json')}."
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
 
+    out = args.json or os.path.join(
+        os.path.dirname(os.path.abspath(args.checkpoint)),
+        f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
+    # Where the results go is checked before the evaluation, which may take long, not after it.
+    outputs = [("--predict", args.predict), ("--json", args.json)]
+    if args.json is None and os.path.isdir(os.path.dirname(os.path.abspath(args.checkpoint))):
+        outputs.append(("the results file (next to the checkpoint; choose another with --json)", out))
+    problems = [p for flag, path in outputs if path and (p := _output_problem(flag, path))]
+    if args.predict and os.path.abspath(args.predict) == os.path.abspath(out):
+        problems.append(f"--predict {args.predict} is also where the JSON results go; give them different files.")
+    for flag, path in outputs[:2]:  # an output written over an input would destroy it
+        for name, source in (("--checkpoint", args.checkpoint), ("--distill-teacher-path", args.distill_teacher_path)):
+            if path and source and os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
+                problems.append(f"{flag} {path} is the {name} file; writing there would destroy it. Give another "
+                                "file name.")
+    if problems:
+        print(f"deit-distill eval: error: {problems[0]}", file=sys.stderr)
+        return 2
     refusals: tuple[type[BaseException], ...] = (CheckpointError, DataError, ValueError, FileNotFoundError)
     try:
         result = _run_eval(args)
     except refusals as e:
         print(f"deit-distill eval: error: {e}", file=sys.stderr)
         return 2
-    out = args.json or os.path.join(
-        os.path.dirname(os.path.abspath(args.checkpoint)),
-        f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
     from .atomic import atomic_write_text
 
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

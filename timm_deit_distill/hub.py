@@ -14,15 +14,17 @@ checksum its cache blob is named by.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from torch import nn
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HubAuthError",
+    "HubConnectionError",
     "HubExportError",
     "HubIntegrityError",
     "load_model",
@@ -60,6 +63,81 @@ class HubAuthError(RuntimeError):
 
 class HubIntegrityError(OSError):
     """A downloaded file does not match the checksum the Hub lists for it (the file is removed from the cache)."""
+
+
+class HubConnectionError(ConnectionError):
+    """The Hub could not be reached (refused, timed out, unknown host, unusable endpoint URL), or a push was
+    asked for with ``HF_HUB_OFFLINE`` set. The message names the endpoint and what to check."""
+
+
+def _origin(url: str, *, keep_path: bool = True) -> str:
+    """``url`` without user:password@ (never printed), query or fragment; without its path unless ``keep_path``."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return url.rpartition("@")[2]
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/') if keep_path else ''}"
+
+
+def _unreachable(error: BaseException, endpoint: str | None, fallback: str) -> HubConnectionError:
+    """One sentence: which address failed, why, what to check (network, HF_ENDPOINT), and ``fallback``."""
+    import httpx2
+    from huggingface_hub import constants
+
+    target = _origin(endpoint or constants.ENDPOINT)
+    if isinstance(error, httpx2.TimeoutException):
+        reason = (f"no answer in time ({type(error).__name__}; on a slow network raise HF_HUB_ETAG_TIMEOUT and "
+                  "HF_HUB_DOWNLOAD_TIMEOUT, in seconds)")
+    elif isinstance(error, (httpx2.UnsupportedProtocol, httpx2.InvalidURL)):
+        reason = f"{error} The endpoint must be an http:// or https:// URL"
+    else:
+        reason = str(error).strip() or type(error).__name__
+    where = f"the Hugging Face Hub at {target}"
+    with contextlib.suppress(RuntimeError, AttributeError, ValueError):  # httpx: RuntimeError when no request
+        failed = _origin(str(error.request.url), keep_path=False)  # type: ignore[attr-defined]
+        if failed and not target.startswith(failed):
+            where = f"{failed} (a host the Hub at {target} sent the request to)"
+    if endpoint:
+        check = "the network connection and the endpoint passed in"
+    elif os.environ.get("HF_ENDPOINT"):
+        check = f"the network connection and HF_ENDPOINT (set to {target}; unset it to use https://huggingface.co)"
+    else:
+        check = "the network connection and proxy settings (or set HF_ENDPOINT to a Hub mirror)"
+    return HubConnectionError(f"cannot reach {where}: {reason.rstrip('.')}. Check {check}; {fallback}.")
+
+
+def _check_endpoint(endpoint: str | None) -> None:
+    """Refuse, before any work, an endpoint the HTTP client cannot use (no http:// or https://, no host)."""
+    from huggingface_hub import constants
+
+    url = endpoint or constants.ENDPOINT
+    name = f"endpoint {_origin(url)!r}" if endpoint else f"HF_ENDPOINT {_origin(url)!r}"
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018  (raises ValueError for a port out of range)
+    except ValueError:
+        ok = False
+    if not ok:
+        fix = "pass an http(s):// URL" if endpoint else "unset HF_ENDPOINT to use https://huggingface.co"
+        raise ValueError(f"{name} is not an http:// or https:// URL with a host: write it as https://HOST[:PORT], "
+                         f"or {fix}")
+
+
+@contextlib.contextmanager
+def _reaching_hub(endpoint: str | None, fallback: str) -> Iterator[None]:
+    """Turn the HTTP client's transport errors (huggingface_hub 2.x uses httpx2) into one HubConnectionError."""
+    import httpx2
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        yield
+    except (httpx2.RequestError, httpx2.InvalidURL, OfflineModeIsEnabled) as e:
+        raise _unreachable(e, endpoint, fallback) from e
+
+
+_PUSH_FALLBACK = "to write the folder without uploading, use --to-dir DIR (save_pretrained in Python)"
+_PULL_FALLBACK = "to use the files already in the HF cache, set HF_HUB_OFFLINE=1"
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -107,13 +185,20 @@ def push_to_hub(
 
     The repo is created if needed (``private`` applies only then); ``revision`` names a branch, created from
     the default branch if missing. The README is always the generated card. ``endpoint`` defaults to
-    ``HF_ENDPOINT``. Everything is checked before the first request: the token, the repo id, the weights.
+    ``HF_ENDPOINT``. Everything is checked before the first request: the repo id, the revision, offline mode,
+    the endpoint URL, the token, the weights. A Hub that cannot be reached raises ``HubConnectionError``.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     _check_repo_id(repo_id)
     if revision is not None and _COMMIT_SHA.fullmatch(revision):
         raise ValueError(f"revision {revision!r} is a commit sha; push to a branch name")
+    if revision is not None and not revision.strip():
+        raise ValueError("the revision (branch) to push to is empty; name a branch, or leave it out for main")
+    if constants.HF_HUB_OFFLINE:
+        raise HubConnectionError(f"HF_HUB_OFFLINE is set and pushing needs the network: unset HF_HUB_OFFLINE; "
+                                 f"{_PUSH_FALLBACK}")
+    _check_endpoint(endpoint)
     token = resolve_token(token)
     with tempfile.TemporaryDirectory(prefix="deit-distill-push-") as tmp:
         folder = save_pretrained(
@@ -121,12 +206,13 @@ def push_to_hub(
             num_classes=num_classes, img_size=img_size, license=license, datasets=datasets, metadata=metadata)
         facts = json.loads((folder / CONFIG_NAME).read_text())["deit_distill"]
         api = HfApi(endpoint=endpoint, token=token, **_LIBRARY)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
         message = commit_message or (f"Upload {facts['variant']} student ({facts['weights']} weights) "
                                      "with timm-deit-distill")
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message)
+        with _reaching_hub(endpoint, _PUSH_FALLBACK):
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision is not None:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,7 +222,12 @@ def push_to_hub(
 def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | None]:
     """Split ``ORG/NAME@REV`` (also accepted with an ``hf-hub:`` prefix); an explicit ``revision`` must agree."""
     repo = repo.removeprefix("hf-hub:")
-    repo_id, _, ref = repo.partition("@")
+    repo_id, at, ref = repo.partition("@")
+    if at and not ref.strip():
+        raise ValueError(f"{repo!r} names an empty revision; write ORG/NAME@REV (a branch, tag or commit sha), "
+                         "or ORG/NAME for main")
+    if revision is not None and not revision.strip():
+        raise ValueError("revision is empty; name a branch, tag or commit sha, or leave it out (None) for main")
     if ref and revision is not None and ref != revision:
         raise ValueError(f"{repo!r} names revision {ref!r} but revision={revision!r} was also given")
     _check_repo_id(repo_id)
@@ -202,18 +293,30 @@ def _write_ref(storage: Path, ref: str, sha: str) -> None:
 
 def _pull_online(repo_id: str, revision: str | None, cache_dir: Path | None, token: str | None,
                  endpoint: str | None) -> Path:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     api = HfApi(endpoint=endpoint, token=token, **_LIBRARY)
-    info = api.model_info(repo_id, revision=revision)  # the one revision -> commit lookup
+    # The one revision -> commit lookup. huggingface_hub's client has no timeout of its own (timeout=None):
+    # an endpoint that accepts the connection and never answers would hang here forever.
+    info = api.model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     sha = info.sha
     where = f"{repo_id}@{sha}"
     names = sorted(s.rfilename for s in info.siblings or [])
     missing = [f for f in REQUIRED_FILES if f not in names]
     if missing:
         raise FileNotFoundError(f"{where} has no {', '.join(missing)}: it is not a timm model repo (files: {names})")
-    folder = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token, endpoint=endpoint,
-                                    **_LIBRARY))
+    try:
+        folder = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token, endpoint=endpoint,
+                                        **_LIBRARY))
+    except LocalEntryNotFoundError as e:
+        # huggingface_hub reports a download host it could not reach (a CDN the Hub redirects to, a connection
+        # lost after the lookup) as "not in the local cache", the connection error only chained to it.
+        import httpx2
+
+        if isinstance(e.__cause__, (httpx2.RequestError, httpx2.InvalidURL)):
+            raise _unreachable(e.__cause__, endpoint, _PULL_FALLBACK) from e
+        raise
     # hf_hub_download checked sizes only; compare every file with the Hub's listing at that commit
     # (LFS sha256 for weights, git sha1 for small files). Missing files need no check here:
     # snapshot_download fetched every listed file or raised.
@@ -251,6 +354,17 @@ def _pull_offline(repo_id: str, revision: str | None, cache_dir: Path | None) ->
     return folder
 
 
+def _check_folder_target(path: Path, what: str) -> None:
+    """Raise NotADirectoryError unless ``path`` is a folder or can be created as one (no file in the way)."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder; give a folder (it is created if missing)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
+
+
 def _copy_out(folder: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for src in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -277,15 +391,24 @@ def pull(
     ``HubIntegrityError`` and removes the file from the cache. With ``HF_HUB_OFFLINE=1`` the HF cache is
     served, each file checked against its checksum-named blob; a missing file raises huggingface_hub's
     ``LocalEntryNotFoundError`` naming it. ``out_dir`` receives plain copies of the verified files.
+    A Hub that cannot be reached raises ``HubConnectionError`` (the revision lookup times out after
+    ``HF_HUB_ETAG_TIMEOUT`` seconds); a file in the way of ``out_dir``/``cache_dir`` raises
+    ``NotADirectoryError`` before the first request.
     """
     from huggingface_hub import constants
 
     repo_id, revision = parse_repo_ref(repo_id, revision)
     cache = Path(cache_dir) if cache_dir is not None else None
+    # Where files will go is checked before the first request, not after the download.
+    for path, what in ((cache, "the cache folder (cache_dir, --cache-dir)"), (out_dir, "the output folder (out_dir, --out)")):
+        if path is not None:
+            _check_folder_target(Path(path), what)
     if constants.HF_HUB_OFFLINE:
         folder = _pull_offline(repo_id, revision, cache)
     else:
-        folder = _pull_online(repo_id, revision, cache, token, endpoint)
+        _check_endpoint(endpoint)
+        with _reaching_hub(endpoint, _PULL_FALLBACK):
+            folder = _pull_online(repo_id, revision, cache, token, endpoint)
     return _copy_out(folder, Path(out_dir)) if out_dir is not None else folder
 
 

@@ -5,13 +5,19 @@
     deit-distill pull ORG/NAME[@REV] [--out DIR]
 
 The token comes from HF_TOKEN or the stored login (`hf auth login`), never from the command line, where
-it would land in shell history; it is never printed. Errors print one line naming the fix and exit 1.
+it would land in shell history; it is never printed.
+
+Exit codes, as the other subcommands: 2 when the command is refused for something the user can fix (a bad
+flag or repo id, no token, a rejected token, a repo or revision that does not exist, an endpoint that cannot
+be reached, offline without the files cached), with one line naming the problem and the fix; 1 when the Hub
+itself failed (a server error, rate limiting, or files whose bytes do not match the Hub's own checksums).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,14 +25,23 @@ from pathlib import Path
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
-    sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
-    push = sub.add_parser(
-        "push", help="push a trained student to the Hugging Face Hub (or write the folder with --to-dir)",
-        description="Publish the student of CHECKPOINT: model.safetensors (student only), a config.json "
-                    "plain timm loads, and a model card built from the checkpoint and the run's summary.csv.")
+
+_PUSH_HELP = "push a trained student to the Hugging Face Hub (or write the folder with --to-dir)"
+_PUSH_DESCRIPTION = ("Publish the student of CHECKPOINT: model.safetensors (student only), a config.json plain timm "
+                     "loads, and a model card built from the checkpoint and the run's summary.csv. The token comes "
+                     "from HF_TOKEN or `hf auth login`, never from the command line.")
+_PULL_HELP = "download a student at one commit, every file checked against the Hub's checksums"
+_PULL_DESCRIPTION = ("Resolve the revision to a commit, download every file at it into the HF cache and check each "
+                     "against the sha256 / git sha1 the Hub lists. With HF_HUB_OFFLINE=1 the cache is used.")
+
+
+def _add_push_arguments(push: argparse.ArgumentParser) -> None:
     push.add_argument("checkpoint", metavar="CHECKPOINT",
                       help="a checkpoint the trainer wrote (e.g. model_best.pth.tar), or a bare state dict "
                            "(.pth / .safetensors; then give --model)")
@@ -42,29 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", metavar="TEXT")
     bare = push.add_argument_group("for a bare state dict (a trainer checkpoint records these itself)")
     bare.add_argument("--model", metavar="NAME", help="architecture, e.g. deit_tiny_distilled_patch4_32")
-    bare.add_argument("--num-classes", type=int, metavar="N")
-    bare.add_argument("--img-size", type=int, metavar="N")
+    bare.add_argument("--num-classes", type=_positive_int, metavar="N")
+    bare.add_argument("--img-size", type=_positive_int, metavar="N")
     card = push.add_argument_group("model card")
     card.add_argument("--license", default="apache-2.0", help="license in the card's front matter (default apache-2.0)")
     card.add_argument("--dataset", action="append", default=[], metavar="HUB_DATASET_ID",
                       help="dataset id for the card's front matter (repeatable)")
 
-    pull = sub.add_parser(
-        "pull", help="download a student at one commit, every file checked against the Hub's checksums",
-        description="Resolve the revision to a commit, download every file at it into the HF cache and check "
-                    "each against the sha256 / git sha1 the Hub lists. With HF_HUB_OFFLINE=1 the cache is used.")
+
+def _add_pull_arguments(pull: argparse.ArgumentParser) -> None:
     pull.add_argument("repo", metavar="ORG/NAME[@REV]")
     pull.add_argument("--out", metavar="DIR", help="also copy the verified files into DIR")
     pull.add_argument("--cache-dir", metavar="DIR", help="HF cache to use (default: HF_HUB_CACHE)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of `deit-distill push` or `deit-distill pull` (``command``), or of both as subcommands (None).
+
+    Each subcommand has a parser of its own so that its usage line and errors name it
+    (``usage: deit-distill push [-h] ...``), whatever flag is wrong.
+    """
+    if command == "push":
+        parser = argparse.ArgumentParser(prog="deit-distill push", description=_PUSH_DESCRIPTION)
+        _add_push_arguments(parser)
+        return parser
+    if command == "pull":
+        parser = argparse.ArgumentParser(prog="deit-distill pull", description=_PULL_DESCRIPTION)
+        _add_pull_arguments(parser)
+        return parser
+    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
+    sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
+    _add_push_arguments(sub.add_parser("push", help=_PUSH_HELP, description=_PUSH_DESCRIPTION))
+    _add_pull_arguments(sub.add_parser("pull", help=_PULL_HELP, description=_PULL_DESCRIPTION))
     return parser
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub, save_pretrained
+    from .hub import _check_folder_target, push_to_hub, save_pretrained
 
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:
+        _check_folder_target(Path(args.to_dir), "--to-dir")
         folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, **options)
         facts = json.loads((folder / "config.json").read_text())
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} "
@@ -92,33 +126,58 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _redact(text: str) -> str:
-    """Belt and braces: no message this command prints may contain the token in use."""
+    """Belt and braces: no message this command prints may contain the token in use, or a URL's password."""
     from huggingface_hub import get_token
 
     token = get_token()
-    return text.replace(token, "***") if token else text
+    text = text.replace(token, "***") if token else text
+    return re.sub(r"(\w+://)[^/\s@]+@", r"\1***@", text)
+
+
+def _exit_code(e: BaseException) -> int:
+    """1 when the Hub failed (5xx, rate limited, bytes that do not match its own records), else 2 (refused)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import HubIntegrityError
+
+    if isinstance(e, HubIntegrityError):
+        return 1
+    if isinstance(e, HfHubHTTPError) and e.response is not None and (
+            e.response.status_code >= 500 or e.response.status_code == 429):
+        return 1
+    return 2
+
+
+def _hint(e: BaseException, command: str) -> str:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code == 401:
+        return (" (check the token: `hf auth whoami`; pushing needs a token with write access)" if command == "push"
+                else " (a private repo needs a token: `hf auth login` or HF_TOKEN)")
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `push` or `pull`; ``argv`` starts with the subcommand name. Returns the exit code."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from .hub import HubAuthError, HubExportError, HubIntegrityError
+    from .hub import HubAuthError, HubConnectionError, HubExportError, HubIntegrityError
 
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("push", "pull"):
+        args = build_parser(argv[0]).parse_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = build_parser().parse_args(argv)  # prints the usage of both and exits 2
     try:
         return _push(args) if args.command == "push" else _pull(args)
-    except (HubAuthError, HubExportError, HubIntegrityError, LocalEntryNotFoundError, FileNotFoundError,
-            HfHubHTTPError, ValueError) as e:
-        hint = ""
-        if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code == 401:
-            hint = (" (check the token: `hf auth whoami`; pushing needs a token with write access)"
-                    if args.command == "push" else
-                    " (a private repo needs a token: `hf auth login` or HF_TOKEN)")
-        print(_redact(f"deit-distill {args.command}: error: {e}{hint}"), file=sys.stderr)
-        from .checkpoint import CheckpointError
-
-        return 2 if isinstance(e, CheckpointError) else 1  # a file the user handed in: bad input, as elsewhere
+    except (HubAuthError, HubExportError, HubIntegrityError, HubConnectionError, LocalEntryNotFoundError,
+            FileNotFoundError, NotADirectoryError, HfHubHTTPError, ValueError) as e:
+        # huggingface_hub's HTTP errors span several lines (status, URL, advice): one line here. The
+        # integrity report keeps its list of files, one per line.
+        text = str(e) if isinstance(e, HubIntegrityError) else " ".join(str(e).split())
+        print(_redact(f"deit-distill {args.command}: error: {text}{_hint(e, args.command)}"), file=sys.stderr)
+        return _exit_code(e)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Flag values that parse but cannot work are refused by `deit-distill train` in one line, before any work.
+
+Each of these used to pass parsing and end in a traceback inside the first epoch (or a run that silently
+did something else): sizes of 0, nan/inf through argparse's float(), crop/scale/ratio ranges, timm
+assertions in the scheduler and Mixup.
+"""
+
+from __future__ import annotations
+
+import pytest
+from train_fixtures import FAST, STUDENT, digits
+
+from timm_deit_distill import train
+
+
+@pytest.mark.parametrize("argv,needle", [
+    # sizes
+    (["--img-size", "0"], "--img-size 0 must be >= 1"),
+    (["--img-size", "-4"], "--img-size -4 must be >= 1"),
+    (["--input-size", "3", "0", "32"], "--input-size 3 0 32: C H W must each be >= 1"),
+    (["--input-size", "0", "32", "32"], "--input-size 0 32 32: C H W must each be >= 1"),
+    (["--in-chans", "0"], "--in-chans 0 must be >= 1"),
+    (["--num-classes", "0"], "--num-classes 0 must be >= 1"),
+    (["--crop-pct", "0"], "--crop-pct 0.0 must be in (0, 1]"),
+    (["--crop-pct", "1.5"], "--crop-pct 1.5 must be in (0, 1]"),
+    (["--crop-pct", "-1"], "--crop-pct -1.0 must be in (0, 1]"),
+    (["--interpolation", "bogus"], "--interpolation 'bogus': use one of bilinear, bicubic"),
+    (["--train-interpolation", "bogus"], "--train-interpolation 'bogus': use one of random, bilinear"),
+    # nan and inf (argparse's float accepts both)
+    (["--distill-tau", "inf"], "--distill-tau inf must be a finite number > 0"),
+    (["--distill-tau", "nan"], "--distill-tau nan must be a finite number > 0"),
+    (["--distillation-tau", "inf"], "--distillation-tau inf must be a finite number > 0"),
+    (["--distill-alpha", "nan"], "--distill-alpha nan must be a finite number in [0, 1]"),
+    (["--task-loss-weight", "nan"], "--task-loss-weight nan must be a finite number in [0, 1]"),
+    (["--lr", "inf"], "--lr inf must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay nan must be a finite number"),
+    (["--warmup-lr", "nan"], "--warmup-lr nan must be a finite number"),
+    (["--mean", "0.5", "nan", "0.5"], "--mean 0.5 nan 0.5 must be a finite number"),
+    (["--clip-grad", "inf"], "--clip-grad inf must be a finite number"),
+    # augmentation
+    (["--scale", "0", "0"], "--scale 0 0: give min max with 0 < min <= max"),
+    (["--scale", "1", "0.08"], "--scale 1 0.08: give min max"),
+    (["--ratio", "0", "1"], "--ratio 0 1: give min max with 0 < min <= max"),
+    (["--color-jitter", "-1"], "--color-jitter -1.0 must be >= 0"),
+    (["--color-jitter-prob", "2"], "--color-jitter-prob 2.0 is a probability"),
+    (["--grayscale-prob", "-0.5"], "--grayscale-prob -0.5 is a probability"),
+    (["--reprob", "0.5", "--recount", "0"], "--recount 0 must be >= 1"),
+    (["--cutmix", "1", "--cutmix-minmax", "0.5"], "--cutmix-minmax 0.5: give min max"),
+    (["--mixup-off-epoch", "-1"], "--mixup-off-epoch -1 must be >= 0"),
+    # optimizer and schedule
+    (["--lr-base", "0"], "--lr-base 0.0 must be > 0"),
+    (["--lr-base-size", "0"], "--lr-base-size 0 must be >= 1"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0 must be >= 0"),
+    (["--clip-grad", "-1"], "--clip-grad -1.0 must be > 0"),
+    (["--layer-decay", "0"], "--layer-decay 0.0 must be > 0"),
+    (["--min-lr", "-1"], "--min-lr -1.0 must be >= 0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs -1 must be >= 0"),
+    (["--cooldown-epochs", "-1"], "--cooldown-epochs -1 must be >= 0"),
+    (["--sched", "step", "--decay-epochs", "0"], "--decay-epochs 0.0 must be > 0"),
+    (["--lr-cycle-mul", "0"], "--lr-cycle-mul 0.0 must be > 0"),
+    (["--lr-cycle-limit", "0"], "--lr-cycle-limit 0 must be >= 1"),
+    (["--start-epoch", "-1"], "--start-epoch -1 must be >= 0"),
+    (["--seed", "-1"], "--seed -1 must be in [0, 2**31)"),
+])
+def test_value_refused_before_anything_runs(argv, needle, capsys):
+    assert train.main([*argv, "--data-dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mean: [0.5, oops, 0.5]\n")
+    assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
+    assert "--mean 0.5 oops 0.5 must be a finite number" in capsys.readouterr().err
+
+
+def test_valid_edges_are_accepted():
+    from timm_deit_distill.args import parse_args
+
+    args = parse_args(["--crop-pct", "1", "--img-size", "1", "--scale", "1", "1", "--seed", "0",
+                       "--interpolation", "bilinear", "--train-interpolation", "random", "--distill-tau", "1e-6"])
+    assert (args.crop_pct, args.img_size, args.scale, args.seed) == (1.0, 1, [1.0, 1.0], 0)
+
+
+@pytest.mark.parametrize("argv", [["--img-size", "0"], ["--input-size", "0", "32", "32"], ["--crop-pct", "-1"],
+                                  ["--ratio", "0", "1"]])
+def test_on_real_data_nothing_is_written(argv, tmp_path, capsys):
+    """These used to start the run (args.yaml written) and die with a traceback in the first epoch."""
+    data = digits(tmp_path / "digits", train_per_class=2)
+    out = tmp_path / "runs"
+    assert train.main(["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "1", "--output", str(out),
+                       "--experiment", "r", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deit-distill train: error: ") and "Traceback" not in err
+    assert not out.exists()

@@ -1,0 +1,110 @@
+"""`deit-distill eval` checks where its results go BEFORE evaluating, not after (when the work would be lost)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import timm
+import torch
+from train_fixtures import STUDENT_KWARGS, digits
+
+import timm_deit_distill  # noqa: F401  (registers the variants)
+from timm_deit_distill import evaluate
+from timm_deit_distill.checkpoint import CheckpointSaver
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalout")
+    data = digits(root / "digits", train_per_class=1)
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_distilled_patch4_32", num_classes=10, **STUDENT_KWARGS)
+    meta = {"model": "deit_tiny_distilled_patch4_32", "model_kwargs": {"num_classes": 10, **STUDENT_KWARGS},
+            "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0,
+                               "interpolation": "bicubic"},
+            "label_names": [str(i) for i in range(10)], "distill": None, "recipe": None, "ema": False}
+    saver = CheckpointSaver(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                            args=argparse.Namespace(model=meta["model"]), checkpoint_dir=str(root),
+                            recovery_dir=str(root), extra_state=lambda: {"deit_distill": meta})
+    saver.save_checkpoint(0, metric=1.0)
+    return {"data": data, "ckpt": root / "last.pth.tar"}
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the evaluation starts."""
+    def refuse(args):
+        raise AssertionError("the evaluation ran before the output path was checked")
+
+    monkeypatch.setattr(evaluate, "_run_eval", refuse)
+
+
+@pytest.mark.parametrize("flag", ["--json", "--predict"])
+def test_output_in_a_missing_folder_is_refused_before_evaluating(flag, tmp_path, capsys, no_work):
+    target = tmp_path / "no" / "such" / "out.file"
+    code = evaluate.main(["--checkpoint", str(tmp_path / "c.pth.tar"), "--data-dir", str(tmp_path), flag,
+                          str(target)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {target}: the folder {target.parent} does not exist" in err and "mkdir -p" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--json", "--predict"])
+def test_output_that_is_a_folder_or_under_a_file_is_refused(flag, tmp_path, capsys, no_work):
+    (tmp_path / "afile").write_text("x")
+    assert evaluate.main(["--checkpoint", "c", "--data-dir", "d", flag, str(tmp_path)]) == 2
+    assert f"{flag} {tmp_path} is a folder" in capsys.readouterr().err
+    assert evaluate.main(["--checkpoint", "c", "--data-dir", "d", flag, str(tmp_path / "afile" / "x.json")]) == 2
+    assert f"the folder {tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
+
+
+def test_predict_and_json_on_one_file_is_refused(tmp_path, capsys, no_work):
+    same = str(tmp_path / "out.json")
+    assert evaluate.main(["--checkpoint", "c", "--data-dir", "d", "--json", same, "--predict", same]) == 2
+    assert "is also where the JSON results go" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--predict"])
+def test_an_output_on_the_checkpoint_or_teacher_is_refused(flag, run, tmp_path, capsys, no_work):
+    teacher = tmp_path / "teacher.pth"
+    teacher.write_bytes(b"teacher weights")
+    before = run["ckpt"].read_bytes()
+    for target, name in ((run["ckpt"], "--checkpoint"), (teacher, "--distill-teacher-path")):
+        assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]),
+                              "--distill-teacher-path", str(teacher), flag, str(target)]) == 2
+        assert f"{flag} {target} is the {name} file; writing there would destroy it" in capsys.readouterr().err
+    assert run["ckpt"].read_bytes() == before and teacher.read_bytes() == b"teacher weights"
+
+
+def test_default_results_file_that_is_a_folder_is_refused(run, capsys, monkeypatch):
+    default = run["ckpt"].parent / "eval-last-validation.json"
+    default.mkdir()
+    try:
+        monkeypatch.setattr(evaluate, "_run_eval", lambda args: pytest.fail("evaluated before checking"))
+        assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"])]) == 2
+        assert f"{default} is a folder" in capsys.readouterr().err
+    finally:
+        default.rmdir()
+
+
+def test_missing_checkpoint_is_still_reported_as_such(tmp_path, capsys):
+    """The default results path lies next to the checkpoint: a missing checkpoint folder is the checkpoint's error."""
+    assert evaluate.main(["--checkpoint", str(tmp_path / "gone" / "c.pth.tar"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--checkpoint" in err and "does not exist" in err and "pass the path of a checkpoint file" in err
+    assert "mkdir" not in err
+
+
+def test_end_to_end_refusal_then_success(run, tmp_path, capsys):
+    missing = tmp_path / "reports" / "r.json"
+    argv = ["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), "--workers", "0"]
+    assert evaluate.main([*argv, "--json", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert "the folder" in captured.err and "Traceback" not in captured.err and captured.out == ""
+    missing.parent.mkdir()
+    assert evaluate.main([*argv, "--json", str(missing)]) == 0
+    images = [p for p in (run["data"] / "validation").rglob("*") if p.is_file()]
+    assert json.loads(missing.read_text())["count"] == len(images) > 0
