@@ -22,6 +22,8 @@ teacher = DistillationTeacher.create(
     setup.TEACHER, checkpoint_path=setup.digits_teacher(args.workdir, data_config, args.teacher_epochs),
     num_classes=10, data_mean=data_config["mean"], data_std=data_config["std"],
     input_size=data_config["input_size"])
+# Measured before it teaches, through the loss's own path: refused (TeacherError) if near chance.
+print(f"teacher val top-1: {teacher.check(val_loader).top1:.1f}%")
 criterion = DistillationLoss(nn.CrossEntropyLoss(), teacher, "hard", alpha=0.5, tau=1.0)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
 schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=args.steps, pct_start=0.1)

@@ -21,6 +21,7 @@ train_loader, val_loader = setup.digits_loaders(args.workdir, data_config, args.
 task = DeiTDistillationTask(
     student, setup.TEACHER, distillation_type="hard", alpha=0.5,
     teacher_kwargs={"checkpoint_path": setup.digits_teacher(args.workdir, data_config, args.teacher_epochs)})
+print(f"teacher val top-1: {task.teacher.check(val_loader).top1:.1f}%")  # refused if near chance
 optimizer = create_optimizer_v2(task.trainable_module, "adamw", lr=1e-3, weight_decay=0.05)
 schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=args.steps, pct_start=0.1)
 

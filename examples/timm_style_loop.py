@@ -22,6 +22,7 @@ train_loader, val_loader = setup.digits_loaders(args.workdir, data_config, args.
 # The teacher is built for the student's classes and normalisation from a name plus its weights.
 model = DistilledStudent(student, setup.TEACHER, teacher_kwargs={
     "checkpoint_path": setup.digits_teacher(args.workdir, data_config, args.teacher_epochs)})
+print(f"teacher val top-1: {model.teacher.check(val_loader).top1:.1f}%")  # refused if near chance
 loss_fn = DistillationLoss(LabelSmoothingCrossEntropy(0.1), None, "soft", alpha=0.5, tau=1.0)
 optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)  # sees only the student
 schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=args.steps, pct_start=0.1)

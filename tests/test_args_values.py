@@ -95,3 +95,11 @@ def test_on_real_data_nothing_is_written(argv, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("deit-distill train: error: ") and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_config_number_that_is_not_whole_for_a_whole_number_flag_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 2.5\n")  # argparse converts only what the command line gives
+    assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 2.5 must be a whole number" in err and len(err.strip().splitlines()) == 1

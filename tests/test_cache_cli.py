@@ -93,8 +93,11 @@ def test_bad_cache_commands_are_refused(setup_files, capsys, tmp_path):
         (["build", "--data-dir", str(data), "--out", str(tmp_path)], "no teacher given"),
         (["build", *flags(tmp_path / "nope", teacher), "--out", str(tmp_path)], "does not exist"),
         (["info", str(tmp_path / "none")], "no teacher target cache"),
+        (["info", str(tmp_path / "list")], "is not a teacher target cache manifest"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ]
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "manifest.json").write_text("[]\n")  # JSON, but not a manifest
     for argv, message in cases:
         assert cache_cli.main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -119,3 +122,27 @@ def test_torchrun_processes_share_the_build(setup_files, tmp_path):
                            "--out", str(single)]) == 0
     reference = json.loads((single / "manifest.json").read_text())
     assert [c["sha256"] for c in manifest["chunks"]] == [c["sha256"] for c in reference["chunks"]]
+
+
+def test_a_build_locks_its_cache_and_removes_only_its_own_partial_files(setup_files, tmp_path, capsys, caplog):
+    from timm_deit_distill.run_folder import RunLock
+
+    root, data, teacher = setup_files
+    out = tmp_path / "cache"
+    out.mkdir()
+    ours = out / ".epoch-0000.safetensors.k2j4h_x1.tmp"  # what a build killed mid-write leaves
+    ours.write_bytes(b"half a chunk")
+    theirs = out / ".notes.txt.tmp"  # not a cache file: never touched
+    theirs.write_text("mine")
+    live = RunLock.acquire(out)  # a build still writing here
+    try:
+        assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "is in use: another deit-distill cache build" in err and err.count("\n") == 1
+        assert ours.exists() and not (out / "manifest.json").exists()  # a live build's files are left alone
+    finally:
+        live.release()
+    caplog.set_level("INFO")
+    assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 0
+    assert not ours.exists() and theirs.read_text() == "mine"
+    assert "Removed 1 partial file(s)" in caplog.text

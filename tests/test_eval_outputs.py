@@ -108,3 +108,11 @@ def test_end_to_end_refusal_then_success(run, tmp_path, capsys):
     assert evaluate.main([*argv, "--json", str(missing)]) == 0
     images = [p for p in (run["data"] / "validation").rglob("*") if p.is_file()]
     assert json.loads(missing.read_text())["count"] == len(images) > 0
+
+
+@pytest.mark.parametrize("flag, value, needle", [("-b", "0", "--batch-size 0 must be >= 1"),
+                                                 ("-j", "-1", "--workers -1 must be >= 0")])
+def test_loader_values_are_refused_before_the_checkpoint_is_read(flag, value, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "_run_eval", lambda args: pytest.fail("the evaluation started"))
+    assert evaluate.main(["--checkpoint", str(tmp_path / "c.pth.tar"), "--data-dir", str(tmp_path), flag, value]) == 2
+    assert needle in capsys.readouterr().err

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 
 import pytest
 from hub_checkpoints import TEACHER, write_run
 from huggingface_hub import ModelCard
 
 from timm_deit_distill.hub import save_pretrained
+from timm_deit_distill.summary import write_summary
 
 
 def _table(card_text: str, heading: str) -> dict[str, str]:
@@ -96,3 +98,19 @@ def test_card_without_teacher_or_summary_says_so(tmp_path):
     # no summary.csv beside it: the rows the checkpoint carries (epochs 0..1) stand in for it
     fused = _table(text, "Results")["top-1, fused heads (average of class and distillation heads)"]
     assert fused == f"{run.summary_rows[1]['eval_top1']:.2f}"
+
+
+def test_a_checkpoint_copied_beside_another_runs_summary_keeps_its_own_results(tmp_path, caplog):
+    # The case: an old checkpoint sitting beside another run's summary.csv must not take its results.
+    ours = write_run(tmp_path / "ours", epoch=1, epochs=3)
+    other = write_run(tmp_path / "other", epoch=1, epochs=3)
+    other_rows = [dict(row, eval_top1=row["eval_top1"] + 20, train_loss=row["train_loss"] / 2)
+                  for row in other.summary_rows]
+    write_summary(other.checkpoint.parent / "summary.csv", other_rows, ema=True)
+    copied = other.checkpoint.parent / "copied.pth.tar"
+    shutil.copy(ours.checkpoint, copied)
+    folder = save_pretrained(copied, tmp_path / "out", use_ema=True)
+    results = _table(ModelCard.load(folder / "README.md").text, "Results")
+    fused = results["top-1, fused heads (average of class and distillation heads)"]
+    assert fused == f"{ours.summary_rows[1]['eval_top1']:.2f}"
+    assert "another run's?" in caplog.text

@@ -72,6 +72,7 @@ def test_resume_logs_and_records_every_other_changed_setting(finished_run, data,
         assert f"Resumed with a changed setting: {line} (recorded in args.yaml)" in caplog.text, line
     record = yaml.safe_load((run / "args.yaml").read_text())
     assert record["lr"] == 2e-3 and record["epochs"] == 3
+    assert "resume" not in record  # settings only: `-c args.yaml` repeats the run instead of resuming it
     assert record["resumed"] == [{"epoch": 2, "checkpoint": str(last),
                                   "changed": {"batch_size": [16, 8], "epochs": [2, 3], "lr": [0.001, 0.002]}}]
     assert load(last)["deit_distill"]["resumed"] == record["resumed"]

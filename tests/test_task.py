@@ -267,4 +267,4 @@ def test_examples_run(tmp_path):
              "--batch-size", "8", "--teacher-epochs", "1"],
             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, f"{script}: {done.stderr[-2000:]}"
-        assert "student val top-1" in done.stdout
+        assert "teacher val top-1" in done.stdout and "student val top-1" in done.stdout

@@ -691,6 +691,11 @@ def _validate(args: argparse.Namespace) -> None:
             values = value if isinstance(value, (list, tuple)) else [value]
             need(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values),
                  f"{_flag_name(parser, dest)} {' '.join(map(str, values))} must be a finite number (not nan or inf).")
+        if action.type is int and value is not None:
+            # argparse converts command-line strings; a -c/recipe YAML can still hand over 2.5 or "3"
+            values = value if isinstance(value, (list, tuple)) else [value]
+            need(all(isinstance(v, int) and not isinstance(v, bool) for v in values),
+                 f"{_flag_name(parser, dest)} {' '.join(map(str, values))} must be a whole number.")
     if args.distill_type in ("soft", "hard"):
         need(bool(args.distill_teacher or args.distill_teacher_path or args.distill_cache),
              f"{flags.get('distill_type', '--distill-type')} {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "

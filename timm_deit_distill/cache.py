@@ -39,6 +39,7 @@ import torch
 
 from .atomic import atomic_path, sha256_file
 from .data import ViewLayout, build_train_loader, view_settings
+from .run_folder import RunLock, format_size, partial_pattern
 
 __all__ = [
     "CacheError",
@@ -63,6 +64,10 @@ TOPK_FILL = -1.0e4
 # check_training hashes every chunk a run needs when they add up to no more than this; beyond it, it checks
 # their sizes and headers up front and each chunk's sha256 when its epoch is loaded.
 HASH_UP_FRONT_BYTES = 4_000_000_000
+
+_CACHE_PARTIAL = partial_pattern(r"epoch-\d+\.(?:safetensors|json)|manifest\.json")
+_BUILD_BUSY = ("{folder} is in use: another deit-distill cache build{holder} is writing this cache now. Wait for it "
+               "to end, then rerun the build to resume or extend it; or build into another --out.")
 
 _DTYPES = {"U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
            "F32": np.float32}
@@ -366,9 +371,27 @@ def build_cache(
                 "teacher_check": teacher_check,
                 "rows_per_epoch": rows, "epochs": total_epochs, "bytes_per_view": store.bytes_per_view(num_classes),
                 "chunks": [], "complete": False}
+    lock = None
     if rank == 0:
-        for stale in out.glob(".*.tmp"):  # left by a build killed mid-write; no process writes yet
-            stale.unlink(missing_ok=True)
+        # The build's lock on --out: a second build into it is refused, and what a killed build left half
+        # written (temporaries of the cache's own file names only) is removed, since no live writer owns it.
+        lock = RunLock.acquire(out, busy=_BUILD_BUSY)
+        removed, size = lock.remove_partial_files(_CACHE_PARTIAL)
+        if removed:
+            _logger.info("Removed %d partial file(s) (%s) a killed build left in %s.", removed, format_size(size), out)
+    try:
+        return _build_epochs(out, manifest, args, train_ds, data_config, teacher, store, views, fid, rows,
+                             epochs=epochs, rank=rank, world_size=world_size, barrier=barrier)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _build_epochs(out: Path, manifest: dict[str, Any], args: argparse.Namespace, train_ds: Any,
+                  data_config: dict[str, Any], teacher: Callable[[torch.Tensor], torch.Tensor], store: CacheStore,
+                  views: dict[str, Any], fid: str, rows: int, *, epochs: int, rank: int, world_size: int,
+                  barrier: Callable[[], None] | None) -> dict[str, Any]:
+    if rank == 0:
         _finalise_manifest(out, manifest)
     if barrier is not None:
         barrier()
@@ -461,7 +484,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CacheError(f"cannot read the cache manifest {path}: {e}; fix: rebuild the cache.") from e
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CacheError(f"{path} is not a teacher target cache manifest; fix: point at a directory written by "
                          "`deit-distill cache build`.")
     if manifest.get("version") != FORMAT_VERSION:

@@ -363,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path and source and os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
                 problems.append(f"{flag} {path} is the {name} file; writing there would destroy it. Give another "
                                 "file name.")
+    if args.batch_size < 1:
+        problems.insert(0, f"--batch-size {args.batch_size} must be >= 1.")
+    if args.workers < 0:
+        problems.insert(0, f"--workers {args.workers} must be >= 0.")
     if problems:
         print(f"deit-distill eval: error: {problems[0]}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,8 @@ from torch import nn
 from .atomic import sha256_file
 from .model_card import CardFacts, build_model_card, read_summary_csv
 from .version import __version__
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["HubExportError", "plain_timm_architecture", "save_pretrained", "WEIGHTS_NAME", "CONFIG_NAME",
            "CARD_NAME"]
@@ -145,11 +148,18 @@ def _student_from_checkpoint(
         model_kwargs["img_size"] = img_size
         data_config.pop("input_size", None)
 
+    # The trainer stores the rows so far in each checkpoint; the summary.csv beside it also holds the epochs
+    # after it (the run's best), but only if it is the same run's: a copied checkpoint may sit in another's.
+    own_rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in ckpt.get("summary") or []]
     summary = source.parent / "summary.csv" if source is not None else None
+    summary_rows = own_rows
     if summary is not None and summary.is_file():
-        summary_rows = read_summary_csv(summary)
-    else:  # the trainer also stores the rows so far in each checkpoint
-        summary_rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in ckpt.get("summary") or []]
+        beside = read_summary_csv(summary)
+        if not own_rows or _same_run(own_rows, beside):
+            summary_rows = beside
+        else:
+            _logger.warning("%s does not hold the rows %s was saved with (another run's?); the card uses the "
+                            "checkpoint's own.", summary, source.name)
     epoch = ckpt.get("epoch")
     return _Student(
         state_dict=state_dict,
@@ -166,6 +176,20 @@ def _student_from_checkpoint(
         source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
     )
+
+
+def _same_run(own: list[dict[str, str]], rows: list[dict[str, str]]) -> bool:
+    """Whether ``rows`` (a summary.csv) hold the checkpoint's own rows, to the precision the csv keeps."""
+    by_epoch = {row.get("epoch"): row for row in rows}
+    for row in own:
+        other = by_epoch.get(row.get("epoch"))
+        if other is None:
+            return False
+        for key in ("train_loss", "eval_top1"):
+            a, b = row.get(key) or "", other.get(key) or ""
+            if (a == "") != (b == "") or (a and not math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-9)):
+                return False
+    return True
 
 
 def _student_from_module(model: nn.Module, *, use_ema: bool | None, metadata: Mapping[str, Any] | None) -> _Student:

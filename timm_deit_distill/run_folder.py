@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "RunFolderError", "RUN_FILES", "LOCK_NAME", "RunLock", "run_files", "checkpoint_epochs", "partial_files",
     "locked_by", "create_unique", "clear_run_files", "format_size", "FolderPlan", "plan_run_folder",
-    "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT",
+    "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT", "partial_pattern",
 ]
 
 DEFAULT_OUTPUT = "./output/train"  # timm train.py's default --output
@@ -43,8 +43,19 @@ LOCK_NAME = ".deit-distill.lock"
 RUN_FILES = ("args.yaml", "summary.csv", "curves.png", "last.pth.tar", "model_best.pth.tar", "tmp.pth.tar")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pth\.tar$")
 _TRAINER_NAME = "|".join([*(re.escape(n) for n in RUN_FILES), r"checkpoint-\d+\.pth\.tar"])
+
+
+_TRAINER_BUSY = ("{folder} is in use: another deit-distill train{holder} is training there now. Wait for it to "
+                 "end (or stop it), then --resume its last.pth.tar; or pick another --experiment.")
+
+
+def partial_pattern(names: str) -> re.Pattern[str]:
+    """The names :func:`atomic.atomic_path` gives the temporaries of files whose names match regex ``names``."""
+    return re.compile(rf"^\.(?:{names})\.[a-z0-9_]+\.tmp$")
+
+
 # atomic_path / atomic_link_or_copy: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") next to the target.
-_PARTIAL = re.compile(rf"^\.(?:{_TRAINER_NAME})\.[a-z0-9_]+\.tmp$")
+_PARTIAL = partial_pattern(_TRAINER_NAME)
 
 
 class RunFolderError(ValueError):
@@ -65,13 +76,14 @@ def checkpoint_epochs(folder: str | os.PathLike[str]) -> list[int]:
     return sorted(int(m.group(1)) for n in run_files(folder) if (m := _CHECKPOINT.match(n)))
 
 
-def partial_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Temporaries of the trainer's file names that an interrupted write left in ``folder``."""
+def partial_files(folder: str | os.PathLike[str], pattern: re.Pattern[str] | None = None) -> list[Path]:
+    """Temporaries of the trainer's file names (or those ``pattern`` matches) an interrupted write left."""
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [Path(folder) / n for n in sorted(names) if _PARTIAL.match(n)]
+    pattern = pattern or _PARTIAL
+    return [Path(folder) / n for n in sorted(names) if pattern.match(n)]
 
 
 def format_size(n: float) -> str:
@@ -121,8 +133,11 @@ class RunLock:
         self._fd = fd
 
     @classmethod
-    def acquire(cls, folder: str | os.PathLike[str]) -> RunLock:
-        """Lock ``folder`` (which must exist) without waiting; :class:`RunFolderError` when a live process has it."""
+    def acquire(cls, folder: str | os.PathLike[str], *, busy: str = _TRAINER_BUSY) -> RunLock:
+        """Lock ``folder`` (which must exist) without waiting; :class:`RunFolderError` when a live process has it.
+
+        ``busy`` is the refusal's text, with ``{folder}`` and ``{holder}`` (the holder's pid) filled in.
+        """
         folder = Path(folder)
         if fcntl is None:  # pragma: no cover - Windows
             return cls(folder, None)
@@ -132,10 +147,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(
-                f"{folder} is in use: another deit-distill train{_holder(path)} is training there now. "
-                "Wait for it to end (or stop it), then --resume its last.pth.tar; or pick another "
-                "--experiment.") from None
+            raise RunFolderError(busy.format(folder=folder, holder=_holder(path))) from None
         except OSError as e:  # a filesystem without locks: train unlocked, and remove no partial file
             os.close(fd)
             _logger.warning("Cannot lock %s (%s): a second trainer into it will not be refused, and partial "
@@ -152,16 +164,17 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def remove_partial_files(self) -> tuple[int, int]:
+    def remove_partial_files(self, pattern: re.Pattern[str] | None = None) -> tuple[int, int]:
         """Delete the partial files a killed save left here; returns (count, bytes).
 
-        Safe only because the lock is held: a live trainer holds it for as long as it writes, so
-        whatever temporaries of its file names are here belong to a process that is gone.
+        ``pattern`` matches the temporaries' names (default: the trainer's files'). Safe only because the
+        lock is held: a live writer holds it for as long as it writes, so whatever temporaries of its file
+        names are here belong to a process that is gone.
         """
         if not self.held:
             return 0, 0
         count = size = 0
-        for path in partial_files(self.folder):
+        for path in partial_files(self.folder, pattern):
             with contextlib.suppress(FileNotFoundError):
                 size += path.stat().st_size
                 path.unlink()

@@ -524,7 +524,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
             model=model, optimizer=optimizer, args=saved_args, model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
             max_history=args.checkpoint_hist, extra_state=lambda: _extra_state(run))
-        record = dict(user_config)
+        # Settings only: `-c args.yaml` repeats the run. Where it resumed from is history, kept under `resumed`.
+        record = {k: v for k, v in user_config.items() if k not in ("resume", "no_resume_opt", "start_epoch")}
         if metadata["resumed"]:
             record["resumed"] = metadata["resumed"]
         if "teacher_check" in metadata["distill"]:
