@@ -34,6 +34,8 @@ from typing import Any
 import yaml
 from timm.utils import ParseKwargs
 
+from .errors import UsageError
+
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
     "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS", "TEACHER_CHECK_IMAGES",
@@ -42,10 +44,6 @@ __all__ = [
 
 DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
                 "distill_soft_reduction")
-
-
-class UsageError(ValueError):
-    """A setting that cannot work; the message names the problem and the fix. Exit code 2, no traceback."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import torch
 
 from .atomic import atomic_path, sha256_file
 from .data import ViewLayout, build_train_loader, view_settings
+from .errors import CacheError, CacheMismatch
 from .run_folder import RunLock, format_size, partial_pattern
 
 __all__ = [
@@ -71,14 +72,6 @@ _BUILD_BUSY = ("{folder} is in use: another deit-distill cache build{holder} is 
 
 _DTYPES = {"U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "F16": np.float16,
            "F32": np.float32}
-
-
-class CacheError(ValueError):
-    """A cache that cannot be used (missing, incomplete, corrupt); the message names the fix."""
-
-
-class CacheMismatch(CacheError):
-    """A cache built for other settings than the training run; the message names the differing fields."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ from timm.data import Mixup, create_dataset, create_transform
 from timm.data.auto_augment import AugmentOp, AugMixAugment, AutoAugment, RandAugment
 from timm.data.distributed_sampler import OrderedDistributedSampler
 
+from .errors import DataError
+
 __all__ = [
     "DataError",
     "DEFAULT_MIX_GROUP_SIZE",
@@ -78,10 +80,6 @@ _SPLIT_SYNONYMS = {
     "train": ("train", "training"),
     "validation": ("validation", "val", "valid", "eval", "evaluation"),
 }
-
-
-class DataError(ValueError):
-    """A problem with the data or the data settings, with a message that names the fix."""
 
 
 # --------------------------------------------------------------------------------------------------

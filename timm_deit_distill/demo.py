@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import DemoError
+
 __all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "main", "build_parser"]
 
 _logger = logging.getLogger("timm_deit_distill.demo")
@@ -153,10 +155,6 @@ def student_args(regime: Regime, data_dir: Path, output: Path, mode: str, seed: 
 
 # ----------------------------------------------------------------------------------------------------------
 # Running (or reusing) one training run.
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed; the message says which and where its log is."""
 
 
 def _finished_epochs(run_dir: Path) -> int:

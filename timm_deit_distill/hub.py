@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from torch import nn
 
 from .atomic import atomic_path, atomic_write_text
+from .errors import HubAuthError, HubConnectionError, HubIntegrityError
 from .hub_export import CONFIG_NAME, WEIGHTS_NAME, HubExportError, save_pretrained
 from .version import __version__
 
@@ -55,19 +56,6 @@ _LIBRARY = dict(library_name="timm-deit-distill", library_version=__version__)
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".tar", ".npz", ".h5")
-
-
-class HubAuthError(RuntimeError):
-    """No Hugging Face token was found for an operation that needs one."""
-
-
-class HubIntegrityError(OSError):
-    """A downloaded file does not match the checksum the Hub lists for it (the file is removed from the cache)."""
-
-
-class HubConnectionError(ConnectionError):
-    """The Hub could not be reached (refused, timed out, unknown host, unusable endpoint URL), or a push was
-    asked for with ``HF_HUB_OFFLINE`` set. The message names the endpoint and what to check."""
 
 
 def _origin(url: str, *, keep_path: bool = True) -> str:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .atomic import sha256_file
+from .errors import HubExportError
 from .model_card import CardFacts, build_model_card, read_summary_csv
 from .version import __version__
 
@@ -41,10 +42,6 @@ CARD_NAME = "README.md"
 # pretrained_cfg fields that describe where a *source* checkpoint came from; none of them is true of an export
 _STALE_CFG_KEYS = ("tag", "notes", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "state_dict")
 _DATA_KEYS = ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
-
-
-class HubExportError(ValueError):
-    """The checkpoint or model cannot be exported as asked; the message names the fix."""
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .atomic import sha256_file
+from .errors import TeacherError
 
 __all__ = [
     "DistillationTeacher",
@@ -63,14 +64,6 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _WEIGHT_FACTS = ("input_hw", "input_hw_source", "label_names")
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
                      "open_clip_pytorch_model.bin")
-
-
-class TeacherError(ValueError):
-    """A teacher that cannot teach this student: wrong classes, an unknown source, weights that do not fit.
-
-    A checkpoint file that cannot be read, or holds raw and EMA weights with no choice made, raises the
-    package's one :class:`~timm_deit_distill.checkpoint.CheckpointError` instead (also a ``ValueError``).
-    """
 
 
 @dataclass(frozen=True)

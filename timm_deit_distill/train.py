@@ -34,14 +34,11 @@ import torch
 import torch.nn as nn
 
 from .args import UsageError, config_dict, format_config, parse_args, resolve_lr
+from .errors import NonFiniteLoss
 
 __all__ = ["main", "NonFiniteLoss"]
 
 _logger = logging.getLogger("timm_deit_distill.train")
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; training stops without writing anything."""
 
 
 def _refusal_types() -> tuple[type[BaseException], ...]:
