@@ -28,7 +28,7 @@ MODELS_HELP = "list the distilled DeiT variants with parameters and input size"
 def _models_table() -> str:
     import timm
     import torch
-    from timm.models._registry import model_entrypoint
+    from timm.models import model_entrypoint
 
     from .models import DISTILLED_VARIANTS
 

@@ -244,8 +244,7 @@ def _read_student(
 
 def plain_timm_architecture(variant: str, model_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The architecture timm itself registers, and the model args that build ``variant`` with it."""
-    from timm.models import is_model
-    from timm.models._registry import model_entrypoint
+    from timm.models import is_model, model_entrypoint
 
     from .models import VARIANT_ARGS, timm_equivalent
 
