@@ -103,3 +103,31 @@ def test_a_config_number_that_is_not_whole_for_a_whole_number_flag_is_refused(tm
     assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "--epochs 2.5 must be a whole number" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--aug-repeats", "2.5"], "--aug-repeats 2.5 is not supported; fix: use a whole number"),
+    (["--aug-repeats", "-1"], "--aug-repeats -1 is not supported; fix: use a whole number >= 0"),
+    (["--mix-group-size", "3"], "--mix-group-size 3 must be an even number >= 2"),
+    (["--validation-batch-size", "0"], "--validation-batch-size 0 must be >= 1"),
+    (["--workers", "-1"], "--workers -1 must be >= 0"),
+])
+def test_data_pipeline_settings_are_refused_before_the_data_is_read(argv, needle, capsys):
+    """The data pipeline's own rules, written once in its settings, apply before any folder is looked at."""
+    assert train.main([*argv, "--data-dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and "/nonexistent" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["seed", "hflip", "mixup_mode", "mix_group_size", "remode"])
+def test_a_config_null_for_a_setting_that_always_has_a_value_is_refused(key, tmp_path, capsys):
+    """`seed: null` in a -c file used to end in a TypeError traceback (or, for keys no check reads, in a
+    default copied elsewhere); now it is refused in one line naming the flag."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"{key}: null\n")
+    assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    flag = "--" + key.replace("_", "-")
+    assert f"{key}: null, but {flag} needs a value" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -15,7 +15,7 @@ import timm
 import torch
 
 from timm_deit_distill import cache_cli
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ import torch
 from hub_checkpoints import LABELS, reference_model, write_run
 from train_fixtures import STUDENT, digits, load
 
-from timm_deit_distill import evaluate, hub_cli, train
-from timm_deit_distill.args import parse_args
+from timm_deit_distill import evaluate, factory, hub_cli, train
+from timm_deit_distill.args import parse_args, settings_from_args
 from timm_deit_distill.checkpoint import (
     CheckpointError,
     create_model_from_checkpoint,
@@ -344,8 +344,8 @@ def test_eval_needs_a_choice_for_both_and_records_the_weights_it_used(both, tmp_
 
 
 def _student_from(argv: list[str]) -> torch.nn.Module:
-    args = parse_args(["--data-dir", "unused", *argv])
-    return train._create_student(args, train.architecture_kwargs(args, 10))
+    student = settings_from_args(parse_args(["--data-dir", "unused", *argv])).student
+    return factory.create_student(student, factory.architecture_kwargs(student, 10))
 
 
 def test_initial_checkpoint_applies_the_policy_and_loads_the_chosen_weights(both, trained_teacher, tmp_path,

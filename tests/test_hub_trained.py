@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from timm_deit_distill import cli
 from timm_deit_distill.checkpoint import create_model_from_checkpoint
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.hub import pull
 
 pytestmark = [pytest.mark.slow,

@@ -22,7 +22,6 @@ renormalised over the stored classes: an approximation), ``full`` (every logit i
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -38,9 +37,17 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path, sha256_file
-from .data import ViewLayout, build_train_loader, view_settings
+from .data import (
+    LoaderSettings,
+    ViewLayout,
+    ViewSettings,
+    build_train_loader,
+    check_num_classes,
+    dataset_fingerprint,
+)
 from .errors import CacheError, CacheMismatch
 from .run_folder import RunLock, format_size, partial_pattern
+from .teacher import TeacherSettings
 
 __all__ = [
     "CacheError",
@@ -148,22 +155,6 @@ class CacheStore:
 
 # --------------------------------------------------------------------------------------------------
 # Fingerprint
-
-
-def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
-    """The training set's identity: every file (path relative to the split folder, size, class)."""
-    root = getattr(dataset.reader, "root", "")
-    digest = hashlib.sha256()
-    for path, target in dataset.reader.samples:
-        rel = os.path.relpath(path, root) if root else path
-        digest.update(f"{rel}\t{os.path.getsize(path)}\t{target}\n".encode())
-    classes = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
-    return {
-        "num_samples": len(dataset.reader.samples),
-        "num_classes": len(classes),
-        "classes_sha256": hashlib.sha256("\n".join(classes).encode()).hexdigest(),
-        "files_sha256": digest.hexdigest(),
-    }
 
 
 def library_versions() -> dict[str, str]:
@@ -285,12 +276,6 @@ def _sample_check(sample_index: np.ndarray) -> np.ndarray:
 # Building
 
 
-def _cache_args(args: argparse.Namespace) -> argparse.Namespace:
-    out = argparse.Namespace(**vars(args))
-    out.deterministic_aug = True  # a cache is only replayable from deterministic views
-    return out
-
-
 def rows_per_epoch(num_samples: int, group_size: int) -> int:
     """Positions a cache holds per epoch: every one a single process trains on (any world size uses a subset)."""
     return (num_samples // group_size) * group_size
@@ -310,9 +295,9 @@ def _progress(total: int, desc: str) -> Any:
 
 
 def build_cache(
-    args: argparse.Namespace,
     train_ds: Any,
-    data_config: dict[str, Any],
+    view: ViewSettings,
+    loader: LoaderSettings,
     teacher: Callable[[torch.Tensor], torch.Tensor],
     out: str | os.PathLike[str],
     *,
@@ -326,8 +311,8 @@ def build_cache(
 ) -> dict[str, Any]:
     """Run ``teacher`` over every view of epochs ``0..epochs-1`` and write the cache into ``out``.
 
-    ``args`` are the training settings (timm flag names); the views are built with
-    ``--deterministic-aug`` whatever ``args`` says. Finished chunks already in ``out`` are kept; a
+    ``view`` and ``loader`` are the training run's settings; the views are built with
+    ``--deterministic-aug`` whatever ``view`` says. Finished chunks already in ``out`` are kept; a
     cache in ``out`` built for other settings is refused (:class:`CacheMismatch`). With several
     processes, process ``rank`` computes the epochs ``e`` with ``e % world_size == rank``;
     ``barrier`` (e.g. ``torch.distributed.barrier``) is called once rank 0 has removed temporary files
@@ -338,9 +323,9 @@ def build_cache(
     store = store if isinstance(store, CacheStore) else CacheStore.parse(store)
     if epochs < 1:
         raise CacheError(f"--epochs {epochs} must be >= 1.")
-    args = _cache_args(args)
-    num_classes = len(train_ds.reader.class_to_idx)
-    views = view_settings(args, data_config, num_classes)
+    view = view.deterministic()  # a cache is only replayable from deterministic views
+    num_classes = check_num_classes(train_ds, view.num_classes)
+    views = view.fingerprint()
     if teacher_description is None:
         teacher_description = getattr(teacher, "description", None)
     # Where the weights file lies is no part of the teacher's identity (its sha256 is).
@@ -373,30 +358,29 @@ def build_cache(
         if removed:
             _logger.info("Removed %d partial file(s) (%s) a killed build left in %s.", removed, format_size(size), out)
     try:
-        return _build_epochs(out, manifest, args, train_ds, data_config, teacher, store, views, fid, rows,
+        return _build_epochs(out, manifest, train_ds, view, loader, teacher, store, fid, rows,
                              epochs=epochs, rank=rank, world_size=world_size, barrier=barrier)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _build_epochs(out: Path, manifest: dict[str, Any], args: argparse.Namespace, train_ds: Any,
-                  data_config: dict[str, Any], teacher: Callable[[torch.Tensor], torch.Tensor], store: CacheStore,
-                  views: dict[str, Any], fid: str, rows: int, *, epochs: int, rank: int, world_size: int,
-                  barrier: Callable[[], None] | None) -> dict[str, Any]:
+def _build_epochs(out: Path, manifest: dict[str, Any], train_ds: Any, view: ViewSettings, loader_settings: LoaderSettings,
+                  teacher: Callable[[torch.Tensor], torch.Tensor], store: CacheStore, fid: str, rows: int, *,
+                  epochs: int, rank: int, world_size: int, barrier: Callable[[], None] | None) -> dict[str, Any]:
     if rank == 0:
         _finalise_manifest(out, manifest)
     if barrier is not None:
         barrier()
 
-    layout = ViewLayout(len(train_ds), seed=views["seed"], repeats=views["aug_repeats"],
-                        group_size=views["mix_group_size"], grouped=True)
+    layout = ViewLayout(len(train_ds), seed=int(view.augment.seed), repeats=view.augment.repeats,
+                        group_size=int(view.augment.mix_group_size), grouped=True)
     loader = None
     for epoch in range(epochs):
         if epoch % world_size != rank or _chunk_done(out, epoch, fid):
             continue
         if loader is None:
-            loader = build_train_loader(args, train_ds, data_config, drop_last=False)
+            loader = build_train_loader(train_ds, view, loader_settings, drop_last=False)
         _build_epoch(out, epoch, loader, layout, teacher, store, fid, rows)
         if rank == 0:
             _finalise_manifest(out, manifest)
@@ -493,7 +477,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
 class TeacherTargetCache:
     """A built cache, opened for replay.
 
-    ``check_training(args, train_ds, epochs)`` must pass before ``targets(epoch, view_index)``: it
+    ``check_training(view, train_ds, epochs, ...)`` must pass before ``targets(epoch, view_index)``: it
     refuses a training configuration that would see other views (naming the fields) and sets up
     the per-row sample-index check.
     """
@@ -535,29 +519,25 @@ class TeacherTargetCache:
         """Epochs whose chunks are complete."""
         return sorted(self._chunks)
 
-    def check_training(self, args: argparse.Namespace, train_ds: Any, epochs: int, *,
-                       data_config: dict[str, Any] | None = None, start_epoch: int = 0) -> None:
+    def check_training(self, view: ViewSettings, train_ds: Any, epochs: int, *, distill_type: str,
+                       teacher: TeacherSettings | None = None, start_epoch: int = 0) -> None:
         """Refuse training settings that would not replay this cache's views; name what differs.
 
-        ``epochs`` is the number of epochs the run trains (``0..epochs-1``); ``data_config`` is the
-        run's resolved timm data config (by default resolved from ``args`` like the cache builder).
+        ``view`` are the run's view settings, ``epochs`` the number of epochs it trains (``0..epochs-1``),
+        ``distill_type`` its distillation type; ``teacher``, the teacher settings given with the cache, are
+        accepted only when they are the cache's own (no teacher runs).
         """
         problems = []
-        if not getattr(args, "deterministic_aug", False):
+        if not view.augment.deterministic_aug:
             problems.append("deterministic_aug: cache True, now False (fix: add --deterministic-aug)")
-        num_classes = len(train_ds.reader.class_to_idx)
-        if data_config is None:
-            from .cache_cli import resolve_data_config
-
-            data_config = resolve_data_config(args, num_classes)
         current = make_fingerprint(
-            dataset=dataset_fingerprint(train_ds), views=view_settings(_cache_args(args), data_config, num_classes),
+            dataset=dataset_fingerprint(train_ds), views=view.deterministic().fingerprint(),
             teacher=self.teacher_description, store=self.store.spec, versions=library_versions())
         problems += _differences({k: v for k, v in self.fingerprint.items() if k != "teacher"},
                                  {k: v for k, v in current.items() if k != "teacher"})
-        problems += self._teacher_problems(args)
-        kind = getattr(args, "distill_type", "hard")
-        if kind == "soft" and self.store.kind == "hard":
+        if teacher is not None:
+            problems += self._teacher_problems(teacher)
+        if distill_type == "soft" and self.store.kind == "hard":
             problems.append("store: cache 'hard' holds teacher labels only, soft distillation needs logits "
                             "(fix: rebuild with --store full or --store topk:K, or train with --distill-type hard)")
         if problems:
@@ -612,10 +592,10 @@ class TeacherTargetCache:
             if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != chunk["epoch"]:
                 raise CacheError(f"cache chunk {path} belongs to another cache; " + _REBUILD_CHUNK)
 
-    def _teacher_problems(self, args: argparse.Namespace) -> list[str]:
-        problems = self._teacher_file_problems(getattr(args, "distill_teacher_path", None))
-        problems += self._teacher_setting_problems(args)
-        name = getattr(args, "distill_teacher", None)
+    def _teacher_problems(self, teacher: TeacherSettings) -> list[str]:
+        problems = self._teacher_file_problems(teacher.checkpoint_path)
+        problems += self._teacher_setting_problems(teacher)
+        name = teacher.source
         desc = self.teacher_description or {}
         if not name or not desc:
             return problems
@@ -628,19 +608,19 @@ class TeacherTargetCache:
         return [*problems, f"teacher: cache {desc.get('name')!r}, now {name!r} (fix: drop --distill-teacher when "
                 "training from a cache, or build a cache with this teacher)"]
 
-    def _teacher_setting_problems(self, args: argparse.Namespace) -> list[str]:
+    def _teacher_setting_problems(self, teacher: TeacherSettings) -> list[str]:
         """Teacher settings given with a cache change nothing (no teacher runs): accepted only when they are the
         cache's, so a run never believes its teacher ran at a size or precision it did not."""
         desc = self.teacher_description or {}
         problems = []
-        size = tuple(int(v) for v in getattr(args, "teacher_input_size", None) or ())
+        size = tuple(int(v) for v in teacher.input_size or ())
         wanted_hw = size * 2 if len(size) == 1 else size[-2:]  # N, (H, W) or (C, H, W)
         cached_size = desc.get("input_size")
         if wanted_hw and cached_size and wanted_hw != tuple(int(v) for v in cached_size[-2:]):
             problems.append(f"teacher input size: cache {'x'.join(map(str, cached_size[-2:]))}, now "
                             f"--teacher-input-size {' '.join(map(str, size))} (fix: drop --teacher-input-size when "
                             "training from a cache, or build a cache at that size)")
-        precision = getattr(args, "teacher_precision", "auto")
+        precision = teacher.precision
         if precision not in (None, "auto") and desc.get("precision") and precision != desc["precision"]:
             problems.append(f"teacher precision: cache {desc['precision']}, now --teacher-precision {precision} "
                             "(fix: drop --teacher-precision when training from a cache, or build a cache with it)")
@@ -693,7 +673,7 @@ class TeacherTargetCache:
         stored sample index is not the one the training loader shows at that position.
         """
         if self._layout is None:
-            raise CacheError("call check_training(args, train_ds, epochs) before reading targets.")
+            raise CacheError("call check_training(view, train_ds, epochs, ...) before reading targets.")
         if self._open_epoch != epoch:
             self._load_epoch(int(epoch))
         positions = view_index.detach().cpu().numpy().astype(np.int64)

@@ -241,15 +241,15 @@ def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dic
     """Class/distillation token cosine of a student checkpoint over the validation images."""
     from .analysis import token_cosine
     from .checkpoint import create_model_from_checkpoint
-    from .data import build_datasets, build_eval_loader
+    from .data import LoaderSettings, build_datasets, build_eval_loader
 
     model, _ = create_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
     _, val_ds = build_datasets(str(data_dir))
     cfg = model.pretrained_cfg
     data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")}
     data_config["input_size"] = tuple(data_config["input_size"])
-    loader = build_eval_loader(argparse.Namespace(batch_size=128, workers=0, validation_batch_size=None,
-                                                  pin_mem=False), val_ds, data_config)
+    loader = build_eval_loader(val_ds, data_config, LoaderSettings(batch_size=128, validation_batch_size=None,
+                                                                    workers=0, pin_mem=False))
     return token_cosine(model, loader).as_dict()
 
 
@@ -594,7 +594,7 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
     """Train and evaluate everything, write the reports; returns the results dict (also results.json)."""
 
     from .atomic import atomic_write_text
-    from .digits import write_digits_imagefolder
+    from .data.digits import write_digits_imagefolder
     from .hub import save_pretrained
 
     started = time.time()

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.utils.model import unwrap_model
 
+from .data import LoaderSettings
+
 __all__ = ["HeadLogits", "head_logits", "is_distilled", "evaluate", "main", "build_parser"]
 
 _logger = logging.getLogger(__name__)
@@ -197,20 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _label_names(dataset: Any) -> list[str]:
-    class_to_idx = dataset.reader.class_to_idx
-    return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-
-
-def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from .args import validate_teacher_check_flags
+def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
+    from . import factory
+    from .args import teacher_settings, validate_teacher_check_flags
     from .checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
-    from .data import build_check_loader, build_datasets, build_eval_loader
+    from .data import build_datasets, build_eval_loader, label_names
 
     validate_teacher_check_flags(args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path))
     if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint
         check_checkpoint_file(args.distill_teacher_path, what="--distill-teacher-path")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(factory.select_device(args.device))
     checkpoint = read_checkpoint(args.checkpoint, what="--checkpoint")
     name = f"--checkpoint {args.checkpoint}"
     state_dict, weights = select_weights(checkpoint, use_ema=args.use_ema, name=name, flags=("--use-ema", "--no-ema"))
@@ -223,7 +221,7 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     # The same folder as both splits: one dataset, checked and opened by the data pipeline.
     _, dataset = build_datasets(args.data_dir, train_split=args.split, val_split=args.split,
                                 class_map=args.class_map, skip_bad_images=args.skip_bad_images)
-    labels = _label_names(dataset)
+    labels = label_names(dataset)
     trained = meta.get("label_names")
     if trained and list(trained) != labels:
         raise ValueError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
@@ -233,26 +231,17 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if k in cfg}
     data_config["input_size"] = tuple(data_config["input_size"])
     model.to(device)
-    loader = build_eval_loader(argparse.Namespace(batch_size=args.batch_size, workers=args.workers,
-                                                  validation_batch_size=None, pin_mem=False),
-                               dataset, data_config)
+    loader = build_eval_loader(dataset, data_config, loader_settings)
     teacher = check = None
     if args.distill_teacher or args.distill_teacher_path:
-        from .teacher import DistillationTeacher
-
         distill = meta.get("distill") or {}
         source = args.distill_teacher or (None if args.distill_teacher_path else distill.get("teacher"))
-        teacher = DistillationTeacher.create(
-            source, checkpoint_path=args.distill_teacher_path, use_ema=args.teacher_ema,
-            num_classes=len(labels), label_names=labels, data_mean=data_config["mean"],
-            data_std=data_config["std"], input_size=data_config["input_size"],
-            teacher_input_size=args.teacher_input_size, precision=args.teacher_precision, device=device)
-        if not args.no_teacher_check:
+        settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
+                                    use_ema=args.teacher_ema, channels_last=None)
+        teacher = factory.create_teacher(settings, len(labels), data_config, device, label_names=labels)
+        if settings.check:
             # Before the full pass: a teacher near chance makes its agreement figures meaningless.
-            check_loader = build_check_loader(dataset, data_config, max_images=args.teacher_check_images,
-                                              batch_size=args.batch_size, workers=args.workers, seed=0)
-            check = teacher.check(check_loader, max_images=args.teacher_check_images,
-                                  min_top1="auto" if args.teacher_min_top1 is None else args.teacher_min_top1)
+            check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
                 if args.amp else contextlib.nullcontext)
     metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,
@@ -363,16 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path and source and os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
                 problems.append(f"{flag} {path} is the {name} file; writing there would destroy it. Give another "
                                 "file name.")
-    if args.batch_size < 1:
-        problems.insert(0, f"--batch-size {args.batch_size} must be >= 1.")
-    if args.workers < 0:
-        problems.insert(0, f"--workers {args.workers} must be >= 0.")
+    try:
+        loader_settings = LoaderSettings(batch_size=args.batch_size, validation_batch_size=None,
+                                         workers=args.workers, pin_mem=False)
+    except DataError as e:
+        problems.insert(0, str(e))
     if problems:
         print(f"deit-distill eval: error: {problems[0]}", file=sys.stderr)
         return 2
     refusals: tuple[type[BaseException], ...] = (CheckpointError, DataError, ValueError, FileNotFoundError)
     try:
-        result = _run_eval(args)
+        result = _run_eval(args, loader_settings)
     except refusals as e:
         print(f"deit-distill eval: error: {e}", file=sys.stderr)
         return 2

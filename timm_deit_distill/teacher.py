@@ -49,6 +49,7 @@ __all__ = [
     "DistillationTeacher",
     "TeacherError",
     "TeacherCheck",
+    "TeacherSettings",
     "auto_min_top1",
     "PRECISIONS",
     "cpu_has_fast_bf16",
@@ -64,6 +65,34 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _WEIGHT_FACTS = ("input_hw", "input_hw_source", "label_names")
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
                      "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """Which teacher to build, how it runs, and how it is checked before it teaches.
+
+    The command line's teacher flags, typed (the parsers hold the defaults): ``source`` is what
+    :meth:`DistillationTeacher.create` takes (a timm name, ``hf-hub:``, ``local-dir:``; None: the checkpoint's
+    recorded architecture), ``checkpoint_path`` its weights, ``use_ema`` the raw/EMA choice, ``input_size`` the
+    size it runs at (N, H W or C H W; None: its own), ``precision`` and ``channels_last`` (None: channels_last
+    for convnets). ``check`` runs :meth:`DistillationTeacher.check` on ``check_images`` validation images
+    against ``min_top1`` (None: automatic).
+    """
+
+    source: str | None
+    checkpoint_path: str | None
+    use_ema: bool | None
+    input_size: tuple[int, ...] | None
+    precision: str
+    channels_last: bool | None
+    check: bool
+    check_images: int
+    min_top1: float | None
+
+    @property
+    def given(self) -> bool:
+        """Whether a teacher is given at all (a name or a checkpoint)."""
+        return bool(self.source or self.checkpoint_path)
 
 
 @dataclass(frozen=True)

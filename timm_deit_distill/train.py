@@ -33,7 +33,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .args import UsageError, config_dict, format_config, parse_args, resolve_lr
+from .args import (
+    TrainSettings,
+    UsageError,
+    config_dict,
+    format_config,
+    parse_args,
+    resolve_lr,
+    settings_from_args,
+)
 from .errors import NonFiniteLoss
 
 __all__ = ["main", "NonFiniteLoss"]
@@ -87,6 +95,7 @@ class Run:
     rng_states: list[dict[str, Any]] = field(default_factory=list)
     lock: Any = None  # rank 0's RunLock on output_dir, held for the whole run
     last_saved_epoch: int | None = None  # the epoch output_dir/last.pth.tar holds
+    dist_bn: str = ""  # --dist-bn, or '' when SyncBatchNorm already keeps the statistics in sync
 
     @property
     def primary(self) -> bool:
@@ -100,158 +109,6 @@ class Run:
         """Release the run folder (the process's end would as well)."""
         if self.lock is not None:
             self.lock.release()
-
-
-def _init_device(args: argparse.Namespace) -> tuple[torch.device, int, int, int]:
-    from timm.utils.distributed import init_distributed_device_so
-
-    wanted = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {wanted}: CUDA is not available on this machine; use --device cpu "
-                         "(or leave --device unset to pick cuda when present).")
-    info = init_distributed_device_so(device=wanted)
-    return torch.device(info["device"]), info["global_rank"], info["local_rank"], info["world_size"]
-
-
-def _label_names(dataset: Any) -> list[str]:
-    return [name for name, _ in sorted(dataset.reader.class_to_idx.items(), key=lambda kv: kv[1])]
-
-
-def architecture_kwargs(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
-    """create_model kwargs that define the architecture (stored in checkpoints to rebuild the student)."""
-    from .preflight import fixed_input_size
-
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
-    in_chans = args.in_chans if args.in_chans is not None else (args.input_size[0] if args.input_size else None)
-    if in_chans is not None:
-        kwargs["in_chans"] = in_chans
-    size = args.input_size[1:] if args.input_size else ([args.img_size] * 2 if args.img_size else None)
-    if size is not None and fixed_input_size(args.model):
-        # timm's train.py only resizes the data; a ViT built for another size would refuse the images.
-        kwargs["img_size"] = size[0] if size[0] == size[1] else list(size)
-    if args.gp is not None:
-        kwargs["global_pool"] = args.gp
-    kwargs.update(args.model_kwargs or {})
-    return kwargs
-
-
-def _create_student(args: argparse.Namespace, arch_kwargs: dict[str, Any]) -> nn.Module:
-    import timm
-
-    from .checkpoint import CheckpointError
-
-    kwargs = dict(arch_kwargs)
-    train_kwargs = dict(drop_rate=args.drop, drop_path_rate=args.drop_path if args.drop_path is not None
-                        else args.drop_connect, drop_block_rate=args.drop_block, bn_momentum=args.bn_momentum,
-                        bn_eps=args.bn_eps)
-    kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
-    overlay, initial = _initial_weights(args)
-    try:
-        model = timm.create_model(args.model, pretrained=args.pretrained, pretrained_cfg_overlay=overlay,
-                                  checkpoint_path=initial if isinstance(initial, str) else None, **kwargs)
-    except (TypeError, ValueError, RuntimeError, AssertionError, OSError) as e:
-        raise UsageError(f"--model {args.model} could not be built with {kwargs}: {type(e).__name__}: {e}. "
-                         "Check --model-kwargs / --img-size / --gp / --drop-* for this architecture, and that "
-                         "--pretrained weights or --initial-checkpoint are available offline.") from None
-    if overlay and "state_dict" in overlay:
-        # timm keeps the cfg it loaded from, here a copy of the weights: drop it, record the file instead.
-        model.pretrained_cfg.pop("state_dict", None)
-        model.pretrained_cfg["file"] = os.path.abspath(args.pretrained_path)
-    if isinstance(initial, dict):
-        try:
-            model.load_state_dict(initial)  # strict, as timm loads --initial-checkpoint
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"--initial-checkpoint {args.initial_checkpoint} does not fit --model {args.model} built with "
-                f"{kwargs}: {' '.join(str(e).split())[:400]}. It loads strictly (same architecture and classes); "
-                "to start from weights with another head or input size use --pretrained --pretrained-path FILE "
-                "(head replaced, position embedding resampled).") from None
-    if args.head_init_scale is not None or args.head_init_bias is not None:
-        heads = model.get_classifier()
-        for head in heads if isinstance(heads, tuple) else (heads,):
-            with torch.no_grad():
-                if args.head_init_scale is not None:
-                    head.weight.mul_(args.head_init_scale)
-                    head.bias.mul_(args.head_init_scale)
-                if args.head_init_bias is not None:
-                    head.bias.fill_(args.head_init_bias)
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(enable=True)
-    return model
-
-
-def _initial_weights(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None]:
-    """The student's starting weights from --pretrained-path / --initial-checkpoint, read by the package's
-    reader and weights policy (timm's loaders would take a file's EMA weights silently).
-
-    Returns (pretrained_cfg_overlay for timm.create_model, the --initial-checkpoint state dict); NumPy
-    .npz/.npy files stay with timm, whose models read them with their own load_pretrained.
-    """
-    from .checkpoint import read_checkpoint, select_weights
-
-    flags = ("--initial-ema", "--no-initial-ema")
-    overlay = None
-    if args.pretrained_path:
-        if not args.pretrained:
-            raise UsageError(f"--pretrained-path {args.pretrained_path} is only read with --pretrained (timm's "
-                             "rule); add --pretrained, or use --initial-checkpoint for weights that fit the model.")
-        if args.pretrained_path.lower().endswith((".npz", ".npy")):
-            overlay = dict(file=args.pretrained_path, num_classes=-1)
-        else:
-            checkpoint = read_checkpoint(args.pretrained_path, what="--pretrained-path")
-            state_dict, _ = select_weights(checkpoint, use_ema=args.initial_ema,
-                                           name=f"--pretrained-path {args.pretrained_path}", flags=flags)
-            # num_classes=-1: timm replaces the head of --pretrained-path weights (timm train.py's behaviour)
-            overlay = dict(state_dict=state_dict, num_classes=-1)
-    initial: dict[str, Any] | str | None = None
-    if args.initial_checkpoint:
-        if args.initial_checkpoint.lower().endswith((".npz", ".npy")):
-            initial = args.initial_checkpoint
-        else:
-            checkpoint = read_checkpoint(args.initial_checkpoint, what="--initial-checkpoint")
-            initial, _ = select_weights(checkpoint, use_ema=args.initial_ema,
-                                        name=f"--initial-checkpoint {args.initial_checkpoint}", flags=flags)
-    if args.initial_ema is not None and overlay is None and not isinstance(initial, dict):
-        raise UsageError("--initial-ema / --no-initial-ema choose between the raw and EMA weights of an "
-                         "--initial-checkpoint or --pretrained-path file; pass one, or drop the flag.")
-    return overlay, initial
-
-
-def create_teacher(args: argparse.Namespace, num_classes: int, data_config: dict[str, Any],
-                   device: torch.device, label_names: Sequence[str] | None = None) -> Any:
-    """The run's DistillationTeacher, adapted to the data pipeline (shared with `deit-distill cache build`)."""
-    from .teacher import DistillationTeacher
-
-    return DistillationTeacher.create(
-        args.distill_teacher, checkpoint_path=args.distill_teacher_path, use_ema=args.distill_teacher_ema,
-        num_classes=num_classes, label_names=label_names,
-        data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
-        teacher_input_size=getattr(args, "teacher_input_size", None),
-        precision=args.teacher_precision,
-        # --channels-last is about the student; unset, the teacher picks channels_last for convnets itself
-        channels_last=args.channels_last or None, device=device)
-
-
-def check_teacher(teacher: Any, args: argparse.Namespace, val_ds: Any, data_config: dict[str, Any]) -> Any:
-    """``teacher.check`` on a seeded subset of the validation split, with the training command's flags
-    (``--teacher-check-images``, ``--teacher-min-top1``); raises TeacherError below the threshold."""
-    from .data import build_check_loader
-
-    loader = build_check_loader(val_ds, data_config, max_images=args.teacher_check_images,
-                                batch_size=args.validation_batch_size or args.batch_size, workers=args.workers,
-                                seed=args.seed)
-    min_top1 = "auto" if args.teacher_min_top1 is None else args.teacher_min_top1
-    return teacher.check(loader, max_images=args.teacher_check_images, min_top1=min_top1)
-
-
-def _base_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-    if mixup_active:  # Mixup already smoothed the (soft) targets
-        return SoftTargetCrossEntropy()
-    if args.smoothing:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return nn.CrossEntropyLoss()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -321,35 +178,41 @@ def _identity_refusal(args: argparse.Namespace, refused: list[str]) -> str:
             f"from these weights with --initial-checkpoint {args.resume} (and another --experiment).")
 
 
-def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, read top to bottom
+def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Run:  # noqa: C901 - one linear recipe
     """Build data, student, teacher/cache, loss, optimizer, schedule, EMA; check everything; then claim the
-    run folder, write its first files and resume if asked.
+    run folder, write its first files and resume if asked. ``settings`` are ``settings_from_args(args)``.
 
     Nothing is written before every check has passed: the folder is created (or taken) and locked,
     and args.yaml written, only at the end.
     """
-    from timm.data import resolve_data_config
     from timm.layers import set_fast_norm
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
     from timm.utils import ModelEmaV3, NativeScaler, random_seed
 
     from . import checkpoint as ckpt
-    from .cache import dataset_fingerprint
-    from .data import build_datasets, build_eval_loader, build_train_loader
+    from . import factory
+    from .data import (
+        ViewSettings,
+        build_eval_loader,
+        build_train_loader,
+        check_num_classes,
+        dataset_fingerprint,
+    )
+    from .data import label_names as dataset_labels
     from .evaluate import is_distilled
-    from .losses import DistillationLoss
-    from .preflight import check_model_name
     from .run_folder import FolderPlan, claim_run_folder, format_size, plan_run_folder
     from .summary import write_args_yaml
+
+    settings = settings or settings_from_args(args)
 
     # --- Cheap checks first: names, the checkpoint to resume from, the run folder.
     user_config = config_dict(args)  # args.yaml records the settings as given (lr still scales on reload)
     for module in args.device_modules or []:
         importlib.import_module(module)
-    check_model_name(args.model, "--model")
+    factory.check_model_name(args.model, "--model")
     if args.distill_teacher:
-        check_model_name(args.distill_teacher, "--distill-teacher")
+        factory.check_model_name(args.distill_teacher, "--distill-teacher")
     for flag in ("initial_checkpoint", "pretrained_path", "distill_teacher_path"):
         path = getattr(args, flag)  # a damaged file is refused here, before the data scan and any model is built
         if path and not path.lower().endswith((".npz", ".npy")):  # NumPy weights are timm's to read
@@ -360,7 +223,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
         resume_from = ckpt.read_checkpoint(args.resume, what="--resume")
         resume_epoch = ckpt.checkpoint_epoch(resume_from)
 
-    device, rank, local_rank, world_size = _init_device(args)
+    device_info = factory.init_device(settings.device)
+    device, rank, world_size = device_info.device, device_info.rank, device_info.world_size
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
     folder_plan: FolderPlan = _rank0_decides(rank, world_size, lambda: plan_run_folder(
@@ -371,21 +235,16 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
         set_fast_norm()
 
     # --- Data: a wrong folder is the most common mistake and the cheapest to report.
-    train_ds, eval_ds = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
-                                       class_map=args.class_map, skip_bad_images=args.skip_bad_images)
+    train_ds, eval_ds = factory.open_datasets(settings.data)
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
         if getattr(ds, "skipped_files", None):
             _logger.warning("Skipped %d unreadable image(s) in the %s split.", len(ds.skipped_files), split)
-    labels = _label_names(train_ds)
-    num_classes = len(labels)
-    if args.num_classes is not None and args.num_classes != num_classes:
-        raise UsageError(f"--num-classes {args.num_classes} but {args.data_dir} has {num_classes} class folders; "
-                         f"drop --num-classes or set it to {num_classes}.")
-    args.num_classes = num_classes
+    labels = dataset_labels(train_ds)
+    num_classes = check_num_classes(train_ds, settings.student.num_classes)
 
     # --- Student, teacher (or cache), loaders, loss, optimizer, schedule, EMA.
-    arch_kwargs = architecture_kwargs(args, num_classes)
-    student = _create_student(args, arch_kwargs)
+    arch_kwargs = factory.architecture_kwargs(settings.student, num_classes)
+    student = factory.create_student(settings.student, arch_kwargs)
     distilled = is_distilled(student)
     if args.distill_type in ("soft", "hard") and not distilled:
         raise UsageError(
@@ -395,7 +254,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     if distilled:
         # 'none' trains both heads on the labels through their average (timm's fine-tuning behaviour).
         student.set_distilled_training(args.distill_type != "none")
-    data_config = resolve_data_config(vars(args), model=student, verbose=rank == 0)
+    data_config = factory.student_data_config(settings.student, num_classes, model=student, verbose=rank == 0)
     student.pretrained_cfg = {**student.pretrained_cfg, **data_config}  # the size the student now takes
 
     teacher = cache = None
@@ -404,22 +263,24 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
 
         cache = TeacherTargetCache.open(args.distill_cache)  # checked against the run once epochs are known
     elif args.distill_teacher or args.distill_teacher_path:
-        teacher = create_teacher(args, num_classes, data_config, device, label_names=labels)
+        teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels)
 
     student.to(device)
     if args.channels_last:
         student.to(memory_format=torch.channels_last)
+    dist_bn = args.dist_bn
     if world_size > 1 and args.sync_bn:
-        args.dist_bn = ""
+        dist_bn = ""  # SyncBatchNorm keeps the statistics in sync already
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
 
-    train_loader = build_train_loader(args, train_ds, data_config, rank=rank, world_size=world_size)
-    eval_loader = build_eval_loader(args, eval_ds, data_config, rank=rank, world_size=world_size)
-    criterion = DistillationLoss(_base_criterion(args, train_loader.mixup_active), None, args.distill_type,
-                                 args.distill_alpha, args.distill_tau, soft_reduction=args.distill_soft_reduction)
+    view = ViewSettings.resolve(settings.augment, data_config, num_classes)
+    train_loader = build_train_loader(train_ds, view, settings.loader, rank=rank, world_size=world_size)
+    eval_loader = build_eval_loader(eval_ds, data_config, settings.loader, rank=rank, world_size=world_size)
+    criterion = factory.create_criterion(settings.distill, smoothing=settings.augment.smoothing,
+                                         mixup_active=train_loader.mixup_active)
 
-    args.lr, lr_how = resolve_lr(args, world_size)
-    optimizer = create_optimizer_v2(student, **optimizer_kwargs(cfg=args), **(args.opt_kwargs or {}))
+    lr, lr_how = resolve_lr(args, world_size)
+    optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=args), "lr": lr}, **(args.opt_kwargs or {}))
     amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     amp_autocast: Callable[[], Any] = contextlib.nullcontext
     loss_scaler = None
@@ -468,7 +329,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
         "world_size": world_size,
         "resumed": [],
     }
-    saved_args = argparse.Namespace(**config_dict(args))  # plain values: weights_only-loadable
+    # plain values (weights_only-loadable): the settings with what the run resolved (classes, lr, dist_bn)
+    saved_args = argparse.Namespace(**{**config_dict(args), "num_classes": num_classes, "lr": lr, "dist_bn": dist_bn})
 
     # --- Every remaining check, still before anything is written.
     comparison = None
@@ -480,7 +342,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     if cache is not None:
-        cache.check_training(args, train_ds, num_epochs, data_config=data_config, start_epoch=start_epoch)
+        cache.check_training(view, train_ds, num_epochs, distill_type=settings.distill.type,
+                             teacher=settings.teacher, start_epoch=start_epoch)
     resumed = None
     if resume_from is not None:
         # Weights, optimizer, schedule and EMA now (a checkpoint that does not fit is refused here);
@@ -494,7 +357,8 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
 
     # --- The teacher is measured through the loss's own path before it teaches (refused near chance).
     if teacher is not None and not args.no_teacher_check:
-        metadata["distill"]["teacher_check"] = check_teacher(teacher, args, eval_ds, data_config).as_dict()
+        metadata["distill"]["teacher_check"] = factory.check_teacher(
+            teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed).as_dict()
     elif teacher is not None:
         metadata["distill"]["teacher_check"] = None  # skipped with --no-teacher-check: the card says so
     elif cache is not None and cache.manifest.get("teacher_check"):
@@ -514,7 +378,7 @@ def setup(args: argparse.Namespace) -> Run:  # noqa: C901 - one linear recipe, r
               loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
               train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
               updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata,
-              lock=lock_box[0] if lock_box else None)
+              lock=lock_box[0] if lock_box else None, dist_bn=dist_bn)
     if rank == 0:
         removed, size = run.lock.remove_partial_files()
         run.saver = ckpt.CheckpointSaver(
@@ -705,8 +569,8 @@ def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
     from .evaluate import evaluate
 
     args = run.args
-    if run.distributed and args.dist_bn in ("broadcast", "reduce"):
-        distribute_bn(run.model, run.world_size, args.dist_bn == "reduce")
+    if run.distributed and run.dist_bn in ("broadcast", "reduce"):
+        distribute_bn(run.model, run.world_size, run.dist_bn == "reduce")
     common = dict(device=run.device, amp_autocast=run.amp_autocast, channels_last=args.channels_last,
                   distributed=run.distributed)
     metrics = evaluate(run.student, run.eval_loader, teacher=run.teacher,
@@ -717,8 +581,8 @@ def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
            "teacher_top1": metrics["teacher_top1"], "teacher_agreement": metrics["teacher_agreement"]}
     ranking = metrics
     if run.model_ema is not None and not args.model_ema_force_cpu:
-        if run.distributed and args.dist_bn in ("broadcast", "reduce"):
-            distribute_bn(run.model_ema, run.world_size, args.dist_bn == "reduce")
+        if run.distributed and run.dist_bn in ("broadcast", "reduce"):
+            distribute_bn(run.model_ema, run.world_size, run.dist_bn == "reduce")
         ema = evaluate(run.model_ema.module, run.eval_loader, **common)
         row["eval_top1_ema"], row["eval_top5_ema"] = ema["top1"], ema["top5"]
         ranking = ema  # timm ranks checkpoints by the EMA's metrics when it evaluates them
@@ -838,7 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     turns bad during training), 1 when training diverged."""
     try:
         args = parse_args(argv)
-    except UsageError as e:
+        settings = settings_from_args(args)
+    except _refusal_types() as e:
         print(f"deit-distill train: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -848,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = None
     try:
         try:
-            run = setup(args)
+            run = setup(args, settings)
         except _refusal_types() as e:
             if _env_rank() == 0 and not getattr(e, "reported", False):
                 print(f"deit-distill train: error: {e}", file=sys.stderr)
