@@ -331,7 +331,7 @@ def test_corrupted_chunk_and_bad_inputs(tmp_path, digits, teacher, monkeypatch):
     with pytest.raises(CacheError, match="epoch-0000.safetensors does not match its sha256.*rerun `deit-distill cache build`"):
         opened(tmp_path / "c", make_args(), train_ds, 1)
     # ... and, beyond the up-front hashing budget, when the epoch is loaded.
-    import timm_deit_distill.cache as cache_module
+    import timm_deit_distill.cache.replay as cache_module
 
     monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0)
     cache = opened(tmp_path / "c", make_args(), train_ds, 1)

@@ -102,9 +102,9 @@ def test_a_tampered_chunk_is_refused_before_the_first_step_naming_it(data, train
 
 def test_a_truncated_chunk_beyond_the_hashing_budget_is_refused_up_front(data, trained_teacher, cache_dir, tmp_path,
                                                                          capsys, monkeypatch):
-    import timm_deit_distill.cache as cache_module
+    import timm_deit_distill.cache.replay as cache_module
 
-    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0, raising=False)  # sizes and headers only
+    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0)  # sizes and headers only
     cache = shutil.copytree(cache_dir, tmp_path / "c")
     chunk = cache / "epoch-0001.safetensors"
     chunk.write_bytes(chunk.read_bytes()[:-10])

@@ -158,7 +158,7 @@ def student_args(regime: Regime, data_dir: Path, output: Path, mode: str, seed: 
 
 
 def _finished_epochs(run_dir: Path) -> int:
-    from .summary import read_summary
+    from .records import read_summary
 
     path = run_dir / "summary.csv"
     if not path.exists():
@@ -357,36 +357,27 @@ def results_table(results: dict[str, Any]) -> str:
 
 def plot_students(runs: dict[str, list[Path]], teacher_top1: float, path: Path) -> None:
     """curves.png: validation top-1 (fused) and training loss per epoch for every student run."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plots import Panel, Series, plot_panels
+    from .records import read_summary
 
-    from .atomic import atomic_path
-    from .summary import read_summary
-
-    fig = Figure(figsize=(11, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_acc, ax_loss = fig.subplots(1, 2)
     colors = {"none": "tab:gray", "soft": "tab:blue", "hard": "tab:red"}
+    accuracy: list[Series] = []
+    loss: list[Series] = []
     for mode, run_dirs in runs.items():
         for i, run_dir in enumerate(run_dirs):
             rows = read_summary(run_dir / "summary.csv")
             label = mode if i == 0 else None
-            acc = [(r["epoch"] + 1, r.get("eval_top1_ema") or r["eval_top1"]) for r in rows
-                   if r.get("eval_top1") is not None]
-            if acc:
-                ax_acc.plot(*zip(*acc, strict=True), color=colors[mode], alpha=0.8, marker="o", markersize=2.5,
-                            label=label)
-            loss = [(r["epoch"] + 1, r["train_loss"]) for r in rows if r.get("train_loss") is not None]
-            ax_loss.plot(*zip(*loss, strict=True), color=colors[mode], alpha=0.8, label=label)
-    ax_acc.axhline(teacher_top1, color="black", linestyle="--", linewidth=1, label="teacher")
-    ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%), class+distillation", title="accuracy (one line per seed)")
-    ax_loss.set(xlabel="epoch", ylabel="training loss (total)", title="training loss")
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+            accuracy.append(Series([(r["epoch"] + 1, r.get("eval_top1_ema") or r["eval_top1"]) for r in rows
+                                    if r.get("eval_top1") is not None], label,
+                                   dict(color=colors[mode], alpha=0.8, marker="o", markersize=2.5)))
+            loss.append(Series([(r["epoch"] + 1, r["train_loss"]) for r in rows if r.get("train_loss") is not None],
+                               label, dict(color=colors[mode], alpha=0.8)))
+    teacher_line = (teacher_top1, "teacher", dict(color="black", linestyle="--", linewidth=1))
+    plot_panels(path, [
+        Panel(accuracy, "epoch", "validation top-1 (%), class+distillation", "accuracy (one line per seed)",
+              hlines=[teacher_line]),
+        Panel(loss, "epoch", "training loss (total)", "training loss"),
+    ], size=(11, 4.2))
 
 
 # ----------------------------------------------------------------------------------------------------------

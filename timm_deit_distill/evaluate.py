@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from timm.utils.model import unwrap_model
 
 from .data import LoaderSettings
+from .progress import progress_bar
 
 __all__ = ["HeadLogits", "head_logits", "is_distilled", "evaluate", "main", "build_parser"]
 
@@ -245,7 +246,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
                 if args.amp else contextlib.nullcontext)
     metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,
-                       progress=_progress("eval"))
+                       progress=lambda it: progress_bar(it, "eval"))
     chosen = {"fused": ("top1", "top5"), "cls": ("top1_cls", "top5_cls"), "dist": ("top1_dist", "top5_dist")}
     k1, k5 = chosen[args.head]
     result: dict[str, Any] = {
@@ -269,14 +270,6 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         _write_predictions(args.predict, model, loader, dataset, labels, args.head, device, autocast)
         result["predictions"] = os.path.abspath(args.predict)
     return result
-
-
-def _progress(desc: str) -> Callable[[Any], Any] | None:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, labels: list[str], head: str,

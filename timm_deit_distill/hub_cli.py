@@ -93,12 +93,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import _check_folder_target, push_to_hub, save_pretrained
+    from .hub import push_to_hub, save_pretrained
+    from .hub.transfer import check_folder_target
 
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:
-        _check_folder_target(Path(args.to_dir), "--to-dir")
+        check_folder_target(Path(args.to_dir), "--to-dir")
         folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, **options)
         facts = json.loads((folder / "config.json").read_text())
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} "

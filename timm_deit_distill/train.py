@@ -43,6 +43,7 @@ from .args import (
     settings_from_args,
 )
 from .errors import NonFiniteLoss
+from .progress import is_progress_bar, progress_bar
 
 __all__ = ["main", "NonFiniteLoss"]
 
@@ -201,8 +202,8 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
     )
     from .data import label_names as dataset_labels
     from .evaluate import is_distilled
+    from .records import write_args_yaml
     from .run_folder import FolderPlan, claim_run_folder, format_size, plan_run_folder
-    from .summary import write_args_yaml
 
     settings = settings or settings_from_args(args)
 
@@ -461,14 +462,6 @@ def _all_reduce_sum(values: list[float], run: Run) -> list[float]:
     return t.tolist()
 
 
-def _progress(loader: Any, run: Run, desc: str) -> Any:
-    if run.primary and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    return loader
-
-
 def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """One pass over the training loader; returns the epoch's mean losses (reduced over ranks)."""
     from timm.models import model_parameters
@@ -485,7 +478,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     sums = [0.0, 0.0, 0.0, 0.0]  # samples, total, class-head and distillation losses (sample-weighted)
     optimizer.zero_grad()
     started, samples_since_log = time.time(), 0
-    batches = _progress(run.train_loader, run, f"train {epoch}")
+    batches = progress_bar(run.train_loader, f"train {epoch}", show=run.primary)
     for batch_idx, (inputs, targets, views) in enumerate(batches):
         inputs, targets = inputs.to(run.device, non_blocking=True), targets.to(run.device, non_blocking=True)
         if args.channels_last:
@@ -534,8 +527,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
             line = (f"loss {values[0]:#.4g} (task {values[1]:#.4g}, distill {values[2]:#.4g})  "
                     f"lr {lr:.3e}  {samples_since_log / elapsed:.1f} img/s")
             if run.primary:
-                if hasattr(batches, "set_postfix_str"):
-                    batches.set_postfix_str(line)
+                if is_progress_bar(batches):
+                    batches.set_postfix_str(line)  # type: ignore[attr-defined]
                 else:
                     _logger.info("Train: %d [%d/%d]  %s", epoch, update_idx + 1, run.updates_per_epoch, line)
             started, samples_since_log = time.time(), 0
@@ -574,7 +567,7 @@ def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
     common = dict(device=run.device, amp_autocast=run.amp_autocast, channels_last=args.channels_last,
                   distributed=run.distributed)
     metrics = evaluate(run.student, run.eval_loader, teacher=run.teacher,
-                       progress=lambda it: _progress(it, run, f"eval {epoch}"), **common)
+                       progress=lambda it: progress_bar(it, f"eval {epoch}", show=run.primary), **common)
     row = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
            "eval_top1_cls": metrics["top1_cls"], "eval_top5_cls": metrics["top5_cls"],
            "eval_top1_dist": metrics["top1_dist"], "eval_top5_dist": metrics["top5_dist"],
@@ -608,7 +601,7 @@ def train(run: Run) -> int:
     """The epoch loop: train, evaluate, step the schedule, checkpoint, record. Returns the exit code."""
     from .checkpoint import rng_state
     from .plots import plot_curves
-    from .summary import write_summary
+    from .records import write_summary
 
     args = run.args
     best: tuple[Any, Any] = (None, None)
