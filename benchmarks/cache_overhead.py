@@ -43,7 +43,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 from timm_deit_distill.cache import TeacherTargetCache, build_cache
-from timm_deit_distill.cache_cli import format_bytes
+from timm_deit_distill.commands.cache import format_bytes
 from timm_deit_distill.data import (
     AugmentSettings,
     LoaderSettings,

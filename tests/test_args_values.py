@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from train_fixtures import FAST, STUDENT, digits
 
-from timm_deit_distill import train
+from timm_deit_distill.commands import train
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -77,7 +77,7 @@ def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys):
 
 
 def test_valid_edges_are_accepted():
-    from timm_deit_distill.args import parse_args
+    from timm_deit_distill.commands.args import parse_args
 
     args = parse_args(["--crop-pct", "1", "--img-size", "1", "--scale", "1", "1", "--seed", "0",
                        "--interpolation", "bilinear", "--train-interpolation", "random", "--distill-tau", "1e-6"])

@@ -12,8 +12,9 @@ import torch
 import yaml
 from train_fixtures import FAST, STUDENT, digits, load
 
-from timm_deit_distill import cache_cli, train
-from timm_deit_distill.args import format_config, parse_args
+from timm_deit_distill.commands import cache as cache_cli
+from timm_deit_distill.commands import train
+from timm_deit_distill.commands.args import format_config, parse_args
 
 
 @pytest.fixture(scope="module")

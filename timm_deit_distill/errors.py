@@ -94,6 +94,7 @@ class NonFiniteLoss(DeitDistillError, RuntimeError):
 
 
 class DemoError(DeitDistillError, RuntimeError):
-    """A step of the demo failed; the message says which and where its log is (exit code 1)."""
+    """A step of the demo failed; the message says which, with the step's own output (exit code 1)."""
 
     exit_code = 1
+    keeps_lines = True

@@ -1,12 +1,5 @@
-"""Per-head accuracy of a distilled student and its agreement with a teacher; `deit-distill eval`.
-
-A distilled DeiT predicts with two heads: the class token's (``cls``) and the distillation token's
-(``dist``); timm's inference output is their average (``fused``). :func:`evaluate` measures top-1/top-5
-of all three in one pass, the loss of the fused output (timm's ``eval_loss``), and with a teacher its
-top-1 and the fraction of images where the student's fused argmax equals the teacher's.
-Counts are summed across ranks, so distributed results are exact (timm's padding of the last rank
-is not counted).
-"""
+"""`deit-distill eval`: per-head accuracy of a checkpoint and its agreement with a teacher, printed and
+written as JSON (the measurement is :func:`timm_deit_distill.evaluation.evaluate`)."""
 
 from __future__ import annotations
 
@@ -17,143 +10,21 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.utils.model import unwrap_model
 
-from .data import LoaderSettings
-from .progress import progress_bar
+from ..data import LoaderSettings
+from ..errors import DataError, DeitDistillError, UsageError
+from ..evaluation import evaluate, head_logits, is_distilled
+from ..progress import progress_bar
+from .common import refuse
 
-__all__ = ["HeadLogits", "head_logits", "is_distilled", "evaluate", "main", "build_parser"]
+__all__ = ["main", "build_parser"]
 
 _logger = logging.getLogger(__name__)
 
-
-class HeadLogits(NamedTuple):
-    """Logits of the class head, the distillation head (None for plain models) and their average."""
-
-    cls: torch.Tensor | None
-    dist: torch.Tensor | None
-    fused: torch.Tensor
-
-
-def is_distilled(model: nn.Module) -> bool:
-    """True for students with a distillation head (timm's ``VisionTransformerDistilled`` and kin)."""
-    m = unwrap_model(model)
-    return hasattr(m, "set_distilled_training") and hasattr(m, "head_dist")
-
-
-def head_logits(model: nn.Module, x: torch.Tensor) -> HeadLogits:
-    """Run ``model`` once and return each head's logits.
-
-    For a distilled model in eval mode this takes the two tokens from ``forward_features`` and applies
-    timm's ``forward_head`` steps to each, so ``fused`` is bit-identical to ``model(x)``.
-    """
-    m = unwrap_model(model)
-    if not is_distilled(m):
-        out = model(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return HeadLogits(None, None, out)
-    feats = m.forward_features(x)
-    cls = m.head(m.head_drop(feats[:, 0]))
-    dist = m.head_dist(m.head_drop(feats[:, 1]))
-    return HeadLogits(cls, dist, (cls + dist) / 2)
-
-
-def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hit = pred.eq(target.view(-1, 1))
-    return [hit[:, :min(k, maxk)].any(dim=1).sum().to(torch.float64) for k in ks]
-
-
-def _real_count(loader: Any) -> int | None:
-    """Samples of this rank that are not timm's wrap-around padding (OrderedDistributedSampler)."""
-    sampler = getattr(loader, "sampler", None)
-    if sampler is None or not hasattr(sampler, "num_replicas") or not hasattr(sampler, "num_samples"):
-        return None
-    total = len(sampler.dataset)
-    return max(0, min(sampler.num_samples, total - sampler.rank * sampler.num_samples))
-
-
-_KEYS = ("n", "loss", "top1", "top5", "top1_cls", "top5_cls", "top1_dist", "top5_dist", "teacher_top1",
-         "teacher_top5", "agree")
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: Any,
-    *,
-    device: torch.device | str = "cpu",
-    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    amp_autocast: Callable[[], Any] = contextlib.nullcontext,
-    channels_last: bool = False,
-    distributed: bool = False,
-    progress: Callable[[Any], Any] | None = None,
-) -> dict[str, float | None]:
-    """Evaluate ``model`` on ``loader`` (yielding ``(inputs, targets)``).
-
-    Returns ``loss`` (cross-entropy of the fused output), ``top1``/``top5`` (fused, in percent, as timm),
-    ``top1_cls``/``top5_cls``/``top1_dist``/``top5_dist`` (None for a plain model), and with a teacher
-    ``teacher_top1``/``teacher_top5`` (percent) and ``teacher_agreement`` (a fraction in [0, 1]);
-    ``count`` is the number of images. With ``distributed`` the sums are all-reduced.
-    """
-    was_training = model.training
-    model.eval()
-    device = torch.device(device)
-    sums = torch.zeros(len(_KEYS), dtype=torch.float64)
-    remaining = _real_count(loader) if distributed else None
-    distilled = is_distilled(model)
-    batches = progress(loader) if progress is not None else loader
-    for inputs, targets in batches:
-        if remaining is not None:
-            if remaining <= 0:
-                continue
-            inputs, targets = inputs[:remaining], targets[:remaining]
-            remaining -= len(targets)
-        inputs, targets = inputs.to(device), targets.to(device)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with amp_autocast():
-            heads = head_logits(model, inputs)
-        fused = heads.fused.float()
-        add = dict.fromkeys(_KEYS, 0.0)
-        add["n"] = float(len(targets))
-        add["loss"] = F.cross_entropy(fused, targets, reduction="sum").double().cpu()
-        add["top1"], add["top5"] = _topk_correct(fused, targets, (1, 5))
-        if distilled:
-            add["top1_cls"], add["top5_cls"] = _topk_correct(heads.cls.float(), targets, (1, 5))
-            add["top1_dist"], add["top5_dist"] = _topk_correct(heads.dist.float(), targets, (1, 5))
-        if teacher is not None:
-            teacher_logits = teacher(inputs).float()
-            add["teacher_top1"], add["teacher_top5"] = _topk_correct(teacher_logits, targets, (1, 5))
-            add["agree"] = fused.argmax(1).eq(teacher_logits.argmax(1)).sum().double()
-        sums += torch.tensor([float(add[k]) for k in _KEYS], dtype=torch.float64)
-    if distributed:
-        reduced = sums.to(device)
-        torch.distributed.all_reduce(reduced)
-        sums = reduced.cpu()
-    s = dict(zip(_KEYS, sums.tolist(), strict=True))
-    n = max(s["n"], 1.0)
-    pct = lambda key: 100.0 * s[key] / n  # noqa: E731
-    metrics: dict[str, float | None] = {
-        "count": int(s["n"]), "loss": s["loss"] / n, "top1": pct("top1"), "top5": pct("top5"),
-        "top1_cls": pct("top1_cls") if distilled else None, "top5_cls": pct("top5_cls") if distilled else None,
-        "top1_dist": pct("top1_dist") if distilled else None, "top5_dist": pct("top5_dist") if distilled else None,
-        "teacher_top1": pct("teacher_top1") if teacher is not None else None,
-        "teacher_top5": pct("teacher_top5") if teacher is not None else None,
-        "teacher_agreement": s["agree"] / n if teacher is not None else None,
-    }
-    model.train(was_training)
-    return metrics
-
-
-# --- deit-distill eval ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
@@ -201,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
-    from . import factory
+    from .. import factory
+    from ..checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
+    from ..data import build_datasets, build_eval_loader, label_names
     from .args import teacher_settings, validate_teacher_check_flags
-    from .checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
-    from .data import build_datasets, build_eval_loader, label_names
 
     validate_teacher_check_flags(args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path))
     if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint
@@ -217,7 +88,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     del state_dict
     meta = checkpoint.get("deit_distill") or {}
     if args.head != "fused" and not is_distilled(model):
-        raise ValueError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
+        raise UsageError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
                          "Use --head fused.")
     # The same folder as both splits: one dataset, checked and opened by the data pipeline.
     _, dataset = build_datasets(args.data_dir, train_split=args.split, val_split=args.split,
@@ -225,7 +96,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     labels = label_names(dataset)
     trained = meta.get("label_names")
     if trained and list(trained) != labels:
-        raise ValueError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
+        raise UsageError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
                          f"but {args.data_dir}/{args.split} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
                          "evaluate on a folder with the training classes (or pass the --class-map used in training).")
     cfg = model.pretrained_cfg
@@ -277,7 +148,7 @@ def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, l
     import csv
     import io
 
-    from .atomic import atomic_write_text
+    from ..atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -327,9 +198,6 @@ def _output_problem(flag: str, path: str) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
     out = args.json or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)),
         f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
@@ -351,15 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as e:
         problems.insert(0, str(e))
     if problems:
-        print(f"deit-distill eval: error: {problems[0]}", file=sys.stderr)
-        return 2
-    refusals: tuple[type[BaseException], ...] = (CheckpointError, DataError, ValueError, FileNotFoundError)
+        return refuse("eval", UsageError(problems[0]))
     try:
         result = _run_eval(args, loader_settings)
-    except refusals as e:
-        print(f"deit-distill eval: error: {e}", file=sys.stderr)
-        return 2
-    from .atomic import atomic_write_text
+    except (DeitDistillError, ValueError, FileNotFoundError) as e:  # refusals name the fix (timm's too)
+        return refuse("eval", e)
+    from ..atomic import atomic_write_text
 
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(_format(result))
@@ -367,6 +232,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results written to {out}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

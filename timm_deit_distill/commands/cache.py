@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-from .cache import CacheError, CacheStore, TeacherTargetCache, build_cache
+from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache
+from ..errors import DeitDistillError
+from .common import refuse
 
 __all__ = ["main", "format_bytes"]
 
@@ -46,9 +48,9 @@ def _split_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _build(argv: list[str]) -> int:
+    from .. import factory
+    from ..data import ViewSettings, check_num_classes, label_names
     from . import args as train_args
-    from . import factory
-    from .data import ViewSettings, check_num_classes, label_names
 
     own, rest = _split_own_flags(argv)
     if "-h" in rest or "--help" in rest:
@@ -159,12 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(rest)
         if command == "info":
             return _info(rest)
-    except ValueError as e:  # DataError, CacheError, UsageError, TeacherError: messages name the fix
-        print(f"deit-distill cache {command}: error: {e}", file=sys.stderr)
-        return 2
+    except (DeitDistillError, ValueError) as e:  # refusals name the fix (timm's ValueErrors too)
+        return refuse(f"cache {command}", e)
     print(f"deit-distill cache: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,11 +35,11 @@ from typing import Any
 import yaml
 from timm.utils import ParseKwargs
 
-from .data import AugmentSettings, LoaderSettings
-from .errors import UsageError
-from .factory import DataSettings, StudentSettings
-from .losses import DistillSettings
-from .teacher import TeacherSettings
+from ..data import AugmentSettings, LoaderSettings
+from ..errors import UsageError
+from ..factory import DataSettings, StudentSettings
+from ..losses import DistillSettings
+from ..teacher import TeacherSettings
 
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
@@ -127,7 +127,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _recipe_dir() -> Any:
-    return resources.files("timm_deit_distill") / "recipes"
+    return resources.files(__package__) / "recipes"
 
 
 def list_recipes() -> list[str]:
