@@ -40,6 +40,7 @@ from ..errors import UsageError
 from ..factory import DataSettings, StudentSettings
 from ..losses import DistillSettings
 from ..teacher import TeacherSettings
+from .common import TEACHER_EMA, add_either_flag
 
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
@@ -201,11 +202,11 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    help="load pretrained weights from this file (head adapted, position embedding resampled)")
     g.add_argument("--initial-checkpoint", default=d(""), type=str, metavar="PATH",
                    help="initialize the student from this checkpoint (strict)")
-    ema = g.add_mutually_exclusive_group()
-    ema.add_argument("--initial-ema", dest="initial_ema", action="store_const", const=True, default=d(None),
-                     help="use the EMA weights of an --initial-checkpoint / --pretrained-path file that holds both")
-    ema.add_argument("--no-initial-ema", dest="initial_ema", action="store_const", const=False, default=d(None),
-                     help="use the raw weights of an --initial-checkpoint / --pretrained-path file that holds both")
+    add_either_flag(g, "initial_ema", default=d(None),
+                    yes=("--initial-ema", "use the EMA weights of an --initial-checkpoint / --pretrained-path file "
+                                          "that holds both"),
+                    no=("--no-initial-ema", "use the raw weights of an --initial-checkpoint / --pretrained-path file "
+                                            "that holds both"))
     g.add_argument("--resume", default=d(""), type=str, metavar="PATH",
                    help="resume model, optimizer, scheduler, scaler, EMA, epoch and RNG state from a checkpoint")
     g.add_argument("--no-resume-opt", action="store_true", default=d(False),
@@ -384,11 +385,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    help="soft KL divided by batch*classes (deit, default) or batch (batchmean, timm)")
     g.add_argument("--teacher-precision", default=d("auto"), choices=("auto", "fp32", "bf16", "fp16"),
                    help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
-    ema = g.add_mutually_exclusive_group()
-    ema.add_argument("--teacher-ema", dest="distill_teacher_ema", action="store_const", const=True,
-                     default=d(None), help="use the EMA weights of a teacher checkpoint that holds both")
-    ema.add_argument("--no-teacher-ema", dest="distill_teacher_ema", action="store_const", const=False,
-                     default=d(None), help="use the raw weights of a teacher checkpoint that holds both")
+    add_either_flag(g, "distill_teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1], default=d(None))
     g.add_argument("--distill-cache", default=d(None), metavar="DIR",
                    help="replay teacher targets from a cache built by `deit-distill cache` (no teacher in memory)")
     add_teacher_check_flags(g, d)
@@ -421,8 +418,6 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
 
 
 TEACHER_CHECK_IMAGES = 512
-
-
 def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
     """The teacher's input size and check flags, shared by `deit-distill train`, `cache build` and `eval`.
 

@@ -19,7 +19,7 @@ from ..data import LoaderSettings
 from ..errors import DataError, DeitDistillError, UsageError
 from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
-from .common import refuse
+from .common import TEACHER_EMA, add_either_flag, refuse
 
 __all__ = ["main", "build_parser"]
 
@@ -45,21 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head whose predictions are reported as top1/top5 and written by --predict")
     p.add_argument("--predict", default=None, metavar="CSV",
                    help="also write per-image predictions of --head (path, label, top-5 classes and probabilities)")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument("--use-ema", dest="use_ema", action="store_const", const=True, default=None,
-                     help="evaluate the EMA weights (one of the two is required when the checkpoint holds both)")
-    ema.add_argument("--no-ema", dest="use_ema", action="store_const", const=False,
-                     help="evaluate the raw weights (one of the two is required when the checkpoint holds both)")
+    add_either_flag(p, "use_ema",
+                    yes=("--use-ema", "evaluate the EMA weights (one of the two is required when the checkpoint holds both)"),
+                    no=("--no-ema", "evaluate the raw weights (one of the two is required when the checkpoint holds both)"))
     p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
                    help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
     p.add_argument("--teacher-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
-    t_ema = p.add_mutually_exclusive_group()
-    t_ema.add_argument("--teacher-ema", dest="teacher_ema", action="store_const", const=True, default=None,
-                       help="use the EMA weights of a teacher checkpoint that holds both")
-    t_ema.add_argument("--no-teacher-ema", dest="teacher_ema", action="store_const", const=False,
-                       help="use the raw weights of a teacher checkpoint that holds both")
+    add_either_flag(p, "teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1])
     add_teacher_check_flags(p)  # the teacher is checked on --split before the full evaluation
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="evaluation batch size")
     p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes")

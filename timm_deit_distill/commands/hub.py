@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DeitDistillError, UsageError
-from .common import refuse
+from .common import add_either_flag, refuse
 
 __all__ = ["build_parser", "main"]
 
@@ -51,11 +51,8 @@ def _add_push_arguments(push: argparse.ArgumentParser) -> None:
     push.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub repo (required unless --to-dir)")
     push.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
     push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
-    ema = push.add_mutually_exclusive_group()
-    ema.add_argument("--use-ema", dest="use_ema", action="store_true", default=None,
-                     help="publish the checkpoint's EMA weights (state_dict_ema)")
-    ema.add_argument("--no-ema", dest="use_ema", action="store_false",
-                     help="publish the raw weights (state_dict)")
+    add_either_flag(push, "use_ema", yes=("--use-ema", "publish the checkpoint's EMA weights (state_dict_ema)"),
+                    no=("--no-ema", "publish the raw weights (state_dict)"))
     push.add_argument("--to-dir", metavar="DIR", help="write the folder to DIR instead of uploading")
     push.add_argument("--commit-message", metavar="TEXT")
     bare = push.add_argument_group("for a bare state dict (a trainer checkpoint records these itself)")
