@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.data import resolve_model_data_config
 
 from ..data import LoaderSettings
 from ..errors import DataError, DeitDistillError, UsageError
@@ -93,9 +94,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         raise UsageError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
                          f"but {args.data_dir}/{args.split} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
                          "evaluate on a folder with the training classes (or pass the --class-map used in training).")
-    cfg = model.pretrained_cfg
-    data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if k in cfg}
-    data_config["input_size"] = tuple(data_config["input_size"])
+    data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
     model.to(device)
     loader = build_eval_loader(dataset, data_config, loader_settings)
     teacher = check = None

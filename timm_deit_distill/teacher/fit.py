@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..errors import TeacherError
 
 __all__ = ["fixed_input_hw", "is_convnet", "as_channel_tensor", "fmt_floats", "fmt_hw", "parse_teacher_input_size",
-           "SIZE_REASONS", "resolve_input_hw", "check_label_names", "check_classes", "count_classes"]
+           "resolve_input_hw", "check_label_names", "check_classes", "count_classes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def parse_teacher_input_size(size: int | Sequence[int] | None) -> tuple[int, ...
     return (values[0], values[0]) if len(values) == 1 else values
 
 
-SIZE_REASONS = {
+_SIZE_REASONS = {
     "fixed_size": "fixed-size architecture",
     "override": "--teacher-input-size / teacher_input_size",
     "student": "unknown: running at the student's size",
@@ -93,17 +93,17 @@ def resolve_input_hw(
         if recorded is not None and recorded != tuple(fixed_hw):
             _logger.warning("Teacher %s is %s (%s), but its architecture only takes %s: running at %s.",
                             meta.get("name"), fmt_hw(recorded), recorded_why, fmt_hw(fixed_hw), fmt_hw(fixed_hw))
-        return tuple(fixed_hw), "fixed_size", SIZE_REASONS["fixed_size"]
+        return tuple(fixed_hw), "fixed_size", _SIZE_REASONS["fixed_size"]
     if wanted is not None:
         if recorded is not None and recorded != wanted:
             _logger.warning("Teacher %s: --teacher-input-size %s overrides %s %s; a size it was not trained at "
                             "usually costs accuracy (the teacher check measures it).", meta.get("name"),
                             fmt_hw(wanted), fmt_hw(recorded), recorded_why)
-        return wanted, "override", SIZE_REASONS["override"]  # type: ignore[return-value]
+        return wanted, "override", _SIZE_REASONS["override"]  # type: ignore[return-value]
     if recorded is not None:
         return recorded, recorded_key, recorded_why  # type: ignore[return-value]
     if student_hw is not None:
-        return student_hw, "student", SIZE_REASONS["student"]
+        return student_hw, "student", _SIZE_REASONS["student"]
     return None, "unknown", "unknown"
 
 

@@ -6,10 +6,10 @@ import torch
 
 from ..errors import TeacherError
 
-__all__ = ["PRECISIONS", "DTYPES", "cpu_has_fast_bf16", "resolve_precision", "has_autocast", "precision_name"]
+__all__ = ["PRECISIONS", "cpu_has_fast_bf16", "resolve_precision", "has_autocast", "precision_name"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -38,7 +38,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[torch
         raise TeacherError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     device = torch.device(device)
     if precision != "auto":
-        return DTYPES[precision], "requested"
+        return _DTYPES[precision], "requested"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return torch.bfloat16, "auto: CUDA with native bf16"
@@ -55,4 +55,4 @@ def has_autocast(device_type: str) -> bool:
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}[dtype]
+    return {v: k for k, v in _DTYPES.items()}[dtype]

@@ -19,12 +19,12 @@ import torch.nn as nn
 
 from ..errors import TeacherError
 
-__all__ = ["load_teacher_checkpoint", "build_model", "state_dict_sha256", "WEIGHT_FACTS"]
+__all__ = ["load_teacher_checkpoint", "build_model", "state_dict_sha256"]
 
 _logger = logging.getLogger(__name__)
 
 # What a checkpoint or config says about the weights themselves (see _recorded_input_hw).
-WEIGHT_FACTS = ("input_hw", "input_hw_source", "label_names")
+_WEIGHT_FACTS = ("input_hw", "input_hw_source", "label_names")
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
                      "open_clip_pytorch_model.bin")
 
@@ -183,7 +183,7 @@ def build_model(
             state, info = load_teacher_checkpoint(checkpoint_path, use_ema=use_ema)
             _load_weights(source, state, str(checkpoint_path))
             meta.update(file=str(Path(checkpoint_path).resolve()), weights=info["weights"])
-            meta.update({k: info[k] for k in WEIGHT_FACTS if k in info})
+            meta.update({k: info[k] for k in _WEIGHT_FACTS if k in info})
         # Without a checkpoint the module's pretrained_cfg describes its architecture's default weights,
         # not necessarily these: its input size is not taken as the one these weights were trained at.
         return source, meta
@@ -283,7 +283,7 @@ def _model_from_state(
     meta = {"name": name, "tag": tag or None, "file": str(Path(path).resolve()), "weights": info["weights"]}
     if info.get("pretrained_cfg"):
         meta["pretrained_cfg"] = info["pretrained_cfg"]
-    meta.update({k: info[k] for k in WEIGHT_FACTS if k in info})
+    meta.update({k: info[k] for k in _WEIGHT_FACTS if k in info})
     return model, meta
 
 

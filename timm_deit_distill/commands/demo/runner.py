@@ -107,15 +107,15 @@ def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, 
 
 def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dict[str, Any]:
     """Class/distillation token cosine of a student checkpoint over the validation images."""
+    from timm.data import resolve_model_data_config
+
     from ...analysis import token_cosine
     from ...checkpoint import create_model_from_checkpoint
     from ...data import LoaderSettings, build_datasets, build_eval_loader
 
     model, _ = create_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
     _, val_ds = build_datasets(str(data_dir))
-    cfg = model.pretrained_cfg
-    data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")}
-    data_config["input_size"] = tuple(data_config["input_size"])
+    data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
     loader = build_eval_loader(val_ds, data_config, LoaderSettings(batch_size=128, validation_batch_size=None,
                                                                     workers=0, pin_mem=False))
     return token_cosine(model, loader).as_dict()
