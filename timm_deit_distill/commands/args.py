@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from timm.utils import ParseKwargs
 
-from ..data import AugmentSettings, LoaderSettings
+from ..data import CHECK_IMAGES, AugmentSettings, LoaderSettings
 from ..errors import UsageError
 from ..factory import DataSettings, StudentSettings
 from ..losses import DistillSettings
@@ -417,7 +417,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     return p
 
 
-TEACHER_CHECK_IMAGES = 512
+TEACHER_CHECK_IMAGES = CHECK_IMAGES  # the teacher check's own default
 def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
     """The teacher's input size and check flags, shared by `deit-distill train`, `cache build` and `eval`.
 

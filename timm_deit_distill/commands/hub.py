@@ -161,15 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("push", "pull"):
-        args = build_parser(argv[0]).parse_args(argv[1:])
-        args.command = argv[0]
+        command, args = argv[0], build_parser(argv[0]).parse_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)  # prints the usage of both and exits 2
+        command = args.command
     try:
-        return _push(args) if args.command == "push" else _pull(args)
+        return _push(args) if command == "push" else _pull(args)
     except (DeitDistillError, LocalEntryNotFoundError, FileNotFoundError, NotADirectoryError, HfHubHTTPError,
             ValueError) as e:
         # huggingface_hub's HTTP errors span several lines (status, URL, advice): one line here. The
         # integrity report keeps its list of files, one per line.
-        return refuse(args.command, e, hint=_hint(e, args.command), redact=_redact, exit_code=_http_exit_code(e))
+        return refuse(command, e, hint=_hint(e, command), redact=_redact, exit_code=_http_exit_code(e))
 

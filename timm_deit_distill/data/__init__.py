@@ -36,6 +36,7 @@ from __future__ import annotations
 from ..errors import DataError
 from .datasets import build_datasets, check_num_classes, dataset_fingerprint, label_names, load_image
 from .loaders import (
+    CHECK_IMAGES,
     LoaderSettings,
     ViewLoader,
     build_check_loader,
@@ -61,6 +62,7 @@ __all__ = [
     "build_train_loader",
     "build_eval_loader",
     "build_check_loader",
+    "CHECK_IMAGES",
     "build_train_transform",
     "build_eval_transform",
     "build_mixup",

@@ -30,7 +30,10 @@ from .views import (
 )
 
 __all__ = ["LoaderSettings", "ViewLoader", "build_mixup", "build_train_loader", "build_eval_loader",
-           "build_check_loader"]
+           "build_check_loader", "CHECK_IMAGES"]
+
+# Validation images the teacher check measures unless told otherwise (--teacher-check-images' default).
+CHECK_IMAGES = 512
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,7 @@ def build_check_loader(
     dataset: Any,
     data_config: dict[str, Any],
     *,
-    max_images: int = 512,
+    max_images: int = CHECK_IMAGES,
     batch_size: int = 64,
     workers: int = 0,
     seed: int = 0,

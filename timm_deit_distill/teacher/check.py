@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..data.loaders import CHECK_IMAGES
 from ..errors import TeacherError
 from .fit import fmt_floats, fmt_hw
 
@@ -49,7 +50,7 @@ def auto_min_top1(chance: float) -> float:
     return chance + 0.25 * (100.0 - chance)
 
 
-def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: int = 512,
+def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: int = CHECK_IMAGES,
                     min_top1: float | str | None = "auto") -> TeacherCheck:
     """What :meth:`DistillationTeacher.check <timm_deit_distill.teacher.DistillationTeacher.check>` does (see there), for ``teacher``."""
     if max_images < 1:

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..atomic import sha256_file
+from ..data.loaders import CHECK_IMAGES
 from ..errors import TeacherError
 from .check import TeacherCheck, measure_teacher
 from .fit import (
@@ -340,7 +341,7 @@ class DistillationTeacher(nn.Module):
         self,
         loader: Iterable[Any],
         *,
-        max_images: int = 512,
+        max_images: int = CHECK_IMAGES,
         min_top1: float | str | None = "auto",
     ) -> TeacherCheck:
         """Measure the teacher's top-1 on real labelled images before it teaches; refuse a teacher near chance.
