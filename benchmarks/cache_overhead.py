@@ -43,9 +43,15 @@ from timm.loss import SoftTargetCrossEntropy
 
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 from timm_deit_distill.cache import TeacherTargetCache, build_cache
-from timm_deit_distill.cache_cli import format_bytes
-from timm_deit_distill.data import build_datasets, build_train_loader
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.commands.cache import format_bytes
+from timm_deit_distill.data import (
+    AugmentSettings,
+    LoaderSettings,
+    ViewSettings,
+    build_datasets,
+    build_train_loader,
+)
+from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.losses import DistillationLoss
 from timm_deit_distill.teacher import DistillationTeacher
 
@@ -56,13 +62,14 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _data_args(opts: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(
-        aa="rand-m9-mstd0.5-inc1", reprob=0.25, remode="pixel", recount=1, mixup=0.8, cutmix=1.0,
-        cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1,
-        aug_repeats=3, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], hflip=0.5, vflip=0.0, color_jitter=0.4,
-        train_interpolation="random", batch_size=opts.batch_size, workers=opts.workers, pin_mem=False,
-        seed=0, num_classes=None, deterministic_aug=True, distill_type="hard")
+def _augment() -> AugmentSettings:
+    """DeiT's augmentation (its recipe's flags) under --deterministic-aug."""
+    return AugmentSettings(
+        seed=0, deterministic_aug=True, aug_repeats=3, mix_group_size=2, no_aug=False, train_crop_mode=None,
+        scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], hflip=0.5, vflip=0.0, color_jitter=0.4, color_jitter_prob=None,
+        grayscale_prob=None, gaussian_blur_prob=None, aa="rand-m9-mstd0.5-inc1", train_interpolation="random",
+        reprob=0.25, remode="pixel", recount=1, mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0,
+        mixup_switch_prob=0.5, mixup_mode="batch", mixup_off_epoch=0, smoothing=0.1)
 
 
 def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -83,7 +90,9 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     student = timm.create_model(opts.student, num_classes=num_classes, img_size=opts.img_size)
     data_config = {"input_size": (3, opts.img_size, opts.img_size), "mean": student.pretrained_cfg["mean"],
                    "std": student.pretrained_cfg["std"], "crop_pct": 0.875, "interpolation": "bicubic"}
-    args = _data_args(opts)
+    view = ViewSettings.resolve(_augment(), data_config, num_classes)
+    loader = LoaderSettings(batch_size=opts.batch_size, validation_batch_size=None, workers=opts.workers,
+                            pin_mem=False)
     raw_teacher = timm.create_model(opts.teacher, pretrained=False, num_classes=num_classes)
     teacher = DistillationTeacher.create(raw_teacher, num_classes=num_classes, data_mean=data_config["mean"],
                                          data_std=data_config["std"], input_size=data_config["input_size"])
@@ -92,10 +101,10 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
          f"{len(train_ds)} training images, workers={opts.workers}")
 
     started = time.perf_counter()
-    manifest = build_cache(args, train_ds, data_config, teacher, tmp / "cache", epochs=1, store=opts.store)
+    manifest = build_cache(train_ds, view, loader, teacher, tmp / "cache", epochs=1, store=opts.store)
     build_s = time.perf_counter() - started
     cache = TeacherTargetCache.open(tmp / "cache")
-    cache.check_training(args, train_ds, 1, data_config=data_config)
+    cache.check_training(view, train_ds, 1, distill_type="hard")
     _log(f"cache built in {build_s:.1f}s ({manifest['rows_per_epoch']} views)")
 
     def runner(kind: str, targets: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]) -> Callable[[], float]:
@@ -105,7 +114,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         criterion = DistillationLoss(SoftTargetCrossEntropy(), None, kind, 0.5, 1.0)
-        batches = _batches(build_train_loader(args, train_ds, data_config))
+        batches = _batches(build_train_loader(train_ds, view, loader))
 
         def step() -> float:
             t0 = clock()

@@ -37,7 +37,7 @@ import torch.nn as nn
 from timm.task import TokenDistillationTask
 
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.task import DeiTDistillationTask
 from timm_deit_distill.teacher import DistillationTeacher
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import ImageDataset, create_transform, resolve_data_config
 
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 
 STUDENT = "deit_tiny_distilled_patch4_32"  # 32x32 inputs, 4x4 patches, 10 classes
 TEACHER = "resnet10t"

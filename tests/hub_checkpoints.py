@@ -2,7 +2,7 @@
 
 The checkpoint holds the keys of ``timm_deit_distill.checkpoint.CheckpointSaver.state_for`` (timm's
 CheckpointSaver keys plus ``deit_distill``, the metadata train.py records); ``summary.csv`` and
-``args.yaml`` are written with the trainer's own writers (``timm_deit_distill.summary``). The slow test in
+``args.yaml`` are written with the trainer's own writers (``timm_deit_distill.records``). The slow test in
 test_hub_trained.py checks the same path on a checkpoint the real trainer wrote.
 """
 
@@ -16,7 +16,7 @@ import timm
 import torch
 
 import timm_deit_distill  # noqa: F401  (registers the variants)
-from timm_deit_distill.summary import write_args_yaml, write_summary
+from timm_deit_distill.records import write_args_yaml, write_summary
 
 TOKEN = "hf_standin_write_token"  # the stand-in's write token; must never appear in any output
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -14,8 +14,8 @@ import sys
 import pytest
 import yaml
 
-from timm_deit_distill import train
-from timm_deit_distill.args import (
+from timm_deit_distill.commands import train
+from timm_deit_distill.commands.args import (
     UNSUPPORTED_TIMM_FLAGS,
     UsageError,
     build_parser,
@@ -464,7 +464,7 @@ def test_a_timm_command_line_runs_unchanged_plus_a_teacher():
 
 
 def test_train_is_reached_through_the_deit_distill_command(capsys):
-    from timm_deit_distill.cli import main as cli_main
+    from timm_deit_distill.commands.cli import main as cli_main
 
     assert cli_main(["train", "--recipe", "deit_small", "--print-config"]) == 0
     assert "model: deit_small_distilled_patch16_224  # in the recipe" in capsys.readouterr().out

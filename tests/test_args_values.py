@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from train_fixtures import FAST, STUDENT, digits
 
-from timm_deit_distill import train
+from timm_deit_distill.commands import train
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -61,6 +61,12 @@ from timm_deit_distill import train
     (["--lr-cycle-limit", "0"], "--lr-cycle-limit 0 must be >= 1"),
     (["--start-epoch", "-1"], "--start-epoch -1 must be >= 0"),
     (["--seed", "-1"], "--seed -1 must be in [0, 2**31)"),
+    # the data pipeline's own rules (written once, in its settings), before the data folder is looked at
+    (["--aug-repeats", "2.5"], "--aug-repeats 2.5 is not supported; fix: use a whole number"),
+    (["--aug-repeats", "-1"], "--aug-repeats -1 is not supported; fix: use a whole number >= 0"),
+    (["--mix-group-size", "3"], "--mix-group-size 3 must be an even number >= 2"),
+    (["--validation-batch-size", "0"], "--validation-batch-size 0 must be >= 1"),
+    (["--workers", "-1"], "--workers -1 must be >= 0"),
 ])
 def test_value_refused_before_anything_runs(argv, needle, capsys):
     assert train.main([*argv, "--data-dir", "/nonexistent"]) == 2
@@ -69,15 +75,23 @@ def test_value_refused_before_anything_runs(argv, needle, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_config_value_of_the_wrong_kind_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("text,needle", [
+    ("mean: [0.5, oops, 0.5]\n", "--mean 0.5 oops 0.5 must be a finite number"),
+    # null for a setting that always has a value: it ended in a TypeError traceback (or, where no check read it,
+    # in a default copied elsewhere)
+    *[(f"{key}: null\n", f"{key}: null, but --{key.replace('_', '-')} needs a value")
+      for key in ("seed", "hflip", "mixup_mode", "mix_group_size", "remode")],
+])
+def test_a_config_value_of_the_wrong_kind_is_refused(text, needle, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("mean: [0.5, oops, 0.5]\n")
+    cfg.write_text(text)
     assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
-    assert "--mean 0.5 oops 0.5 must be a finite number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_valid_edges_are_accepted():
-    from timm_deit_distill.args import parse_args
+    from timm_deit_distill.commands.args import parse_args
 
     args = parse_args(["--crop-pct", "1", "--img-size", "1", "--scale", "1", "1", "--seed", "0",
                        "--interpolation", "bilinear", "--train-interpolation", "random", "--distill-tau", "1e-6"])
@@ -103,3 +117,4 @@ def test_a_config_number_that_is_not_whole_for_a_whole_number_flag_is_refused(tm
     assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "--epochs 2.5 must be a whole number" in err and len(err.strip().splitlines()) == 1
+

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from timm_deit_distill.atomic import atomic_path, atomic_write_text
-from timm_deit_distill.cache import _write_chunk, _write_json
+from timm_deit_distill.cache.store import write_chunk, write_json
 from timm_deit_distill.checkpoint import CheckpointSaver
 from timm_deit_distill.plots import plot_curves
-from timm_deit_distill.summary import write_args_yaml, write_summary
+from timm_deit_distill.records import write_args_yaml, write_summary
 
 
 @pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
@@ -50,8 +50,8 @@ def test_reference_is_0666_under_the_umask(tmp_path, umask):
 
 def test_cache_chunk_and_manifest(tmp_path, umask):
     chunk = tmp_path / "epoch-0000.safetensors"
-    _write_chunk(chunk, {"hard": np.arange(12, dtype=np.int16)}, {"timm_deit_distill_cache": "{}"})
-    _write_json(tmp_path / "manifest.json", {"format": 1})
+    write_chunk(chunk, {"hard": np.arange(12, dtype=np.int16)}, {"timm_deit_distill_cache": "{}"})
+    write_json(tmp_path / "manifest.json", {"format": 1})
     expected = plain_mode(tmp_path)
     assert mode(chunk) == expected
     assert mode(tmp_path / "manifest.json") == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,8 +17,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from aug_fixtures import DATA_CONFIG
-from aug_fixtures import make_args as _aug_args
+from aug_fixtures import DATA_CONFIG, make_args
 from safetensors.numpy import load_file
 
 from timm_deit_distill.cache import (
@@ -29,15 +29,10 @@ from timm_deit_distill.cache import (
     build_cache,
 )
 from timm_deit_distill.data import ViewLayout, build_datasets, build_train_loader
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.losses import DistillationLoss
 
 TEACHER = {"name": "resnet18", "tag": None, "sha256": "0" * 64, "precision": "float32"}
-
-
-def make_args(**overrides):
-    """DeiT's augmentation as in test_data, plus the trainer's distillation settings."""
-    return _aug_args(**{**dict(distill_type="hard", distill_teacher=None), **overrides})
 
 
 class CountingTeacher(torch.nn.Module):
@@ -66,13 +61,18 @@ def teacher():
 
 
 def build(out, train_ds, teacher, *, epochs=2, store="hard", args=None, **kw):
-    return build_cache(args or make_args(), train_ds, DATA_CONFIG, teacher, out, epochs=epochs, store=store,
+    args = args or make_args()
+    return build_cache(train_ds, args.view, args.loader, teacher, out, epochs=epochs, store=store,
                        teacher_description=TEACHER, **kw)
+
+
+def check(cache, args, train_ds, epochs):
+    cache.check_training(args.view, train_ds, epochs, distill_type=args.distill_type, teacher=args.teacher)
 
 
 def opened(out, args, train_ds, epochs):
     cache = TeacherTargetCache.open(out)
-    cache.check_training(args, train_ds, epochs, data_config=DATA_CONFIG)
+    check(cache, args, train_ds, epochs)
     return cache
 
 
@@ -94,7 +94,7 @@ def _train(args, train_ds, targets_for, *, epochs, kind):
     student = _student()
     opt = torch.optim.SGD(student.parameters(), lr=0.05)
     loss_fn = DistillationLoss(SoftTargetCrossEntropy(), None, kind, 0.5, 1.0)
-    loader = build_train_loader(args, train_ds, DATA_CONFIG)
+    loader = build_train_loader(train_ds, args.view, args.loader)
     losses, used = [], []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
@@ -124,7 +124,7 @@ def test_cached_teaching_equals_online_teaching(tmp_path, digits, teacher, store
         return cache.targets(epoch, views)
 
     # the cache was built with batches of 8; train with 6 (6 batches, the last 4 views dropped as timm does)
-    args.batch_size = 6
+    args = dataclasses.replace(args, loader=dataclasses.replace(args.loader, batch_size=6))
     online_losses, online_targets = _train(args, train_ds, online, epochs=2, kind=kind)
     cached_losses, cached_targets = _train(args, train_ds, cached, epochs=2, kind=kind)
     if kind == "hard":
@@ -231,7 +231,7 @@ def test_sigkilled_build_resumes_to_the_same_cache(tmp_path, digits):
     script.write_text(textwrap.dedent(f"""
         import sys, time, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_cache import CountingTeacher, make_args, DATA_CONFIG, TEACHER
+        from test_cache import CountingTeacher, make_args, TEACHER
         from timm_deit_distill.cache import build_cache
         from timm_deit_distill.data import build_datasets
 
@@ -241,7 +241,8 @@ def test_sigkilled_build_resumes_to_the_same_cache(tmp_path, digits):
                 return super().forward(x)
 
         train_ds, _ = build_datasets({str(root)!r})
-        build_cache(make_args(), train_ds, DATA_CONFIG, Slow(), {str(tmp_path / 'c')!r}, epochs=4,
+        args = make_args()
+        build_cache(train_ds, args.view, args.loader, Slow(), {str(tmp_path / 'c')!r}, epochs=4,
                     store="hard", teacher_description=TEACHER)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -271,17 +272,17 @@ def test_changed_settings_are_refused_by_name(tmp_path, digits, teacher):
     build(tmp_path / "c", train_ds, teacher, epochs=2)
     cache = TeacherTargetCache.open(tmp_path / "c")
     with pytest.raises(CacheMismatch, match=r"views\.reprob: cache 0\.25, now 0\.1"):
-        cache.check_training(make_args(reprob=0.1), train_ds, 2, data_config=DATA_CONFIG)
+        check(cache, make_args(reprob=0.1), train_ds, 2)
     with pytest.raises(CacheMismatch, match=r"views\.mixup: cache 0\.8, now 0\.5; views\.seed: cache 0, now 1"):
-        cache.check_training(make_args(seed=1, mixup=0.5), train_ds, 2, data_config=DATA_CONFIG)
+        check(cache, make_args(seed=1, mixup=0.5), train_ds, 2)
     with pytest.raises(CacheMismatch, match=r"views\.input_size: cache \[3, 32, 32\], now \[3, 48, 48\]"):
-        cache.check_training(make_args(), train_ds, 2, data_config={**DATA_CONFIG, "input_size": (3, 48, 48)})
+        check(cache, make_args(data_config={**DATA_CONFIG, "input_size": (3, 48, 48)}), train_ds, 2)
     with pytest.raises(CacheMismatch, match="deterministic_aug: cache True, now False.*--deterministic-aug"):
-        cache.check_training(make_args(deterministic_aug=False), train_ds, 2, data_config=DATA_CONFIG)
+        check(cache, make_args(deterministic_aug=False), train_ds, 2)
     with pytest.raises(CacheMismatch, match="soft distillation needs logits.*--store full"):
-        cache.check_training(make_args(distill_type="soft"), train_ds, 2, data_config=DATA_CONFIG)
+        check(cache, make_args(distill_type="soft"), train_ds, 2)
     with pytest.raises(CacheMismatch, match="teacher: cache 'resnet18', now 'regnety_160'"):
-        cache.check_training(make_args(distill_teacher="regnety_160"), train_ds, 2, data_config=DATA_CONFIG)
+        check(cache, make_args(distill_teacher="regnety_160"), train_ds, 2)
     # and a rebuild into the same directory with other settings
     with pytest.raises(CacheMismatch, match=r"views\.hflip: cache 0\.5, now 0\.0.*another --out"):
         build(tmp_path / "c", train_ds, teacher, args=make_args(hflip=0.0))
@@ -296,14 +297,14 @@ def test_changed_dataset_is_refused(tmp_path, digits, teacher):
     smaller.reader = copy.copy(train_ds.reader)
     smaller.reader.samples = train_ds.reader.samples[1:]
     with pytest.raises(CacheMismatch, match=r"dataset\.files_sha256.*dataset\.num_samples: cache 40, now 39"):
-        TeacherTargetCache.open(tmp_path / "c").check_training(make_args(), smaller, 1, data_config=DATA_CONFIG)
+        check(TeacherTargetCache.open(tmp_path / "c"), make_args(), smaller, 1)
 
 
 def test_training_past_the_cached_epochs_is_refused_with_the_numbers(tmp_path, digits, teacher):
     train_ds, _ = digits
     build(tmp_path / "c", train_ds, teacher, epochs=2)
     with pytest.raises(CacheMismatch, match=r"epochs 0-4 \(5 epochs\).*holds 2 \(epochs 0-1\); missing: 2-4.*--epochs 5"):
-        TeacherTargetCache.open(tmp_path / "c").check_training(make_args(), train_ds, 5, data_config=DATA_CONFIG)
+        check(TeacherTargetCache.open(tmp_path / "c"), make_args(), train_ds, 5)
 
 
 def test_row_check_catches_an_ordering_bug(tmp_path, digits, teacher):
@@ -330,7 +331,7 @@ def test_corrupted_chunk_and_bad_inputs(tmp_path, digits, teacher, monkeypatch):
     with pytest.raises(CacheError, match="epoch-0000.safetensors does not match its sha256.*rerun `deit-distill cache build`"):
         opened(tmp_path / "c", make_args(), train_ds, 1)
     # ... and, beyond the up-front hashing budget, when the epoch is loaded.
-    import timm_deit_distill.cache as cache_module
+    import timm_deit_distill.cache.replay as cache_module
 
     monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0)
     cache = opened(tmp_path / "c", make_args(), train_ds, 1)

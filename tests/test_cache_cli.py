@@ -14,8 +14,8 @@ import pytest
 import timm
 import torch
 
-from timm_deit_distill import cache_cli
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.commands import cache as cache_cli
+from timm_deit_distill.data.digits import write_digits_imagefolder
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def read_summary(run_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_train_from_cache_equals_online_teaching(setup_files, capsys):
-    from timm_deit_distill import train
+    from timm_deit_distill.commands import train
 
     root, data, teacher = setup_files
     out = root / "cache"
@@ -110,7 +110,7 @@ def test_torchrun_processes_share_the_build(setup_files, tmp_path):
     out = tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "timm_deit_distill.cache_cli", "build",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "timm_deit_distill", "cache", "build",
            *flags(data, teacher, "--epochs", "3"), "--store", "topk:3", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,8 +24,7 @@ import torch
 from hub_checkpoints import LABELS, reference_model, write_run
 from train_fixtures import STUDENT, digits, load
 
-from timm_deit_distill import evaluate, hub_cli, train
-from timm_deit_distill.args import parse_args
+from timm_deit_distill import factory
 from timm_deit_distill.checkpoint import (
     CheckpointError,
     create_model_from_checkpoint,
@@ -33,6 +32,9 @@ from timm_deit_distill.checkpoint import (
     read_checkpoint,
     select_weights,
 )
+from timm_deit_distill.commands import evaluate, train
+from timm_deit_distill.commands import hub as hub_cli
+from timm_deit_distill.commands.args import parse_args, settings_from_args
 from timm_deit_distill.hub import save_pretrained
 from timm_deit_distill.teacher import DistillationTeacher
 
@@ -235,7 +237,7 @@ def test_the_reported_cases_exit_2_without_a_traceback_in_a_real_process(damaged
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for argv, (path, diagnosis) in runs:
-        proc = subprocess.run([sys.executable, "-m", "timm_deit_distill.cli", *argv], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "timm_deit_distill", *argv], capture_output=True, text=True,
                               timeout=300, env=env)
         assert proc.returncode == 2, proc.stderr
         _one_line_diagnosis(proc.stderr, path, diagnosis)
@@ -344,8 +346,8 @@ def test_eval_needs_a_choice_for_both_and_records_the_weights_it_used(both, tmp_
 
 
 def _student_from(argv: list[str]) -> torch.nn.Module:
-    args = parse_args(["--data-dir", "unused", *argv])
-    return train._create_student(args, train.architecture_kwargs(args, 10))
+    student = settings_from_args(parse_args(["--data-dir", "unused", *argv])).student
+    return factory.create_student(student, factory.architecture_kwargs(student, 10))
 
 
 def test_initial_checkpoint_applies_the_policy_and_loads_the_chosen_weights(both, trained_teacher, tmp_path,

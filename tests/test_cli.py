@@ -8,7 +8,7 @@ import sys
 import timm
 
 import timm_deit_distill
-from timm_deit_distill.cli import main
+from timm_deit_distill.commands.cli import main
 
 
 def test_version(capsys):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from timm_deit_distill.cli import main
+from timm_deit_distill.commands.cli import main
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

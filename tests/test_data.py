@@ -24,7 +24,7 @@ from timm_deit_distill.data import (
     make_posterize_safe,
     safe_posterize,
 )
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def digits(tmp_path_factory):
 
 
 def collect(args, train_ds, *, epoch=3, rank=0, world_size=1):
-    loader = build_train_loader(args, train_ds, DATA_CONFIG, rank=rank, world_size=world_size)
+    loader = build_train_loader(train_ds, args.view, args.loader, rank=rank, world_size=world_size)
     loader.set_epoch(epoch)
     views = {}
     for inputs, targets, view_index in loader:
@@ -92,9 +92,10 @@ def test_timm_mode_is_a_function_of_seed_and_epoch_and_uses_batch_wide_mixup(dig
     train_ds, _ = digits
     args = make_args(deterministic_aug=False, mixup=0.8, cutmix=0.0, smoothing=0.0, batch_size=8)
     first = collect(args, train_ds)
-    assert_same_views(first, collect(make_args(**{**vars(args), "workers": 2}), train_ds), 40)
+    assert_same_views(first, collect(make_args(deterministic_aug=False, mixup=0.8, cutmix=0.0, smoothing=0.0,
+                                               batch_size=8, workers=2), train_ds), 40)
     labels = collect(make_args(deterministic_aug=False, mixup=0.0, cutmix=0.0), train_ds)
-    loader = build_train_loader(args, train_ds, DATA_CONFIG)
+    loader = build_train_loader(train_ds, args.view, args.loader)
     loader.set_epoch(3)
     for _, targets, view_index in loader:
         onehot = torch.nn.functional.one_hot(torch.stack([labels[p][1] for p in view_index.tolist()]), 10)
@@ -114,7 +115,7 @@ def test_loading_does_not_touch_the_global_generators(digits):
     random.seed(5)
     np.random.seed(7)
     collect(make_args(workers=0), train_ds)
-    build_eval_loader(make_args(workers=0), digits[1], DATA_CONFIG)
+    build_eval_loader(digits[1], DATA_CONFIG, make_args(workers=0).loader)
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1]
     assert np.random.rand() == expected[2]
@@ -152,7 +153,7 @@ def test_repeated_augmentation_on_one_process_with_a_dataset_smaller_than_a_batc
     train_ds, _ = build_datasets(str(root))
     assert len(train_ds) == 10
     args = make_args(batch_size=64, aug_repeats=3, deterministic_aug=deterministic)
-    loader = build_train_loader(args, train_ds, DATA_CONFIG)
+    loader = build_train_loader(train_ds, args.view, args.loader)
     for epoch in range(3):
         loader.set_epoch(epoch)
         batches = list(loader)
@@ -166,7 +167,8 @@ def test_two_ranks_get_disjoint_views_and_equal_batch_counts(digits):
     train_ds, _ = digits
     seen = []
     for rank in range(2):
-        loader = build_train_loader(make_args(batch_size=4), train_ds, DATA_CONFIG, rank=rank, world_size=2)
+        args = make_args(batch_size=4)
+        loader = build_train_loader(train_ds, args.view, args.loader, rank=rank, world_size=2)
         assert len(loader) == 5
         seen.append({p for _, _, v in loader for p in v.tolist()})
     assert not seen[0] & seen[1]
@@ -203,7 +205,7 @@ def test_deit_rand_augment_never_crashes():
     """DeiT's rand-m9-mstd0.5-inc1 asks for 0-bit posterize about once per thousand images."""
     from timm.data.auto_augment import RandAugment, posterize
 
-    transform = build_train_transform(make_args(aa="rand-m9-mstd0.5-inc1"), DATA_CONFIG)
+    transform = build_train_transform(make_args(aa="rand-m9-mstd0.5-inc1").view)
     (safe,) = [t for t in transform.transforms if isinstance(t, RandAugment)]
     unsafe = copy.deepcopy(safe)
     for op in unsafe.ops:  # timm's own posterize back in, to show the failure is real
@@ -278,14 +280,17 @@ def test_unreadable_image_is_named_or_skipped(tmp_path, caplog):
 
 def test_bad_loader_settings_are_refused(digits):
     train_ds, _ = digits
+    def build(args, ds=train_ds, **kw):
+        return build_train_loader(ds, args.view, args.loader, **kw)
+
     with pytest.raises(DataError, match="multiple of the mix group size 2"):
-        build_train_loader(make_args(batch_size=7), train_ds, DATA_CONFIG)
+        build(make_args(batch_size=7))
     with pytest.raises(DataError, match="aug-repeats 2.5.*whole number"):
-        build_train_loader(make_args(aug_repeats=2.5), train_ds, DATA_CONFIG)
+        build(make_args(aug_repeats=2.5))
     with pytest.raises(DataError, match="--num-classes 7 .* 10 class folders"):
-        build_train_loader(make_args(num_classes=7), train_ds, DATA_CONFIG)
+        build(make_args(num_classes=7))
     with pytest.raises(DataError, match="fewer than the 8 one epoch needs across 4"):
-        build_train_loader(make_args(), _tiny(train_ds, 5), DATA_CONFIG, rank=0, world_size=4)
+        build(make_args(), _tiny(train_ds, 5), rank=0, world_size=4)
 
 
 def _tiny(ds, n):
@@ -297,9 +302,9 @@ def _tiny(ds, n):
 
 def test_eval_loader_is_in_order_and_split_by_rank(digits):
     _, val_ds = digits
-    loader = build_eval_loader(make_args(batch_size=64), val_ds, DATA_CONFIG)
+    loader = build_eval_loader(val_ds, DATA_CONFIG, make_args(batch_size=64).loader)
     targets = torch.cat([t for _, t in loader])
     assert targets.tolist() == [t for _, t in val_ds.reader.samples]
-    halves = [torch.cat([t for _, t in build_eval_loader(make_args(batch_size=64), val_ds, DATA_CONFIG,
+    halves = [torch.cat([t for _, t in build_eval_loader(val_ds, DATA_CONFIG, make_args(batch_size=64).loader,
                                                          rank=r, world_size=2)]) for r in range(2)]
     assert len(halves[0]) + len(halves[1]) >= len(val_ds)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from timm_deit_distill import demo
-from timm_deit_distill.args import parse_args
+from timm_deit_distill.commands import demo
+from timm_deit_distill.commands.args import parse_args
 
 _DISTILL_FLAGS = {"distill_type", "distill_teacher", "distill_teacher_path", "distill_alpha", "distill_tau",
                   "distill_soft_reduction", "teacher_precision", "distill_teacher_ema", "experiment", "seed", "_layers"}
@@ -95,7 +95,7 @@ def test_a_seed_gives_every_mode_the_same_initial_student_and_views(tmp_path):
     import torch
     from train_fixtures import digits, teacher_checkpoint
 
-    from timm_deit_distill import train
+    from timm_deit_distill.commands import train
 
     data = digits(tmp_path / "digits", train_per_class=2)
     teacher = teacher_checkpoint(tmp_path / "teacher.pth")

@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from timm.data import create_dataset
 
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 
 
 def test_split_is_stratified_complete_and_pixel_exact(tmp_path):

@@ -12,8 +12,9 @@ import torch
 import yaml
 from train_fixtures import FAST, STUDENT, digits, load
 
-from timm_deit_distill import cache_cli, train
-from timm_deit_distill.args import format_config, parse_args
+from timm_deit_distill.commands import cache as cache_cli
+from timm_deit_distill.commands import train
+from timm_deit_distill.commands.args import format_config, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,9 @@ def test_a_tampered_chunk_is_refused_before_the_first_step_naming_it(data, train
 
 def test_a_truncated_chunk_beyond_the_hashing_budget_is_refused_up_front(data, trained_teacher, cache_dir, tmp_path,
                                                                          capsys, monkeypatch):
-    import timm_deit_distill.cache as cache_module
+    import timm_deit_distill.cache.replay as cache_module
 
-    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0, raising=False)  # sizes and headers only
+    monkeypatch.setattr(cache_module, "HASH_UP_FRONT_BYTES", 0)  # sizes and headers only
     cache = shutil.copytree(cache_dir, tmp_path / "c")
     chunk = cache / "epoch-0001.safetensors"
     chunk.write_bytes(chunk.read_bytes()[:-10])

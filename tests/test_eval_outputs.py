@@ -11,8 +11,8 @@ import torch
 from train_fixtures import STUDENT_KWARGS, digits
 
 import timm_deit_distill  # noqa: F401  (registers the variants)
-from timm_deit_distill import evaluate
 from timm_deit_distill.checkpoint import CheckpointSaver
+from timm_deit_distill.commands import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 from timm.utils import ModelEmaV3, accuracy
 from train_fixtures import STUDENT_KWARGS, digits, teacher_checkpoint
 
-from timm_deit_distill import evaluate
 from timm_deit_distill.checkpoint import CheckpointSaver
-from timm_deit_distill.evaluate import head_logits
+from timm_deit_distill.commands import evaluate
+from timm_deit_distill.evaluation import head_logits
 
 
 def _student(seed: int) -> torch.nn.Module:

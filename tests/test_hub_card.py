@@ -11,7 +11,7 @@ from hub_checkpoints import TEACHER, write_run
 from huggingface_hub import ModelCard
 
 from timm_deit_distill.hub import save_pretrained
-from timm_deit_distill.summary import write_summary
+from timm_deit_distill.records import write_summary
 
 
 def _table(card_text: str, heading: str) -> dict[str, str]:

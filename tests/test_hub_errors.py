@@ -21,7 +21,7 @@ from hub_standin import HubStandIn, client_subprocess_env, isolate_client
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 
-from timm_deit_distill import hub_cli
+from timm_deit_distill.commands import hub as hub_cli
 from timm_deit_distill.hub import HubConnectionError, parse_repo_ref, pull, push_to_hub
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use .content=<...>. to upload raw bytes:DeprecationWarning")

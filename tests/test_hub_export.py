@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 from timm.data import resolve_data_config
 
 from timm_deit_distill.checkpoint import CheckpointError
-from timm_deit_distill.hub import HubExportError, save_pretrained
-from timm_deit_distill.hub_export import plain_timm_architecture
+from timm_deit_distill.hub import HubExportError, plain_timm_architecture, save_pretrained
 from timm_deit_distill.models import timm_equivalent
 
 X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))

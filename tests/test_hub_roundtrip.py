@@ -15,7 +15,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import load_file
 
-from timm_deit_distill import hub_cli
+from timm_deit_distill.commands import hub as hub_cli
 from timm_deit_distill.hub import HubAuthError, load_model, pull, push_to_hub, save_pretrained
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use .content=<...>. to upload raw bytes:DeprecationWarning")
@@ -147,7 +147,7 @@ def test_cli_push_then_pull_in_a_fresh_process_with_the_stored_login(run, hub, t
     out = tmp_path / "pulled"
     code = textwrap.dedent(f"""
         import sys
-        from timm_deit_distill.cli import main
+        from timm_deit_distill.commands.cli import main
         rc = main(["push", {str(run.checkpoint)!r}, "--repo-id", "acme/cli", "--use-ema", "--dataset", "acme/digits"])
         sys.exit(rc or main(["pull", "acme/cli", "--out", {str(out)!r}]))
     """)

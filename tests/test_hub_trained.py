@@ -18,9 +18,9 @@ from hub_standin import HubStandIn, client_subprocess_env, isolate_client
 from huggingface_hub import ModelCard, constants
 from safetensors.torch import save_file
 
-from timm_deit_distill import cli
 from timm_deit_distill.checkpoint import create_model_from_checkpoint
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.commands import cli
+from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.hub import pull
 
 pytestmark = [pytest.mark.slow,

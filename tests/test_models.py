@@ -12,8 +12,7 @@ import torch
 from safetensors.torch import save_file
 from timm.data import resolve_data_config
 from timm.layers import resample_abs_pos_embed
-from timm.models import get_pretrained_cfg
-from timm.models._registry import model_entrypoint
+from timm.models import get_pretrained_cfg, model_entrypoint
 from timm.models.deit import VisionTransformerDistilled
 
 import timm_deit_distill
@@ -41,7 +40,7 @@ def test_import_keeps_timms_names_tags_and_hub_ids_and_warns_nothing():
         from timm.models import get_pretrained_cfg
         before = {n: get_pretrained_cfg(n + '.fb_in1k').hf_hub_id for n in timm.list_models('deit*distilled*')}
         import timm_deit_distill
-        from timm.models._registry import model_entrypoint
+        from timm.models import model_entrypoint
         for name, hub_id in before.items():
             assert get_pretrained_cfg(name + '.fb_in1k').hf_hub_id == hub_id == f'timm/{name}.fb_in1k', name
             assert model_entrypoint(name).__module__ == 'timm.models.deit', name
@@ -82,7 +81,7 @@ def test_canonical_name_is_registered_when_timm_lacks_it():
         from timm.models import get_pretrained_cfg
         cfg = get_pretrained_cfg('deit_small_distilled_patch16_224.fb_in1k')
         assert cfg.hf_hub_id == 'timm/deit_small_distilled_patch16_224.fb_in1k', cfg.hf_hub_id
-        assert _registry.model_entrypoint('deit_small_distilled_patch16_224').__module__ == 'timm_deit_distill.models'
+        assert _registry.model_entrypoint('deit_small_distilled_patch16_224').__module__ == 'timm_deit_distill.models.deit'
         m = timm.create_model('deit_small_distilled_patch16_224')
         assert m.embed_dim == 384 and m.pretrained_cfg['tag'] == 'fb_in1k'
         print('ok')
@@ -211,3 +210,14 @@ def test_plugin_import_by_module_name_then_create_via_timm():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "10 (3, 32, 32)"
+
+
+def test_the_plugin_variants_sit_under_timms_deit_module_key():
+    """timm keys a model by the last part of its entrypoint's module: the plugin's is 'deit', as timm's DeiT
+    models are, so module-filtered listings (and timm's module-filtered tests) select them."""
+    assert set(PLUGIN_VARIANTS) <= set(timm.list_models(module="deit"))
+    assert set(CANONICAL_VARIANTS) <= set(timm.list_models(module="deit"))
+    assert "models" not in timm.list_modules()
+    for name in PLUGIN_VARIANTS:
+        fn = model_entrypoint(name, module_filter="deit")
+        assert fn.__name__ == name and fn.__module__ == "timm_deit_distill.models.deit"

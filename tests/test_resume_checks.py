@@ -12,8 +12,8 @@ import torch
 import yaml
 from train_fixtures import FAST, STUDENT, digits, load
 
-from timm_deit_distill import train
-from timm_deit_distill.args import parse_args
+from timm_deit_distill.commands import train
+from timm_deit_distill.commands.args import parse_args
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import time
 import pytest
 from train_fixtures import FAST, STUDENT, digits, load
 
-from timm_deit_distill import demo, train
-from timm_deit_distill.args import parse_args
-from timm_deit_distill.summary import read_summary
+from timm_deit_distill.commands import demo, train
+from timm_deit_distill.commands.args import parse_args
+from timm_deit_distill.records import read_summary
 
 # The new API is imported inside the tests that use it, so that the end-to-end tests also run (and fail)
 # against code from before it.

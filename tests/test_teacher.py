@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from timm.models import save_for_hf
 from timm.utils import CheckpointSaver, ModelEmaV3
 
-from timm_deit_distill import teacher as teacher_module
 from timm_deit_distill.checkpoint import CheckpointError
 from timm_deit_distill.teacher import DistillationTeacher, TeacherError, resolve_precision
+from timm_deit_distill.teacher import precision as teacher_precision
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -335,9 +335,9 @@ def test_moving_a_parent_moves_the_hidden_teacher():
 # ---- precision --------------------------------------------------------------------------------------------
 
 def test_auto_precision_follows_device_capability(monkeypatch):
-    monkeypatch.setattr(teacher_module, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(teacher_precision, "cpu_has_fast_bf16", lambda: True)
     assert resolve_precision("auto", "cpu")[0] == torch.bfloat16
-    monkeypatch.setattr(teacher_module, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(teacher_precision, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", "cpu")[0] == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert resolve_precision("auto", "cuda")[0] == torch.bfloat16

@@ -24,10 +24,11 @@ from timm.models import save_for_hf
 from timm.utils import CheckpointSaver, accuracy
 from train_fixtures import STUDENT_KWARGS, load, teacher_checkpoint
 
-from timm_deit_distill import cache_cli, evaluate, train
-from timm_deit_distill.args import parse_args
+from timm_deit_distill.commands import cache as cache_cli
+from timm_deit_distill.commands import evaluate, train
+from timm_deit_distill.commands.args import parse_args
 from timm_deit_distill.data import build_check_loader, build_datasets
-from timm_deit_distill.model_card import CardFacts, build_model_card
+from timm_deit_distill.hub.card import CardFacts, build_model_card
 from timm_deit_distill.teacher import DistillationTeacher, TeacherCheck, TeacherError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -24,9 +24,9 @@ from train_fixtures import (
     teacher_checkpoint,
 )
 
-from timm_deit_distill import train
-from timm_deit_distill.args import parse_args
-from timm_deit_distill.summary import read_summary, summary_columns
+from timm_deit_distill.commands import train
+from timm_deit_distill.commands.args import parse_args
+from timm_deit_distill.records import read_summary, summary_columns
 
 BRIEF_COLUMNS = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "train_task_loss",
                  "train_distill_loss", "eval_top1_cls", "eval_top1_dist", "teacher_top1", "teacher_agreement"]

@@ -16,8 +16,8 @@ import pytest
 import torch
 from train_fixtures import STUDENT, digits, load, run_cli, teacher_checkpoint
 
-from timm_deit_distill import evaluate
-from timm_deit_distill.summary import read_summary
+from timm_deit_distill.commands import evaluate
+from timm_deit_distill.records import read_summary
 
 
 def _argv(data, teacher, out, name, batch):

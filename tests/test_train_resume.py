@@ -16,7 +16,7 @@ import pytest
 import torch
 from train_fixtures import STUDENT, digits, load, run_cli, teacher_checkpoint
 
-from timm_deit_distill.summary import read_summary
+from timm_deit_distill.records import read_summary
 
 
 def _argv(data, teacher, out, name):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from train_fixtures import FAST, STUDENT, digits, load
 
-from timm_deit_distill import train
+from timm_deit_distill.commands import train
 
 
 @pytest.mark.slow

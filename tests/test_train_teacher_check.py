@@ -13,7 +13,8 @@ import torch
 import yaml
 from train_fixtures import FAST, STUDENT, digits, load, teacher_checkpoint
 
-from timm_deit_distill import cache_cli, train
+from timm_deit_distill.commands import cache as cache_cli
+from timm_deit_distill.commands import train
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import timm
 import torch
 
-from timm_deit_distill.digits import write_digits_imagefolder
+from timm_deit_distill.data.digits import write_digits_imagefolder
 
 STUDENT = ["--model", "deit_tiny_distilled_patch4_32", "--model-kwargs", "depth=1", "embed_dim=32", "num_heads=2"]
 FAST = ["-b", "16", "--workers", "0", "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0",

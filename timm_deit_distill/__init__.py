@@ -20,6 +20,7 @@ _LAZY = {
     "DistillationTeacher": "teacher",
     "TeacherError": "teacher",
     "TeacherCheck": "teacher",
+    "DeitDistillError": "errors",
     "DistilledOutput": "task",
     "DistilledStudent": "task",
     "DeiTDistillationTask": "task",

@@ -1,5 +1,7 @@
+"""``python -m timm_deit_distill SUBCOMMAND ...``: the `deit-distill` command line."""
+
 import sys
 
-from .cli import main
+from .commands.cli import main
 
 sys.exit(main())

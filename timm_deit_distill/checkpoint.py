@@ -34,6 +34,7 @@ from timm.utils import CheckpointSaver as TimmCheckpointSaver
 from timm.utils.model import get_state_dict, unwrap_model
 
 from .atomic import atomic_link_or_copy, atomic_path
+from .errors import CheckpointError
 
 __all__ = [
     "CheckpointSaver", "load_training_checkpoint", "rng_state", "set_rng_state", "ResumeState", "resume",
@@ -43,10 +44,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked; the message names the file, what is wrong and the fix."""
 
 
 # --- reading any checkpoint file -----------------------------------------------------------------------------

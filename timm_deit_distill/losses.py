@@ -20,13 +20,14 @@ One loss serves three training loops:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DistillationLoss", "DISTILLATION_TYPES", "SOFT_REDUCTIONS"]
+__all__ = ["DistillationLoss", "DistillSettings", "DISTILLATION_TYPES", "SOFT_REDUCTIONS"]
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
 SOFT_REDUCTIONS = ("deit", "batchmean")
@@ -37,6 +38,17 @@ _NOT_DISTILLED = (
     "deit_tiny_distilled_patch16_224) in training mode with model.set_distilled_training(True), "
     "or use distillation_type='none'."
 )
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The distillation a run does: :class:`DistillationLoss`'s ``distillation_type``, ``alpha``, ``tau`` and
+    ``soft_reduction`` (checked by the loss when it is built)."""
+
+    type: str
+    alpha: float
+    tau: float
+    soft_reduction: str
 
 
 class DistillationLoss(nn.Module):

@@ -1,4 +1,4 @@
-"""``curves.png``: training losses and evaluation accuracies per epoch, redrawn after every epoch.
+"""Line plots written as PNG: the trainer's ``curves.png`` and the demo's comparison, drawn by one function.
 
 Drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch), written atomically.
 """
@@ -7,34 +7,54 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import atomic_path
 
-__all__ = ["plot_curves"]
-
-_LOSSES = [("train_loss", "train (total)"), ("train_task_loss", "train (class head)"),
-           ("train_distill_loss", "train (distillation head)"), ("eval_loss", "eval")]
-_ACCURACIES = [("eval_top1", "fused"), ("eval_top1_cls", "class head"), ("eval_top1_dist", "distillation head"),
-               ("eval_top1_ema", "EMA (fused)"), ("teacher_top1", "teacher")]
+__all__ = ["Series", "Panel", "plot_panels", "plot_curves"]
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> None:
-    """Plot the ``summary.csv`` rows into ``path`` (PNG). Series with no values are left out."""
+@dataclass
+class Series:
+    """One line: its (x, y) points, its legend label (None: no legend entry) and matplotlib's line style."""
+
+    points: Sequence[tuple[float, float]]
+    label: str | None = None
+    style: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Panel:
+    """One plot of a figure: its lines, horizontal reference lines ``(y, label, style)``, and its labels."""
+
+    series: Sequence[Series]
+    xlabel: str
+    ylabel: str
+    title: str | None = None
+    hlines: Sequence[tuple[float, str | None, dict[str, Any]]] = ()
+
+
+def plot_panels(path: str | os.PathLike[str], panels: Sequence[Panel], *, size: tuple[float, float],
+                title: str = "") -> None:
+    """Draw ``panels`` side by side into the PNG ``path``; series with no points are left out."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=size, dpi=100)
     FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, series, ylabel in ((ax_loss, _LOSSES, "loss"), (ax_acc, _ACCURACIES, "top-1 accuracy (%)")):
-        for key, label in series:
-            points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+    axes = fig.subplots(1, len(panels))
+    for ax, panel in zip(axes, panels, strict=True):
+        for series in panel.series:
+            if series.points:
+                xs, ys = zip(*series.points, strict=True)
+                ax.plot(xs, ys, label=series.label, **series.style)
+        for y, label, style in panel.hlines:
+            ax.axhline(y, label=label, **style)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        if panel.title:
+            ax.set_title(panel.title)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
@@ -43,3 +63,21 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *,
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+_LOSSES = [("train_loss", "train (total)"), ("train_task_loss", "train (class head)"),
+           ("train_distill_loss", "train (distillation head)"), ("eval_loss", "eval")]
+_ACCURACIES = [("eval_top1", "fused"), ("eval_top1_cls", "class head"), ("eval_top1_dist", "distillation head"),
+               ("eval_top1_ema", "EMA (fused)"), ("teacher_top1", "teacher")]
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> None:
+    """``curves.png``: the ``summary.csv`` rows' losses and accuracies per epoch. Series with no values are left out."""
+    style = {"marker": "o", "markersize": 3}
+
+    def series(columns: list[tuple[str, str]]) -> list[Series]:
+        return [Series([(r["epoch"], r[key]) for r in rows if r.get(key) is not None], label, style)
+                for key, label in columns]
+
+    plot_panels(path, [Panel(series(_LOSSES), "epoch", "loss"),
+                       Panel(series(_ACCURACIES), "epoch", "top-1 accuracy (%)")], size=(10, 4), title=title)

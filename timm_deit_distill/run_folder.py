@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RunFolderError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -56,10 +58,6 @@ def partial_pattern(names: str) -> re.Pattern[str]:
 
 # atomic_path / atomic_link_or_copy: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") next to the target.
 _PARTIAL = partial_pattern(_TRAINER_NAME)
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be used as asked; the message names the folder and the ways out."""
 
 
 def run_files(folder: str | os.PathLike[str]) -> list[str]:

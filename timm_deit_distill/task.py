@@ -21,7 +21,7 @@ from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 
 from .losses import DistillationLoss
-from .teacher import DistillationTeacher, TeacherError, _fixed_input_hw
+from .teacher import DistillationTeacher, TeacherError, fixed_input_hw
 
 __all__ = ["DistilledOutput", "DistilledStudent", "DeiTDistillationTask", "student_data_config"]
 
@@ -51,7 +51,7 @@ def student_data_config(student: nn.Module) -> dict[str, Any]:
 
     model = unwrap_model(student)
     cfg = resolve_model_data_config(model)
-    hw = _fixed_input_hw(model) or tuple(cfg["input_size"][-2:])
+    hw = fixed_input_hw(model) or tuple(cfg["input_size"][-2:])
     return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "input_size": (cfg["input_size"][0], *hw)}
 
 

@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import sha256_file
-from .model_card import CardFacts, build_model_card, read_summary_csv
-from .version import __version__
+from ..atomic import sha256_file
+from ..errors import HubExportError
+from ..records import read_summary_text
+from ..version import __version__
+from .card import CardFacts, build_model_card
 
 _logger = logging.getLogger(__name__)
 
@@ -41,10 +43,6 @@ CARD_NAME = "README.md"
 # pretrained_cfg fields that describe where a *source* checkpoint came from; none of them is true of an export
 _STALE_CFG_KEYS = ("tag", "notes", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "state_dict")
 _DATA_KEYS = ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
-
-
-class HubExportError(ValueError):
-    """The checkpoint or model cannot be exported as asked; the message names the fix."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -79,7 +77,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load_checkpoint_file(path: Path) -> Mapping[str, Any]:
-    from .checkpoint import read_checkpoint  # the package's one reader: weights_only, safetensors by content
+    from ..checkpoint import read_checkpoint  # the package's one reader: weights_only, safetensors by content
 
     return read_checkpoint(path)
 
@@ -101,7 +99,7 @@ def _public_distill(distill: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def _pick_weights(ckpt: Mapping[str, Any], use_ema: bool | None, name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The raw or EMA state dict, by the package's one policy (an explicit choice whenever both are there)."""
-    from .checkpoint import select_weights
+    from ..checkpoint import select_weights
 
     state_dict, weights = select_weights(ckpt, use_ema=use_ema, name=name, flags=("--use-ema", "--no-ema"))
     return state_dict, "raw" if weights == "plain" else weights  # a bare state dict is published as given
@@ -154,7 +152,7 @@ def _student_from_checkpoint(
     summary = source.parent / "summary.csv" if source is not None else None
     summary_rows = own_rows
     if summary is not None and summary.is_file():
-        beside = read_summary_csv(summary)
+        beside = read_summary_text(summary)
         if not own_rows or _same_run(own_rows, beside):
             summary_rows = beside
         else:
@@ -247,10 +245,9 @@ def _read_student(
 
 def plain_timm_architecture(variant: str, model_kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The architecture timm itself registers, and the model args that build ``variant`` with it."""
-    from timm.models import is_model
-    from timm.models._registry import model_entrypoint
+    from timm.models import is_model, model_entrypoint
 
-    from .models import VARIANT_ARGS, timm_equivalent
+    from ..models import VARIANT_ARGS, timm_equivalent
 
     if variant in VARIANT_ARGS:
         return timm_equivalent(variant, **model_kwargs)

@@ -9,8 +9,6 @@ The YAML front matter is written by huggingface_hub's ``ModelCardData``, so the 
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
-__all__ = ["CardFacts", "read_summary_csv", "build_model_card", "RESULT_COLUMNS", "RECIPE_KEYS"]
+__all__ = ["CardFacts", "build_model_card", "RESULT_COLUMNS", "RECIPE_KEYS"]
 
 # summary.csv column -> label. Teacher columns are accepted with or without timm's 'eval_' prefix.
 RESULT_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -75,12 +73,6 @@ class CardFacts:
     source_sha256: str | None = None
     license: str = "apache-2.0"
     datasets: Sequence[str] = ()
-
-
-def read_summary_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """The rows of a timm ``summary.csv`` as dicts (values kept as the strings the run wrote)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [dict(row) for row in csv.DictReader(f)]
 
 
 def _fmt(value: Any) -> str:

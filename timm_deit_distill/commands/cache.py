@@ -14,40 +14,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .cache import CacheError, CacheStore, TeacherTargetCache, build_cache
+from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache
+from ..errors import DeitDistillError
+from .common import refuse
 
-__all__ = ["main", "resolve_data_config", "format_bytes"]
+__all__ = ["main", "format_bytes"]
 
 _logger = logging.getLogger("timm_deit_distill.cache")
 
 USAGE = """usage: deit-distill cache build [training flags] --epochs N --store hard|topk:K|full|full:fp16 --out DIR
        deit-distill cache info DIR"""
-
-
-def resolve_data_config(args: argparse.Namespace, num_classes: int | None = None) -> dict[str, Any]:
-    """timm's resolved data config for the student ``args.model``, exactly as the trainer resolves it.
-
-    The student is built on the meta device with the trainer's architecture kwargs (``--img-size``,
-    ``--input-size``, ``--model-kwargs``): only its pretrained config is read, nothing is allocated.
-    """
-    import timm
-    from timm.data import resolve_data_config as timm_resolve
-
-    import timm_deit_distill  # noqa: F401  (registers the distilled variants)
-
-    from .train import architecture_kwargs
-
-    kwargs = architecture_kwargs(args, int(num_classes or getattr(args, "num_classes", None) or 1000))
-    with torch.device("meta"):
-        model = timm.create_model(args.model, pretrained=False, **kwargs)
-    return dict(timm_resolve(vars(args), model=model))
 
 
 def format_bytes(n: float) -> str:
@@ -65,19 +47,10 @@ def _split_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return own.parse_known_args(argv)
 
 
-def _device(args: argparse.Namespace, local_rank: int) -> torch.device:
-    if getattr(args, "device", None):
-        device = torch.device(args.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def _build(argv: list[str]) -> int:
+    from .. import factory
+    from ..data import ViewSettings, check_num_classes, label_names
     from . import args as train_args
-    from .data import build_datasets
 
     own, rest = _split_own_flags(argv)
     if "-h" in rest or "--help" in rest:
@@ -97,43 +70,33 @@ def _build(argv: list[str]) -> int:
         raise CacheError("no --out DIR given; fix: add --out DIR, the directory the cache is written to.")
     store = CacheStore.parse(own.store)
     args = train_args.parse_args(rest)
-    args.deterministic_aug = True
-    if not (args.distill_teacher or args.distill_teacher_path):
+    settings = train_args.settings_from_args(args)
+    if not settings.teacher.given:
         raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
                          "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
     if not args.data_dir:
         raise CacheError("no data given; fix: add --data-dir DIR (the training set's ImageFolder root).")
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(args, local_rank)
-    barrier = None
-    if world_size > 1:
-        import torch.distributed as dist
+    # The device and, under torchrun, the process group: the processes share the epochs.
+    device_info = factory.init_device(settings.device)
+    device, rank, world_size = device_info.device, device_info.rank, device_info.world_size
+    barrier = torch.distributed.barrier if device_info.distributed else None
 
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        barrier = dist.barrier
-
-    train_ds, val_ds = build_datasets(args.data_dir, train_split=args.train_split, val_split=args.val_split,
-                                      class_map=args.class_map, skip_bad_images=args.skip_bad_images)
-    labels = [name for name, _ in sorted(train_ds.reader.class_to_idx.items(), key=lambda kv: kv[1])]
-    num_classes = len(labels)
-    data_config = resolve_data_config(args, num_classes)
+    train_ds, val_ds = factory.open_datasets(settings.data)
+    labels = label_names(train_ds)
+    num_classes = check_num_classes(train_ds, settings.student.num_classes)
+    data_config = factory.student_data_config(settings.student, num_classes)
 
     # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
-    from .preflight import check_model_name
-    from .train import check_teacher, create_teacher
-
-    if args.distill_teacher:
-        check_model_name(args.distill_teacher, "--distill-teacher")
-    teacher = create_teacher(args, num_classes, data_config, device, label_names=labels)
+    if settings.teacher.source:
+        factory.check_model_name(settings.teacher.source, "--distill-teacher")
+    teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels)
     check = None
-    if not args.no_teacher_check:
+    if settings.teacher.check:
         # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
         # Every process checks the same seeded images, so all of them refuse or none does.
-        check = check_teacher(teacher, args, val_ds, data_config).as_dict()
+        check = factory.check_teacher(teacher, settings.teacher, val_ds, data_config, settings.loader,
+                                      seed=settings.seed).as_dict()
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
         return teacher(x.to(device, non_blocking=True))
@@ -141,15 +104,14 @@ def _build(argv: list[str]) -> int:
     if rank == 0:
         _logger.info("caching %d epochs of %d images, store %s, teacher %s, into %s", args.epochs, len(train_ds),
                      store.spec, args.distill_teacher or args.distill_teacher_path, own.out)
-    manifest = build_cache(args, train_ds, data_config, run_teacher, own.out, epochs=args.epochs, store=store,
+    view = ViewSettings.resolve(settings.augment, data_config, num_classes)
+    manifest = build_cache(train_ds, view, settings.loader, run_teacher, own.out, epochs=args.epochs, store=store,
                            teacher_description=teacher.description, teacher_check=check, rank=rank,
                            world_size=world_size, barrier=barrier)
     if rank == 0:
         print(_summary(own.out, manifest))
-    if world_size > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    if device_info.distributed:
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -199,12 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(rest)
         if command == "info":
             return _info(rest)
-    except ValueError as e:  # DataError, CacheError, UsageError, TeacherError: messages name the fix
-        print(f"deit-distill cache {command}: error: {e}", file=sys.stderr)
-        return 2
+    except (DeitDistillError, ValueError) as e:  # refusals name the fix (timm's ValueErrors too)
+        return refuse(f"cache {command}", e)
     print(f"deit-distill cache: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

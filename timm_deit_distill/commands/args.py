@@ -28,24 +28,29 @@ import difflib
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import yaml
 from timm.utils import ParseKwargs
 
+from ..data import CHECK_IMAGES, AugmentSettings, LoaderSettings
+from ..errors import UsageError
+from ..factory import DataSettings, StudentSettings
+from ..losses import DistillSettings
+from ..teacher import TeacherSettings
+from .common import TEACHER_EMA, add_either_flag
+
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
     "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS", "TEACHER_CHECK_IMAGES",
-    "add_teacher_check_flags", "validate_teacher_check_flags",
+    "add_teacher_check_flags", "validate_teacher_check_flags", "TrainSettings", "settings_from_args",
+    "teacher_settings",
 ]
 
 DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
                 "distill_soft_reduction")
-
-
-class UsageError(ValueError):
-    """A setting that cannot work; the message names the problem and the fix. Exit code 2, no traceback."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _recipe_dir() -> Any:
-    return resources.files("timm_deit_distill") / "recipes"
+    return resources.files(__package__) / "recipes"
 
 
 def list_recipes() -> list[str]:
@@ -197,11 +202,11 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    help="load pretrained weights from this file (head adapted, position embedding resampled)")
     g.add_argument("--initial-checkpoint", default=d(""), type=str, metavar="PATH",
                    help="initialize the student from this checkpoint (strict)")
-    ema = g.add_mutually_exclusive_group()
-    ema.add_argument("--initial-ema", dest="initial_ema", action="store_const", const=True, default=d(None),
-                     help="use the EMA weights of an --initial-checkpoint / --pretrained-path file that holds both")
-    ema.add_argument("--no-initial-ema", dest="initial_ema", action="store_const", const=False, default=d(None),
-                     help="use the raw weights of an --initial-checkpoint / --pretrained-path file that holds both")
+    add_either_flag(g, "initial_ema", default=d(None),
+                    yes=("--initial-ema", "use the EMA weights of an --initial-checkpoint / --pretrained-path file "
+                                          "that holds both"),
+                    no=("--no-initial-ema", "use the raw weights of an --initial-checkpoint / --pretrained-path file "
+                                            "that holds both"))
     g.add_argument("--resume", default=d(""), type=str, metavar="PATH",
                    help="resume model, optimizer, scheduler, scaler, EMA, epoch and RNG state from a checkpoint")
     g.add_argument("--no-resume-opt", action="store_true", default=d(False),
@@ -380,11 +385,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
                    help="soft KL divided by batch*classes (deit, default) or batch (batchmean, timm)")
     g.add_argument("--teacher-precision", default=d("auto"), choices=("auto", "fp32", "bf16", "fp16"),
                    help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
-    ema = g.add_mutually_exclusive_group()
-    ema.add_argument("--teacher-ema", dest="distill_teacher_ema", action="store_const", const=True,
-                     default=d(None), help="use the EMA weights of a teacher checkpoint that holds both")
-    ema.add_argument("--no-teacher-ema", dest="distill_teacher_ema", action="store_const", const=False,
-                     default=d(None), help="use the raw weights of a teacher checkpoint that holds both")
+    add_either_flag(g, "distill_teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1], default=d(None))
     g.add_argument("--distill-cache", default=d(None), metavar="DIR",
                    help="replay teacher targets from a cache built by `deit-distill cache` (no teacher in memory)")
     add_teacher_check_flags(g, d)
@@ -416,9 +417,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     return p
 
 
-TEACHER_CHECK_IMAGES = 512
-
-
+TEACHER_CHECK_IMAGES = CHECK_IMAGES  # the teacher check's own default
 def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
     """The teacher's input size and check flags, shared by `deit-distill train`, `cache build` and `eval`.
 
@@ -438,7 +437,7 @@ def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
 
 
 def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool) -> None:
-    """Refuse teacher check / input size settings that cannot work; ``--teacher-input-size N`` becomes ``[N]``.
+    """Refuse teacher check / input size settings that cannot work.
 
     Shared by `deit-distill train` (and so `cache build`) and `deit-distill eval`.
     """
@@ -449,7 +448,6 @@ def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool)
                                                  for v in size):
             raise UsageError(f"--teacher-input-size {' '.join(map(str, size))}: give N (square), H W, or C H W "
                              "(timm's --input-size form), positive integers.")
-        args.teacher_input_size = size
     if args.teacher_min_top1 is not None and not (0.0 <= args.teacher_min_top1 <= 100.0):
         raise UsageError(f"--teacher-min-top1 {args.teacher_min_top1:g} is a top-1 in percent; use a value in "
                          "[0, 100] (or leave it unset for the automatic threshold).")
@@ -514,6 +512,11 @@ def _check_keys(parser: argparse.ArgumentParser, data: dict[str, Any], what: str
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UsageError(f"{what}: unknown setting {key!r}.{hint} Keys are flag names with underscores "
                              "(e.g. batch_size for --batch-size).")
+        default = dests[norm].default
+        if value is None and default is not None:
+            # null would stand in for a value the setting always has (its default is the parser's, not None)
+            raise UsageError(f"{what}: {key}: null, but {_flag_name(parser, norm)} needs a value (its default is "
+                             f"{default!r}); give one, or remove the key to use the default.")
         out[norm] = value
     return out
 
@@ -550,6 +553,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.data = None
     _resolve_distillation(parser, args, layers)
     _resolve_implied(args, layers)
+    if isinstance(args.teacher_input_size, int) and not isinstance(args.teacher_input_size, bool):
+        args.teacher_input_size = [args.teacher_input_size]  # a YAML's N, in the command line's spelling
     _validate(args)
     args._layers = layers
     return args
@@ -703,12 +708,8 @@ def _validate(args: argparse.Namespace) -> None:
     if args.distill_cache and args.distill_type == "none":
         raise UsageError("--distill-cache replays teacher targets but --distill-type is none; "
                          "pass --distill-type soft|hard or drop --distill-cache.")
-    need(args.batch_size >= 1, f"--batch-size {args.batch_size} must be >= 1.")
-    need(args.validation_batch_size is None or args.validation_batch_size >= 1,
-         f"--validation-batch-size {args.validation_batch_size} must be >= 1.")
     need(args.epochs >= 1, f"--epochs {args.epochs} must be >= 1.")
     need(args.grad_accum_steps >= 1, f"--grad-accum-steps {args.grad_accum_steps} must be >= 1.")
-    need(args.workers >= 0, f"--workers {args.workers} must be >= 0.")
     need(args.checkpoint_hist >= 1, f"--checkpoint-hist {args.checkpoint_hist} must be >= 1.")
     need(args.checkpoint_interval >= 1, f"--checkpoint-interval {args.checkpoint_interval} must be >= 1.")
     need(args.log_interval >= 1, f"--log-interval {args.log_interval} must be >= 1.")
@@ -718,7 +719,6 @@ def _validate(args: argparse.Namespace) -> None:
     need(args.amp_dtype in ("float16", "bfloat16"), f"--amp-dtype {args.amp_dtype!r}: use float16 or bfloat16.")
     need(args.clip_mode in ("norm", "value", "agc"), f"--clip-mode {args.clip_mode!r}: use norm, value or agc.")
     need(args.eval_metric in ("top1", "top5", "loss"), f"--eval-metric {args.eval_metric!r}: use top1, top5 or loss.")
-    need(args.aug_repeats >= 0, f"--aug-repeats {args.aug_repeats} must be >= 0 (DeiT uses 3).")
     need(0.0 <= args.smoothing < 1.0, f"--smoothing {args.smoothing} must be in [0, 1).")
     need(args.mixup >= 0 and args.cutmix >= 0, "--mixup and --cutmix are Beta alphas and must be >= 0.")
     for name in ("hflip", "vflip", "reprob", "mixup_prob", "mixup_switch_prob"):
@@ -853,3 +853,71 @@ def format_config(args: argparse.Namespace, world_size: int = 1) -> str:
             src = "resolved"
         lines.append(f"{text}{'  # ' + src if src else ''}")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# The namespace, typed: what the factory and the library take
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A `deit-distill train` (or `cache build`) command line as the factory and the library take it."""
+
+    data: DataSettings
+    student: StudentSettings
+    teacher: TeacherSettings
+    distill: DistillSettings
+    augment: AugmentSettings
+    loader: LoaderSettings
+    device: str | None
+    seed: int
+
+
+def teacher_settings(args: argparse.Namespace, *, source: str | None, checkpoint_path: str | None,
+                     use_ema: bool | None, channels_last: bool | None) -> TeacherSettings:
+    """The teacher settings of a command line with :func:`add_teacher_check_flags` and ``--teacher-precision``."""
+    size = args.teacher_input_size
+    return TeacherSettings(
+        source=source, checkpoint_path=checkpoint_path, use_ema=use_ema,
+        input_size=tuple(size) if size is not None else None, precision=args.teacher_precision,
+        channels_last=channels_last, check=not args.no_teacher_check, check_images=args.teacher_check_images,
+        min_top1=args.teacher_min_top1)
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """The parsed `deit-distill train` namespace as typed settings; the namespace itself is left as it is.
+
+    Raises :class:`~timm_deit_distill.errors.DataError` for data pipeline settings that cannot work (a batch
+    size below 1, repeats that are not whole, an odd mix group), so call it right after :func:`parse_args`.
+    """
+    return TrainSettings(
+        data=DataSettings(data_dir=args.data_dir, train_split=args.train_split, val_split=args.val_split,
+                          class_map=args.class_map, skip_bad_images=args.skip_bad_images),
+        student=StudentSettings(
+            model=args.model, pretrained=args.pretrained, pretrained_path=args.pretrained_path,
+            initial_checkpoint=args.initial_checkpoint, initial_ema=args.initial_ema, num_classes=args.num_classes,
+            gp=args.gp, img_size=args.img_size, input_size=args.input_size, in_chans=args.in_chans,
+            model_kwargs=dict(args.model_kwargs or {}), drop=args.drop, drop_path=args.drop_path,
+            drop_connect=args.drop_connect, drop_block=args.drop_block, bn_momentum=args.bn_momentum,
+            bn_eps=args.bn_eps, head_init_scale=args.head_init_scale, head_init_bias=args.head_init_bias,
+            grad_checkpointing=args.grad_checkpointing, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
+            interpolation=args.interpolation),
+        # --channels-last is about the student; unset, the teacher picks channels_last for convnets itself
+        teacher=teacher_settings(args, source=args.distill_teacher, checkpoint_path=args.distill_teacher_path,
+                                 use_ema=args.distill_teacher_ema, channels_last=args.channels_last or None),
+        distill=DistillSettings(type=args.distill_type, alpha=args.distill_alpha, tau=args.distill_tau,
+                                soft_reduction=args.distill_soft_reduction),
+        augment=AugmentSettings(
+            seed=args.seed, deterministic_aug=args.deterministic_aug, aug_repeats=args.aug_repeats,
+            mix_group_size=args.mix_group_size, no_aug=args.no_aug, train_crop_mode=args.train_crop_mode,
+            scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+            color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob,
+            gaussian_blur_prob=args.gaussian_blur_prob, aa=args.aa, train_interpolation=args.train_interpolation,
+            reprob=args.reprob, remode=args.remode, recount=args.recount, mixup=args.mixup, cutmix=args.cutmix,
+            cutmix_minmax=args.cutmix_minmax, mixup_prob=args.mixup_prob, mixup_switch_prob=args.mixup_switch_prob,
+            mixup_mode=args.mixup_mode, mixup_off_epoch=args.mixup_off_epoch, smoothing=args.smoothing),
+        loader=LoaderSettings(batch_size=args.batch_size, validation_batch_size=args.validation_batch_size,
+                              workers=args.workers, pin_mem=args.pin_mem),
+        device=args.device,
+        seed=args.seed,
+    )

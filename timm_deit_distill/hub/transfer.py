@@ -3,7 +3,7 @@
 What is published is what plain timm loads: ``model.safetensors`` (the student only, raw or EMA weights by
 explicit choice), a ``config.json`` written by timm's own ``save_for_hf`` that names an architecture timm
 itself registers (this package's variants are re-expressed with ``models.timm_equivalent``), and a model
-card (``model_card.py``). Uploads go through huggingface_hub's ``create_repo`` / ``upload_folder``.
+card (:mod:`.card`). Uploads go through huggingface_hub's ``create_repo`` / ``upload_folder``.
 
 ``pull`` resolves the revision to one commit, downloads every file at that commit with huggingface_hub's
 ``snapshot_download``, then checks each file against the checksum the Hub lists for it (the LFS sha256
@@ -28,25 +28,15 @@ from urllib.parse import urlsplit
 
 from torch import nn
 
-from .atomic import atomic_path, atomic_write_text
-from .hub_export import CONFIG_NAME, WEIGHTS_NAME, HubExportError, save_pretrained
-from .version import __version__
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import HubAuthError, HubConnectionError, HubIntegrityError, UsageError
+from ..version import __version__
+from .export import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-__all__ = [
-    "HubAuthError",
-    "HubConnectionError",
-    "HubExportError",
-    "HubIntegrityError",
-    "load_model",
-    "parse_repo_ref",
-    "pull",
-    "push_to_hub",
-    "resolve_token",
-    "save_pretrained",
-]
+__all__ = ["push_to_hub", "pull", "load_model", "parse_repo_ref", "resolve_token", "check_folder_target"]
 
 _logger = logging.getLogger(__name__)
 
@@ -55,19 +45,6 @@ _LIBRARY = dict(library_name="timm-deit-distill", library_version=__version__)
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".tar", ".npz", ".h5")
-
-
-class HubAuthError(RuntimeError):
-    """No Hugging Face token was found for an operation that needs one."""
-
-
-class HubIntegrityError(OSError):
-    """A downloaded file does not match the checksum the Hub lists for it (the file is removed from the cache)."""
-
-
-class HubConnectionError(ConnectionError):
-    """The Hub could not be reached (refused, timed out, unknown host, unusable endpoint URL), or a push was
-    asked for with ``HF_HUB_OFFLINE`` set. The message names the endpoint and what to check."""
 
 
 def _origin(url: str, *, keep_path: bool = True) -> str:
@@ -120,7 +97,7 @@ def _check_endpoint(endpoint: str | None) -> None:
         ok = False
     if not ok:
         fix = "pass an http(s):// URL" if endpoint else "unset HF_ENDPOINT to use https://huggingface.co"
-        raise ValueError(f"{name} is not an http:// or https:// URL with a host: write it as https://HOST[:PORT], "
+        raise UsageError(f"{name} is not an http:// or https:// URL with a host: write it as https://HOST[:PORT], "
                          f"or {fix}")
 
 
@@ -159,9 +136,9 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ValueError(f"invalid repo id {repo_id!r}: {e}") from e
+        raise UsageError(f"invalid repo id {repo_id!r}: {e}") from e
     if "/" not in repo_id:
-        raise ValueError(f"repo id {repo_id!r} needs its owner: ORG/NAME (or USER/NAME)")
+        raise UsageError(f"repo id {repo_id!r} needs its owner: ORG/NAME (or USER/NAME)")
 
 
 def push_to_hub(
@@ -192,9 +169,9 @@ def push_to_hub(
 
     _check_repo_id(repo_id)
     if revision is not None and _COMMIT_SHA.fullmatch(revision):
-        raise ValueError(f"revision {revision!r} is a commit sha; push to a branch name")
+        raise UsageError(f"revision {revision!r} is a commit sha; push to a branch name")
     if revision is not None and not revision.strip():
-        raise ValueError("the revision (branch) to push to is empty; name a branch, or leave it out for main")
+        raise UsageError("the revision (branch) to push to is empty; name a branch, or leave it out for main")
     if constants.HF_HUB_OFFLINE:
         raise HubConnectionError(f"HF_HUB_OFFLINE is set and pushing needs the network: unset HF_HUB_OFFLINE; "
                                  f"{_PUSH_FALLBACK}")
@@ -224,12 +201,12 @@ def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | N
     repo = repo.removeprefix("hf-hub:")
     repo_id, at, ref = repo.partition("@")
     if at and not ref.strip():
-        raise ValueError(f"{repo!r} names an empty revision; write ORG/NAME@REV (a branch, tag or commit sha), "
+        raise UsageError(f"{repo!r} names an empty revision; write ORG/NAME@REV (a branch, tag or commit sha), "
                          "or ORG/NAME for main")
     if revision is not None and not revision.strip():
-        raise ValueError("revision is empty; name a branch, tag or commit sha, or leave it out (None) for main")
+        raise UsageError("revision is empty; name a branch, tag or commit sha, or leave it out (None) for main")
     if ref and revision is not None and ref != revision:
-        raise ValueError(f"{repo!r} names revision {ref!r} but revision={revision!r} was also given")
+        raise UsageError(f"{repo!r} names revision {ref!r} but revision={revision!r} was also given")
     _check_repo_id(repo_id)
     return repo_id, (ref or revision)
 
@@ -354,7 +331,7 @@ def _pull_offline(repo_id: str, revision: str | None, cache_dir: Path | None) ->
     return folder
 
 
-def _check_folder_target(path: Path, what: str) -> None:
+def check_folder_target(path: Path, what: str) -> None:
     """Raise NotADirectoryError unless ``path`` is a folder or can be created as one (no file in the way)."""
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{what} {path} is a file, not a folder; give a folder (it is created if missing)")
@@ -402,7 +379,7 @@ def pull(
     # Where files will go is checked before the first request, not after the download.
     for path, what in ((cache, "the cache folder (cache_dir, --cache-dir)"), (out_dir, "the output folder (out_dir, --out)")):
         if path is not None:
-            _check_folder_target(Path(path), what)
+            check_folder_target(Path(path), what)
     if constants.HF_HUB_OFFLINE:
         folder = _pull_offline(repo_id, revision, cache)
     else:

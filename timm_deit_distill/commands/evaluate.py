@@ -1,12 +1,5 @@
-"""Per-head accuracy of a distilled student and its agreement with a teacher; `deit-distill eval`.
-
-A distilled DeiT predicts with two heads: the class token's (``cls``) and the distillation token's
-(``dist``); timm's inference output is their average (``fused``). :func:`evaluate` measures top-1/top-5
-of all three in one pass, the loss of the fused output (timm's ``eval_loss``), and with a teacher its
-top-1 and the fraction of images where the student's fused argmax equals the teacher's.
-Counts are summed across ranks, so distributed results are exact (timm's padding of the last rank
-is not counted).
-"""
+"""`deit-distill eval`: per-head accuracy of a checkpoint and its agreement with a teacher, printed and
+written as JSON (the measurement is :func:`timm_deit_distill.evaluation.evaluate`)."""
 
 from __future__ import annotations
 
@@ -17,140 +10,22 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.utils.model import unwrap_model
+from timm.data import resolve_model_data_config
 
-__all__ = ["HeadLogits", "head_logits", "is_distilled", "evaluate", "main", "build_parser"]
+from ..data import LoaderSettings
+from ..errors import DataError, DeitDistillError, UsageError
+from ..evaluation import evaluate, head_logits, is_distilled
+from ..progress import progress_bar
+from .common import TEACHER_EMA, add_either_flag, refuse
+
+__all__ = ["main", "build_parser"]
 
 _logger = logging.getLogger(__name__)
 
-
-class HeadLogits(NamedTuple):
-    """Logits of the class head, the distillation head (None for plain models) and their average."""
-
-    cls: torch.Tensor | None
-    dist: torch.Tensor | None
-    fused: torch.Tensor
-
-
-def is_distilled(model: nn.Module) -> bool:
-    """True for students with a distillation head (timm's ``VisionTransformerDistilled`` and kin)."""
-    m = unwrap_model(model)
-    return hasattr(m, "set_distilled_training") and hasattr(m, "head_dist")
-
-
-def head_logits(model: nn.Module, x: torch.Tensor) -> HeadLogits:
-    """Run ``model`` once and return each head's logits.
-
-    For a distilled model in eval mode this takes the two tokens from ``forward_features`` and applies
-    timm's ``forward_head`` steps to each, so ``fused`` is bit-identical to ``model(x)``.
-    """
-    m = unwrap_model(model)
-    if not is_distilled(m):
-        out = model(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return HeadLogits(None, None, out)
-    feats = m.forward_features(x)
-    cls = m.head(m.head_drop(feats[:, 0]))
-    dist = m.head_dist(m.head_drop(feats[:, 1]))
-    return HeadLogits(cls, dist, (cls + dist) / 2)
-
-
-def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int]) -> list[torch.Tensor]:
-    maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hit = pred.eq(target.view(-1, 1))
-    return [hit[:, :min(k, maxk)].any(dim=1).sum().to(torch.float64) for k in ks]
-
-
-def _real_count(loader: Any) -> int | None:
-    """Samples of this rank that are not timm's wrap-around padding (OrderedDistributedSampler)."""
-    sampler = getattr(loader, "sampler", None)
-    if sampler is None or not hasattr(sampler, "num_replicas") or not hasattr(sampler, "num_samples"):
-        return None
-    total = len(sampler.dataset)
-    return max(0, min(sampler.num_samples, total - sampler.rank * sampler.num_samples))
-
-
-_KEYS = ("n", "loss", "top1", "top5", "top1_cls", "top5_cls", "top1_dist", "top5_dist", "teacher_top1",
-         "teacher_top5", "agree")
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: Any,
-    *,
-    device: torch.device | str = "cpu",
-    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    amp_autocast: Callable[[], Any] = contextlib.nullcontext,
-    channels_last: bool = False,
-    distributed: bool = False,
-    progress: Callable[[Any], Any] | None = None,
-) -> dict[str, float | None]:
-    """Evaluate ``model`` on ``loader`` (yielding ``(inputs, targets)``).
-
-    Returns ``loss`` (cross-entropy of the fused output), ``top1``/``top5`` (fused, in percent, as timm),
-    ``top1_cls``/``top5_cls``/``top1_dist``/``top5_dist`` (None for a plain model), and with a teacher
-    ``teacher_top1``/``teacher_top5`` (percent) and ``teacher_agreement`` (a fraction in [0, 1]);
-    ``count`` is the number of images. With ``distributed`` the sums are all-reduced.
-    """
-    was_training = model.training
-    model.eval()
-    device = torch.device(device)
-    sums = torch.zeros(len(_KEYS), dtype=torch.float64)
-    remaining = _real_count(loader) if distributed else None
-    distilled = is_distilled(model)
-    batches = progress(loader) if progress is not None else loader
-    for inputs, targets in batches:
-        if remaining is not None:
-            if remaining <= 0:
-                continue
-            inputs, targets = inputs[:remaining], targets[:remaining]
-            remaining -= len(targets)
-        inputs, targets = inputs.to(device), targets.to(device)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with amp_autocast():
-            heads = head_logits(model, inputs)
-        fused = heads.fused.float()
-        add = dict.fromkeys(_KEYS, 0.0)
-        add["n"] = float(len(targets))
-        add["loss"] = F.cross_entropy(fused, targets, reduction="sum").double().cpu()
-        add["top1"], add["top5"] = _topk_correct(fused, targets, (1, 5))
-        if distilled:
-            add["top1_cls"], add["top5_cls"] = _topk_correct(heads.cls.float(), targets, (1, 5))
-            add["top1_dist"], add["top5_dist"] = _topk_correct(heads.dist.float(), targets, (1, 5))
-        if teacher is not None:
-            teacher_logits = teacher(inputs).float()
-            add["teacher_top1"], add["teacher_top5"] = _topk_correct(teacher_logits, targets, (1, 5))
-            add["agree"] = fused.argmax(1).eq(teacher_logits.argmax(1)).sum().double()
-        sums += torch.tensor([float(add[k]) for k in _KEYS], dtype=torch.float64)
-    if distributed:
-        reduced = sums.to(device)
-        torch.distributed.all_reduce(reduced)
-        sums = reduced.cpu()
-    s = dict(zip(_KEYS, sums.tolist(), strict=True))
-    n = max(s["n"], 1.0)
-    pct = lambda key: 100.0 * s[key] / n  # noqa: E731
-    metrics: dict[str, float | None] = {
-        "count": int(s["n"]), "loss": s["loss"] / n, "top1": pct("top1"), "top5": pct("top5"),
-        "top1_cls": pct("top1_cls") if distilled else None, "top5_cls": pct("top5_cls") if distilled else None,
-        "top1_dist": pct("top1_dist") if distilled else None, "top5_dist": pct("top5_dist") if distilled else None,
-        "teacher_top1": pct("teacher_top1") if teacher is not None else None,
-        "teacher_top5": pct("teacher_top5") if teacher is not None else None,
-        "teacher_agreement": s["agree"] / n if teacher is not None else None,
-    }
-    model.train(was_training)
-    return metrics
-
-
-# --- deit-distill eval ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
@@ -171,21 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head whose predictions are reported as top1/top5 and written by --predict")
     p.add_argument("--predict", default=None, metavar="CSV",
                    help="also write per-image predictions of --head (path, label, top-5 classes and probabilities)")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument("--use-ema", dest="use_ema", action="store_const", const=True, default=None,
-                     help="evaluate the EMA weights (one of the two is required when the checkpoint holds both)")
-    ema.add_argument("--no-ema", dest="use_ema", action="store_const", const=False,
-                     help="evaluate the raw weights (one of the two is required when the checkpoint holds both)")
+    add_either_flag(p, "use_ema",
+                    yes=("--use-ema", "evaluate the EMA weights (one of the two is required when the checkpoint holds both)"),
+                    no=("--no-ema", "evaluate the raw weights (one of the two is required when the checkpoint holds both)"))
     p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
                    help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
     p.add_argument("--teacher-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
-    t_ema = p.add_mutually_exclusive_group()
-    t_ema.add_argument("--teacher-ema", dest="teacher_ema", action="store_const", const=True, default=None,
-                       help="use the EMA weights of a teacher checkpoint that holds both")
-    t_ema.add_argument("--no-teacher-ema", dest="teacher_ema", action="store_const", const=False,
-                       help="use the raw weights of a teacher checkpoint that holds both")
+    add_either_flag(p, "teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1])
     add_teacher_check_flags(p)  # the teacher is checked on --split before the full evaluation
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="evaluation batch size")
     p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes")
@@ -197,20 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _label_names(dataset: Any) -> list[str]:
-    class_to_idx = dataset.reader.class_to_idx
-    return [name for name, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-
-
-def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from .args import validate_teacher_check_flags
-    from .checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
-    from .data import build_check_loader, build_datasets, build_eval_loader
+def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
+    from .. import factory
+    from ..checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
+    from ..data import build_datasets, build_eval_loader, label_names
+    from .args import teacher_settings, validate_teacher_check_flags
 
     validate_teacher_check_flags(args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path))
     if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint
         check_checkpoint_file(args.distill_teacher_path, what="--distill-teacher-path")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(factory.select_device(args.device))
     checkpoint = read_checkpoint(args.checkpoint, what="--checkpoint")
     name = f"--checkpoint {args.checkpoint}"
     state_dict, weights = select_weights(checkpoint, use_ema=args.use_ema, name=name, flags=("--use-ema", "--no-ema"))
@@ -218,45 +83,34 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     del state_dict
     meta = checkpoint.get("deit_distill") or {}
     if args.head != "fused" and not is_distilled(model):
-        raise ValueError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
+        raise UsageError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
                          "Use --head fused.")
     # The same folder as both splits: one dataset, checked and opened by the data pipeline.
     _, dataset = build_datasets(args.data_dir, train_split=args.split, val_split=args.split,
                                 class_map=args.class_map, skip_bad_images=args.skip_bad_images)
-    labels = _label_names(dataset)
+    labels = label_names(dataset)
     trained = meta.get("label_names")
     if trained and list(trained) != labels:
-        raise ValueError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
+        raise UsageError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
                          f"but {args.data_dir}/{args.split} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
                          "evaluate on a folder with the training classes (or pass the --class-map used in training).")
-    cfg = model.pretrained_cfg
-    data_config = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation") if k in cfg}
-    data_config["input_size"] = tuple(data_config["input_size"])
+    data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
     model.to(device)
-    loader = build_eval_loader(argparse.Namespace(batch_size=args.batch_size, workers=args.workers,
-                                                  validation_batch_size=None, pin_mem=False),
-                               dataset, data_config)
+    loader = build_eval_loader(dataset, data_config, loader_settings)
     teacher = check = None
     if args.distill_teacher or args.distill_teacher_path:
-        from .teacher import DistillationTeacher
-
         distill = meta.get("distill") or {}
         source = args.distill_teacher or (None if args.distill_teacher_path else distill.get("teacher"))
-        teacher = DistillationTeacher.create(
-            source, checkpoint_path=args.distill_teacher_path, use_ema=args.teacher_ema,
-            num_classes=len(labels), label_names=labels, data_mean=data_config["mean"],
-            data_std=data_config["std"], input_size=data_config["input_size"],
-            teacher_input_size=args.teacher_input_size, precision=args.teacher_precision, device=device)
-        if not args.no_teacher_check:
+        settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
+                                    use_ema=args.teacher_ema, channels_last=None)
+        teacher = factory.create_teacher(settings, len(labels), data_config, device, label_names=labels)
+        if settings.check:
             # Before the full pass: a teacher near chance makes its agreement figures meaningless.
-            check_loader = build_check_loader(dataset, data_config, max_images=args.teacher_check_images,
-                                              batch_size=args.batch_size, workers=args.workers, seed=0)
-            check = teacher.check(check_loader, max_images=args.teacher_check_images,
-                                  min_top1="auto" if args.teacher_min_top1 is None else args.teacher_min_top1)
+            check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
                 if args.amp else contextlib.nullcontext)
     metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,
-                       progress=_progress("eval"))
+                       progress=lambda it: progress_bar(it, "eval"))
     chosen = {"fused": ("top1", "top5"), "cls": ("top1_cls", "top5_cls"), "dist": ("top1_dist", "top5_dist")}
     k1, k5 = chosen[args.head]
     result: dict[str, Any] = {
@@ -282,20 +136,12 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _progress(desc: str) -> Callable[[Any], Any] | None:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return lambda it: tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
-
-
 def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, labels: list[str], head: str,
                        device: torch.device, autocast: Callable[[], Any]) -> None:
     import csv
     import io
 
-    from .atomic import atomic_write_text
+    from ..atomic import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -345,9 +191,6 @@ def _output_problem(flag: str, path: str) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-
     out = args.json or os.path.join(
         os.path.dirname(os.path.abspath(args.checkpoint)),
         f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
@@ -363,20 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if path and source and os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
                 problems.append(f"{flag} {path} is the {name} file; writing there would destroy it. Give another "
                                 "file name.")
-    if args.batch_size < 1:
-        problems.insert(0, f"--batch-size {args.batch_size} must be >= 1.")
-    if args.workers < 0:
-        problems.insert(0, f"--workers {args.workers} must be >= 0.")
-    if problems:
-        print(f"deit-distill eval: error: {problems[0]}", file=sys.stderr)
-        return 2
-    refusals: tuple[type[BaseException], ...] = (CheckpointError, DataError, ValueError, FileNotFoundError)
     try:
-        result = _run_eval(args)
-    except refusals as e:
-        print(f"deit-distill eval: error: {e}", file=sys.stderr)
-        return 2
-    from .atomic import atomic_write_text
+        loader_settings = LoaderSettings(batch_size=args.batch_size, validation_batch_size=None,
+                                         workers=args.workers, pin_mem=False)
+    except DataError as e:
+        problems.insert(0, str(e))
+    if problems:
+        return refuse("eval", UsageError(problems[0]))
+    try:
+        result = _run_eval(args, loader_settings)
+    except (DeitDistillError, ValueError, FileNotFoundError) as e:  # refusals name the fix (timm's too)
+        return refuse("eval", e)
+    from ..atomic import atomic_write_text
 
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(_format(result))
@@ -384,6 +225,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results written to {out}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

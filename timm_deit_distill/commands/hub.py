@@ -22,6 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import DeitDistillError, UsageError
+from .common import add_either_flag, refuse
+
 __all__ = ["build_parser", "main"]
 
 
@@ -48,11 +51,8 @@ def _add_push_arguments(push: argparse.ArgumentParser) -> None:
     push.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub repo (required unless --to-dir)")
     push.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
     push.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
-    ema = push.add_mutually_exclusive_group()
-    ema.add_argument("--use-ema", dest="use_ema", action="store_true", default=None,
-                     help="publish the checkpoint's EMA weights (state_dict_ema)")
-    ema.add_argument("--no-ema", dest="use_ema", action="store_false",
-                     help="publish the raw weights (state_dict)")
+    add_either_flag(push, "use_ema", yes=("--use-ema", "publish the checkpoint's EMA weights (state_dict_ema)"),
+                    no=("--no-ema", "publish the raw weights (state_dict)"))
     push.add_argument("--to-dir", metavar="DIR", help="write the folder to DIR instead of uploading")
     push.add_argument("--commit-message", metavar="TEXT")
     bare = push.add_argument_group("for a bare state dict (a trainer checkpoint records these itself)")
@@ -93,12 +93,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import _check_folder_target, push_to_hub, save_pretrained
+    from ..hub import push_to_hub, save_pretrained
+    from ..hub.transfer import check_folder_target
 
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:
-        _check_folder_target(Path(args.to_dir), "--to-dir")
+        check_folder_target(Path(args.to_dir), "--to-dir")
         folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, **options)
         facts = json.loads((folder / "config.json").read_text())
         print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} "
@@ -106,7 +107,7 @@ def _push(args: argparse.Namespace) -> int:
               f"loadable as timm architecture {facts['architecture']})")
         return 0
     if not args.repo_id:
-        raise ValueError("--repo-id ORG/NAME is required to push (or pass --to-dir DIR to only write the folder)")
+        raise UsageError("--repo-id ORG/NAME is required to push (or pass --to-dir DIR to only write the folder)")
     info = push_to_hub(args.checkpoint, args.repo_id, revision=args.revision, private=args.private,
                        commit_message=args.commit_message, **options)
     print(f"pushed {args.repo_id} ({args.revision or 'main'}) at commit {info.oid}: {info.commit_url}")
@@ -116,7 +117,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from .hub import pull
+    from ..hub import pull
 
     folder = pull(args.repo, cache_dir=args.cache_dir, out_dir=args.out)
     files = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
@@ -134,18 +135,15 @@ def _redact(text: str) -> str:
     return re.sub(r"(\w+://)[^/\s@]+@", r"\1***@", text)
 
 
-def _exit_code(e: BaseException) -> int:
-    """1 when the Hub failed (5xx, rate limited, bytes that do not match its own records), else 2 (refused)."""
+def _http_exit_code(e: BaseException) -> int | None:
+    """1 when the Hub's server failed (5xx, rate limited); None for the error's own code (2 refused, 1 for files
+    whose bytes do not match the Hub's own records)."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import HubIntegrityError
-
-    if isinstance(e, HubIntegrityError):
-        return 1
     if isinstance(e, HfHubHTTPError) and e.response is not None and (
             e.response.status_code >= 500 or e.response.status_code == 429):
         return 1
-    return 2
+    return None
 
 
 def _hint(e: BaseException, command: str) -> str:
@@ -161,24 +159,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `push` or `pull`; ``argv`` starts with the subcommand name. Returns the exit code."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from .hub import HubAuthError, HubConnectionError, HubExportError, HubIntegrityError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("push", "pull"):
-        args = build_parser(argv[0]).parse_args(argv[1:])
-        args.command = argv[0]
+        command, args = argv[0], build_parser(argv[0]).parse_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)  # prints the usage of both and exits 2
+        command = args.command
     try:
-        return _push(args) if args.command == "push" else _pull(args)
-    except (HubAuthError, HubExportError, HubIntegrityError, HubConnectionError, LocalEntryNotFoundError,
-            FileNotFoundError, NotADirectoryError, HfHubHTTPError, ValueError) as e:
+        return _push(args) if command == "push" else _pull(args)
+    except (DeitDistillError, LocalEntryNotFoundError, FileNotFoundError, NotADirectoryError, HfHubHTTPError,
+            ValueError) as e:
         # huggingface_hub's HTTP errors span several lines (status, URL, advice): one line here. The
         # integrity report keeps its list of files, one per line.
-        text = str(e) if isinstance(e, HubIntegrityError) else " ".join(str(e).split())
-        print(_redact(f"deit-distill {args.command}: error: {text}{_hint(e, args.command)}"), file=sys.stderr)
-        return _exit_code(e)
+        return refuse(command, e, hint=_hint(e, command), redact=_redact, exit_code=_http_exit_code(e))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

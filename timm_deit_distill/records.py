@@ -16,7 +16,7 @@ import yaml
 
 from .atomic import atomic_write_text
 
-__all__ = ["summary_columns", "write_summary", "read_summary", "write_args_yaml"]
+__all__ = ["summary_columns", "write_summary", "read_summary", "read_summary_text", "write_args_yaml"]
 
 # timm's summary.csv columns first (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr), then ours.
 _BASE = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
@@ -49,12 +49,16 @@ def write_summary(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], 
     atomic_write_text(path, buf.getvalue())
 
 
+def read_summary_text(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a (timm or deit-distill) ``summary.csv`` as dicts of the strings the run wrote."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [dict(row) for row in csv.DictReader(f)]
+
+
 def read_summary(path: str | os.PathLike[str]) -> list[dict[str, float | int | None]]:
     """Rows of a ``summary.csv`` with numbers parsed (empty cells become None)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
     out = []
-    for row in rows:
+    for row in read_summary_text(path):
         parsed: dict[str, float | int | None] = {}
         for key, value in row.items():
             if value == "":

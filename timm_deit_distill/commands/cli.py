@@ -11,16 +11,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .version import __version__
+from ..version import __version__
 
 # name -> (module, help). Each module exposes ``main(argv: list[str] | None) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("timm_deit_distill.train", "train a student (timm train.py flags + distillation flags)"),
-    "eval": ("timm_deit_distill.evaluate", "per-head accuracy and teacher agreement of a checkpoint"),
-    "cache": ("timm_deit_distill.cache_cli", "build or inspect a teacher target cache"),
-    "push": ("timm_deit_distill.hub_cli", "push a distilled student to the Hugging Face Hub"),
-    "pull": ("timm_deit_distill.hub_cli", "pull a student from the Hub, verified"),
-    "demo": ("timm_deit_distill.demo", "distil DeiT students on the bundled digits and report"),
+    "train": ("timm_deit_distill.commands.train", "train a student (timm train.py flags + distillation flags)"),
+    "eval": ("timm_deit_distill.commands.evaluate", "per-head accuracy and teacher agreement of a checkpoint"),
+    "cache": ("timm_deit_distill.commands.cache", "build or inspect a teacher target cache"),
+    "push": ("timm_deit_distill.commands.hub", "push a distilled student to the Hugging Face Hub"),
+    "pull": ("timm_deit_distill.commands.hub", "pull a student from the Hub, verified"),
+    "demo": ("timm_deit_distill.commands.demo", "distil DeiT students on the bundled digits and report"),
 }
 MODELS_HELP = "list the distilled DeiT variants with parameters and input size"
 
@@ -28,9 +28,9 @@ MODELS_HELP = "list the distilled DeiT variants with parameters and input size"
 def _models_table() -> str:
     import timm
     import torch
-    from timm.models._registry import model_entrypoint
+    from timm.models import model_entrypoint
 
-    from .models import DISTILLED_VARIANTS
+    from ..models import DISTILLED_VARIANTS
 
     rows = [("model", "params", "input", "classes", "pretrained weights (hub id)", "registered by")]
     for name in DISTILLED_VARIANTS:
@@ -39,7 +39,7 @@ def _models_table() -> str:
         cfg = model.pretrained_cfg
         params = sum(p.numel() for p in model.parameters()) / 1e6
         weights = cfg.get("hf_hub_id") or "none"
-        origin = "plugin" if model_entrypoint(name).__module__.startswith(__package__) else "timm"
+        origin = "timm" if model_entrypoint(name).__module__.startswith("timm.") else "plugin"
         size = "x".join(str(s) for s in cfg["input_size"][1:])
         rows.append((name, f"{params:.1f}M", size, str(cfg["num_classes"]), weights, origin))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-        # hub_cli serves both push and pull, so it receives the subcommand name too
-        return int(module.main(argv if module.__name__.endswith("hub_cli") else argv[1:]) or 0)
+        # commands.hub serves both push and pull, so it receives the subcommand name too
+        return int(module.main(argv if argv[0] in ("push", "pull") else argv[1:]) or 0)
     if argv and argv[0] == "models":
         _models_parser().parse_args(argv[1:])  # its own usage line on a bad flag
         import timm_deit_distill  # noqa: F401  (registers the variants)
@@ -84,6 +84,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.print_usage(sys.stderr)  # not reached with argparse's own rules; kept as a usage error
     return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

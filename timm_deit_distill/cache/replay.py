@@ -1,0 +1,267 @@
+"""Replaying a teacher target cache: refuse a run that would see other views, then serve each batch's
+targets, every row checked against the image training shows at its position."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import sha256_file
+from ..data import ViewLayout, ViewSettings, dataset_fingerprint
+from ..errors import CacheError, CacheMismatch
+from ..teacher import TeacherSettings
+from .fingerprint import differences, library_versions, make_fingerprint
+from .store import MANIFEST, CacheStore, load_manifest, memmap_chunk, read_chunk_info, sample_check
+
+__all__ = ["TeacherTargetCache", "HASH_UP_FRONT_BYTES"]
+
+_logger = logging.getLogger(__name__)
+
+# check_training hashes every chunk a run needs when they add up to no more than this; beyond it, it checks
+# their sizes and headers up front and each chunk's sha256 when its epoch is loaded.
+HASH_UP_FRONT_BYTES = 4_000_000_000
+
+
+class TeacherTargetCache:
+    """A built cache, opened for replay.
+
+    ``check_training(view, train_ds, epochs, ...)`` must pass before ``targets(epoch, view_index)``: it
+    refuses a training configuration that would see other views (naming the fields) and sets up
+    the per-row sample-index check.
+    """
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], *, verify: bool = True) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.store = CacheStore.parse(manifest["store"])
+        self.num_classes = int(manifest["num_classes"])
+        self.rows_per_epoch = int(manifest["rows_per_epoch"])
+        self.verify = verify
+        self._chunks = {int(c["epoch"]): c for c in manifest["chunks"]}
+        self._layout: ViewLayout | None = None
+        self._open_epoch: int | None = None
+        self._arrays: dict[str, np.ndarray] = {}
+        self._expected_check: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *, verify: bool = True) -> TeacherTargetCache:
+        """Open the cache in ``directory`` (each chunk's sha256 is checked on first use when ``verify``)."""
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.exists():
+            raise CacheError(f"no teacher target cache in {directory} ({MANIFEST} missing); fix: build one with "
+                             "`deit-distill cache build <training flags> --epochs N --store hard --out DIR`.")
+        return cls(directory, load_manifest(path), verify=verify)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.manifest["fingerprint"]
+
+    @property
+    def teacher_description(self) -> dict[str, Any] | None:
+        """The teacher's ``description`` as recorded at build time (for checkpoints and model cards)."""
+        return self.manifest.get("teacher") or self.fingerprint.get("teacher")
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs whose chunks are complete."""
+        return sorted(self._chunks)
+
+    def check_training(self, view: ViewSettings, train_ds: Any, epochs: int, *, distill_type: str,
+                       teacher: TeacherSettings | None = None, start_epoch: int = 0) -> None:
+        """Refuse training settings that would not replay this cache's views; name what differs.
+
+        ``view`` are the run's view settings, ``epochs`` the number of epochs it trains (``0..epochs-1``),
+        ``distill_type`` its distillation type; ``teacher``, the teacher settings given with the cache, are
+        accepted only when they are the cache's own (no teacher runs).
+        """
+        problems = []
+        if not view.augment.deterministic_aug:
+            problems.append("deterministic_aug: cache True, now False (fix: add --deterministic-aug)")
+        current = make_fingerprint(
+            dataset=dataset_fingerprint(train_ds), views=view.deterministic().fingerprint(),
+            teacher=self.teacher_description, store=self.store.spec, versions=library_versions())
+        problems += differences({k: v for k, v in self.fingerprint.items() if k != "teacher"},
+                                 {k: v for k, v in current.items() if k != "teacher"})
+        if teacher is not None:
+            problems += self._teacher_problems(teacher)
+        if distill_type == "soft" and self.store.kind == "hard":
+            problems.append("store: cache 'hard' holds teacher labels only, soft distillation needs logits "
+                            "(fix: rebuild with --store full or --store topk:K, or train with --distill-type hard)")
+        if problems:
+            # One fix per problem: the general one only for the problems that do not carry their own.
+            general = ("" if all("fix:" in p for p in problems) else " fix: train with the cache's settings, or "
+                       "build a cache for these (`deit-distill cache build` with the same flags).")
+            raise CacheMismatch(f"the teacher target cache in {self.directory} was built for other settings: "
+                                + "; ".join(problems) + "." + general)
+        needed = range(int(start_epoch), int(epochs))
+        missing = [e for e in needed if e not in self._chunks]
+        if missing:
+            have = self.epochs
+            span = f"epochs {have[0]}-{have[-1]}" if have else "no epochs"
+            raise CacheMismatch(
+                f"training runs epochs {needed.start}-{needed.stop - 1} ({epochs} epochs) but the cache in "
+                f"{self.directory} holds {len(have)} ({span}); missing: {_ranges(missing)}. fix: extend it with "
+                f"`deit-distill cache build ... --epochs {epochs} --out {self.directory}` (finished epochs are kept), "
+                f"or train --epochs {len(have)}.")
+        self._verify_chunks(needed)
+        self._layout = ViewLayout(len(train_ds), seed=self.fingerprint["views"]["seed"],
+                                  repeats=self.fingerprint["views"]["aug_repeats"],
+                                  group_size=self.fingerprint["views"]["mix_group_size"], grouped=True)
+
+    def _verify_chunks(self, epochs: range) -> None:
+        """Refuse, before training starts, a chunk the run needs that is missing, truncated or altered.
+
+        Every chunk is hashed when the needed ones add up to at most :data:`HASH_UP_FRONT_BYTES`;
+        otherwise sizes and headers are checked here and each chunk's sha256 when its epoch is loaded.
+        """
+        chunks = [self._chunks[e] for e in epochs]
+        hash_now = self.verify and sum(int(c.get("bytes", 0)) for c in chunks) <= HASH_UP_FRONT_BYTES
+        for chunk in chunks:
+            path = self.directory / chunk["file"]
+            if not path.is_file():
+                raise CacheError(f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
+                                 f"{self.directory} (only missing epochs are recomputed).")
+            size = path.stat().st_size
+            if "bytes" in chunk and size != int(chunk["bytes"]):
+                raise CacheError(f"cache chunk {path} has {size} bytes but {MANIFEST} records {chunk['bytes']} "
+                                 "(truncated or replaced); " + _REBUILD_CHUNK)
+            if hash_now:
+                if sha256_file(path) != chunk["sha256"]:
+                    raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or "
+                                     "replaced); " + _REBUILD_CHUNK)
+                continue
+            try:
+                meta, _ = read_chunk_info(path)
+            except CacheError:
+                raise CacheError(f"cache chunk {path} has no readable safetensors header (corrupted); "
+                                 + _REBUILD_CHUNK) from None
+            if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != chunk["epoch"]:
+                raise CacheError(f"cache chunk {path} belongs to another cache; " + _REBUILD_CHUNK)
+
+    def _teacher_problems(self, teacher: TeacherSettings) -> list[str]:
+        problems = self._teacher_file_problems(teacher.checkpoint_path)
+        problems += self._teacher_setting_problems(teacher)
+        name = teacher.source
+        desc = self.teacher_description or {}
+        if not name or not desc:
+            return problems
+        known = {str(desc.get(k)) for k in ("name", "hub_id", "source") if desc.get(k)}
+        if desc.get("name") and desc.get("tag"):
+            known.add(f"{desc['name']}.{desc['tag']}")
+        known |= {f"hf-hub:{desc['hub_id']}"} if desc.get("hub_id") else set()
+        if str(name) in known:
+            return problems
+        return [*problems, f"teacher: cache {desc.get('name')!r}, now {name!r} (fix: drop --distill-teacher when "
+                "training from a cache, or build a cache with this teacher)"]
+
+    def _teacher_setting_problems(self, teacher: TeacherSettings) -> list[str]:
+        """Teacher settings given with a cache change nothing (no teacher runs): accepted only when they are the
+        cache's, so a run never believes its teacher ran at a size or precision it did not."""
+        desc = self.teacher_description or {}
+        problems = []
+        size = tuple(int(v) for v in teacher.input_size or ())
+        wanted_hw = size * 2 if len(size) == 1 else size[-2:]  # N, (H, W) or (C, H, W)
+        cached_size = desc.get("input_size")
+        if wanted_hw and cached_size and wanted_hw != tuple(int(v) for v in cached_size[-2:]):
+            problems.append(f"teacher input size: cache {'x'.join(map(str, cached_size[-2:]))}, now "
+                            f"--teacher-input-size {' '.join(map(str, size))} (fix: drop --teacher-input-size when "
+                            "training from a cache, or build a cache at that size)")
+        precision = teacher.precision
+        if precision not in (None, "auto") and desc.get("precision") and precision != desc["precision"]:
+            problems.append(f"teacher precision: cache {desc['precision']}, now --teacher-precision {precision} "
+                            "(fix: drop --teacher-precision when training from a cache, or build a cache with it)")
+        return problems
+
+    def _teacher_file_problems(self, path: str | None) -> list[str]:
+        """A teacher checkpoint given with a cache is accepted only when it is the file the cache was built from."""
+        if not path:
+            return []
+        desc = self.teacher_description or {}
+        cached = desc.get("sha256")
+        if not os.path.isfile(path):
+            return [f"teacher checkpoint: --distill-teacher-path {path} does not exist (fix: drop it: the cache "
+                    "holds the teacher's targets)"]
+        given = sha256_file(path)
+        if given != cached:
+            return [f"teacher checkpoint: cache built with {desc.get('name')!r} (weights sha256 {str(cached)[:12]}), "
+                    f"--distill-teacher-path {path} has sha256 {given[:12]} (fix: drop --distill-teacher-path: "
+                    "the cache holds the teacher's targets; or build a cache with this teacher)"]
+        _logger.info("--distill-teacher-path %s matches the cache's teacher (%s, sha256 %s).", path,
+                     desc.get("name"), given[:12])
+        return []
+
+    def _load_epoch(self, epoch: int) -> None:
+        chunk = self._chunks.get(epoch)
+        if chunk is None:
+            raise CacheMismatch(f"the cache in {self.directory} holds no epoch {epoch} "
+                                f"(it holds {_ranges(self.epochs) or 'none'}).")
+        path = self.directory / chunk["file"]
+        if not path.exists():
+            raise CacheError(f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
+                             f"{self.directory} (only missing epochs are recomputed).")
+        if self.verify and sha256_file(path) != chunk["sha256"]:
+            raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or replaced); "
+                             + _REBUILD_CHUNK)
+        meta, _ = read_chunk_info(path)
+        arrays = memmap_chunk(path)
+        if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != epoch:
+            raise CacheError(f"cache chunk {path} belongs to another cache; fix: rebuild it.")
+        assert self._layout is not None
+        self._arrays = arrays
+        self._expected_check = sample_check(self._layout.epoch(epoch)[0][: self.rows_per_epoch])
+        self._open_epoch = epoch
+
+    def targets(self, epoch: int, view_index: torch.Tensor) -> torch.Tensor:
+        """Teacher targets of views ``view_index`` (positions) of ``epoch``.
+
+        int64 class indices ``(B,)`` for a ``hard`` store, float32 logits ``(B, C)`` otherwise (classes
+        a top-k row does not hold get :data:`TOPK_FILL`). Raises :class:`CacheError` when a row's
+        stored sample index is not the one the training loader shows at that position.
+        """
+        if self._layout is None:
+            raise CacheError("call check_training(view, train_ds, epochs, ...) before reading targets.")
+        if self._open_epoch != epoch:
+            self._load_epoch(int(epoch))
+        positions = view_index.detach().cpu().numpy().astype(np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.rows_per_epoch):
+            raise CacheError(f"view positions up to {int(positions.max())} requested but the cache holds "
+                             f"{self.rows_per_epoch} per epoch; fix: train with the cache's settings.")
+        order = np.argsort(positions, kind="stable")  # memmap reads in file order
+        rows = positions[order]
+        stored = np.asarray(self._arrays["sample_check"][rows])
+        assert self._expected_check is not None
+        bad = np.nonzero(stored != self._expected_check[rows])[0]
+        if bad.size:
+            p = int(rows[bad[0]])
+            raise CacheError(
+                f"cache row {p} of epoch {epoch} was computed for another image than the one training shows at "
+                f"that position ({bad.size} of {len(rows)} rows in this batch); the view order differs from the "
+                "cache's. fix: rebuild the cache with this version and these settings.")
+        picked = {name: np.asarray(arr[rows]) for name, arr in self._arrays.items() if name != "sample_check"}
+        out = self.store.decode(picked, self.num_classes)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return out[torch.from_numpy(inverse)]
+
+
+_REBUILD_CHUNK = "fix: delete it and its .json sidecar and rerun `deit-distill cache build` (only that epoch is recomputed)."
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return ""
+    parts, start, prev = [], values[0], values[0]
+    for v in [*values[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts)

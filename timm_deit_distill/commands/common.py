@@ -1,0 +1,70 @@
+"""What every command does alike: say an error in one line (and give its exit code), set up logging.
+
+Every error the package raises on purpose derives from :class:`~timm_deit_distill.errors.DeitDistillError`,
+whose class says its exit code (2: refused, 1: failed); :func:`refuse` prints it as
+``deit-distill COMMAND: error: ...``, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["one_line", "refuse", "setup_logging", "add_either_flag", "TEACHER_EMA"]
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line; for one a DataLoader worker re-raised, the original message.
+
+    torch re-raises a worker's exception as the same type with "Caught X in DataLoader worker process N.
+    Original Traceback ..." as its message; the original message is its last line, after "module.X: ".
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else text
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", last)
+    return " ".join(text.split())
+
+
+def refuse(command: str, error: BaseException, *, hint: str = "", exit_code: int | None = None,
+           redact: Callable[[str], str] | None = None) -> int:
+    """Print ``deit-distill COMMAND: error: MESSAGE`` on stderr and return the exit code to give.
+
+    The message is on one line unless the error's class keeps its lines (a list of files, one per line);
+    ``hint`` is appended, ``redact`` applied to the whole line. The exit code is ``exit_code`` if given, else
+    the error's (a :class:`~timm_deit_distill.errors.DeitDistillError` says; anything else is a refusal, 2).
+    """
+    text = str(error) if getattr(error, "keeps_lines", False) else one_line(error)
+    line = f"deit-distill {command}: error: {text}{hint}"
+    print(redact(line) if redact is not None else line, file=sys.stderr)
+    return exit_code if exit_code is not None else int(getattr(error, "exit_code", 2))
+
+
+def setup_logging() -> None:
+    """Plain INFO lines on stdout unless the application already configured logging (train and the demo)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # timm's saver lists every retained checkpoint after each save; one line per epoch is enough here.
+    logging.getLogger("timm.utils.checkpoint_saver").setLevel(logging.WARNING)
+
+
+# (flag, help) of the raw/EMA choice for a teacher checkpoint, in every command that takes one
+TEACHER_EMA = (("--teacher-ema", "use the EMA weights of a teacher checkpoint that holds both"),
+               ("--no-teacher-ema", "use the raw weights of a teacher checkpoint that holds both"))
+
+
+def add_either_flag(group: Any, dest: str, *, yes: tuple[str, str], no: tuple[str, str], default: Any = None) -> None:
+    """Two mutually exclusive flags, ``yes`` and ``no`` (each ``(flag, help)``), setting ``dest`` to True or
+    False; neither given leaves ``default`` (None: no choice made, e.g. between a checkpoint's raw and EMA
+    weights, which is refused where it matters)."""
+    pair = group.add_mutually_exclusive_group()
+    pair.add_argument(yes[0], dest=dest, action="store_const", const=True, default=default, help=yes[1])
+    pair.add_argument(no[0], dest=dest, action="store_const", const=False, default=default, help=no[1])

@@ -1,0 +1,276 @@
+"""Running the demo's runs: each one resumable (reused when finished, resumed when killed), measured by
+`deit-distill eval`, side by side in a pool of one-thread worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import DemoError
+from ..common import setup_logging
+from .regime import TEACHER, Regime, student_args, teacher_args
+from .report import student_record
+
+__all__ = ["run_training", "run_eval", "measure_token_cosine", "Job", "run_job", "run_jobs", "Progress", "duration"]
+
+_logger = logging.getLogger("timm_deit_distill.demo")
+_RUN_SPEC = "demo_run.json"  # beside each run: the exact trainer command line it was started with
+
+
+def _finished_epochs(run_dir: Path) -> int:
+    from ...records import read_summary
+
+    path = run_dir / "summary.csv"
+    if not path.exists():
+        return 0
+    rows = read_summary(path)
+    return (int(rows[-1]["epoch"]) + 1) if rows else 0
+
+
+def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Path:
+    """Train through ``train.main`` unless ``run_dir`` already holds this exact run; returns its last checkpoint.
+
+    A run with the same command line that stopped early resumes from ``last.pth.tar``; one killed before
+    its first checkpoint starts over (the demo owns the folder, so it clears the trainer's files, which
+    the trainer itself never overwrites); a folder holding a different run is refused rather than overwritten.
+    """
+    from ...atomic import atomic_write_text
+    from ...run_folder import RunFolderError, clear_run_files
+    from .. import train
+
+    last = run_dir / "last.pth.tar"
+    spec_path = run_dir / _RUN_SPEC
+    if run_dir.exists() and any(run_dir.iterdir()):
+        spec = json.loads(spec_path.read_text()) if spec_path.exists() else None
+        if spec != {"argv": argv}:
+            raise DemoError(f"{run_dir} holds a different run (settings changed or not written by the demo); "
+                            "delete it or pass another --out.")
+        if last.exists() and _finished_epochs(run_dir) >= epochs:
+            _logger.info("%s: reusing the finished run in %s", label, run_dir)
+            return last
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec_path, json.dumps({"argv": argv}, indent=1) + "\n")
+    full = list(argv)
+    if last.exists():
+        _logger.info("%s: resuming from %s (epoch %d of %d)", label, last, _finished_epochs(run_dir), epochs)
+        full += ["--resume", str(last)]
+    else:
+        try:
+            removed = clear_run_files(run_dir)
+        except RunFolderError as e:
+            raise DemoError(f"{label}: {e}") from None
+        if removed:
+            _logger.info("%s: starting over in %s (killed before its first checkpoint; removed %s)", label,
+                         run_dir, ", ".join(removed))
+    code = train.main(full)
+    if code != 0 or not last.exists():
+        raise DemoError(f"{label}: `deit-distill train {' '.join(full)}` exited with code {code}; see the lines above.")
+    _prune_checkpoints(run_dir)
+    return last
+
+
+def _prune_checkpoints(run_dir: Path) -> None:
+    """Keep ``last.pth.tar`` only: the demo reports the final weights, not an epoch picked on validation."""
+    for path in [*run_dir.glob("checkpoint-*.pth.tar"), run_dir / "model_best.pth.tar"]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, use_ema: bool,
+             teacher_check: bool = True) -> dict[str, Any]:
+    """``deit-distill eval`` on the validation split; its JSON is kept beside the checkpoint."""
+    from .. import evaluate
+
+    out = checkpoint.parent / "eval.json"
+    argv = ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--workers", "0",
+            "--use-ema" if use_ema else "--no-ema", "--json", str(out)]
+    if teacher_checkpoint is not None:
+        argv += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
+                 "--teacher-precision", "fp32"]
+        argv += ["--teacher-ema"] if use_ema else ["--no-teacher-ema"]
+        argv += [] if teacher_check else ["--no-teacher-check"]
+    log = io.StringIO()  # eval prints its full JSON; the demo prints one line and keeps the file
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = evaluate.main(argv)
+    if code != 0:
+        raise DemoError(f"`deit-distill eval {' '.join(argv)}` exited with code {code}:\n{log.getvalue()}")
+    return json.loads(out.read_text())
+
+
+def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dict[str, Any]:
+    """Class/distillation token cosine of a student checkpoint over the validation images."""
+    from timm.data import resolve_model_data_config
+
+    from ...analysis import token_cosine
+    from ...checkpoint import create_model_from_checkpoint
+    from ...data import LoaderSettings, build_datasets, build_eval_loader
+
+    model, _ = create_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
+    _, val_ds = build_datasets(str(data_dir))
+    data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
+    loader = build_eval_loader(val_ds, data_config, LoaderSettings(batch_size=128, validation_batch_size=None,
+                                                                    workers=0, pin_mem=False))
+    return token_cosine(model, loader).as_dict()
+
+
+def duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class Progress:
+    """One line per finished run: how many are done, time spent and a rough time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.time()
+
+    def status(self) -> str:
+        elapsed = time.time() - self.started
+        eta = f", about {duration(elapsed / self.done * (self.total - self.done))} left" if self.done else ""
+        return f"[{self.done}/{self.total} runs done, elapsed {duration(elapsed)}{eta}]"
+
+
+class _NotATerminal(io.TextIOBase):
+    """stderr for runs sharing a terminal: two progress bars on one screen garble each other, so the trainer
+    (which draws a bar only on a terminal) writes plain log lines instead."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the demo: the teacher (``mode=None``) or a student with a distillation type and a seed."""
+
+    regime: Regime
+    data_dir: Path
+    runs_dir: Path
+    mode: str | None = None
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return "teacher" if self.mode is None else f"{self.mode}-seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.label
+
+    @property
+    def teacher_checkpoint(self) -> Path:
+        return self.runs_dir / "teacher" / "last.pth.tar"
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.mode in ("soft", "hard")
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train (or reuse) one run and measure it: the teacher's top-1, or a student's per-seed record."""
+    regime = job.regime
+    if job.mode is None:
+        ckpt = run_training(teacher_args(regime, job.data_dir, job.runs_dir), job.run_dir, regime.teacher_epochs,
+                            "teacher")
+        evaluation = run_eval(ckpt, job.data_dir, None, regime.ema)
+        return {"top1": evaluation["top1"], "top5": evaluation["top5"]}
+    argv = student_args(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
+    ckpt = run_training(argv, job.run_dir, regime.epochs, f"student {job.label}")
+    record: dict[str, Any] = {"seed": job.seed,
+                              **student_record(run_eval(ckpt, job.data_dir, job.teacher_checkpoint, regime.ema,
+                                                       regime.teacher_check))}
+    if job.mode == "hard":
+        cos = measure_token_cosine(ckpt, job.data_dir, regime.ema)
+        record["token_cosine"] = {"input": cos["input"], "output": cos["output"], "layers": cos["layers"]}
+    return record
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.stderr = _NotATerminal(sys.stderr)
+    setup_logging()
+
+
+def _worker_run(job: Job) -> dict[str, Any]:
+    # Every line a run logs names the run, since the runs of one pool share the screen.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"[{job.label}] %(message)s"))
+    return run_job(job)
+
+
+def _describe(job: Job, record: dict[str, Any]) -> str:
+    if job.mode is None:
+        return f"teacher {TEACHER}: top-1 {record['top1']:.2f}%"
+    text = (f"student {job.label}: top-1 cls {record['top1_cls']:.2f}%, dist {record['top1_dist']:.2f}%, "
+            f"fused {record['top1_fused']:.2f}%; agreement with teacher {record['agreement']:.3f}")
+    if "token_cosine" in record:
+        tc = record["token_cosine"]
+        text += f"; token cosine input {tc['input']:.3f}, output {tc['output']:.3f}"
+    return text
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress) -> list[dict[str, Any]]:
+    """Every run, ``workers`` at a time in separate processes of one CPU thread each when ``workers > 1``.
+
+    Runs that need the teacher start once it is trained; the others (the teacher itself and the students
+    without distillation) start right away, so no core waits for the teacher.
+    """
+    records: list[dict[str, Any] | None] = [None] * len(jobs)
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].needs_teacher)  # stable: teacher-free runs first
+    if workers <= 1:
+        for i in order:
+            epochs = jobs[i].regime.teacher_epochs if jobs[i].mode is None else jobs[i].regime.epochs
+            _logger.info("\n=== %s, %d epochs %s ===", jobs[i].label, epochs, progress.status())
+            records[i] = run_job(jobs[i])
+            progress.done += 1
+            _logger.info("%s %s", _describe(jobs[i], records[i]), progress.status())
+        return records  # type: ignore[return-value]
+
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // workers)
+    _logger.info("Training %d runs, %d at a time (%d CPU thread%s each); each line names its run.",
+                 len(jobs), workers, threads, "s" if threads > 1 else "")
+    teacher = next((i for i in order if jobs[i].mode is None), None)
+    waiting = [i for i in order if jobs[i].needs_teacher and teacher is not None]
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's torch thread pools
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        pending = {pool.submit(_worker_run, jobs[i]): i for i in order if i not in waiting}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    records[i] = future.result()
+                    progress.done += 1
+                    _logger.info("%s %s", _describe(jobs[i], records[i]), progress.status())
+                    if i == teacher:
+                        pending.update({pool.submit(_worker_run, jobs[w]): w for w in waiting})
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return records  # type: ignore[return-value]

@@ -1,0 +1,694 @@
+"""`deit-distill train`: timm's train.py loop with DeiT distillation through the distillation token.
+
+Built from timm's parts: ``create_model``, ``create_optimizer_v2``, ``create_scheduler_v2``, ``ModelEmaV3``,
+autocast + ``NativeScaler``, ``CheckpointSaver``'s files. Per step::
+
+    inputs, targets, views  <- loader (timm transforms + Mixup/CutMix, repeated augmentation)
+    teacher_logits          <- teacher(inputs)            or  cache.targets(epoch, views)
+    (cls, dist)             <- student(inputs)
+    loss                    <- (1 - alpha) * CE(cls, targets) + alpha * distill(dist, teacher_logits)
+
+The teacher stays outside DDP, in eval mode, one per process. Checkpoints hold the student only.
+A run writes only into a folder of its own, created (or, for ``--resume``, taken) and locked after every
+check has passed; a folder holding another run is refused, never overwritten (see :mod:`.run_folder`).
+Run ``deit-distill train --help`` for the flags; ``--print-config`` shows what a command line resolves to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import DataError, DeitDistillError, NonFiniteLoss, RunFolderError
+from ..progress import is_progress_bar, progress_bar
+from .args import (
+    TrainSettings,
+    UsageError,  # noqa: F401  (re-exported: the refusal raised for a setting that cannot work)
+    config_dict,
+    format_config,
+    parse_args,
+    resolve_lr,
+    settings_from_args,
+)
+from .common import one_line, refuse, setup_logging
+
+__all__ = ["main", "setup", "train", "NonFiniteLoss"]
+
+_logger = logging.getLogger("timm_deit_distill.train")  # the name the trainer's log lines always had
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Set-up: everything the loop needs, refused early when it cannot work
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """The pieces of one training run (built by :func:`setup`)."""
+
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world_size: int
+    model: nn.Module  # the trainable module (DDP/compiled wrapper when used)
+    student: nn.Module  # the plain student
+    model_ema: Any
+    teacher: Any
+    cache: Any
+    criterion: Any
+    optimizer: torch.optim.Optimizer
+    loss_scaler: Any
+    lr_scheduler: Any
+    amp_autocast: Callable[[], Any]
+    train_loader: Any
+    eval_loader: Any
+    num_epochs: int
+    updates_per_epoch: int
+    output_dir: str | None
+    saver: Any
+    metadata: dict[str, Any]
+    start_epoch: int = 0
+    num_updates: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng_states: list[dict[str, Any]] = field(default_factory=list)
+    lock: Any = None  # rank 0's RunLock on output_dir, held for the whole run
+    last_saved_epoch: int | None = None  # the epoch output_dir/last.pth.tar holds
+    dist_bn: str = ""  # --dist-bn, or '' when SyncBatchNorm already keeps the statistics in sync
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def close(self) -> None:
+        """Release the run folder (the process's end would as well)."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The run folder (run_folder.py): checked early by rank 0, claimed at the end of set-up, never overwritten
+# --------------------------------------------------------------------------------------------------------------
+
+def _rank0_decides(rank: int, world_size: int, decide: Callable[[], Any]) -> Any:
+    """Run ``decide`` on rank 0 only and give every rank its (picklable) result, or its refusal, together.
+
+    Every rank refuses at once, instead of rank 0 alone while the others wait for it in a collective.
+    """
+    result, error, failed = None, None, False
+    if rank == 0:
+        try:
+            result = decide()
+        except DeitDistillError as e:
+            error = one_line(e)
+            if world_size > 1:  # said before the others learn of it: torchrun stops rank 0 once they exit
+                refuse("train", e)
+        except BaseException:
+            failed = True
+            if world_size == 1:
+                raise
+            torch.distributed.broadcast_object_list([None, None, True], src=0)
+            raise
+    if world_size > 1:
+        box = [result, error, failed]
+        torch.distributed.broadcast_object_list(box, src=0)
+        result, error, failed = box
+    if failed:
+        raise RuntimeError("rank 0 failed while setting up the run folder; see its error.")
+    if error is not None:
+        refusal = RunFolderError(error)
+        refusal.reported = world_size > 1  # type: ignore[attr-defined]
+        raise refusal
+    return result
+
+
+def _run_name(args: argparse.Namespace, data_config: dict[str, Any]) -> str:
+    """timm train.py's name for a run folder: date-time, model, input size."""
+    from timm.models import safe_model_name
+
+    return "-".join([datetime.datetime.now().strftime("%Y%m%d-%H%M%S"), safe_model_name(args.model),
+                     str(data_config["input_size"][-1])])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# setup(): checks first, then building, then (last) claiming the folder and writing
+# --------------------------------------------------------------------------------------------------------------
+
+def _teacher_source(args: argparse.Namespace, teacher: Any, cache: Any) -> str:
+    if cache is not None:
+        return f"cache {args.distill_cache}"
+    if teacher is None:
+        return "none"
+    name = args.distill_teacher or getattr(teacher, "name", None) or "?"
+    return f"{name} ({args.distill_teacher_path})" if args.distill_teacher_path else name
+
+
+def _identity_refusal(args: argparse.Namespace, refused: list[str]) -> str:
+    run_dir = os.path.dirname(os.path.abspath(args.resume))
+    return (f"--resume {args.resume}: {'; '.join(refused)}. An exact resume needs the student, the training "
+            f"data, the seed and the teacher of the run it continues. fix: resume with the original values (its "
+            f"args.yaml: -c {os.path.join(run_dir, 'args.yaml')} --resume {args.resume}), or start a NEW run "
+            f"from these weights with --initial-checkpoint {args.resume} (and another --experiment).")
+
+
+def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Run:  # noqa: C901 - one linear recipe
+    """Build data, student, teacher/cache, loss, optimizer, schedule, EMA; check everything; then claim the
+    run folder, write its first files and resume if asked. ``settings`` are ``settings_from_args(args)``.
+
+    Nothing is written before every check has passed: the folder is created (or taken) and locked,
+    and args.yaml written, only at the end.
+    """
+    from timm.layers import set_fast_norm
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    from timm.utils import ModelEmaV3, NativeScaler, random_seed
+
+    from .. import checkpoint as ckpt
+    from .. import factory
+    from ..data import (
+        ViewSettings,
+        build_eval_loader,
+        build_train_loader,
+        check_num_classes,
+        dataset_fingerprint,
+    )
+    from ..data import label_names as dataset_labels
+    from ..evaluation import is_distilled
+    from ..records import write_args_yaml
+    from ..run_folder import FolderPlan, claim_run_folder, format_size, plan_run_folder
+
+    settings = settings or settings_from_args(args)
+
+    # --- Cheap checks first: names, the checkpoint to resume from, the run folder.
+    user_config = config_dict(args)  # args.yaml records the settings as given (lr still scales on reload)
+    for module in args.device_modules or []:
+        importlib.import_module(module)
+    factory.check_model_name(args.model, "--model")
+    if args.distill_teacher:
+        factory.check_model_name(args.distill_teacher, "--distill-teacher")
+    for flag in ("initial_checkpoint", "pretrained_path", "distill_teacher_path"):
+        path = getattr(args, flag)  # a damaged file is refused here, before the data scan and any model is built
+        if path and not path.lower().endswith((".npz", ".npy")):  # NumPy weights are timm's to read
+            ckpt.check_checkpoint_file(path, what=f"--{flag.replace('_', '-')}")
+    resume_from: dict[str, Any] | None = None
+    resume_epoch: int | None = None
+    if args.resume:
+        resume_from = ckpt.read_checkpoint(args.resume, what="--resume")
+        resume_epoch = ckpt.checkpoint_epoch(resume_from)
+
+    device_info = factory.init_device(settings.device)
+    device, rank, world_size = device_info.device, device_info.rank, device_info.world_size
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    folder_plan: FolderPlan = _rank0_decides(rank, world_size, lambda: plan_run_folder(
+        output=args.output, experiment=args.experiment, resume=args.resume or None, resume_epoch=resume_epoch,
+        start_epoch=args.start_epoch))
+    random_seed(args.seed, rank)
+    if args.fast_norm:
+        set_fast_norm()
+
+    # --- Data: a wrong folder is the most common mistake and the cheapest to report.
+    train_ds, eval_ds = factory.open_datasets(settings.data)
+    for split, ds in (("train", train_ds), ("validation", eval_ds)):
+        if getattr(ds, "skipped_files", None):
+            _logger.warning("Skipped %d unreadable image(s) in the %s split.", len(ds.skipped_files), split)
+    labels = dataset_labels(train_ds)
+    num_classes = check_num_classes(train_ds, settings.student.num_classes)
+
+    # --- Student, teacher (or cache), loaders, loss, optimizer, schedule, EMA.
+    arch_kwargs = factory.architecture_kwargs(settings.student, num_classes)
+    student = factory.create_student(settings.student, arch_kwargs)
+    distilled = is_distilled(student)
+    if args.distill_type in ("soft", "hard") and not distilled:
+        raise UsageError(
+            f"--distill-type {args.distill_type} trains the distillation token's head, but --model {args.model} has "
+            "none. Use a distilled student (e.g. deit_tiny_distilled_patch16_224; `deit-distill models` lists them) "
+            "or --distill-type none.")
+    if distilled:
+        # 'none' trains both heads on the labels through their average (timm's fine-tuning behaviour).
+        student.set_distilled_training(args.distill_type != "none")
+    data_config = factory.student_data_config(settings.student, num_classes, model=student, verbose=rank == 0)
+    student.pretrained_cfg = {**student.pretrained_cfg, **data_config}  # the size the student now takes
+
+    teacher = cache = None
+    if args.distill_cache:
+        from ..cache import TeacherTargetCache  # only runs that replay a cache pay for its import
+
+        cache = TeacherTargetCache.open(args.distill_cache)  # checked against the run once epochs are known
+    elif args.distill_teacher or args.distill_teacher_path:
+        teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels)
+
+    student.to(device)
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+    dist_bn = args.dist_bn
+    if world_size > 1 and args.sync_bn:
+        dist_bn = ""  # SyncBatchNorm keeps the statistics in sync already
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+
+    view = ViewSettings.resolve(settings.augment, data_config, num_classes)
+    train_loader = build_train_loader(train_ds, view, settings.loader, rank=rank, world_size=world_size)
+    eval_loader = build_eval_loader(eval_ds, data_config, settings.loader, rank=rank, world_size=world_size)
+    criterion = factory.create_criterion(settings.distill, smoothing=settings.augment.smoothing,
+                                         mixup_active=train_loader.mixup_active)
+
+    lr, lr_how = resolve_lr(args, world_size)
+    optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=args), "lr": lr}, **(args.opt_kwargs or {}))
+    amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+    amp_autocast: Callable[[], Any] = contextlib.nullcontext
+    loss_scaler = None
+    if args.amp:
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
+        if device.type == "cuda" and amp_dtype == torch.float16:
+            loss_scaler = NativeScaler(device=device.type)  # bfloat16 needs no loss scaling
+
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(student, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                               device="cpu" if args.model_ema_force_cpu else None)
+    model: nn.Module = student
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+    if world_size > 1:
+        # broadcast_buffers is passed only to turn it off (--no-ddp-bb): torch 2.14 deprecates the keyword.
+        ddp_kwargs = {"broadcast_buffers": False} if args.no_ddp_bb else {}
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None, **ddp_kwargs)
+
+    updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    decreasing = args.eval_metric == "loss"
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+
+    metadata = {
+        "model": args.model,
+        "model_kwargs": arch_kwargs,
+        "pretrained_cfg": {"input_size": [int(v) for v in data_config["input_size"]],
+                           "mean": [float(v) for v in data_config["mean"]],
+                           "std": [float(v) for v in data_config["std"]],
+                           "crop_pct": float(data_config["crop_pct"]),
+                           "interpolation": str(data_config["interpolation"])},
+        "label_names": labels,
+        "distill": {"teacher": args.distill_teacher or getattr(teacher, "name", None),
+                    "teacher_description": (getattr(teacher, "description", None)
+                                            or getattr(cache, "teacher_description", None)),
+                    "type": args.distill_type, "alpha": args.distill_alpha, "tau": args.distill_tau,
+                    "soft_reduction": args.distill_soft_reduction},
+        "recipe": args.recipe,
+        "ema": bool(args.model_ema),
+        # What a later --resume is checked against (see checkpoint.compare_resume).
+        "seed": args.seed,
+        "data": dataset_fingerprint(train_ds),
+        "world_size": world_size,
+        "resumed": [],
+    }
+    # plain values (weights_only-loadable): the settings with what the run resolved (classes, lr, dist_bn)
+    saved_args = argparse.Namespace(**{**config_dict(args), "num_classes": num_classes, "lr": lr, "dist_bn": dist_bn})
+
+    # --- Every remaining check, still before anything is written.
+    comparison = None
+    if resume_from is not None:
+        comparison = ckpt.compare_resume(resume_from, settings=vars(saved_args), metadata=metadata)
+        if comparison.refused:
+            raise UsageError(_identity_refusal(args, comparison.refused))
+    start_epoch = resume_epoch + 1 if resume_epoch is not None else 0
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    if cache is not None:
+        cache.check_training(view, train_ds, num_epochs, distill_type=settings.distill.type,
+                             teacher=settings.teacher, start_epoch=start_epoch)
+    resumed = None
+    if resume_from is not None:
+        # Weights, optimizer, schedule and EMA now (a checkpoint that does not fit is refused here);
+        # the generator states last, after the folder is claimed.
+        resumed = ckpt.resume(args.resume, student, optimizer=None if args.no_resume_opt else optimizer,
+                              loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, model_ema=model_ema,
+                              rank=rank, world_size=world_size, checkpoint=resume_from, restore_rng=False)
+        assert comparison is not None
+        entry = {"epoch": start_epoch, "checkpoint": os.path.abspath(args.resume), "changed": comparison.changed}
+        metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
+
+    # --- The teacher is measured through the loss's own path before it teaches (refused near chance).
+    if teacher is not None and not args.no_teacher_check:
+        metadata["distill"]["teacher_check"] = factory.check_teacher(
+            teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed).as_dict()
+    elif teacher is not None:
+        metadata["distill"]["teacher_check"] = None  # skipped with --no-teacher-check: the card says so
+    elif cache is not None and cache.manifest.get("teacher_check"):
+        metadata["distill"]["teacher_check"] = cache.manifest["teacher_check"]  # measured when it was built
+
+    # --- Claim the run folder (create or take it, lock it) and write: the first writes of the run.
+    lock_box: list[Any] = []
+
+    def claim() -> str:
+        lock = claim_run_folder(folder_plan, _run_name(args, data_config))
+        lock_box.append(lock)
+        return str(lock.folder)
+
+    output_dir: str = _rank0_decides(rank, world_size, claim)
+    run = Run(args=args, device=device, rank=rank, world_size=world_size, model=model, student=student,
+              model_ema=model_ema, teacher=teacher, cache=cache, criterion=criterion, optimizer=optimizer,
+              loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
+              train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
+              updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata,
+              lock=lock_box[0] if lock_box else None, dist_bn=dist_bn)
+    if rank == 0:
+        removed, size = run.lock.remove_partial_files()
+        run.saver = ckpt.CheckpointSaver(
+            model=model, optimizer=optimizer, args=saved_args, model_ema=model_ema, amp_scaler=loss_scaler,
+            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
+            max_history=args.checkpoint_hist, extra_state=lambda: _extra_state(run))
+        # Settings only: `-c args.yaml` repeats the run. Where it resumed from is history, kept under `resumed`.
+        record = {k: v for k, v in user_config.items() if k not in ("resume", "no_resume_opt", "start_epoch")}
+        if metadata["resumed"]:
+            record["resumed"] = metadata["resumed"]
+        if "teacher_check" in metadata["distill"]:
+            record["teacher_check"] = metadata["distill"]["teacher_check"]
+        write_args_yaml(os.path.join(output_dir, "args.yaml"), record)
+
+        params = sum(p.numel() for p in student.parameters()) / 1e6
+        _logger.info("Student %s (%.2fM parameters, input %s), %d classes, %d train / %d eval images, "
+                     "%s on %s.", args.model, params, tuple(data_config["input_size"]), num_classes, len(train_ds),
+                     len(eval_ds), f"{world_size} processes" if world_size > 1 else "1 process", device)
+        _logger.info("Distillation: %s (alpha %g, tau %g, soft reduction %s), teacher: %s.", args.distill_type,
+                     args.distill_alpha, args.distill_tau, args.distill_soft_reduction,
+                     _teacher_source(args, teacher, cache))
+        _logger.info("Learning rate %s; %d epochs of %d updates; output %s.", lr_how, num_epochs,
+                     updates_per_epoch, output_dir)
+        if removed:
+            _logger.info("Removed %d partial file(s) (%s) that a killed save left in %s.", removed,
+                         format_size(size), output_dir)
+
+    if resumed is not None:
+        run.start_epoch, run.num_updates, run.history = resumed.start_epoch, resumed.num_updates, resumed.summary
+        if folder_plan.continuing:
+            run.last_saved_epoch = resume_epoch
+            if run.saver is not None:
+                run.saver.load_state_dict(resumed.saver_state or {})
+        if rank == 0:
+            assert comparison is not None
+            for key, (old, new) in comparison.changed.items():
+                _logger.warning("Resumed with a changed setting: %s %s -> %s (recorded in args.yaml).", key, old, new)
+            for note in comparison.notes:
+                _logger.warning("Resume check: %s.", note)
+        # Resume last: the generator states, which nothing after this may consume before the first step.
+        resumed.restore_rng(model_ema)
+        if rank == 0:
+            _logger.info("Resumed from %s at epoch %d (RNG states %s; schedule %s).", args.resume, run.start_epoch,
+                         "restored" if resumed.rng_restored else "not in the checkpoint: reseeded",
+                         "restored" if resumed.scheduler_restored else "rebuilt from these flags")
+    if args.start_epoch is not None:
+        run.start_epoch = args.start_epoch
+    if run.start_epoch > 0 and (resumed is None or not resumed.scheduler_restored or args.start_epoch is not None):
+        # timm's rule: position the schedule at the start epoch when its state was not restored
+        if args.sched_on_updates:
+            lr_scheduler.step_update(run.start_epoch * updates_per_epoch)
+        else:
+            lr_scheduler.step(run.start_epoch)
+    return run
+
+
+def _extra_state(run: Run) -> dict[str, Any]:
+    """Keys added to every checkpoint: what exact resumption and downstream readers need."""
+    state: dict[str, Any] = {
+        "deit_distill": run.metadata,
+        "scheduler": run.lr_scheduler.state_dict(),
+        "num_updates": run.num_updates,
+        "rng": run.rng_states,  # gathered from every rank just before saving
+        "summary": list(run.history),
+    }
+    if run.model_ema is not None and hasattr(run.model_ema, "_sr_generator"):
+        state["ema_rng"] = run.model_ema._sr_generator.get_state()
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+def _all_reduce_sum(values: list[float], run: Run) -> list[float]:
+    if not run.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=run.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """One pass over the training loader; returns the epoch's mean losses (reduced over ranks)."""
+    from timm.models import model_parameters
+    from timm.utils import dispatch_clip_grad
+
+    args, model, optimizer = run.args, run.model, run.optimizer
+    run.train_loader.set_epoch(epoch)
+    model.train()
+    if run.teacher is not None:
+        run.teacher.eval()  # the teacher never trains
+    accum = args.grad_accum_steps
+    num_batches = len(run.train_loader)
+    last_accum = num_batches % accum or accum
+    sums = [0.0, 0.0, 0.0, 0.0]  # samples, total, class-head and distillation losses (sample-weighted)
+    optimizer.zero_grad()
+    started, samples_since_log = time.time(), 0
+    batches = progress_bar(run.train_loader, f"train {epoch}", show=run.primary)
+    for batch_idx, (inputs, targets, views) in enumerate(batches):
+        inputs, targets = inputs.to(run.device, non_blocking=True), targets.to(run.device, non_blocking=True)
+        if args.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        need_update = (batch_idx + 1) % accum == 0 or batch_idx == num_batches - 1
+        steps_in_update = last_accum if batch_idx >= num_batches - last_accum else accum
+
+        teacher_out = None
+        if args.distill_type != "none":
+            if run.cache is not None:
+                teacher_out = run.cache.targets(epoch, views).to(run.device)
+            else:
+                teacher_out = run.teacher(inputs)
+        sync = contextlib.nullcontext() if need_update or not run.distributed else model.no_sync()
+        with sync:
+            with run.amp_autocast():
+                outputs = model(inputs)
+                loss = run.criterion.from_teacher_output(outputs, targets, teacher_out)
+            parts = torch.stack([loss.detach().float(), run.criterion.last_base_loss.float(),
+                                 run.criterion.last_distill_loss.float()])
+            finite = torch.isfinite(parts[0]).to(torch.float32)
+            if run.distributed:  # every rank must stop together
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            if not bool(finite.item()):
+                raise NonFiniteLoss(
+                    f"the training loss became {parts[0].item()} at epoch {epoch}, step {batch_idx} "
+                    f"(update {run.num_updates + 1})")
+            _backward(run, loss / steps_in_update, need_update, model_parameters, dispatch_clip_grad)
+
+        n = len(targets)
+        values = parts.tolist()
+        sums = [sums[0] + n, sums[1] + values[0] * n, sums[2] + values[1] * n, sums[3] + values[2] * n]
+        samples_since_log += n * run.world_size
+        if not need_update:
+            continue
+        run.num_updates += 1
+        optimizer.zero_grad()
+        if run.model_ema is not None:
+            run.model_ema.update(run.student, step=run.num_updates)
+        if args.synchronize_step and run.device.type == "cuda":
+            torch.cuda.synchronize()
+        update_idx = batch_idx // accum
+        if update_idx % args.log_interval == 0 or batch_idx == num_batches - 1:
+            lr = sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups)
+            elapsed = max(time.time() - started, 1e-9)
+            line = (f"loss {values[0]:#.4g} (task {values[1]:#.4g}, distill {values[2]:#.4g})  "
+                    f"lr {lr:.3e}  {samples_since_log / elapsed:.1f} img/s")
+            if run.primary:
+                if is_progress_bar(batches):
+                    batches.set_postfix_str(line)  # type: ignore[attr-defined]
+                else:
+                    _logger.info("Train: %d [%d/%d]  %s", epoch, update_idx + 1, run.updates_per_epoch, line)
+            started, samples_since_log = time.time(), 0
+        run.lr_scheduler.step_update(num_updates=run.num_updates, metric=sums[1] / max(sums[0], 1))
+
+    if hasattr(optimizer, "sync_lookahead"):
+        optimizer.sync_lookahead()
+    total = _all_reduce_sum(sums, run)
+    n = max(total[0], 1.0)
+    return {"loss": total[1] / n, "task_loss": total[2] / n, "distill_loss": total[3] / n}
+
+
+def _backward(run: Run, loss: torch.Tensor, need_update: bool, model_parameters: Any, clip: Any) -> None:
+    args = run.args
+    params = (model_parameters(run.model, exclude_head="agc" in args.clip_mode)
+              if args.clip_grad is not None else None)
+    if run.loss_scaler is not None:
+        run.loss_scaler(loss, run.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                        parameters=params, need_update=need_update)
+        return
+    loss.backward()
+    if need_update:
+        if args.clip_grad is not None:
+            clip(params, value=args.clip_grad, mode=args.clip_mode)
+        run.optimizer.step()
+
+
+def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    from timm.utils import distribute_bn
+
+    from ..evaluation import evaluate
+
+    args = run.args
+    if run.distributed and run.dist_bn in ("broadcast", "reduce"):
+        distribute_bn(run.model, run.world_size, run.dist_bn == "reduce")
+    common = dict(device=run.device, amp_autocast=run.amp_autocast, channels_last=args.channels_last,
+                  distributed=run.distributed)
+    metrics = evaluate(run.student, run.eval_loader, teacher=run.teacher,
+                       progress=lambda it: progress_bar(it, f"eval {epoch}", show=run.primary), **common)
+    row = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+           "eval_top1_cls": metrics["top1_cls"], "eval_top5_cls": metrics["top5_cls"],
+           "eval_top1_dist": metrics["top1_dist"], "eval_top5_dist": metrics["top5_dist"],
+           "teacher_top1": metrics["teacher_top1"], "teacher_agreement": metrics["teacher_agreement"]}
+    ranking = metrics
+    if run.model_ema is not None and not args.model_ema_force_cpu:
+        if run.distributed and run.dist_bn in ("broadcast", "reduce"):
+            distribute_bn(run.model_ema, run.world_size, run.dist_bn == "reduce")
+        ema = evaluate(run.model_ema.module, run.eval_loader, **common)
+        row["eval_top1_ema"], row["eval_top5_ema"] = ema["top1"], ema["top5"]
+        ranking = ema  # timm ranks checkpoints by the EMA's metrics when it evaluates them
+    row["_metric"] = ranking[args.eval_metric]
+    return row
+
+
+def _log_epoch(run: Run, row: dict[str, Any]) -> None:
+    def f(key: str, fmt: str = "{:.2f}") -> str:
+        return "-" if row.get(key) is None else fmt.format(row[key])
+
+    parts = [f"Epoch {row['epoch']}: train loss {f('train_loss', '{:.4f}')} (task {f('train_task_loss', '{:.4f}')}, "
+             f"distill {f('train_distill_loss', '{:.4f}')})"]
+    if row.get("eval_top1") is not None:
+        parts.append(f"eval top-1 {f('eval_top1')} (cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"
+                     + (f", EMA {f('eval_top1_ema')}" if "eval_top1_ema" in row else "") + ")")
+    if row.get("teacher_top1") is not None:
+        parts.append(f"teacher top-1 {f('teacher_top1')}, agreement {f('teacher_agreement', '{:.3f}')}")
+    _logger.info("  ".join(parts))
+
+
+def train(run: Run) -> int:
+    """The epoch loop: train, evaluate, step the schedule, checkpoint, record. Returns the exit code."""
+    from ..checkpoint import rng_state
+    from ..plots import plot_curves
+    from ..records import write_summary
+
+    args = run.args
+    best: tuple[Any, Any] = (None, None)
+    for epoch in range(run.start_epoch, run.num_epochs):
+        train_metrics = train_one_epoch(run, epoch)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_metrics["loss"],
+                               "train_task_loss": train_metrics["task_loss"],
+                               "train_distill_loss": train_metrics["distill_loss"]}
+        lrs = [g["lr"] for g in run.optimizer.param_groups]
+        row["lr"] = sum(lrs) / len(lrs)
+        last = epoch + 1 == run.num_epochs
+        if (epoch + 1) % args.val_interval == 0 or last:
+            row.update(_evaluate_epoch(run, epoch))
+        metric = row.pop("_metric", None)
+        run.lr_scheduler.step(epoch + 1, metric)
+        run.history.append(row)
+        # Every rank's generator states, captured at the same point of the loop.
+        states = [rng_state()]
+        if run.distributed:
+            states = [None] * run.world_size
+            torch.distributed.all_gather_object(states, rng_state())
+        run.rng_states = states
+        if run.primary:
+            _log_epoch(run, row)
+            # A skipped epoch is only unranked history: evaluated epochs are always saved so that
+            # model_best and the ranked checkpoints see every evaluation.
+            if metric is not None or last or (epoch + 1) % args.checkpoint_interval == 0:
+                best = run.saver.save_checkpoint(epoch, metric=metric)
+                run.last_saved_epoch = epoch
+            write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None)
+            if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
+                plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
+                            title=f"{args.model} ({args.distill_type} distillation)")
+    if run.primary:
+        if best[0] is not None:
+            _logger.info("Best %s %.4f at epoch %s; checkpoints in %s.", args.eval_metric, best[0], best[1],
+                         run.output_dir)
+        else:
+            _logger.info("Done; checkpoints in %s.", run.output_dir)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------------------
+
+def _env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _current_epoch(run: Run) -> int:
+    return run.history[-1]["epoch"] + 1 if run.history else run.start_epoch
+
+
+def _kept(run: Run) -> str:
+    last = os.path.join(run.output_dir or "", "last.pth.tar")
+    if not (run.output_dir and os.path.exists(last)):
+        return "No checkpoint had been written yet."
+    epoch = f" (epoch {run.last_saved_epoch})" if run.last_saved_epoch is not None else ""
+    return f"The last good checkpoint is kept: {last}{epoch}."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `deit-distill train`; returns 0 on success, 2 when the input is refused (also when a file it reads
+    turns bad during training), 1 when training diverged."""
+    try:
+        args = parse_args(argv)
+        settings = settings_from_args(args)
+    except DeitDistillError as e:
+        return refuse("train", e)
+    if args.print_config:
+        print(format_config(args, int(os.environ.get("WORLD_SIZE", "1"))), end="")
+        return 0
+    setup_logging()
+    run = None
+    try:
+        try:
+            run = setup(args, settings)
+        except DeitDistillError as e:
+            if _env_rank() == 0 and not getattr(e, "reported", False):
+                return refuse("train", e)
+            return e.exit_code
+        try:
+            return train(run)
+        except NonFiniteLoss as e:
+            if run.primary:
+                _logger.error("Stopped: %s. Nothing was saved from this epoch. %s Lower --lr, add --clip-grad, "
+                              "or check the data, then --resume.", e, _kept(run))
+            return 1
+        except DeitDistillError as e:
+            # A file that turned bad mid-run (a cache chunk, an image): the same one line as a refusal.
+            # An image is read by one rank only, so that rank speaks; a cache chunk is read by all, rank 0 speaks.
+            if run.primary or isinstance(e, DataError):
+                rank = f" (rank {run.rank})" if run.distributed else ""
+                print(f"deit-distill train: error{rank}: stopped in epoch {_current_epoch(run)}: {one_line(e)} "
+                      f"{_kept(run)} Fix the file, then --resume.", file=sys.stderr)
+            return e.exit_code
+    finally:
+        if run is not None:
+            run.close()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+

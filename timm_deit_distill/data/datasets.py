@@ -1,0 +1,189 @@
+"""ImageFolder datasets as timm opens them, checked before any work: splits, classes, every image file.
+
+Also what other parts of the package need to know about a dataset: its class names, its class count checked
+against ``--num-classes``, and its identity (every file's path, size and class) for resume checks and caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from PIL import Image
+from timm.data import create_dataset
+
+from ..errors import DataError
+
+__all__ = ["build_datasets", "load_image", "label_names", "check_num_classes", "dataset_fingerprint"]
+
+_logger = logging.getLogger(__name__)
+
+_SPLIT_SYNONYMS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "val", "valid", "eval", "evaluation"),
+}
+
+
+def _resolve_split(data_dir: str, split: str) -> str:
+    direct = os.path.join(data_dir, split)
+    if os.path.isdir(direct):
+        return direct
+    for names in _SPLIT_SYNONYMS.values():
+        if split in names:
+            for name in names:
+                candidate = os.path.join(data_dir, name)
+                if os.path.isdir(candidate):
+                    return candidate
+    present = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d)))
+    raise DataError(
+        f"no '{split}' split folder under {data_dir} (found: {', '.join(present) or 'no folders'}); "
+        f"fix: use the ImageFolder layout {data_dir}/{split}/<class>/<image>, or name the split folder "
+        f"with --train-split / --val-split.")
+
+
+def _image_count_under(path: str) -> int:
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    exts = get_img_extensions(as_set=True)
+    return sum(1 for _, _, files in os.walk(path, followlinks=True) for f in files
+               if os.path.splitext(f)[1].lower() in exts)
+
+
+def _open_split(split_dir: str, class_map: str) -> Any:
+    try:
+        ds = create_dataset("", root=split_dir, split="", search_split=False, class_map=class_map)
+    except RuntimeError as e:  # timm's reader: "Found 0 images in subfolders of ..."
+        raise DataError(
+            f"{split_dir} holds no images; fix: put images in class folders, "
+            f"{split_dir}/<class>/<image>.jpg (timm's ImageFolder layout).") from e
+    # An empty class folder silently drops a class and shifts every later class index.
+    empty = [d for d in sorted(os.listdir(split_dir))
+             if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))
+             and d not in ds.reader.class_to_idx and _image_count_under(os.path.join(split_dir, d)) == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(empty)} in {split_dir} hold no images; an empty class would "
+            "shift every later class index. fix: add images or remove the empty folder(s).")
+    return ds
+
+
+def _check_image(path: str) -> str | None:
+    try:
+        with Image.open(path) as img:
+            img.verify()  # reads the file and checks its structure without decoding pixels
+        return None
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}"
+
+
+def _scan_images(ds: Any, split_dir: str, *, skip: bool) -> list[str]:
+    """Check every file of ``ds`` opens as an image; drop bad ones when ``skip``, else raise."""
+    paths = [p for p, _ in ds.reader.samples]
+    workers = min(16, (os.cpu_count() or 1) * 4)  # header reads are I/O bound
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(_check_image, paths, chunksize=64))
+    bad = [(p, msg) for p, msg in zip(paths, problems, strict=True) if msg is not None]
+    if bad and not skip:
+        path, msg = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(
+            f"unreadable image {path}{more}: {msg}; fix: delete or replace the file, or pass "
+            "--skip-bad-images to train without it.")
+    if bad:
+        bad_paths = {p for p, _ in bad}
+        ds.reader.samples = [s for s in ds.reader.samples if s[0] not in bad_paths]
+        if not ds.reader.samples:
+            raise DataError(f"every image in {split_dir} is unreadable; fix: check the files.")
+        _logger.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(bad), split_dir, bad[0][0])
+    return [p for p, _ in bad]
+
+
+def build_datasets(
+    data_dir: str,
+    *,
+    train_split: str = "train",
+    val_split: str = "validation",
+    class_map: str = "",
+    skip_bad_images: bool = False,
+) -> tuple[Any, Any]:
+    """Open ``data_dir/<train_split>`` and ``data_dir/<val_split>`` as timm ImageFolder datasets.
+
+    Raises :class:`DataError` naming the fix for a missing or empty directory, train/val class
+    folders that differ, and an unreadable image file (named). With ``skip_bad_images`` unreadable
+    files are dropped instead; each dataset's ``skipped_files`` lists them. Every file is checked
+    (structure read, pixels not decoded) before training starts.
+    """
+    if not data_dir:
+        raise DataError("no data directory given; fix: pass --data-dir DIR (ImageFolder layout "
+                        "DIR/train/<class>/<image>, DIR/validation/<class>/<image>).")
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data directory {data_dir} does not exist; fix: pass --data-dir pointing at a "
+                        "folder with train/ and validation/ class folders.")
+    split_dirs = [_resolve_split(data_dir, split) for split in (train_split, val_split)]
+    datasets = []
+    for split_dir in split_dirs:
+        ds = _open_split(split_dir, class_map)
+        ds.skipped_files = _scan_images(ds, split_dir, skip=skip_bad_images)
+        datasets.append(ds)
+    train_ds, val_ds = datasets
+    train_classes, val_classes = set(train_ds.reader.class_to_idx), set(val_ds.reader.class_to_idx)
+    if train_classes != val_classes:
+        only_train = sorted(train_classes - val_classes)
+        only_val = sorted(val_classes - train_classes)
+        raise DataError(
+            "train and validation class folders differ: "
+            f"only in train: {', '.join(only_train) or '-'}; only in validation: {', '.join(only_val) or '-'}; "
+            "fix: give both splits the same class folders, or pass --class-map FILE listing the classes.")
+    return train_ds, val_ds
+
+
+def load_image(ds: Any, index: int) -> tuple[Image.Image, int]:
+    """Decode sample ``index`` of a timm ImageDataset, raising a DataError naming the file.
+
+    timm's own ``__getitem__`` silently substitutes the next sample for an unreadable one, which
+    would change a view's content behind the caller's back.
+    """
+    path, target = ds.reader.samples[index]
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img = img.convert(ds.input_img_mode or "RGB")
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot decode image {path}: {e}; fix: delete or replace the file "
+                        "(--skip-bad-images skips files whose structure is broken).") from e
+    return img, (-1 if target is None else int(target))
+
+
+def label_names(dataset: Any) -> list[str]:
+    """The class names of a timm ImageFolder dataset, in class-index order."""
+    return [name for name, _ in sorted(dataset.reader.class_to_idx.items(), key=lambda kv: kv[1])]
+
+
+def check_num_classes(dataset: Any, wanted: int | None) -> int:
+    """The dataset's class count; :class:`DataError` when ``wanted`` (``--num-classes``) is another."""
+    found = len(dataset.reader.class_to_idx)
+    if wanted is not None and int(wanted) != found:
+        root = getattr(dataset.reader, "root", "")
+        raise DataError(f"--num-classes {wanted} but the training set{' ' + str(root) if root else ''} has {found} "
+                        f"class folders; fix: drop --num-classes or set it to {found}.")
+    return found
+
+
+def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
+    """The training set's identity: every file (path relative to the split folder, size, class)."""
+    root = getattr(dataset.reader, "root", "")
+    digest = hashlib.sha256()
+    for path, target in dataset.reader.samples:
+        rel = os.path.relpath(path, root) if root else path
+        digest.update(f"{rel}\t{os.path.getsize(path)}\t{target}\n".encode())
+    classes = label_names(dataset)
+    return {
+        "num_samples": len(dataset.reader.samples),
+        "num_classes": len(classes),
+        "classes_sha256": hashlib.sha256("\n".join(classes).encode()).hexdigest(),
+        "files_sha256": digest.hexdigest(),
+    }

@@ -1,0 +1,190 @@
+"""The teacher check: its top-1 on real validation images, measured through the path the loss uses, before
+it teaches; a teacher near chance is refused in one line that names the likely causes and their fixes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..data.loaders import CHECK_IMAGES
+from ..errors import TeacherError
+from .fit import fmt_floats, fmt_hw
+
+__all__ = ["TeacherCheck", "auto_min_top1", "measure_teacher"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherCheck:
+    """What :meth:`DistillationTeacher.check` measured (percentages, as timm reports top-1)."""
+
+    top1: float  # teacher top-1 on the sample, in percent
+    images: int  # images measured
+    num_classes: int
+    chance: float  # percent: the top-1 of always predicting the sample's most common class
+    min_top1: float | None  # the threshold applied (None: measured only)
+    seconds: float  # wall time of the measurement
+    passed: bool | None  # None when no threshold was applied
+    diagnosis: str | None = None  # a class order that differs from the dataset's, when the predictions show one
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON values (for eval.json and checkpoint metadata)."""
+        return dataclasses.asdict(self)
+
+
+def auto_min_top1(chance: float) -> float:
+    """The default threshold: a quarter of the way from chance to 100 % (32.5 % for 10 balanced classes).
+
+    Far below any teacher worth distilling from, far above what a broken one scores: random weights, a
+    wrong resolution, normalisation or class order all land near ``chance``.
+    """
+    return chance + 0.25 * (100.0 - chance)
+
+
+def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: int = CHECK_IMAGES,
+                    min_top1: float | str | None = "auto") -> TeacherCheck:
+    """What :meth:`DistillationTeacher.check <timm_deit_distill.teacher.DistillationTeacher.check>` does (see there), for ``teacher``."""
+    if max_images < 1:
+        raise TeacherError(f"max_images must be >= 1, got {max_images}.")
+    if isinstance(min_top1, str) and min_top1 != "auto":
+        raise TeacherError(f"min_top1 must be 'auto', a percentage or None, got {min_top1!r}.")
+    device = teacher.input_scale.device
+    # (true, predicted) pair counts: at most max_images entries, whatever the class count
+    pairs: Counter[tuple[int, int]] = Counter()
+    seen = 0
+    start = time.perf_counter()
+    for batch in loader:
+        inputs, targets = batch[0], batch[1]
+        inputs, targets = inputs[: max_images - seen], targets[: max_images - seen]
+        if targets.dim() == 2:  # soft (mixed) targets: the dominant class
+            targets = targets.argmax(1)
+        targets = targets.to("cpu", torch.int64)
+        if len(targets) and (targets.min() < 0 or targets.max() >= teacher.num_classes):
+            raise TeacherError(f"the check images have labels up to {int(targets.max())} but the teacher "
+                               f"predicts {teacher.num_classes} classes; check the dataset's classes.")
+        predicted = teacher(inputs.to(device)).argmax(1).cpu()
+        pairs.update(zip(targets.tolist(), predicted.tolist(), strict=True))
+        seen += len(targets)
+        if seen >= max_images:
+            break
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise TeacherError("the teacher check got no images: the validation split is empty; add images "
+                           "(or skip the check with --no-teacher-check).")
+    per_class: Counter[int] = Counter()
+    for (t, _), n in pairs.items():
+        per_class[t] += n
+    top1 = 100.0 * sum(n for (t, p), n in pairs.items() if t == p) / seen
+    chance = 100.0 * max(max(per_class.values()) / seen, 1.0 / teacher.num_classes)
+    threshold = auto_min_top1(chance) if min_top1 == "auto" else (None if min_top1 is None else float(min_top1))
+    relabelled = _relabelling(teacher, pairs, per_class, auto_min_top1(chance) if threshold is None else threshold)
+    passed = None if threshold is None else (top1 >= threshold and relabelled is None)
+    result = TeacherCheck(top1=top1, images=seen, num_classes=teacher.num_classes, chance=chance,
+                          min_top1=threshold, seconds=seconds, passed=passed, diagnosis=relabelled)
+    _logger.info("Teacher check: %s top-1 %.2f%% on %d images (chance %.2f%%, threshold %s): %s, in %.2f s.",
+                 teacher.name, top1, seen, chance, "none" if threshold is None else f"{threshold:.2f}%",
+                 {True: "passed", False: "FAILED", None: "measured only"}[passed], seconds)
+    if passed is False:
+        error = TeacherError(_refusal(teacher, result, relabelled))
+        error.check = result  # type: ignore[attr-defined]  # for callers that record the figure
+        raise error
+    if relabelled is not None:
+        _logger.warning("Teacher check: %s.", relabelled)
+    return result
+
+
+def _relabelling(teacher: nn.Module, pairs: Counter[tuple[int, int]], per_class: Counter[int], threshold: float) -> str | None:
+    """'class order differs ...' when the sample's (true, predicted) pairs show a consistent relabelling.
+
+    Consistent: mapping each true class to the teacher class it is most often predicted as is one-to-one
+    and not the identity; every moved class has at least 2 images, most of them predicted as its image;
+    and the relabelled top-1 clears ``threshold``. An honest teacher that confuses class A with B still
+    predicts B for B's images, which breaks the one-to-one mapping.
+    """
+    best: dict[int, tuple[int, int]] = {}  # true class -> (count, predicted class); ties: lowest class
+    for (t, p), n in sorted(pairs.items()):
+        if t not in best or n > best[t][0]:
+            best[t] = (n, p)
+    mapping = {t: p for t, (_, p) in best.items()}
+    moved = [(t, p) for t, p in sorted(mapping.items()) if t != p]
+    if len(set(mapping.values())) != len(mapping) or not moved:
+        return None
+    if any(per_class[t] < 2 or 2 * pairs[(t, p)] <= per_class[t] for t, p in moved):
+        return None
+    relabelled_top1 = 100.0 * sum(pairs[(t, p)] for t, p in mapping.items()) / sum(per_class.values())
+    if relabelled_top1 < threshold:
+        return None
+    data_names = teacher.dataset_label_names or []
+    teacher_names = teacher.info.get("label_names") or []
+
+    def named(i: int, names: Sequence[str]) -> str:
+        return f"{i} ({names[i]!r})" if i < len(names) else str(i)
+
+    shown = ", ".join(f"dataset class {named(t, data_names)} -> teacher class {named(p, teacher_names)}"
+                      for t, p in moved[:4])
+    return (f"class order differs: the teacher consistently predicts another class index for {len(moved)} of "
+            f"{len(mapping)} classes ({shown}{', ...' if len(moved) > 4 else ''}); relabelled this way it "
+            f"would score {relabelled_top1:.1f}%. Fix: give the dataset the teacher's class order with "
+            "--class-map FILE, or use a teacher trained with this dataset's class order")
+
+def _refusal(teacher: nn.Module, result: TeacherCheck, relabelled: str | None) -> str:
+    info = teacher.info
+    size = info.get("input_size")
+    where = f" (sha256 {teacher.description['sha256'][:12]})" if info.get("file") else ""
+    same_norm = "identical" if not teacher.adapts_normalisation else "converted"
+    causes = [
+        "class order / label mapping differs from the dataset's (same class count, different order): "
+        "--class-map FILE with the teacher's order, or a teacher trained on this dataset",
+        f"normalisation: the teacher expects mean {fmt_floats(teacher.teacher_mean)} std "
+        f"{fmt_floats(teacher.teacher_std)} ({info.get('normalisation_source', 'given')}), the data pipeline "
+        f"gives mean {fmt_floats(teacher.data_mean)} std {fmt_floats(teacher.data_std)} ({same_norm}); if the "
+        "teacher was trained with another, set --mean/--std (teacher_mean/teacher_std)",
+        _resolution_cause(teacher),
+        f"wrong checkpoint: check that {info.get('file') or info.get('hub_id') or info.get('name')}{where} "
+        f"holds the trained teacher ({info.get('weights')} weights; --teacher-ema/--no-teacher-ema choose "
+        "between raw and EMA)",
+    ]
+    assert result.min_top1 is not None
+    if result.top1 >= result.min_top1:  # refused for its relabelling alone
+        head = (f"Teacher {teacher.name} scores top-1 {result.top1:.2f}% on {result.images} validation images "
+                f"(threshold {result.min_top1:.2f}%, chance {result.chance:.2f}%), but mostly by teaching "
+                "other classes than the dataset's.")
+    else:
+        head = (f"Teacher {teacher.name} scores top-1 {result.top1:.2f}% on {result.images} validation images, "
+                f"below the {result.min_top1:.2f}% a teacher needs (chance {result.chance:.2f}%): it would "
+                "distil noise.")
+    recorded = info.get("input_hw")
+    if relabelled is not None:
+        head += f" Diagnosis: {relabelled}."
+        causes = causes[1:]
+    elif recorded and size and tuple(recorded) != tuple(size[-2:]):
+        head += f" Diagnosis: {causes.pop(2)}."
+    lead = "Other possible causes" if "Diagnosis:" in head else "Likely causes"
+    accept = ("--no-teacher-check to skip the check (min_top1=None)" if result.top1 >= result.min_top1 else
+              "--teacher-min-top1 PCT (min_top1=) below the measured figure, or --no-teacher-check to skip "
+              "the check")
+    return (f"{head} {lead}: " + "; ".join(f"({i + 1}) {c}" for i, c in enumerate(causes))
+            + f". To accept it anyway: {accept}.")
+
+def _resolution_cause(teacher: nn.Module) -> str:
+    info = teacher.info
+    size, recorded = info.get("input_size"), info.get("input_hw")
+    runs = fmt_hw(size[-2:]) if size else "the size it is given"
+    if recorded and size and tuple(recorded) != tuple(size[-2:]):
+        return (f"resolution: it runs at {runs} ({info.get('input_size_reason')}) but its weights were trained "
+                f"at {fmt_hw(recorded)} ({info.get('input_hw_source')}); drop --teacher-input-size "
+                "(teacher_input_size) so it runs at its own size")
+    if info.get("input_size_source") in ("student", "unknown"):
+        return (f"resolution: its weights record no training size, so it runs at {runs} (the student's); "
+                "if it was trained at another, pass --teacher-input-size H W (teacher_input_size)")
+    return (f"resolution: it runs at {runs} ({info.get('input_size_reason')}); if it was trained at another, "
+            "pass --teacher-input-size H W (teacher_input_size)")

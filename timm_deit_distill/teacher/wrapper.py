@@ -1,0 +1,399 @@
+""":class:`DistillationTeacher`: loaded explicitly, adapted to the student's data, run cheaply, never trained.
+
+:meth:`DistillationTeacher.create` builds a teacher from a timm name (with or without a pretrained tag),
+``hf-hub:ORG/NAME``, ``local-dir:PATH``, an ``nn.Module`` or a checkpoint file, and refuses, before any
+training step, what would silently go wrong in timm's own ``TokenDistillationTask``:
+
+* its class count comes from its weights, and a mismatch with the dataset's is a :class:`TeacherError`
+  (timm re-initialises the head and distils noise);
+* raw or EMA weights is an explicit choice when a checkpoint holds both (timm silently picks EMA);
+* recorded class names in another order than the dataset's are refused (``label_names=``);
+* the input is converted from the data pipeline's normalisation to the teacher's own, and resized to the
+  teacher's own input size whenever one is known for its weights (timm runs it at the student's: a
+  teacher trained at 32px fed 16px batches falls from 94 % to 23 % top-1, silently).
+
+:meth:`DistillationTeacher.check` then measures its top-1 on real validation images through exactly
+the path the loss uses, and refuses (one line, naming causes and fixes) a teacher near chance.
+
+At run time the teacher is always in eval mode (also after a parent's ``.train()``), frozen, invisible to
+``state_dict()``, ``parameters()`` and DDP of any module that contains it (so it never lands in a student
+checkpoint or an optimizer), and runs under ``torch.inference_mode`` at the resolved precision, in
+channels_last for convnets, optionally compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..atomic import sha256_file
+from ..data.loaders import CHECK_IMAGES
+from ..errors import TeacherError
+from .check import TeacherCheck, measure_teacher
+from .fit import (
+    as_channel_tensor,
+    check_classes,
+    check_label_names,
+    count_classes,
+    fixed_input_hw,
+    fmt_hw,
+    is_convnet,
+    parse_teacher_input_size,
+    resolve_input_hw,
+)
+from .precision import has_autocast, precision_name, resolve_precision
+from .sources import build_model, state_dict_sha256
+
+__all__ = ["DistillationTeacher"]
+
+_logger = logging.getLogger(__name__)
+
+
+class DistillationTeacher(nn.Module):
+    """A frozen teacher that returns float32 logits ``(B, C)`` for the student's input batch.
+
+    Build it with :meth:`create`. The wrapped model is kept outside the module tree (``self.model``
+    is a plain attribute), so ``state_dict()``, ``parameters()``, ``.train()`` and DDP of any parent
+    never see it, while ``.to()`` / ``.cuda()`` still move it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int,
+        teacher_mean: Sequence[float],
+        teacher_std: Sequence[float],
+        data_mean: Sequence[float] | None = None,
+        data_std: Sequence[float] | None = None,
+        fixed_input_hw: tuple[int, int] | None = None,
+        input_hw: tuple[int, int] | None = None,
+        interpolation: str = "bicubic",
+        precision: str = "auto",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        model.eval()
+        model.requires_grad_(False)
+        if channels_last is None:
+            channels_last = is_convnet(model)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        # Plain attributes, deliberately not registered submodules: see the class docstring.
+        self.__dict__["model"] = model
+        self.__dict__["_run"] = model
+        self.num_classes = int(num_classes)
+        self.channels_last = bool(channels_last)
+        self.precision = precision
+        self.fixed_input_hw = fixed_input_hw
+        # The (H, W) every batch is resized to before the teacher sees it; None: run at the size given.
+        self.input_hw = tuple(input_hw) if input_hw is not None else fixed_input_hw
+        self.interpolation = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+        self._info = dict(info or {})
+        self._sha256: str | None = self._info.pop("sha256", None)
+        self.dataset_label_names: list[str] | None = None  # set by create(label_names=...), for diagnoses
+
+        t_mean, t_std = as_channel_tensor(teacher_mean, "teacher mean"), as_channel_tensor(teacher_std, "teacher std")
+        d_mean = t_mean if data_mean is None else as_channel_tensor(data_mean, "data_mean")
+        d_std = t_std if data_std is None else as_channel_tensor(data_std, "data_std")
+        self.teacher_mean, self.teacher_std = [float(v) for v in teacher_mean], [float(v) for v in teacher_std]
+        self.data_mean = [float(v) for v in (data_mean if data_mean is not None else teacher_mean)]
+        self.data_std = [float(v) for v in (data_std if data_std is not None else teacher_std)]
+        self.adapts_normalisation = not (torch.equal(d_mean, t_mean) and torch.equal(d_std, t_std))
+        # x_teacher = ((x * data_std + data_mean) - teacher_mean) / teacher_std = x * scale + shift
+        self.register_buffer("input_scale", d_std / t_std, persistent=False)
+        self.register_buffer("input_shift", (d_mean - t_mean) / t_std, persistent=False)
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        self.input_scale, self.input_shift = self.input_scale.to(device), self.input_shift.to(device)
+        self.compute_dtype, self._precision_reason = resolve_precision(precision, device)
+        if compile:
+            self.compile()
+
+    # -- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        source: str | nn.Module | None,
+        *,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        use_ema: bool | None = None,
+        num_classes: int | None = None,
+        label_names: Sequence[str] | None = None,
+        data_mean: Sequence[float] | None = None,
+        data_std: Sequence[float] | None = None,
+        input_size: Sequence[int] | None = None,
+        teacher_input_size: int | Sequence[int] | None = None,
+        precision: str = "auto",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        device: torch.device | str | None = None,
+        pretrained: bool = True,
+        model_kwargs: Mapping[str, Any] | None = None,
+        teacher_mean: Sequence[float] | None = None,
+        teacher_std: Sequence[float] | None = None,
+    ) -> DistillationTeacher:
+        """Build a teacher and check it against the student's data before any training step.
+
+        Args:
+            source: a timm name (``'regnety_160.deit_in1k'``; the tag picks the weights),
+                ``'hf-hub:ORG/NAME'``, ``'local-dir:PATH'`` (a folder written by timm's ``save_for_hf``),
+                an ``nn.Module``, a checkpoint file path, or ``None`` with ``checkpoint_path`` naming a
+                checkpoint that records its architecture.
+            checkpoint_path: teacher weights: a timm training checkpoint, a facebookresearch/deit
+                ``{'model': ...}`` checkpoint, a plain state dict or ``.safetensors``.
+            use_ema: raw (False) or EMA (True) weights; required when the checkpoint holds both.
+            num_classes: the dataset's class count; a teacher predicting another count is refused
+                (default: ``len(label_names)`` when those are given).
+            label_names: the dataset's class names in index order. When the teacher's weights record
+                theirs (this package's checkpoints, a config.json's ``label_names``), the same names in
+                another order are refused (the head would teach the wrong classes); other names warn.
+            data_mean, data_std: the normalisation the data pipeline applies (default: the teacher's own).
+            input_size: the student's ``(C, H, W)``: the size batches arrive at.
+            teacher_input_size: the size the teacher runs at (N, (H, W) or (C, H, W)), overriding the one
+                its weights record; refused when it contradicts a fixed-size architecture.
+            precision: ``'auto'`` (bf16 on CUDA and on CPUs with AMX, fp32 otherwise), ``'fp32'``,
+                ``'bf16'`` or ``'fp16'``; computed under autocast, logits returned in float32.
+            channels_last: default ``True`` for convnets.
+            compile: ``torch.compile`` the teacher's forward.
+            device: where the teacher lives (default: CPU for models built here, unchanged for modules).
+            pretrained: for a timm name without ``checkpoint_path``: load its pretrained weights
+                (``False`` builds random weights, for tests and timing only).
+            model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``); ``num_classes``
+                is only accepted for random weights, since it would discard a trained head.
+            teacher_mean, teacher_std: the teacher's own normalisation, when its config lacks it.
+
+        The teacher runs at its own input size whenever one is known for its weights, the student's
+        batches being resized to it (bicubic/bilinear as its config says, antialiased). In order:
+        a fixed-size architecture's size (ViTs); ``teacher_input_size``; the size its checkpoint records
+        (this package's ``deit_distill.pretrained_cfg.input_size``; timm train.py's ``args.input_size``,
+        ``args.img_size`` or ``args.model``'s default config; facebookresearch/deit's ``args.input_size``);
+        the ``input_size`` of the pretrained config of its weights (a tagged timm name, ``hf-hub:``,
+        ``local-dir:``). Otherwise (a plain state dict, an ``nn.Module``) the size is unknown: it runs
+        at the student's, and the log says so. The log line and :attr:`description` say which and why.
+
+        An ``nn.Module`` source is used in place, not copied: it is put in eval mode, frozen and, for
+        convnets, converted to channels_last. A ``DistillationTeacher`` source is returned as it is,
+        after the class, label and input size checks.
+        """
+        resolve_precision(precision, "cpu")  # reject a bad value before loading anything
+        override = parse_teacher_input_size(teacher_input_size)
+        if label_names is not None:
+            label_names = [str(n) for n in label_names]
+            if num_classes is None:
+                num_classes = len(label_names)
+            elif num_classes != len(label_names):
+                raise TeacherError(f"num_classes={num_classes} but {len(label_names)} label_names were given; "
+                                   "pass the dataset's class names, one per class.")
+        if isinstance(source, DistillationTeacher):
+            teacher = source
+            if num_classes is not None:
+                check_classes(teacher.num_classes, num_classes, teacher.name)
+            if override is not None and tuple(override[-2:]) != tuple(teacher.input_hw or ()):
+                raise TeacherError(
+                    f"teacher_input_size {fmt_hw(override[-2:])} for a teacher already built to run at "
+                    f"{fmt_hw(teacher.input_hw) if teacher.input_hw else 'the size it is given'}: pass "
+                    "teacher_input_size when building it with DistillationTeacher.create.")
+            if label_names is not None:
+                check_label_names(teacher._info.get("label_names"), label_names, teacher.name)
+                teacher.dataset_label_names = label_names
+            return teacher
+        model, meta = build_model(source, checkpoint_path=checkpoint_path, use_ema=use_ema,
+                                   pretrained=pretrained, model_kwargs=dict(model_kwargs or {}))
+        if device is not None:
+            model = model.to(device)
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        cfg.update(meta.pop("pretrained_cfg", None) or {})
+        in_chans = int((cfg.get("input_size") or (3,))[0])
+        if override is not None and len(override) == 3 and override[0] != in_chans:
+            raise TeacherError(f"teacher_input_size {tuple(override)} has {override[0]} channels but the teacher "
+                               f"takes {in_chans}; give H W (or {in_chans} H W).")
+        fixed_hw = fixed_input_hw(model)
+        student_hw = tuple(int(v) for v in input_size[-2:]) if input_size else None
+        run_hw, source_key, reason = resolve_input_hw(meta, fixed_hw, override, student_hw)
+        teacher_input = (in_chans, *run_hw) if run_hw else None
+        classes = count_classes(model, teacher_input or cfg.get("input_size"))
+        if num_classes is not None:
+            check_classes(classes, num_classes, meta.get("name") or type(model).__name__)
+        if label_names is not None:
+            check_label_names(meta.get("label_names"), label_names, meta.get("name") or type(model).__name__)
+
+        if teacher_mean is None or teacher_std is None:
+            if "mean" not in cfg or "std" not in cfg:
+                if data_mean is not None:
+                    _logger.warning(
+                        "Teacher %s records no normalisation; assuming it expects the data pipeline's "
+                        "(pass teacher_mean/teacher_std if it was trained with another).", meta.get("name"))
+                meta["normalisation_source"] = "assumed: its weights record none"
+                teacher_mean = teacher_mean or data_mean or (0.485, 0.456, 0.406)
+                teacher_std = teacher_std or data_std or (0.229, 0.224, 0.225)
+            else:
+                meta["normalisation_source"] = "its config"
+                teacher_mean = teacher_mean or cfg["mean"]
+                teacher_std = teacher_std or cfg["std"]
+        else:
+            meta["normalisation_source"] = "given"
+        meta["input_size"] = list(teacher_input) if teacher_input else None
+        meta["input_size_source"], meta["input_size_reason"] = source_key, reason
+        teacher = cls(
+            model, num_classes=classes, teacher_mean=teacher_mean, teacher_std=teacher_std,
+            data_mean=data_mean, data_std=data_std, fixed_input_hw=fixed_hw,
+            input_hw=run_hw if source_key != "student" else None,
+            interpolation=str(cfg.get("interpolation", "bicubic")), precision=precision,
+            channels_last=channels_last, compile=compile, info=meta)
+        teacher.dataset_label_names = label_names
+        teacher._log_resolution(student_hw)
+        return teacher
+
+    def _log_resolution(self, student_hw: tuple[int, int] | None) -> None:
+        info = self._info
+        source = info.get("hub_id") or info.get("file") or "memory"
+        run_hw = tuple(info["input_size"][-2:]) if info.get("input_size") else None
+        if run_hw is None:
+            size = ("input size unknown and no student size given: it runs at whatever size it is given "
+                    "(pass teacher_input_size / --teacher-input-size to fix one)")
+        elif info.get("input_size_source") == "student":
+            size = (f"input {fmt_hw(run_hw)}: {info['input_size_reason']} (its weights record no training "
+                    "size; if it was trained at another, pass teacher_input_size / --teacher-input-size H W)")
+        else:
+            size = f"input {fmt_hw(run_hw)} ({info['input_size_reason']})"
+            if student_hw is not None and tuple(student_hw) != run_hw:
+                size += (f", the student's {fmt_hw(student_hw)} batches resized to {fmt_hw(run_hw)} "
+                         f"({self.interpolation}, antialiased)")
+            elif student_hw is not None:
+                size += ", the student's batches are that size: not resized"
+        _logger.info(
+            "Teacher %s (tag %s) from %s, %s weights: %d classes, precision %s (%s), channels_last=%s, %s, "
+            "normalisation %s.",
+            info.get("name"), info.get("tag"), source, info.get("weights", "given"), self.num_classes,
+            precision_name(self.compute_dtype), self._precision_reason, self.channels_last, size,
+            "adapted from the data pipeline's to the teacher's" if self.adapts_normalisation else "unchanged")
+
+    # -- nn.Module behaviour ------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> DistillationTeacher:
+        """A teacher never trains: stays in eval mode whatever a parent asks."""
+        return super().train(False)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> DistillationTeacher:
+        # .to()/.cuda() of this module or a parent also moves the hidden model.
+        super()._apply(fn, *args, **kwargs)
+        self.model._apply(fn, *args, **kwargs)
+        device = next(iter(self.model.parameters()), self.input_scale).device
+        self.compute_dtype, self._precision_reason = resolve_precision(self.precision, device)
+        return self
+
+    def compile(self, *args: Any, **kwargs: Any) -> DistillationTeacher:  # type: ignore[override]
+        """``torch.compile`` the wrapped model's forward (arguments as ``torch.compile``'s)."""
+        self.__dict__["_run"] = torch.compile(self.model, *args, **kwargs)
+        self._info["compiled"] = True
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"name={self._info.get('name')!r}, num_classes={self.num_classes}, "
+                f"precision={precision_name(self.compute_dtype)}, channels_last={self.channels_last}")
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the teacher's own pipeline would feed it: renormalised and, if needed, resized."""
+        if self.adapts_normalisation:
+            x = torch.addcmul(self.input_shift.to(x.dtype), x, self.input_scale.to(x.dtype))
+        if self.input_hw is not None and tuple(x.shape[-2:]) != tuple(self.input_hw):
+            x = F.interpolate(x, size=self.input_hw, mode=self.interpolation, align_corners=False,
+                              antialias=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self, device_type: str) -> AbstractContextManager[Any]:
+        # The teacher's precision is its own: an fp32 teacher also stays fp32 inside a training loop's
+        # autocast region, so its targets do not depend on the student's AMP setting.
+        if self.compute_dtype == torch.float32:
+            return torch.autocast(device_type=device_type, enabled=False) if has_autocast(device_type) \
+                else nullcontext()
+        return torch.autocast(device_type=device_type, dtype=self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``(B, num_classes)`` for a batch normalised by the data pipeline."""
+        with torch.inference_mode():
+            x = self.prepare_input(x.float())
+            with self._autocast(x.device.type):
+                logits = self._run(x)
+            logits = logits.float()
+        # A normal tensor (not an inference tensor), so losses built on it can be differentiated.
+        return logits.clone()
+
+    # -- measuring ----------------------------------------------------------------------------------------
+
+    def check(
+        self,
+        loader: Iterable[Any],
+        *,
+        max_images: int = CHECK_IMAGES,
+        min_top1: float | str | None = "auto",
+    ) -> TeacherCheck:
+        """Measure the teacher's top-1 on real labelled images before it teaches; refuse a teacher near chance.
+
+        ``loader`` yields ``(inputs, targets, ...)`` normalised by the data pipeline (e.g.
+        :func:`timm_deit_distill.data.build_check_loader`); at most ``max_images`` are used. The images go
+        through exactly the path the loss uses, ``self(inputs)``: normalisation conversion, resize and
+        precision. The figure and its cost are logged.
+
+        ``min_top1``: ``'auto'`` (default) is :func:`auto_min_top1` of the chance level, where chance is
+        the top-1 of always predicting the sample's most common class (100 / classes on a balanced
+        sample; on an imbalanced one a constant teacher would otherwise pass); a number is a threshold in
+        percent; ``None`` measures without refusing. Below the threshold a one-line :class:`TeacherError`
+        names the figure, the threshold and the likely causes with their fixes. A consistent relabelling
+        (see :func:`~timm_deit_distill.teacher.check.measure_teacher`) is named as a class order that differs from the dataset's, and refused
+        even when plain top-1 clears the threshold: a head with some classes reordered still scores well
+        above chance while teaching those classes wrong. The error carries the result as ``error.check``.
+        """
+        return measure_teacher(self, loader, max_images=max_images, min_top1=min_top1)
+
+    # -- description --------------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        return self._info.get("name")
+
+    @property
+    def info(self) -> Mapping[str, Any]:
+        """What was resolved when the teacher was built: name, tag, source file or hub id, weights, the input
+        size it runs at and why, where its normalisation came from, the facts its weights record."""
+        return self._info
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """JSON-serialisable identity of this teacher, for cache fingerprints and model cards."""
+        if self._sha256 is None:
+            file = self._info.get("file")
+            self._sha256 = sha256_file(Path(file)) if file and Path(file).is_file() else state_dict_sha256(self.model)
+        info = self._info
+        description = {
+            "name": info.get("name"),
+            "tag": info.get("tag"),
+            "hub_id": info.get("hub_id"),
+            "file": info.get("file"),
+            "sha256": self._sha256,
+            "weights": info.get("weights"),
+            "num_classes": self.num_classes,
+            "precision": precision_name(self.compute_dtype),
+            "input_size": info.get("input_size"),  # the size it really runs at (None: whatever it is given)
+            "input_size_source": info.get("input_size_source"),
+            "mean": [float(v) for v in self.teacher_mean],
+            "std": [float(v) for v in self.teacher_std],
+        }
+        json.dumps(description)  # fail here, not in a cache writer, if something is not JSON-able
+        return description
