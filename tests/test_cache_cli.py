@@ -130,10 +130,12 @@ def test_a_build_locks_its_cache_and_removes_only_its_own_partial_files(setup_fi
     root, data, teacher = setup_files
     out = tmp_path / "cache"
     out.mkdir()
-    ours = out / ".epoch-0000.safetensors.k2j4h_x1.tmp"  # what a build killed mid-write leaves
+    ours = out / ".epoch-0000.safetensors.k2j4h_x1.deit-distill.tmp"  # what a build killed mid-write leaves
     ours.write_bytes(b"half a chunk")
     theirs = out / ".notes.txt.tmp"  # not a cache file: never touched
     theirs.write_text("mine")
+    backup = out / ".manifest.json.q1.tmp"  # a user's file named like a temporary of a cache file: never touched
+    backup.write_text("my backup")
     live = RunLock.acquire(out)  # a build still writing here
     try:
         assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 2
@@ -144,5 +146,5 @@ def test_a_build_locks_its_cache_and_removes_only_its_own_partial_files(setup_fi
         live.release()
     caplog.set_level("INFO")
     assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 0
-    assert not ours.exists() and theirs.read_text() == "mine"
+    assert not ours.exists() and theirs.read_text() == "mine" and backup.read_text() == "my backup"
     assert "Removed 1 partial file(s)" in caplog.text

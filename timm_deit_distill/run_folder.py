@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import temp_pattern
 from .errors import RunFolderError
 
 try:
@@ -52,11 +53,11 @@ _TRAINER_BUSY = ("{folder} is in use: another deit-distill train{holder} is trai
 
 
 def partial_pattern(names: str) -> re.Pattern[str]:
-    """The names :func:`atomic.atomic_path` gives the temporaries of files whose names match regex ``names``."""
-    return re.compile(rf"^\.(?:{names})\.[a-z0-9_]+\.tmp$")
+    """The names :func:`atomic.atomic_path` gives the temporaries of files whose names match regex ``names``
+    (``.{name}.{8 random characters}.deit-distill.tmp``: nothing a user names a file by accident)."""
+    return temp_pattern(names)
 
 
-# atomic_path / atomic_link_or_copy: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") next to the target.
 _PARTIAL = partial_pattern(_TRAINER_NAME)
 
 
