@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_link_or_copy", "sha256_file", "TEMP_SUFFIX", "temp_pattern",
-           "temp_sibling"]
+           "temp_sibling", "unwritable_reason", "next_free_name"]
 
 #: The suffix of every temporary file this package writes; with the random part, what marks it as ours.
 TEMP_SUFFIX = ".deit-distill.tmp"
@@ -36,6 +36,30 @@ def temp_sibling(path: str | os.PathLike[str]) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     return tmp
+
+
+def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
+    """Why no file can be written in the existing ``folder`` (the OS's words), or None when one can.
+
+    Asked of the filesystem itself, by creating and removing one of this package's temporaries:
+    ``os.access`` answers yes to root for a read-only mount or /proc, where every write then fails.
+    """
+    try:
+        os.unlink(temp_sibling(Path(folder) / "write-probe"))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def next_free_name(path: str | os.PathLike[str]) -> Path:
+    """``path`` if nothing is there, else ``stem-1.suffix``, ``stem-2.suffix``, ...: the first free name."""
+    path = Path(path)
+    stem, suffix = (path.name[: -len(path.suffix)], path.suffix) if path.suffix else (path.name, "")
+    candidate, i = path, 0
+    while os.path.lexists(candidate):
+        i += 1
+        candidate = path.with_name(f"{stem}-{i}{suffix}")
+    return candidate
 
 
 def _place(tmp: str, path: Path) -> None:

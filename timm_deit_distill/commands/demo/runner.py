@@ -91,7 +91,8 @@ def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, 
 
     out = checkpoint.parent / "eval.json"
     argv = ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--workers", "0",
-            "--use-ema" if use_ema else "--no-ema", "--json", str(out)]
+            "--use-ema" if use_ema else "--no-ema", "--json", str(out),
+            "--overwrite"]  # the run manager owns eval.json: a rerun measures again and replaces it
     if teacher_checkpoint is not None:
         argv += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
                  "--teacher-precision", "fp32"]
