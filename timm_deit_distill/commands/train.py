@@ -36,7 +36,7 @@ from ..errors import DataError, DeitDistillError, NonFiniteLoss, RunFolderError
 from ..progress import is_progress_bar, progress_bar
 from .args import (
     TrainSettings,
-    UsageError,  # noqa: F401  (re-exported: the refusal raised for a setting that cannot work)
+    UsageError,  # re-exported: the refusal raised for a setting that cannot work
     config_dict,
     format_config,
     parse_args,
@@ -268,7 +268,11 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
                                          mixup_active=train_loader.mixup_active)
 
     lr, lr_how = resolve_lr(args, world_size)
-    optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=args), "lr": lr}, **(args.opt_kwargs or {}))
+    try:
+        optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=args), "lr": lr}, **(args.opt_kwargs or {}))
+    except (TypeError, ValueError, ImportError) as e:  # timm's or the optimizer's own refusal of these settings
+        raise UsageError(f"--opt {args.opt}: timm could not build the optimizer ({type(e).__name__}: {one_line(e)}); "
+                         "fix: check --opt-kwargs / --opt-betas / --opt-eps / --momentum for this optimizer.") from None
     amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     amp_autocast: Callable[[], Any] = contextlib.nullcontext
     loss_scaler = None
@@ -292,8 +296,12 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
 
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     decreasing = args.eval_metric == "loss"
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+    try:
+        lr_scheduler, num_epochs = create_scheduler_v2(
+            optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+    except (TypeError, ValueError, AssertionError) as e:  # timm's consistency checks of the schedule's settings
+        raise UsageError(f"--sched {args.sched}: timm refused the schedule ({one_line(e)}); fix: adjust the "
+                         "schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
 
     metadata = {
         "model": args.model,
