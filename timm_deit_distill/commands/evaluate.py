@@ -109,9 +109,8 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
                                     use_ema=args.teacher_ema, channels_last=None)
         teacher = factory.create_teacher(settings, len(labels), data_config, device, label_names=labels)
-        if settings.check:
-            # Before the full pass: a teacher near chance makes its agreement figures meaningless.
-            check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
+        # Before the full pass: a teacher near chance makes its agreement figures meaningless.
+        check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
                 if args.amp else contextlib.nullcontext)
     metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,

@@ -352,13 +352,11 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
 
     # --- The teacher is measured through the loss's own path before it teaches (refused near chance).
-    if teacher is not None and not args.no_teacher_check:
-        metadata["distill"]["teacher_check"] = factory.check_teacher(
-            teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed).as_dict()
-    elif teacher is not None:
-        metadata["distill"]["teacher_check"] = None  # skipped with --no-teacher-check: the card says so
-    elif cache is not None and cache.manifest.get("teacher_check"):
-        metadata["distill"]["teacher_check"] = cache.manifest["teacher_check"]  # measured when it was built
+    if teacher is not None:  # None when skipped with --no-teacher-check (with a warning): the card says so
+        check = factory.check_teacher(teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed)
+        metadata["distill"]["teacher_check"] = check.as_dict() if check is not None else None
+    elif cache is not None:  # measured when it was built (held against these settings by check_training)
+        metadata["distill"]["teacher_check"] = cache.teacher_check
 
     # --- Claim the run folder (create or take it, lock it) and write: the first writes of the run.
     lock_box: list[Any] = []
