@@ -331,3 +331,30 @@ def test_demo_resumes_a_killed_run_in_its_folder(finished_run, data, tmp_path):
     assert load(last)["epoch"] == 2
     assert [r["epoch"] for r in read_summary(run_dir / "summary.csv")] == [0, 1, 2]
     assert re.fullmatch(r"\d+\n", (run_dir / LOCK_NAME).read_text())  # the trainer locked the folder it trained in
+
+
+@pytest.mark.parametrize("experiment", ["ABSOLUTE", "../escaped", "a/../../b", "."])
+def test_an_experiment_that_is_not_a_name_under_output_is_refused(experiment, data, tmp_path, capsys):
+    """An absolute --experiment made os.path.join drop --output without a word; '..' climbed out of it."""
+    if experiment == "ABSOLUTE":
+        experiment = str(tmp_path / "elsewhere")
+    err = refused(base_argv(data, "--output", str(tmp_path / "runs"), "--experiment", experiment), capsys)
+    assert f"--experiment {experiment} is not a folder name under --output {tmp_path / 'runs'}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a name with a sub-folder stays under --output, as in timm
+    from timm_deit_distill.run_folder import plan_run_folder
+
+    assert plan_run_folder(output=str(tmp_path / "runs"), experiment="group/a").path == str(tmp_path / "runs" / "group" / "a")
+
+
+@pytest.mark.slow
+def test_the_demo_reuses_a_run_killed_between_its_last_checkpoint_and_its_summary(finished_run, data, tmp_path):
+    """The trainer refuses a resume with nothing left to train; the demo must see such a run as finished."""
+    run_dir = copy_run(finished_run, tmp_path / "runs" / "none-seed0")
+    argv = _demo_argv(data, run_dir, 2)
+    (run_dir / "demo_run.json").write_text(json.dumps({"argv": argv}))
+    summary = run_dir / "summary.csv"
+    summary.write_text("".join(summary.read_text().splitlines(keepends=True)[:-1]))  # the last row not yet written
+    before = (run_dir / "last.pth.tar").read_bytes()
+    assert demo.run_training(argv, run_dir, 2, "student none-seed0") == run_dir / "last.pth.tar"
+    assert (run_dir / "last.pth.tar").read_bytes() == before
