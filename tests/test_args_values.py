@@ -61,6 +61,13 @@ from timm_deit_distill.commands import train
     (["--lr-cycle-limit", "0"], "--lr-cycle-limit 0 must be >= 1"),
     (["--start-epoch", "-1"], "--start-epoch -1 must be >= 0"),
     (["--seed", "-1"], "--seed -1 must be in [0, 2**31)"),
+    # names timm does not know: a ValueError traceback from timm's factories before
+    (["--sched", "nosuch"], "--sched 'nosuch' is not a timm scheduler."),
+    (["--sched", "cosin"], "Did you mean cosine?"),
+    (["--sched", "none"], "--sched none builds no schedule"),
+    (["--opt", "nosuch"], "--opt 'nosuch' is not an optimizer timm knows."),
+    (["--opt", "adamww"], "Did you mean adamw"),
+    (["--opt", "lookahead_nosuch"], "--opt 'lookahead_nosuch' is not an optimizer timm knows."),
     # the data pipeline's own rules (written once, in its settings), before the data folder is looked at
     (["--aug-repeats", "2.5"], "--aug-repeats 2.5 is not supported; fix: use a whole number"),
     (["--aug-repeats", "-1"], "--aug-repeats -1 is not supported; fix: use a whole number >= 0"),
@@ -118,3 +125,35 @@ def test_a_config_number_that_is_not_whole_for_a_whole_number_flag_is_refused(tm
     err = capsys.readouterr().err
     assert "--epochs 2.5 must be a whole number" in err and len(err.strip().splitlines()) == 1
 
+
+
+def test_the_scheduler_names_are_timms():
+    """TIMM_SCHEDULERS lists what timm's create_scheduler_v2 builds: each builds one, and its code knows no other."""
+    import inspect
+    import re
+
+    import torch
+    from timm.scheduler import create_scheduler_v2, scheduler_factory
+
+    from timm_deit_distill.commands.args import TIMM_SCHEDULERS
+
+    in_timm = set(re.findall(r"sched == '(\w+)'", inspect.getsource(scheduler_factory.create_scheduler_v2)))
+    for group in re.findall(r"sched in \(([^)]*)\)", inspect.getsource(scheduler_factory.create_scheduler_v2)):
+        in_timm |= set(re.findall(r"'(\w+)'", group))
+    assert set(TIMM_SCHEDULERS) == in_timm - {"none"}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    for name in TIMM_SCHEDULERS:
+        scheduler, _ = create_scheduler_v2(optimizer, sched=name, num_epochs=10, decay_epochs=2, warmup_epochs=1)
+        assert scheduler is not None
+
+
+def test_timms_own_refusal_of_optimizer_and_schedule_settings_is_one_line(tmp_path, capsys):
+    data = digits(tmp_path / "digits", train_per_class=1)
+    out = tmp_path / "runs"
+    for argv, needle in ((["--opt-kwargs", "foo=1"], "timm could not build the optimizer (TypeError: "),
+                         (["--sched", "wsd", "--decay-epochs", "5"], "--sched wsd: timm refused the schedule (wsd")):
+        assert train.main(["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "2", "--output", str(out),
+                           "--experiment", "r", *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()

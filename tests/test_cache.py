@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from aug_fixtures import DATA_CONFIG, make_args
 from safetensors.numpy import load_file
 
+from timm_deit_distill.atomic import sha256_file
 from timm_deit_distill.cache import (
     TOPK_FILL,
     CacheError,
@@ -33,6 +34,9 @@ from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.losses import DistillationLoss
 
 TEACHER = {"name": "resnet18", "tag": None, "sha256": "0" * 64, "precision": "float32"}
+# What a build records of the teacher check it measured (TeacherCheck.as_dict()); replay is refused without one
+CHECKED = {"top1": 90.0, "images": 40, "num_classes": 10, "chance": 10.0, "min_top1": 32.5, "seconds": 0.1,
+           "passed": True, "diagnosis": None}
 
 
 class CountingTeacher(torch.nn.Module):
@@ -62,6 +66,7 @@ def teacher():
 
 def build(out, train_ds, teacher, *, epochs=2, store="hard", args=None, **kw):
     args = args or make_args()
+    kw.setdefault("teacher_check", CHECKED)
     return build_cache(train_ds, args.view, args.loader, teacher, out, epochs=epochs, store=store,
                        teacher_description=TEACHER, **kw)
 
@@ -353,3 +358,52 @@ def test_store_sizes_match_the_imagenet_figures():
     assert CacheStore.parse("hard").bytes_per_view(1000) * views - check == pytest.approx(0.77e9, rel=0.01)
     assert CacheStore.parse("topk:5").bytes_per_view(1000) * views - check == pytest.approx(7.7e9, rel=0.01)
     assert CacheStore.parse("full:fp16").bytes_per_view(1000) * views - check == pytest.approx(769e9, rel=0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# the teacher check a build recorded stands for the teacher at replay
+
+
+def test_a_cache_whose_teacher_was_never_measured_is_refused_unless_the_run_skips_the_check(tmp_path, digits,
+                                                                                           teacher, caplog):
+    train_ds, _ = digits
+    args = make_args()
+    build(tmp_path / "c", train_ds, teacher, epochs=1, teacher_check=None)  # built with --no-teacher-check
+    cache = TeacherTargetCache.open(tmp_path / "c")
+    with pytest.raises(CacheError, match="was never measured .* fix: rebuild it without --no-teacher-check, or "
+                                         "pass --no-teacher-check to accept it"):
+        cache.check_training(args.view, train_ds, 1, distill_type="hard", teacher=args.teacher)
+    skipped = dataclasses.replace(args.teacher, check=False)
+    with caplog.at_level("WARNING"):
+        cache.check_training(args.view, train_ds, 1, distill_type="hard", teacher=skipped)
+    assert "Teacher check skipped (--no-teacher-check)" in caplog.text and cache.teacher_check is None
+
+
+def test_an_explicit_min_top1_is_held_against_the_recorded_figure(tmp_path, digits, teacher):
+    train_ds, _ = digits
+    args = make_args()
+    build(tmp_path / "c", train_ds, teacher, epochs=1)
+    cache = TeacherTargetCache.open(tmp_path / "c")
+    with pytest.raises(CacheError, match=r"scored top-1 90.00% on 40 validation images when it was built, below "
+                                         r"--teacher-min-top1 95"):
+        cache.check_training(args.view, train_ds, 1, distill_type="hard",
+                             teacher=dataclasses.replace(args.teacher, min_top1=95.0))
+    cache.check_training(args.view, train_ds, 1, distill_type="hard",
+                         teacher=dataclasses.replace(args.teacher, min_top1=85.0))
+    assert cache.teacher_check == CHECKED
+
+
+def test_a_rebuild_recomputes_a_chunk_altered_on_disk(tmp_path, digits, caplog):
+    train_ds, _ = digits
+    first = build(tmp_path / "c", train_ds, CountingTeacher(), epochs=2)
+    chunk = tmp_path / "c" / first["chunks"][1]["file"]
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0x01  # same size, other bytes: what a rebuild used to report as complete
+    chunk.write_bytes(bytes(raw))
+    again = CountingTeacher()
+    with caplog.at_level("WARNING"):
+        second = build(tmp_path / "c", train_ds, again, epochs=2)
+    assert again.images == 40  # only the altered epoch was recomputed
+    assert "cache epoch 1: epoch-0001.safetensors does not match the sha256 recorded" in caplog.text
+    assert second["chunks"] == first["chunks"] and second["complete"]
+    assert sha256_file(chunk) == first["chunks"][1]["sha256"]

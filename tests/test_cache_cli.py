@@ -95,13 +95,18 @@ def test_bad_cache_commands_are_refused(setup_files, capsys, tmp_path):
         (["info", str(tmp_path / "none")], "no teacher target cache"),
         (["info", str(tmp_path / "list")], "is not a teacher target cache manifest"),
         (["frobnicate"], "unknown command 'frobnicate'"),
+        # a file where the cache folder goes: a FileExistsError traceback, after the data scan and the teacher
+        (["build", *flags(data, teacher), "--out", str(tmp_path / "afile")], "is a file, not a folder"),
+        (["build", *flags(data, teacher), "--out", str(tmp_path / "afile" / "c")], "is a file, not a folder"),
     ]
+    (tmp_path / "afile").write_text("mine")
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "manifest.json").write_text("[]\n")  # JSON, but not a manifest
     for argv, message in cases:
         assert cache_cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 @pytest.mark.slow
@@ -130,10 +135,12 @@ def test_a_build_locks_its_cache_and_removes_only_its_own_partial_files(setup_fi
     root, data, teacher = setup_files
     out = tmp_path / "cache"
     out.mkdir()
-    ours = out / ".epoch-0000.safetensors.k2j4h_x1.tmp"  # what a build killed mid-write leaves
+    ours = out / ".epoch-0000.safetensors.k2j4h_x1.deit-distill.tmp"  # what a build killed mid-write leaves
     ours.write_bytes(b"half a chunk")
     theirs = out / ".notes.txt.tmp"  # not a cache file: never touched
     theirs.write_text("mine")
+    backup = out / ".manifest.json.q1.tmp"  # a user's file named like a temporary of a cache file: never touched
+    backup.write_text("my backup")
     live = RunLock.acquire(out)  # a build still writing here
     try:
         assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 2
@@ -144,5 +151,48 @@ def test_a_build_locks_its_cache_and_removes_only_its_own_partial_files(setup_fi
         live.release()
     caplog.set_level("INFO")
     assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 0
-    assert not ours.exists() and theirs.read_text() == "mine"
+    assert not ours.exists() and theirs.read_text() == "mine" and backup.read_text() == "my backup"
     assert "Removed 1 partial file(s)" in caplog.text
+
+
+@pytest.mark.slow
+def test_an_unmeasured_cache_needs_no_teacher_check_to_train_from_and_info_says_so(setup_files, tmp_path, capsys,
+                                                                                   caplog):
+    from timm_deit_distill.commands import train
+
+    root, data, teacher = setup_files
+    out = tmp_path / "cache"
+    caplog.set_level("WARNING")
+    assert cache_cli.main(["build", *flags(data, teacher, "--epochs", "1"), "--out", str(out)]) == 0  # unchecked
+    assert "Teacher check skipped (--no-teacher-check): teacher resnet18 is not measured" in caplog.text
+    caplog.clear()
+    capsys.readouterr()
+    assert cache_cli.main(["info", str(out)]) == 0
+    assert "teacher check: none (built with --no-teacher-check" in capsys.readouterr().out
+    checked = [f for f in flags(data, teacher, "--epochs", "1") if f != "--no-teacher-check"]
+    runs = tmp_path / "runs"
+    for extra in ([], ["--teacher-min-top1", "50"]):
+        assert train.main([*checked, *extra, "--distill-cache", str(out), "--output", str(runs),
+                           "--experiment", "r"]) == 2
+        err = capsys.readouterr().err
+        assert "was never measured (it was built with --no-teacher-check)" in err and err.count("\n") == 1
+        assert not runs.exists()
+    assert train.main([*checked, "--no-teacher-check", "--distill-cache", str(out), "--output", str(runs),
+                       "--experiment", "r"]) == 0
+    assert "Teacher check skipped (--no-teacher-check)" in caplog.text
+
+
+def test_info_into_a_closed_pipe_stops_quietly(setup_files, tmp_path):
+    """`deit-distill cache info DIR | head -1`: the reader goes away; no BrokenPipeError traceback."""
+    from timm_deit_distill.commands.cli import BROKEN_PIPE_EXIT
+
+    root, data, teacher = setup_files
+    out = tmp_path / "cache"
+    assert cache_cli.main(["build", *flags(data, teacher, "--epochs", "1"), "--out", str(out)]) == 0
+    for argv in (["cache", "info", str(out)], ["models"]):
+        proc = subprocess.Popen([sys.executable, "-m", "timm_deit_distill", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc.stdout.close()  # the reader is gone before the command prints
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == BROKEN_PIPE_EXIT, err
+        assert "Traceback" not in err and "BrokenPipeError" not in err

@@ -16,12 +16,13 @@ BUILTIN_BASE = {
     RuntimeError: ("HubAuthError", "NonFiniteLoss", "DemoError"),
     OSError: ("HubIntegrityError",),
     ConnectionError: ("HubConnectionError",),
+    FileExistsError: ("OutputExistsError",),
 }
 # where each class used to be imported from (and still is)
 OLD_PATHS = {"UsageError": "commands.args", "DataError": "data", "CheckpointError": "checkpoint",
              "TeacherError": "teacher", "CacheError": "cache", "CacheMismatch": "cache", "RunFolderError": "run_folder",
              "HubExportError": "hub", "HubAuthError": "hub", "HubIntegrityError": "hub", "HubConnectionError": "hub",
-             "NonFiniteLoss": "commands.train", "DemoError": "commands.demo"}
+             "NonFiniteLoss": "commands.train", "DemoError": "commands.demo", "OutputExistsError": "errors"}
 FAILURES = {"HubIntegrityError", "NonFiniteLoss", "DemoError"}  # exit code 1: no input's fault
 EXPECTED = {name: (base, f"timm_deit_distill.{OLD_PATHS[name]}", 1 if name in FAILURES else 2)
             for base, names in BUILTIN_BASE.items() for name in names}

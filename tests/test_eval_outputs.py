@@ -116,3 +116,69 @@ def test_loader_values_are_refused_before_the_checkpoint_is_read(flag, value, ne
     monkeypatch.setattr(evaluate, "_run_eval", lambda args: pytest.fail("the evaluation started"))
     assert evaluate.main(["--checkpoint", str(tmp_path / "c.pth.tar"), "--data-dir", str(tmp_path), flag, value]) == 2
     assert needle in capsys.readouterr().err
+
+
+# --- an existing file is never replaced unasked ----------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--json", "--predict"])
+def test_an_existing_explicit_output_is_refused_unless_overwrite(flag, run, tmp_path, capsys):
+    target = tmp_path / "args.yaml"  # any file of the user's: a run's args.yaml, a teacher, an image
+    target.write_text("lr: 0.1\n")
+    argv = ["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), "--workers", "0", flag, str(target)]
+    if flag == "--predict":
+        argv += ["--json", str(tmp_path / "r.json")]
+    assert evaluate.main(argv) == 2
+    captured = capsys.readouterr()
+    assert f"{flag} {target} already exists; writing there would replace it" in captured.err
+    assert "--overwrite" in captured.err and len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+    assert target.read_text() == "lr: 0.1\n"
+    assert evaluate.main([*argv, "--overwrite"]) == 0
+    assert target.read_text() != "lr: 0.1\n"
+
+
+def test_an_output_inside_the_dataset_is_refused_even_with_overwrite(run, capsys, no_work):
+    image = next(p for p in (run["data"] / "validation").rglob("*.png"))
+    before = image.read_bytes()
+    assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), "--predict", str(image),
+                          "--overwrite"]) == 2
+    assert "is a file of the dataset" in capsys.readouterr().err and image.read_bytes() == before
+
+
+def test_the_default_results_file_is_never_replaced_the_next_free_name_is_taken(run, capsys):
+    argv = ["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), "--workers", "0"]
+    default = run["ckpt"].parent / "eval-last-validation.json"
+    first, second = default.with_name("eval-last-validation-1.json"), default.with_name("eval-last-validation-2.json")
+    for path in (default, first, second):
+        path.unlink(missing_ok=True)
+    try:
+        assert evaluate.main(argv) == 0
+        kept = default.read_text()
+        assert evaluate.main([*argv, "--head", "cls"]) == 0  # other settings: another file
+        err = capsys.readouterr().err
+        assert f"results written to {first} ({default} already exists and was kept" in err
+        assert default.read_text() == kept and json.loads(first.read_text())["head"] == "cls"
+        assert evaluate.main(argv) == 0 and second.exists()
+        assert evaluate.main([*argv, "--overwrite", "--head", "dist"]) == 0  # asked: the default is replaced
+        assert json.loads(default.read_text())["head"] == "dist"
+    finally:
+        for path in (default, first, second):
+            path.unlink(missing_ok=True)
+
+
+def test_an_output_folder_nothing_can_be_written_to_is_refused_before_evaluating(tmp_path, capsys, monkeypatch,
+                                                                                  no_work):
+    import errno
+
+    from timm_deit_distill import atomic
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+
+    def refused(*args, **kwargs):  # what /proc or a read-only mount answers, even to root (os.access says yes)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
+    assert evaluate.main(["--checkpoint", str(tmp_path / "c.pth.tar"), "--data-dir", str(tmp_path), "--predict",
+                          str(folder / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"--predict {folder / 'x.csv'}: no file can be written in {folder}" in err and "Read-only" in err

@@ -131,3 +131,58 @@ def test_compare_resume_names_what_changed(finished_run):
 
     timm_file = {k: v for k, v in saved.items() if k != "deit_distill"}  # e.g. written by timm's train.py
     assert "could not be compared" in compare_resume(timm_file, settings=settings, metadata=meta).notes[0]
+
+
+# --- the ways out a refusal names work -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_resume_a_refusal_suggests_runs(finished_run, data, tmp_path, capsys):
+    """It suggested `-c RUN/args.yaml --resume OLDER_CHECKPOINT`, itself refused (the yaml's folder holds a run)."""
+    import re
+    import shlex
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    older = run / "checkpoint-0.pth.tar"
+    code = train.main(argv(data["small"], "--seed", "4", "--resume", str(older), "--output", str(tmp_path),
+                           "--experiment", "branch"))
+    err = capsys.readouterr().err
+    assert code == 2 and "seed 3 -> 4" in err, err
+    suggested = re.search(r"fix: resume with the original values: (.*?); or ", err).group(1)
+    assert f"--resume {older}" in suggested and "--experiment branch" in suggested
+    assert train.main(shlex.split(suggested)) == 0
+    capsys.readouterr()
+    assert load(tmp_path / "branch" / "last.pth.tar")["epoch"] == 1 and load(run / "last.pth.tar")["epoch"] == 1
+
+
+def test_after_a_model_change_no_weights_flag_that_cannot_fit_is_suggested(finished_run, data, tmp_path, capsys):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    last = run / "last.pth.tar"
+    deeper = ["--model-kwargs", "depth=2", "embed_dim=32", "num_heads=2"]
+    code = train.main([*argv(data["small"], "--epochs", "3", "--resume", str(last)), *deeper])
+    err = capsys.readouterr().err
+    assert code == 2 and "architecture" in err, err
+    assert "--initial-checkpoint" not in err and "--pretrained-path" not in err
+    assert "these weights do not fit the new architecture" in err
+    # only the input size differs: the weights fit with their position embedding resampled
+    code = train.main([*argv(data["small"], "--epochs", "3", "--resume", str(last)), "--img-size", "16"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--pretrained --pretrained-path {last}" in err and "--initial-checkpoint" not in err
+    code = train.main(["--data-dir", str(data["small"]), "--model", "resnet10t", *FAST, "--epochs", "3", "--resume",
+                       str(last)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot start from these weights" in err and "--initial-checkpoint" not in err
+
+
+def test_a_resume_with_nothing_left_to_train_is_refused_before_writing(finished_run, data, tmp_path, capsys):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    for epochs in ("1", "2"):  # the run trained epochs 0-1: nothing left; it used to exit 0 and rewrite args.yaml
+        code = train.main(argv(data["small"], "--epochs", epochs, "--resume", str(run / "last.pth.tar")))
+        err = capsys.readouterr().err
+        assert code == 2 and "has already trained epochs 0-1 (2 epochs)" in err and "--epochs 3 or more" in err
+        assert err.count("\n") == 1
+    assert snapshot(run) == before
+    code = train.main(argv(data["small"], "--epochs", "2", "--start-epoch", "2", "--output", str(tmp_path),
+                           "--experiment", "late"))
+    assert code == 2 and "--start-epoch 2 is at or past the end of the schedule" in capsys.readouterr().err
+    assert not (tmp_path / "late").exists()

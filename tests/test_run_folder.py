@@ -188,11 +188,15 @@ def test_resuming_an_older_checkpoint_into_its_folder_is_refused_and_a_new_folde
 def test_partial_files_are_recognised_by_the_trainers_own_temp_names(tmp_path):
     from timm_deit_distill.run_folder import RunLock, partial_files
 
-    names = [".last.pth.tar.ab12cd_3.tmp", ".checkpoint-12.pth.tar.zzzzzzzz.tmp", ".tmp.pth.tar.0a1b2c3d.tmp",
-             ".summary.csv.abcdefgh.tmp", ".args.yaml.k2j3h4g5.tmp", ".curves.png.q1w2e3r4.tmp",
-             ".model_best.pth.tar.aaaaaaaa.tmp"]
-    others = [".notes.txt.abcdefgh.tmp", "last.pth.tar.tmp", ".last.pth.tar.tmp", ".checkpoint-x.pth.tar.abcd.tmp",
-              "last.pth.tar", ".epoch-0001.safetensors.abcdefgh.tmp"]
+    names = [".last.pth.tar.ab12cd_3.deit-distill.tmp", ".checkpoint-12.pth.tar.zzzzzzzz.deit-distill.tmp",
+             ".tmp.pth.tar.0a1b2c3d.deit-distill.tmp", ".summary.csv.abcdefgh.deit-distill.tmp",
+             ".args.yaml.k2j3h4g5.deit-distill.tmp", ".curves.png.q1w2e3r4.deit-distill.tmp",
+             ".model_best.pth.tar.aaaaaaaa.deit-distill.tmp"]
+    others = [".notes.txt.abcdefgh.deit-distill.tmp", "last.pth.tar.tmp", ".last.pth.tar.tmp",
+              ".checkpoint-x.pth.tar.abcd.tmp", "last.pth.tar", ".epoch-0001.safetensors.abcdefgh.deit-distill.tmp",
+              # a user's own files, named like temporaries of the trainer's files but not by this package
+              ".args.yaml.mybackup.tmp", ".last.pth.tar.ab12cd_3.tmp", ".summary.csv.abcdefgh.tmp",
+              ".args.yaml.toolong12.deit-distill.tmp"]
     for name in names + others:
         (tmp_path / name).write_bytes(b"x" * 10)
     assert sorted(p.name for p in partial_files(tmp_path)) == sorted(names)
@@ -231,24 +235,24 @@ def test_a_filesystem_without_locks_trains_unlocked_and_removes_nothing(tmp_path
         raise OSError(errno.ENOLCK, "No locks available")
 
     (tmp_path / LOCK_NAME).write_text("1\n")
-    (tmp_path / ".last.pth.tar.abcd1234.tmp").write_bytes(b"maybe someone's")
+    (tmp_path / ".last.pth.tar.abcd1234.deit-distill.tmp").write_bytes(b"maybe someone's")
     monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
     assert run_folder.locked_by(tmp_path) is None
     lock = run_folder.RunLock.acquire(tmp_path)
     assert not lock.held and lock.remove_partial_files() == (0, 0)
-    assert "Cannot lock" in caplog.text and (tmp_path / ".last.pth.tar.abcd1234.tmp").exists()
+    assert "Cannot lock" in caplog.text and (tmp_path / ".last.pth.tar.abcd1234.deit-distill.tmp").exists()
 
 
 @pytest.mark.slow
 def test_resume_removes_the_partial_files_a_killed_save_left(finished_run, data, tmp_path, caplog):
     run = copy_run(finished_run, tmp_path / "run")
-    (run / ".last.pth.tar.k1ll3d00.tmp").write_bytes(b"\0" * 1500)  # killed while saving
-    (run / ".checkpoint-2.pth.tar.abcd1234.tmp").write_bytes(b"\0" * 500)  # killed while linking
+    (run / ".last.pth.tar.k1ll3d00.deit-distill.tmp").write_bytes(b"\0" * 1500)  # killed while saving
+    (run / ".checkpoint-2.pth.tar.abcd1234.deit-distill.tmp").write_bytes(b"\0" * 500)  # killed while linking
     (run / ".notes.txt.abcd1234.tmp").write_bytes(b"not the trainer's")
     caplog.set_level(logging.INFO)
     assert train.main(base_argv(data, "--epochs", "3", "--resume", str(run / "last.pth.tar"))) == 0
     assert "Removed 2 partial file(s) (2.0 kB) that a killed save left in" in caplog.text
-    assert not (run / ".last.pth.tar.k1ll3d00.tmp").exists() and not (run / ".checkpoint-2.pth.tar.abcd1234.tmp").exists()
+    assert not (run / ".last.pth.tar.k1ll3d00.deit-distill.tmp").exists() and not (run / ".checkpoint-2.pth.tar.abcd1234.deit-distill.tmp").exists()
     assert (run / ".notes.txt.abcd1234.tmp").read_bytes() == b"not the trainer's"
     assert load(run / "last.pth.tar")["epoch"] == 2
 
@@ -309,7 +313,7 @@ def test_demo_starts_over_a_run_killed_before_its_first_checkpoint(data, tmp_pat
     (run_dir / "demo_run.json").write_text(json.dumps({"argv": argv}))
     (run_dir / "args.yaml").write_text("left: by the killed run\n")
     (run_dir / "summary.csv").write_text("epoch,train_loss\n0,9.9\n")
-    (run_dir / ".tmp.pth.tar.abcd1234.tmp").write_bytes(b"half")
+    (run_dir / ".tmp.pth.tar.abcd1234.deit-distill.tmp").write_bytes(b"half")
     last = demo.run_training(argv, run_dir, 1, "student none-seed0")
     assert load(last)["epoch"] == 0
     assert "left" not in (run_dir / "args.yaml").read_text()
@@ -327,3 +331,30 @@ def test_demo_resumes_a_killed_run_in_its_folder(finished_run, data, tmp_path):
     assert load(last)["epoch"] == 2
     assert [r["epoch"] for r in read_summary(run_dir / "summary.csv")] == [0, 1, 2]
     assert re.fullmatch(r"\d+\n", (run_dir / LOCK_NAME).read_text())  # the trainer locked the folder it trained in
+
+
+@pytest.mark.parametrize("experiment", ["ABSOLUTE", "../escaped", "a/../../b", "."])
+def test_an_experiment_that_is_not_a_name_under_output_is_refused(experiment, data, tmp_path, capsys):
+    """An absolute --experiment made os.path.join drop --output without a word; '..' climbed out of it."""
+    if experiment == "ABSOLUTE":
+        experiment = str(tmp_path / "elsewhere")
+    err = refused(base_argv(data, "--output", str(tmp_path / "runs"), "--experiment", experiment), capsys)
+    assert f"--experiment {experiment} is not a folder name under --output {tmp_path / 'runs'}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a name with a sub-folder stays under --output, as in timm
+    from timm_deit_distill.run_folder import plan_run_folder
+
+    assert plan_run_folder(output=str(tmp_path / "runs"), experiment="group/a").path == str(tmp_path / "runs" / "group" / "a")
+
+
+@pytest.mark.slow
+def test_the_demo_reuses_a_run_killed_between_its_last_checkpoint_and_its_summary(finished_run, data, tmp_path):
+    """The trainer refuses a resume with nothing left to train; the demo must see such a run as finished."""
+    run_dir = copy_run(finished_run, tmp_path / "runs" / "none-seed0")
+    argv = _demo_argv(data, run_dir, 2)
+    (run_dir / "demo_run.json").write_text(json.dumps({"argv": argv}))
+    summary = run_dir / "summary.csv"
+    summary.write_text("".join(summary.read_text().splitlines(keepends=True)[:-1]))  # the last row not yet written
+    before = (run_dir / "last.pth.tar").read_bytes()
+    assert demo.run_training(argv, run_dir, 2, "student none-seed0") == run_dir / "last.pth.tar"
+    assert (run_dir / "last.pth.tar").read_bytes() == before

@@ -80,7 +80,8 @@ def test_no_teacher_check_skips_it_and_says_so_in_the_records(data, tmp_path, ca
     code = train.main(_argv(data, data["random_teacher"], tmp_path, "--experiment", "skip", "--no-teacher-check"))
     out, err = capsys.readouterr()
     assert code == 0, out + err
-    assert "Teacher check" not in caplog.text
+    assert "Teacher check: " not in caplog.text  # nothing measured...
+    assert "Teacher check skipped (--no-teacher-check)" in caplog.text  # ...and the log says so
     assert load(tmp_path / "skip" / "last.pth.tar")["deit_distill"]["distill"]["teacher_check"] is None
     assert yaml.safe_load((tmp_path / "skip" / "args.yaml").read_text())["teacher_check"] is None
 
@@ -114,3 +115,5 @@ def test_a_run_from_a_cache_reports_the_check_measured_when_it_was_built(data, t
     assert train.main([*run_flags, "--experiment", "cached"]) == 0
     capsys.readouterr()
     assert load(tmp_path / "cached" / "last.pth.tar")["deit_distill"]["distill"]["teacher_check"] == built
+    assert cache_cli.main(["info", str(cache)]) == 0
+    assert f"teacher check: top-1 {built['top1']:.2f}% on {built['images']} validation images" in capsys.readouterr().out

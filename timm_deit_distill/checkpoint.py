@@ -635,6 +635,7 @@ class ResumeComparison:
     """How a resumed run differs from the run its checkpoint came from (see :func:`compare_resume`)."""
 
     refused: list[str] = field(default_factory=list)  # "seed 3 -> 4": exact resume is impossible
+    refused_what: list[str] = field(default_factory=list)  # what each refusal is about: "seed", "model", ...
     changed: dict[str, list[Any]] = field(default_factory=dict)  # setting -> [old, new]: allowed, recorded
     notes: list[str] = field(default_factory=list)  # what could not be compared, and why
 
@@ -670,6 +671,7 @@ def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], meta
 
     def refuse(what: str, old: Any, new: Any) -> None:
         out.refused.append(f"{what} {old} -> {new}")
+        out.refused_what.append(what)
 
     if not old_meta:
         out.notes.append("the checkpoint has no deit_distill metadata (not written by deit-distill train): its "

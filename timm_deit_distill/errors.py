@@ -17,8 +17,8 @@ from typing import ClassVar
 
 __all__ = [
     "DeitDistillError", "UsageError", "DataError", "CheckpointError", "TeacherError", "CacheError",
-    "CacheMismatch", "RunFolderError", "HubExportError", "HubAuthError", "HubIntegrityError", "HubConnectionError",
-    "NonFiniteLoss", "DemoError",
+    "CacheMismatch", "RunFolderError", "OutputExistsError", "HubExportError", "HubAuthError", "HubIntegrityError",
+    "HubConnectionError", "NonFiniteLoss", "DemoError",
 ]
 
 
@@ -61,6 +61,11 @@ class CacheMismatch(CacheError):
 
 class RunFolderError(DeitDistillError, ValueError):
     """A run folder that cannot be used as asked; the message names the folder and the ways out."""
+
+
+class OutputExistsError(DeitDistillError, FileExistsError):
+    """An output that would replace files already there (results, an exported or pulled folder); the message
+    names them and the ways out (another path, or the overwrite option). Nothing was written."""
 
 
 class HubExportError(DeitDistillError, ValueError):

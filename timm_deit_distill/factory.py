@@ -10,6 +10,7 @@ and a refusal reads the same whichever command hits it.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 _SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -297,9 +300,14 @@ def create_teacher(teacher: TeacherSettings, num_classes: int, data_config: Mapp
 
 
 def check_teacher(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,
-                  data_config: Mapping[str, Any], loader: LoaderSettings, *, seed: int) -> TeacherCheck:
+                  data_config: Mapping[str, Any], loader: LoaderSettings, *, seed: int) -> TeacherCheck | None:
     """``model.check`` on a seeded subset of ``dataset`` (``teacher.check_images`` images, threshold
-    ``teacher.min_top1`` or automatic); raises TeacherError below the threshold."""
+    ``teacher.min_top1`` or automatic); raises TeacherError below the threshold. With ``teacher.check`` off
+    (``--no-teacher-check``) nothing is measured: a warning says so, and None is returned."""
+    if not teacher.check:
+        _logger.warning("Teacher check skipped (--no-teacher-check): teacher %s is not measured on validation images "
+                        "before it teaches; a teacher near chance would distil noise without a word.", model.name)
+        return None
     check_loader = build_check_loader(dataset, dict(data_config), max_images=teacher.check_images,
                                       batch_size=loader.eval_batch_size, workers=loader.workers, seed=seed)
     min_top1 = "auto" if teacher.min_top1 is None else teacher.min_top1

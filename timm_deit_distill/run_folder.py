@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import temp_pattern
 from .errors import RunFolderError
 
 try:
@@ -52,11 +53,11 @@ _TRAINER_BUSY = ("{folder} is in use: another deit-distill train{holder} is trai
 
 
 def partial_pattern(names: str) -> re.Pattern[str]:
-    """The names :func:`atomic.atomic_path` gives the temporaries of files whose names match regex ``names``."""
-    return re.compile(rf"^\.(?:{names})\.[a-z0-9_]+\.tmp$")
+    """The names :func:`atomic.atomic_path` gives the temporaries of files whose names match regex ``names``
+    (``.{name}.{8 random characters}.deit-distill.tmp``: nothing a user names a file by accident)."""
+    return temp_pattern(names)
 
 
-# atomic_path / atomic_link_or_copy: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp") next to the target.
 _PARTIAL = partial_pattern(_TRAINER_NAME)
 
 
@@ -315,6 +316,22 @@ def _check_writable(path: str) -> None:
                              "to; fix: pass another --output.")
 
 
+def _check_experiment_name(experiment: str, root: str) -> None:
+    """Refuse an ``--experiment`` that is not a folder name under ``--output``: an absolute path (os.path.join
+    drops ``--output`` for it, silently) or one that climbs out of it with ``..``."""
+    parts = experiment.replace("\\", "/").split("/")
+    if os.path.isabs(experiment) or ".." in parts or os.path.normpath(experiment) == ".":
+        raise RunFolderError(
+            f"--experiment {experiment} is not a folder name under --output {root}: it names the run folder inside "
+            f"--output (here {os.path.join(root, '<experiment>')}). fix: give a plain name (e.g. "
+            f"--experiment {_plain_name(experiment)}), and put the parent folder in --output.")
+
+
+def _plain_name(experiment: str) -> str:
+    name = os.path.basename(os.path.normpath(experiment))
+    return name if name not in ("", ".", "..") else "run1"
+
+
 def plan_run_folder(*, output: str | None, experiment: str | None, resume: str | None = None,
                     resume_epoch: int | None = None, start_epoch: int | None = None) -> FolderPlan:
     """Decide and check where a run writes, before any work; :class:`RunFolderError` when it cannot.
@@ -324,6 +341,8 @@ def plan_run_folder(*, output: str | None, experiment: str | None, resume: str |
     run; without it, a fresh dated folder is created by :func:`claim_run_folder`. Reads only.
     """
     root = output or DEFAULT_OUTPUT
+    if experiment:
+        _check_experiment_name(experiment, root)
     resume_dir = os.path.dirname(os.path.abspath(resume)) if resume else None
     if resume_dir is not None and not output and not experiment:
         path, continuing = resume_dir, True

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..data import dataset_fingerprint
 from ..errors import CacheError, CacheMismatch
-from .build import build_cache, rows_per_epoch
+from .build import build_cache, check_cache_dir, rows_per_epoch
 from .fingerprint import library_versions, make_fingerprint
 from .replay import TeacherTargetCache
 from .store import TOPK_FILL, CacheStore
@@ -39,6 +39,7 @@ __all__ = [
     "TeacherTargetCache",
     "TOPK_FILL",
     "build_cache",
+    "check_cache_dir",
     "rows_per_epoch",
     "dataset_fingerprint",
     "library_versions",

@@ -44,13 +44,33 @@ from .store import (
     write_json,
 )
 
-__all__ = ["build_cache", "rows_per_epoch"]
+__all__ = ["build_cache", "rows_per_epoch", "check_cache_dir"]
 
 _logger = logging.getLogger(__name__)
 
 _CACHE_PARTIAL = partial_pattern(r"epoch-\d+\.(?:safetensors|json)|manifest\.json")
 _BUILD_BUSY = ("{folder} is in use: another deit-distill cache build{holder} is writing this cache now. Wait for it "
                "to end, then rerun the build to resume or extend it; or build into another --out.")
+
+
+def check_cache_dir(out: str | os.PathLike[str]) -> None:
+    """Refuse an ``--out`` no cache can be built in: a file, a folder under a file, a folder nothing can be
+    written to. Reads only (a folder that does not exist yet is created by the build)."""
+    from ..atomic import unwritable_reason
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"--out {out} is a file, not a folder; fix: give the folder the cache is built in (it is "
+                         "created if missing).")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CacheError(f"--out {out} cannot be created: {parent} is a file, not a folder; fix: give another --out.")
+    reason = unwritable_reason(parent)
+    if reason is not None:
+        raise CacheError(f"--out {out}: no file can be written in {parent} (creating one there failed: {reason}); "
+                         "fix: give another --out.")
 
 
 def rows_per_epoch(num_samples: int, group_size: int) -> int:
@@ -102,6 +122,7 @@ def build_cache(
     fingerprint = make_fingerprint(dataset=dataset_fingerprint(train_ds), views=views, teacher=teacher_identity,
                                    store=store.spec, versions=library_versions())
     fid = fingerprint_id(fingerprint)
+    check_cache_dir(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -194,7 +215,15 @@ def _chunk_done(out: Path, epoch: int, fid: str) -> bool:
         return False
     if sidecar.exists():
         info = json.loads(sidecar.read_text())
-        return info.get("fingerprint_sha256") == fid and info.get("bytes") == path.stat().st_size
+        if info.get("fingerprint_sha256") != fid or info.get("bytes") != path.stat().st_size:
+            return False
+        # Hashing a chunk costs a small fraction of computing it: a chunk altered on disk since it was written
+        # is recomputed, not reported as part of a complete cache.
+        if sha256_file(path) != info.get("sha256"):
+            _logger.warning("cache epoch %d: %s does not match the sha256 recorded when it was written (changed on "
+                            "disk since): recomputing it.", epoch, path.name)
+            return False
+        return True
     try:  # killed between the chunk's rename and its sidecar's: the chunk itself is whole
         meta, rows = read_chunk_info(path)
     except CacheError:

@@ -99,6 +99,8 @@ class TeacherTargetCache:
                        "build a cache for these (`deit-distill cache build` with the same flags).")
             raise CacheMismatch(f"the teacher target cache in {self.directory} was built for other settings: "
                                 + "; ".join(problems) + "." + general)
+        if teacher is not None:
+            self.check_teacher_record(teacher)
         needed = range(int(start_epoch), int(epochs))
         missing = [e for e in needed if e not in self._chunks]
         if missing:
@@ -113,6 +115,43 @@ class TeacherTargetCache:
         self._layout = ViewLayout(len(train_ds), seed=self.fingerprint["views"]["seed"],
                                   repeats=self.fingerprint["views"]["aug_repeats"],
                                   group_size=self.fingerprint["views"]["mix_group_size"], grouped=True)
+
+    @property
+    def teacher_check(self) -> dict[str, Any] | None:
+        """The teacher check measured when the cache was built (``TeacherCheck.as_dict()``); None when the build
+        skipped it (``--no-teacher-check``) or predates the check."""
+        record = self.manifest.get("teacher_check")
+        return dict(record) if isinstance(record, dict) else None
+
+    def check_teacher_record(self, teacher: TeacherSettings) -> dict[str, Any] | None:
+        """Hold the teacher check recorded at build time against a run's teacher check settings; returns it.
+
+        Replaying a cache runs no teacher, so the check the build measured stands for it: a cache whose teacher
+        was never measured is refused unless the run also skips the check (``teacher.check`` False), and an
+        explicit ``teacher.min_top1`` must not exceed the recorded top-1. :class:`CacheError` otherwise.
+        """
+        record = self.teacher_check
+        if not teacher.check:
+            _logger.warning("Teacher check skipped (--no-teacher-check): the targets of the cache in %s are replayed "
+                            "%s.", self.directory, "from a teacher that was never measured" if record is None
+                            else f"(its teacher scored top-1 {record['top1']:.2f}% when the cache was built)")
+            return record
+        if record is None:
+            raise CacheError(
+                f"the teacher of the cache in {self.directory} was never measured (it was built with "
+                "--no-teacher-check), so its targets may be a near-random teacher's. fix: rebuild it without "
+                "--no-teacher-check, or pass --no-teacher-check to accept it.")
+        if teacher.min_top1 is not None and float(record["top1"]) < float(teacher.min_top1):
+            raise CacheError(
+                f"the teacher of the cache in {self.directory} scored top-1 {float(record['top1']):.2f}% on "
+                f"{record.get('images')} validation images when it was built, below --teacher-min-top1 "
+                f"{float(teacher.min_top1):g}. fix: build a cache with a better teacher, or lower --teacher-min-top1.")
+        threshold = record.get("min_top1")
+        _logger.info("Teacher check (recorded when the cache was built): top-1 %.2f%% on %s images (threshold %s)%s.",
+                     float(record["top1"]), record.get("images"),
+                     "none" if threshold is None else f"{float(threshold):.2f}%",
+                     "" if teacher.min_top1 is None else f", at least --teacher-min-top1 {float(teacher.min_top1):g}")
+        return record
 
     def _verify_chunks(self, epochs: range) -> None:
         """Refuse, before training starts, a chunk the run needs that is missing, truncated or altered.

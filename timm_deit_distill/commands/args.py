@@ -46,7 +46,7 @@ __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
     "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS", "TEACHER_CHECK_IMAGES",
     "add_teacher_check_flags", "validate_teacher_check_flags", "TrainSettings", "settings_from_args",
-    "teacher_settings",
+    "teacher_settings", "TIMM_SCHEDULERS",
 ]
 
 DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
@@ -773,7 +773,9 @@ def _validate(args: argparse.Namespace) -> None:
          "(box size as a fraction of the image), or leave it unset.")
     need(args.mixup_off_epoch >= 0, f"--mixup-off-epoch {args.mixup_off_epoch} must be >= 0 (0: never).")
 
-    # Optimizer and schedule.
+    # Optimizer and schedule: names timm does not know raised a ValueError traceback while setting up.
+    _check_optimizer_name(args.opt)
+    _check_scheduler_name(args.sched)
     need(args.lr_base > 0, f"--lr-base {args.lr_base} must be > 0.")
     need(args.lr_base_size >= 1, f"--lr-base-size {args.lr_base_size} must be >= 1 (the batch size --lr-base is for).")
     need(args.weight_decay >= 0, f"--weight-decay {args.weight_decay} must be >= 0.")
@@ -791,6 +793,39 @@ def _validate(args: argparse.Namespace) -> None:
     need(args.start_epoch is None or args.start_epoch >= 0, f"--start-epoch {args.start_epoch} must be >= 0.")
     need(0 <= args.seed < 2**31, f"--seed {args.seed} must be in [0, 2**31): it seeds numpy (32-bit seeds) "
          "after the process rank is added.")
+
+
+# The names timm's create_scheduler_v2 builds a schedule for (timm/scheduler/scheduler_factory.py; timm has no
+# list of them: tests/test_args_values.py checks this one against its code). 'none' is refused below.
+TIMM_SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "wsd", "rsqrt", "constant")
+
+
+def _check_optimizer_name(opt: str) -> None:
+    """Refuse an --opt timm's optimizer factory does not know, parsed as it parses it ([lookahead_]NAME)."""
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    name = str(opt).lower().split("_")[-1]
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(f"--opt {opt!r} is not an optimizer timm knows.{hint} timm's names: "
+                     "`python -c \"import timm.optim; print(timm.optim.list_optimizers())\"` (DeiT uses adamw; "
+                     "a lookahead_ prefix wraps any of them).")
+
+
+def _check_scheduler_name(sched: str) -> None:
+    """Refuse a --sched timm's scheduler factory does not build (and 'none', which builds no schedule)."""
+    if sched in TIMM_SCHEDULERS:
+        return
+    if sched == "none":
+        raise UsageError("--sched none builds no schedule, which this trainer steps every epoch; for a fixed "
+                         "learning rate use --sched constant (with --warmup-epochs 0 for no warm-up).")
+    close = difflib.get_close_matches(str(sched), TIMM_SCHEDULERS, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(f"--sched {sched!r} is not a timm scheduler.{hint} Use one of: {', '.join(TIMM_SCHEDULERS)} "
+                     "(DeiT uses cosine).")
 
 
 def resolve_lr(args: argparse.Namespace, world_size: int) -> tuple[float, str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache
+from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir
 from ..errors import DeitDistillError
 from .common import refuse
 
@@ -68,6 +68,7 @@ def _build(argv: list[str]) -> int:
     check.parse_args(rest)
     if not own.out:
         raise CacheError("no --out DIR given; fix: add --out DIR, the directory the cache is written to.")
+    check_cache_dir(own.out)  # before the data scan and the teacher: a file in the way is the cheapest refusal
     store = CacheStore.parse(own.store)
     args = train_args.parse_args(rest)
     settings = train_args.settings_from_args(args)
@@ -91,12 +92,11 @@ def _build(argv: list[str]) -> int:
     if settings.teacher.source:
         factory.check_model_name(settings.teacher.source, "--distill-teacher")
     teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels)
-    check = None
-    if settings.teacher.check:
-        # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
-        # Every process checks the same seeded images, so all of them refuse or none does.
-        check = factory.check_teacher(teacher, settings.teacher, val_ds, data_config, settings.loader,
-                                      seed=settings.seed).as_dict()
+    # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
+    # Every process checks the same seeded images, so all of them refuse or none does.
+    measured = factory.check_teacher(teacher, settings.teacher, val_ds, data_config, settings.loader,
+                                     seed=settings.seed)
+    check = measured.as_dict() if measured is not None else None
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
         return teacher(x.to(device, non_blocking=True))
@@ -142,6 +142,13 @@ def _info(argv: list[str]) -> int:
     views = cache.fingerprint["views"]
     print(f"teacher: {teacher.get('name')} ({teacher.get('precision')}), sha256 {str(teacher.get('sha256'))[:12]}")
     print("views: " + ", ".join(f"{k}={v}" for k, v in views.items()))
+    check = cache.teacher_check
+    if check is None:
+        print("teacher check: none (built with --no-teacher-check: training from it needs --no-teacher-check)")
+    else:
+        threshold = "no threshold" if check.get("min_top1") is None else f"threshold {check['min_top1']:.2f}%"
+        print(f"teacher check: top-1 {check['top1']:.2f}% on {check['images']} validation images ({threshold}, "
+              f"chance {check['chance']:.2f}%), measured when the cache was built")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -66,8 +67,29 @@ def _models_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog="deit-distill models", description=f"{MODELS_HELP[0].upper()}{MODELS_HELP[1:]}.")
 
 
+# The exit code of a process whose reader went away: what a shell reports for a tool SIGPIPE stopped (128 + 13).
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `deit-distill` command line; returns the process exit code."""
+    """Run the `deit-distill` command line; returns the process exit code.
+
+    When whoever reads the output stops reading (``deit-distill cache info DIR | head -1``), the command stops
+    quietly with :data:`BROKEN_PIPE_EXIT`, as command-line tools do, instead of a BrokenPipeError traceback.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: buffered output meets the closed pipe here, not at exit
+        return code
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and report the same error: point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_EXIT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])

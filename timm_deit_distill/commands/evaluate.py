@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="autocast the student")
     p.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"), help="autocast dtype")
     p.add_argument("--json", default=None, metavar="PATH",
-                   help="where to write the results (default: RUN_DIR/eval-<checkpoint>-<split>.json)")
+                   help="where to write the results (default: RUN_DIR/eval-<checkpoint>-<split>.json; when that "
+                        "exists, the next free name: ...-1.json, -2.json, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --json / --predict file (and the default results file); without it "
+                        "an existing --json / --predict is refused")
     return p
 
 
@@ -87,7 +91,8 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
                          "Use --head fused.")
     # The same folder as both splits: one dataset, checked and opened by the data pipeline.
     _, dataset = build_datasets(args.data_dir, train_split=args.split, val_split=args.split,
-                                class_map=args.class_map, skip_bad_images=args.skip_bad_images)
+                                class_map=args.class_map, skip_bad_images=args.skip_bad_images,
+                                split_flags="--split")
     labels = label_names(dataset)
     trained = meta.get("label_names")
     if trained and list(trained) != labels:
@@ -104,9 +109,8 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
                                     use_ema=args.teacher_ema, channels_last=None)
         teacher = factory.create_teacher(settings, len(labels), data_config, device, label_names=labels)
-        if settings.check:
-            # Before the full pass: a teacher near chance makes its agreement figures meaningless.
-            check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
+        # Before the full pass: a teacher near chance makes its agreement figures meaningless.
+        check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
                 if args.amp else contextlib.nullcontext)
     metrics = evaluate(model, loader, device=device, teacher=teacher, amp_autocast=autocast,
@@ -131,13 +135,14 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
                              "agreement": metrics["teacher_agreement"],
                              "check": check.as_dict() if check is not None else None}
     if args.predict:
-        _write_predictions(args.predict, model, loader, dataset, labels, args.head, device, autocast)
+        _write_predictions(args.predict, model, loader, dataset, labels, args.head, device, autocast,
+                           replace=args.overwrite)
         result["predictions"] = os.path.abspath(args.predict)
     return result
 
 
 def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, labels: list[str], head: str,
-                       device: torch.device, autocast: Callable[[], Any]) -> None:
+                       device: torch.device, autocast: Callable[[], Any], *, replace: bool) -> None:
     import csv
     import io
 
@@ -157,7 +162,11 @@ def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, l
             for t, pr, pb in zip(targets.tolist(), preds.tolist(), probs.tolist(), strict=True):
                 w.writerow([samples[i][0], labels[t], *[labels[c] for c in pr], *[f"{p:.5f}" for p in pb]])
                 i += 1
-    atomic_write_text(path, buf.getvalue())
+    try:
+        atomic_write_text(path, buf.getvalue(), replace=replace)
+    except FileExistsError:
+        raise UsageError(f"--predict {path} was created by someone else while evaluating; the predictions were not "
+                         "written. Rerun with another --predict, or --overwrite.") from None
 
 
 def _format(result: dict[str, Any]) -> str:
@@ -177,7 +186,10 @@ def _format(result: dict[str, Any]) -> str:
 
 
 def _output_problem(flag: str, path: str) -> str | None:
-    """Why ``path`` cannot receive a file (its folder is missing or not a folder, or it is a folder), or None."""
+    """Why ``path`` cannot receive a file (its folder is missing, not a folder or not writable, or it is a
+    folder), or None."""
+    from ..atomic import unwritable_reason
+
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         what = "is not a folder" if os.path.exists(folder) else "does not exist"
@@ -185,27 +197,72 @@ def _output_problem(flag: str, path: str) -> str | None:
                 "somewhere else.")
     if os.path.isdir(path):
         return f"{flag} {path} is a folder; give a file name inside it, e.g. {os.path.join(path, 'eval.json')}."
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        return (f"{flag} {path}: no file can be written in {folder} (creating one there failed: {reason}); "
+                "write somewhere else.")
     return None
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real != root and os.path.commonpath([real, root]) == root
+
+
+def _input_problem(flag: str, path: str, args: argparse.Namespace) -> str | None:
+    """Why writing ``path`` would destroy one of the command's inputs, or None."""
+    if not os.path.isfile(path):
+        return None
+    for name, source in (("--checkpoint", args.checkpoint), ("--distill-teacher-path", args.distill_teacher_path),
+                         ("--class-map", args.class_map)):
+        if source and os.path.isfile(source) and os.path.samefile(path, source):
+            return f"{flag} {path} is the {name} file; writing there would destroy it. Give another file name."
+    if args.data_dir and os.path.isdir(args.data_dir) and _is_inside(path, args.data_dir):
+        return (f"{flag} {path} is a file of the dataset (--data-dir {args.data_dir}); writing there would "
+                "destroy it. Give a file name outside the dataset.")
+    return None
+
+
+def _default_results_path(args: argparse.Namespace) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
+                        f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
+
+
+def _write_results(out: str, text: str, *, replace: bool, free_name: bool) -> str:
+    """Write the JSON results; returns where. ``free_name``: the default file, never replaced unless
+    ``replace`` (the next free name is taken, also when one appeared while evaluating)."""
+    from ..atomic import atomic_write_text, next_free_name
+
+    while True:
+        target = str(next_free_name(out)) if free_name and not replace else out
+        try:
+            atomic_write_text(target, text, replace=replace)
+            return target
+        except FileExistsError:
+            if not free_name:
+                raise UsageError(f"--json {out} was created by someone else while evaluating; the results were "
+                                 "not written there (they are printed above). Rerun with another --json, or "
+                                 "--overwrite.") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
     args = build_parser().parse_args(argv)
-    out = args.json or os.path.join(
-        os.path.dirname(os.path.abspath(args.checkpoint)),
-        f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
+    default_out = _default_results_path(args)
     # Where the results go is checked before the evaluation, which may take long, not after it.
     outputs = [("--predict", args.predict), ("--json", args.json)]
     if args.json is None and os.path.isdir(os.path.dirname(os.path.abspath(args.checkpoint))):
-        outputs.append(("the results file (next to the checkpoint; choose another with --json)", out))
+        outputs.append(("the results file (next to the checkpoint; choose another with --json)", default_out))
     problems = [p for flag, path in outputs if path and (p := _output_problem(flag, path))]
-    if args.predict and os.path.abspath(args.predict) == os.path.abspath(out):
+    if args.predict and os.path.abspath(args.predict) == os.path.abspath(args.json or default_out):
         problems.append(f"--predict {args.predict} is also where the JSON results go; give them different files.")
-    for flag, path in outputs[:2]:  # an output written over an input would destroy it
-        for name, source in (("--checkpoint", args.checkpoint), ("--distill-teacher-path", args.distill_teacher_path)):
-            if path and source and os.path.isfile(path) and os.path.isfile(source) and os.path.samefile(path, source):
-                problems.append(f"{flag} {path} is the {name} file; writing there would destroy it. Give another "
-                                "file name.")
+    for flag, path in outputs[:2]:  # an output written over an input would destroy it, --overwrite or not
+        if path and (problem := _input_problem(flag, path, args)):
+            problems.append(problem)
+    for flag, path in outputs[:2]:  # an explicit output is replaced only when asked
+        if path and os.path.lexists(path) and not os.path.isdir(path) and not args.overwrite:
+            problems.append(f"{flag} {path} already exists; writing there would replace it. Give a new file name, "
+                            "or pass --overwrite to replace it.")
     try:
         loader_settings = LoaderSettings(batch_size=args.batch_size, validation_batch_size=None,
                                          workers=args.workers, pin_mem=False)
@@ -215,13 +272,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refuse("eval", UsageError(problems[0]))
     try:
         result = _run_eval(args, loader_settings)
+        out = args.json or default_out
+        text = json.dumps(result, indent=2) + "\n"
+        print(_format(result))
+        print(text, end="")
+        written = _write_results(out, text, replace=args.overwrite, free_name=args.json is None)
     except (DeitDistillError, ValueError, FileNotFoundError) as e:  # refusals name the fix (timm's too)
         return refuse("eval", e)
-    from ..atomic import atomic_write_text
-
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(_format(result))
-    print(json.dumps(result, indent=2))
-    print(f"results written to {out}", file=sys.stderr)
+    kept = f" ({out} already exists and was kept; --overwrite replaces it)" if written != out else ""
+    print(f"results written to {written}{kept}", file=sys.stderr)
     return 0
-

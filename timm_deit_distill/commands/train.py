@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ from ..errors import DataError, DeitDistillError, NonFiniteLoss, RunFolderError
 from ..progress import is_progress_bar, progress_bar
 from .args import (
     TrainSettings,
-    UsageError,  # noqa: F401  (re-exported: the refusal raised for a setting that cannot work)
+    UsageError,  # re-exported: the refusal raised for a setting that cannot work
     config_dict,
     format_config,
     parse_args,
@@ -158,12 +159,66 @@ def _teacher_source(args: argparse.Namespace, teacher: Any, cache: Any) -> str:
     return f"{name} ({args.distill_teacher_path})" if args.distill_teacher_path else name
 
 
-def _identity_refusal(args: argparse.Namespace, refused: list[str]) -> str:
-    run_dir = os.path.dirname(os.path.abspath(args.resume))
-    return (f"--resume {args.resume}: {'; '.join(refused)}. An exact resume needs the student, the training "
-            f"data, the seed and the teacher of the run it continues. fix: resume with the original values (its "
-            f"args.yaml: -c {os.path.join(run_dir, 'args.yaml')} --resume {args.resume}), or start a NEW run "
-            f"from these weights with --initial-checkpoint {args.resume} (and another --experiment).")
+def _identity_refusal(args: argparse.Namespace, comparison: Any, checkpoint: dict[str, Any],
+                      metadata: dict[str, Any], plan: Any) -> str:
+    """The refusal of a resume that changes what an exact resume needs, with ways out that work.
+
+    Keeping the run: its args.yaml with this command's run folder (the folder already passed its checks; the
+    yaml's own --output/--experiment may name a folder where resuming this checkpoint is refused). A new run
+    from these weights: --initial-checkpoint only when they still fit the student (same model, architecture,
+    classes); --pretrained-path when only the classes or the input size differ; none for another model.
+    """
+    import shlex
+
+    import yaml
+
+    ckpt, q = args.resume, shlex.quote
+    run_dir = os.path.dirname(os.path.abspath(ckpt))
+    record = os.path.join(run_dir, "args.yaml")
+    if plan.continuing:
+        folder = f" --output {q(os.path.dirname(plan.path))} --experiment {q(os.path.basename(plan.path))}"
+    elif plan.path is not None:
+        folder = f" --output {q(plan.root)} --experiment {q(args.experiment)}"
+    else:
+        folder = f" --output {q(plan.root)}"
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+            if (yaml.safe_load(Path(record).read_text()) or {}).get("experiment"):
+                folder += " --experiment ''"  # the yaml's would otherwise pick the folder
+    if os.path.isfile(record):
+        keep = f"resume with the original values: -c {q(record)} --resume {q(ckpt)}{folder}"
+    else:
+        keep = (f"resume with the original values (the first of each pair above) and --resume {q(ckpt)}; "
+                f"{record} is not there to repeat them with -c")
+    what = set(comparison.refused_what)
+    if "model" in what:
+        new = f"a NEW run of --model {args.model} cannot start from these weights (another architecture): start it " \
+              "from scratch, with another --experiment"
+    elif what & {"architecture", "classes"}:
+        old_kwargs = dict((checkpoint.get("deit_distill") or {}).get("model_kwargs") or {})
+        new_kwargs = dict(metadata.get("model_kwargs") or {})
+        fits = ({k: v for k, v in old_kwargs.items() if k not in ("img_size", "num_classes")}
+                == {k: v for k, v in new_kwargs.items() if k not in ("img_size", "num_classes")})
+        new = (f"start a NEW run from these weights with --pretrained --pretrained-path {q(ckpt)} (head replaced, "
+               "position embedding resampled) and another --experiment" if fits else
+               "these weights do not fit the new architecture: start a NEW run from scratch, with another "
+               "--experiment")
+    else:
+        new = f"start a NEW run from these weights with --initial-checkpoint {q(ckpt)} and another --experiment"
+    return (f"--resume {ckpt}: {'; '.join(comparison.refused)}. An exact resume needs the student, the training "
+            f"data, the seed and the teacher of the run it continues. fix: {keep}; or {new}.")
+
+
+def _nothing_to_train(args: argparse.Namespace, resume_epoch: int | None, start_epoch: int, num_epochs: int) -> str:
+    """The refusal of a run that would start at or after its schedule's end (it trained nothing and exited 0)."""
+    length = f"--epochs {args.epochs}" + (f" (a schedule of {num_epochs} epochs with warm-up and cool-down)"
+                                          if num_epochs != args.epochs else "")
+    if args.start_epoch is None and resume_epoch is not None:
+        return (f"--resume {args.resume} has already trained epochs 0-{resume_epoch} ({resume_epoch + 1} epochs) and "
+                f"{length} ends at epoch {num_epochs - 1}: nothing is left to train. fix: to train further, give a "
+                f"longer schedule (--epochs {args.epochs + resume_epoch + 2 - num_epochs} or more); its checkpoints "
+                "already hold the run as it is (evaluate one with `deit-distill eval`).")
+    return (f"--start-epoch {start_epoch} is at or past the end of the schedule ({length} ends at epoch "
+            f"{num_epochs - 1}): nothing would be trained. fix: a smaller --start-epoch, or a larger --epochs.")
 
 
 def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Run:  # noqa: C901 - one linear recipe
@@ -268,7 +323,11 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
                                          mixup_active=train_loader.mixup_active)
 
     lr, lr_how = resolve_lr(args, world_size)
-    optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=args), "lr": lr}, **(args.opt_kwargs or {}))
+    try:
+        optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=args), "lr": lr}, **(args.opt_kwargs or {}))
+    except (TypeError, ValueError, ImportError) as e:  # timm's or the optimizer's own refusal of these settings
+        raise UsageError(f"--opt {args.opt}: timm could not build the optimizer ({type(e).__name__}: {one_line(e)}); "
+                         "fix: check --opt-kwargs / --opt-betas / --opt-eps / --momentum for this optimizer.") from None
     amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     amp_autocast: Callable[[], Any] = contextlib.nullcontext
     loss_scaler = None
@@ -292,8 +351,12 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
 
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     decreasing = args.eval_metric == "loss"
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+    try:
+        lr_scheduler, num_epochs = create_scheduler_v2(
+            optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
+    except (TypeError, ValueError, AssertionError) as e:  # timm's consistency checks of the schedule's settings
+        raise UsageError(f"--sched {args.sched}: timm refused the schedule ({one_line(e)}); fix: adjust the "
+                         "schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
 
     metadata = {
         "model": args.model,
@@ -325,10 +388,12 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
     if resume_from is not None:
         comparison = ckpt.compare_resume(resume_from, settings=vars(saved_args), metadata=metadata)
         if comparison.refused:
-            raise UsageError(_identity_refusal(args, comparison.refused))
+            raise UsageError(_identity_refusal(args, comparison, resume_from, metadata, folder_plan))
     start_epoch = resume_epoch + 1 if resume_epoch is not None else 0
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
+    if start_epoch >= num_epochs:
+        raise UsageError(_nothing_to_train(args, resume_epoch, start_epoch, num_epochs))
     if cache is not None:
         cache.check_training(view, train_ds, num_epochs, distill_type=settings.distill.type,
                              teacher=settings.teacher, start_epoch=start_epoch)
@@ -344,13 +409,11 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
 
     # --- The teacher is measured through the loss's own path before it teaches (refused near chance).
-    if teacher is not None and not args.no_teacher_check:
-        metadata["distill"]["teacher_check"] = factory.check_teacher(
-            teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed).as_dict()
-    elif teacher is not None:
-        metadata["distill"]["teacher_check"] = None  # skipped with --no-teacher-check: the card says so
-    elif cache is not None and cache.manifest.get("teacher_check"):
-        metadata["distill"]["teacher_check"] = cache.manifest["teacher_check"]  # measured when it was built
+    if teacher is not None:  # None when skipped with --no-teacher-check (with a warning): the card says so
+        check = factory.check_teacher(teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed)
+        metadata["distill"]["teacher_check"] = check.as_dict() if check is not None else None
+    elif cache is not None:  # measured when it was built (held against these settings by check_training)
+        metadata["distill"]["teacher_check"] = cache.teacher_check
 
     # --- Claim the run folder (create or take it, lock it) and write: the first writes of the run.
     lock_box: list[Any] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +18,8 @@ from timm.data import create_dataset
 
 from ..errors import DataError
 
-__all__ = ["build_datasets", "load_image", "label_names", "check_num_classes", "dataset_fingerprint"]
+__all__ = ["build_datasets", "read_class_map", "load_image", "label_names", "check_num_classes",
+           "dataset_fingerprint"]
 
 _logger = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ _SPLIT_SYNONYMS = {
 }
 
 
-def _resolve_split(data_dir: str, split: str) -> str:
+def _resolve_split(data_dir: str, split: str, flags: str) -> str:
     direct = os.path.join(data_dir, split)
     if os.path.isdir(direct):
         return direct
@@ -41,7 +43,7 @@ def _resolve_split(data_dir: str, split: str) -> str:
     raise DataError(
         f"no '{split}' split folder under {data_dir} (found: {', '.join(present) or 'no folders'}); "
         f"fix: use the ImageFolder layout {data_dir}/{split}/<class>/<image>, or name the split folder "
-        f"with --train-split / --val-split.")
+        f"with {flags}.")
 
 
 def _image_count_under(path: str) -> int:
@@ -52,13 +54,100 @@ def _image_count_under(path: str) -> int:
                if os.path.splitext(f)[1].lower() in exts)
 
 
-def _open_split(split_dir: str, class_map: str) -> Any:
+def _images_per_class(split_dir: str) -> dict[str, int]:
+    """Image count per class name as timm's ImageFolder reader names classes: the leaf folder's name."""
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    exts = get_img_extensions(as_set=True)
+    counts: dict[str, int] = {}
+    for root, _, files in os.walk(split_dir, followlinks=True):
+        n = sum(1 for f in files if os.path.splitext(f)[1].lower() in exts)
+        if n:
+            label = os.path.basename(os.path.relpath(root, split_dir)) if root != split_dir else ""
+            counts[label] = counts.get(label, 0) + n
+    return counts
+
+
+def read_class_map(path: str, *, search_dirs: Sequence[str] = ()) -> dict[str, int]:
+    """A ``--class-map`` file as timm reads it (``.txt``: one class name per line, the line number its index;
+    ``.pkl``: a ``{name: index}`` dict), checked: the file exists (as given, else in one of ``search_dirs``,
+    where timm also looks), names are unique and not blank, indices are 0..N-1 without gaps.
+
+    timm itself asserts on a missing file and keeps the last of duplicate names, leaving an index no class
+    has (which fails inside the first epoch as an index out of bounds).
+    """
+    from timm.data.readers.class_map import load_class_map
+
+    found = path if os.path.isfile(path) else next(
+        (os.path.join(d, path) for d in search_dirs if os.path.isfile(os.path.join(d, path))), None)
+    if found is None:
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise DataError(f"--class-map {path} {what}; fix: pass a class map file (.txt: one class folder name per "
+                        "line, in index order), or drop --class-map to use the class folders in sorted order.")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".txt":
+        with open(found, encoding="utf-8") as f:
+            names = [line.strip() for line in f]
+        blank = [i + 1 for i, name in enumerate(names) if not name]
+        if blank:
+            raise DataError(f"--class-map {path}: line {blank[0]} is blank{' (and others)' if len(blank) > 1 else ''}; "
+                            "fix: one class folder name per line, no blank lines.")
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in seen:
+                raise DataError(f"--class-map {path} names class {name!r} twice (lines {seen[name] + 1} and {i + 1}); "
+                                "each class needs one index. fix: list every class once.")
+            seen[name] = i
+        return seen
+    if ext != ".pkl":
+        raise DataError(f"--class-map {path}: timm reads .txt (one class name per line) or .pkl class maps, not "
+                        f"{ext or 'a file without extension'}; fix: write the class names into a .txt file.")
     try:
-        ds = create_dataset("", root=split_dir, split="", search_split=False, class_map=class_map)
+        class_to_idx = load_class_map(found)
+    except Exception as e:  # a damaged or unsafe pickle: timm's restricted unpickler refuses it
+        raise DataError(f"--class-map {path} cannot be read ({type(e).__name__}: {e}); fix: pass a .txt class map "
+                        "(one class name per line).") from None
+    indices = sorted(class_to_idx.values()) if all(isinstance(v, int) for v in class_to_idx.values()) else None
+    if not class_to_idx or indices != list(range(len(class_to_idx))):
+        raise DataError(f"--class-map {path} must map each class name to one of the indices 0..N-1, each used "
+                        "once; fix: write the class names, in index order, into a .txt file.")
+    return {str(k): int(v) for k, v in class_to_idx.items()}
+
+
+def _check_class_map_coverage(split_dir: str, class_map: str, class_to_idx: dict[str, int]) -> None:
+    """Refuse classes a map lists that have no images in ``split_dir``; warn about folders it leaves out.
+
+    A map naming a subset of the folders is timm's way to train on some classes: kept, but the folders left
+    out (and their images) are named in a warning instead of vanishing silently.
+    """
+    counts = _images_per_class(split_dir)
+    empty = [name for name in class_to_idx if counts.get(name, 0) == 0]
+    if empty:
+        shown = ", ".join(f"{n!r} ({'no folder' if not os.path.isdir(os.path.join(split_dir, n)) else 'no images'})"
+                          for n in empty[:5])
+        raise DataError(
+            f"--class-map {class_map} lists {len(empty)} class(es) with no images in {split_dir}: {shown}"
+            f"{', ...' if len(empty) > 5 else ''}; a class without images cannot be learned or measured. fix: "
+            "remove them from the class map, or add their images.")
+    ignored = {name: n for name, n in counts.items() if name not in class_to_idx}
+    if ignored:
+        shown = ", ".join(f"{name} ({n} images)" for name, n in sorted(ignored.items())[:10])
+        _logger.warning("--class-map %s lists %d classes; ignoring %d image(s) in %d folder(s) of %s it does not "
+                        "name: %s%s.", class_map, len(class_to_idx), sum(ignored.values()), len(ignored), split_dir,
+                        shown, ", ..." if len(ignored) > 10 else "")
+
+
+def _open_split(split_dir: str, class_map: str) -> Any:
+    class_to_idx = read_class_map(class_map, search_dirs=(split_dir,)) if class_map else None
+    try:
+        ds = create_dataset("", root=split_dir, split="", search_split=False, class_map=class_to_idx or "")
     except RuntimeError as e:  # timm's reader: "Found 0 images in subfolders of ..."
         raise DataError(
             f"{split_dir} holds no images; fix: put images in class folders, "
             f"{split_dir}/<class>/<image>.jpg (timm's ImageFolder layout).") from e
+    if class_to_idx:
+        _check_class_map_coverage(split_dir, class_map, class_to_idx)
+        return ds
     # An empty class folder silently drops a class and shifts every later class index.
     empty = [d for d in sorted(os.listdir(split_dir))
              if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))
@@ -108,24 +197,32 @@ def build_datasets(
     val_split: str = "validation",
     class_map: str = "",
     skip_bad_images: bool = False,
+    split_flags: str = "--train-split / --val-split",
 ) -> tuple[Any, Any]:
     """Open ``data_dir/<train_split>`` and ``data_dir/<val_split>`` as timm ImageFolder datasets.
 
     Raises :class:`DataError` naming the fix for a missing or empty directory, train/val class
-    folders that differ, and an unreadable image file (named). With ``skip_bad_images`` unreadable
-    files are dropped instead; each dataset's ``skipped_files`` lists them. Every file is checked
-    (structure read, pixels not decoded) before training starts.
+    folders that differ, an unreadable image file (named) and a class map that does not fit (see
+    :func:`read_class_map`; classes it lists without images are refused, folders it leaves out are named in
+    a warning). With ``skip_bad_images`` unreadable files are dropped instead; each dataset's
+    ``skipped_files`` lists them. Every file is checked (structure read, pixels not decoded) before training
+    starts. ``split_flags`` names the flags that choose the split folders, for the messages. Both splits
+    naming one folder give one dataset, opened once.
     """
     if not data_dir:
         raise DataError("no data directory given; fix: pass --data-dir DIR (ImageFolder layout "
                         "DIR/train/<class>/<image>, DIR/validation/<class>/<image>).")
     data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
-        raise DataError(f"data directory {data_dir} does not exist; fix: pass --data-dir pointing at a "
+        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+        raise DataError(f"data directory {data_dir} {what}; fix: pass --data-dir pointing at a "
                         "folder with train/ and validation/ class folders.")
-    split_dirs = [_resolve_split(data_dir, split) for split in (train_split, val_split)]
-    datasets = []
+    split_dirs = [_resolve_split(data_dir, split, split_flags) for split in (train_split, val_split)]
+    datasets: list[Any] = []
     for split_dir in split_dirs:
+        if datasets and os.path.realpath(split_dir) == os.path.realpath(split_dirs[0]):
+            datasets.append(datasets[0])
+            continue
         ds = _open_split(split_dir, class_map)
         ds.skipped_files = _scan_images(ds, split_dir, skip=skip_bad_images)
         datasets.append(ds)

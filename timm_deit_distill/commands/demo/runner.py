@@ -26,13 +26,19 @@ _RUN_SPEC = "demo_run.json"  # beside each run: the exact trainer command line i
 
 
 def _finished_epochs(run_dir: Path) -> int:
+    """Epochs the run in ``run_dir`` has finished: its summary.csv's, or its last.pth.tar's when a kill came
+    between the two writes (the trainer refuses to resume a run that has nothing left to train)."""
+    from ...checkpoint import CheckpointError, checkpoint_epoch, read_checkpoint
     from ...records import read_summary
 
     path = run_dir / "summary.csv"
-    if not path.exists():
-        return 0
-    rows = read_summary(path)
-    return (int(rows[-1]["epoch"]) + 1) if rows else 0
+    rows = read_summary(path) if path.exists() else []
+    finished = (int(rows[-1]["epoch"]) + 1) if rows else 0
+    last = run_dir / "last.pth.tar"
+    if last.exists():
+        with contextlib.suppress(CheckpointError):
+            finished = max(finished, checkpoint_epoch(read_checkpoint(last)) + 1)
+    return finished
 
 
 def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Path:
@@ -91,7 +97,8 @@ def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, 
 
     out = checkpoint.parent / "eval.json"
     argv = ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--workers", "0",
-            "--use-ema" if use_ema else "--no-ema", "--json", str(out)]
+            "--use-ema" if use_ema else "--no-ema", "--json", str(out),
+            "--overwrite"]  # the run manager owns eval.json: a rerun measures again and replaces it
     if teacher_checkpoint is not None:
         argv += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
                  "--teacher-precision", "fp32"]
