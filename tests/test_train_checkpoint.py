@@ -148,3 +148,18 @@ def test_unreadable_and_mismatched_checkpoints_are_refused(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="does not fit the student") as refusal:
         ckpt.resume(str(tmp_path / "last.pth.tar"), other)
     assert "\n" not in str(refusal.value)  # the trainer prints it as its one line
+
+
+def test_the_same_state_saved_twice_is_the_same_bytes(tmp_path):
+    """A checkpoint's sha256 identifies a teacher (cache fingerprints): it must not depend on a temporary name."""
+    import hashlib
+
+    digests = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        *_, saver = _setup(folder)
+        saver.extra_state = lambda: {"deit_distill": {"model": "resnet10t"}}
+        saver.save_checkpoint(0, metric=1.0)
+        digests.append(hashlib.sha256((folder / "last.pth.tar").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

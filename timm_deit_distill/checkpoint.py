@@ -522,8 +522,11 @@ class CheckpointSaver(TimmCheckpointSaver):
         state = self.state_for(epoch, metric)
         # timm writes tmp.pth.tar then replaces `last` with it; the temp file itself is also written
         # atomically so a kill mid-write never leaves a half file under any name.
-        with atomic_path(save_path) as tmp:
-            torch.save(state, tmp)
+        # torch.save given a path names the zip's records after the file (here a random temporary name),
+        # so two saves of the same state differed in bytes and sha256 -- and a cache refused a re-trained,
+        # identical teacher. Given an open file it names them "archive": same state, same bytes.
+        with atomic_path(save_path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
 
 
 # --- resuming ------------------------------------------------------------------------------------------------
