@@ -147,7 +147,8 @@ def _refusal(teacher: nn.Module, result: TeacherCheck, relabelled: str | None) -
         f"normalisation: the teacher expects mean {fmt_floats(teacher.teacher_mean)} std "
         f"{fmt_floats(teacher.teacher_std)} ({info.get('normalisation_source', 'given')}), the data pipeline "
         f"gives mean {fmt_floats(teacher.data_mean)} std {fmt_floats(teacher.data_std)} ({same_norm}); if the "
-        "teacher was trained with another, set --mean/--std (teacher_mean/teacher_std)",
+        "teacher was trained with another, give it with --teacher-mean/--teacher-std (teacher_mean/teacher_std; "
+        "--mean/--std change the student's data, not what the teacher expects)",
         _resolution_cause(teacher),
         f"wrong checkpoint: check that {info.get('file') or info.get('hub_id') or info.get('name')}{where} "
         f"holds the trained teacher ({info.get('weights')} weights; --teacher-ema/--no-teacher-ema choose "
@@ -169,9 +170,14 @@ def _refusal(teacher: nn.Module, result: TeacherCheck, relabelled: str | None) -
     elif recorded and size and tuple(recorded) != tuple(size[-2:]):
         head += f" Diagnosis: {causes.pop(2)}."
     lead = "Other possible causes" if "Diagnosis:" in head else "Likely causes"
-    accept = ("--no-teacher-check to skip the check (min_top1=None)" if result.top1 >= result.min_top1 else
-              "--teacher-min-top1 PCT (min_top1=) below the measured figure, or --no-teacher-check to skip "
-              "the check")
+    if relabelled is not None:  # a lower threshold still refuses a teacher that teaches other classes
+        accept = ("--no-teacher-check to skip the check (min_top1=None); --teacher-min-top1 cannot accept a "
+                  "class order that differs")
+    elif result.top1 >= result.min_top1:
+        accept = "--no-teacher-check to skip the check (min_top1=None)"
+    else:
+        accept = ("--teacher-min-top1 PCT (min_top1=) below the measured figure, or --no-teacher-check to skip "
+                  "the check")
     return (f"{head} {lead}: " + "; ".join(f"({i + 1}) {c}" for i, c in enumerate(causes))
             + f". To accept it anyway: {accept}.")
 
