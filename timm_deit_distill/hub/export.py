@@ -122,10 +122,17 @@ def _student_from_checkpoint(
     meta = ckpt.get("deit_distill") or {}
     args = ckpt.get("args")
     train_args: dict[str, Any] = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
-    if not train_args and source is not None and (source.parent / "args.yaml").is_file():
+    beside_args: dict[str, Any] | None = None
+    if source is not None and (source.parent / "args.yaml").is_file():
         import yaml
 
-        train_args = yaml.safe_load((source.parent / "args.yaml").read_text()) or {}
+        try:
+            loaded = yaml.safe_load((source.parent / "args.yaml").read_text())
+        except yaml.YAMLError:
+            loaded = None
+        beside_args = loaded if isinstance(loaded, dict) else None
+    if not train_args and beside_args:
+        train_args = dict(beside_args)
 
     arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), str) and is_model(ckpt.get("arch")) else None
     variant = model_name or meta.get("model") or arch or train_args.get("model")
@@ -154,7 +161,14 @@ def _student_from_checkpoint(
     summary_rows = own_rows
     if summary is not None and summary.is_file():
         beside = read_summary_text(summary)
-        if not own_rows or _same_run(own_rows, beside):
+        # Rows alone cannot tell runs apart whose first epochs are identical (same seed and settings, another
+        # --epochs): the settings the checkpoint was saved with must also be those of the args.yaml beside it.
+        changed = _changed_settings(train_args, beside_args) if args and beside_args is not None else []
+        if changed:
+            _logger.warning("%s was saved with other settings than the %s beside it (%s; another run's?); the "
+                            "card uses the checkpoint's own rows.", source.name, source.parent / "args.yaml",
+                            ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else ""))
+        elif not own_rows or _same_run(own_rows, beside):
             summary_rows = beside
         else:
             _logger.warning("%s does not hold the rows %s was saved with (another run's?); the card uses the "
@@ -175,6 +189,18 @@ def _student_from_checkpoint(
         source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
     )
+
+
+# Settings a checkpoint records resolved (the learning rate, the class count) or as history (a resume), while
+# args.yaml keeps them as given: they differ within one run.
+_RESOLVED_SETTINGS = frozenset({"num_classes", "lr", "dist_bn", "resume", "no_resume_opt", "start_epoch",
+                                "resumed", "teacher_check", "config"})
+
+
+def _changed_settings(saved: Mapping[str, Any], beside: Mapping[str, Any]) -> list[str]:
+    """``key: checkpoint value vs args.yaml value`` for each setting both record differently."""
+    return [f"{key}: {saved[key]!r} vs {beside[key]!r}" for key in sorted(saved.keys() & beside.keys())
+            if key not in _RESOLVED_SETTINGS and _jsonable(saved[key]) != _jsonable(beside[key])]
 
 
 def _same_run(own: list[dict[str, str]], rows: list[dict[str, str]]) -> bool:
