@@ -117,12 +117,12 @@ def test_existing_folder_is_replaced_file_by_file_and_kept_when_export_fails(run
     out = tmp_path / "out"
     save_pretrained(run.checkpoint, out, use_ema=False)
     (out / "notes.txt").write_text("mine")
-    save_pretrained(run.checkpoint, out, use_ema=True)
+    save_pretrained(run.checkpoint, out, use_ema=True, overwrite=True)  # a folder holding files: only when asked
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "config.json").read_text())["deit_distill"]["weights"] == "ema"
     before = _files(out)
     with pytest.raises(CheckpointError):
-        save_pretrained(run.checkpoint, out)  # ambiguous EMA choice: refused before anything is written
+        save_pretrained(run.checkpoint, out, overwrite=True)  # ambiguous EMA choice: refused before any write
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -296,7 +296,7 @@ def create_teacher(teacher: TeacherSettings, num_classes: int, data_config: Mapp
         num_classes=num_classes, label_names=label_names,
         data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
         teacher_input_size=teacher.input_size, precision=teacher.precision,
-        channels_last=teacher.channels_last, device=device)
+        channels_last=teacher.channels_last, device=device, teacher_mean=teacher.mean, teacher_std=teacher.std)
 
 
 def check_teacher(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,

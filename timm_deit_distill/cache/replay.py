@@ -4,7 +4,9 @@ targets, every row checked against the image training shows at its position."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +213,12 @@ class TeacherTargetCache:
             problems.append(f"teacher input size: cache {'x'.join(map(str, cached_size[-2:]))}, now "
                             f"--teacher-input-size {' '.join(map(str, size))} (fix: drop --teacher-input-size when "
                             "training from a cache, or build a cache at that size)")
+        for flag, wanted, cached in (("--teacher-mean", teacher.mean, desc.get("mean")),
+                                     ("--teacher-std", teacher.std, desc.get("std"))):
+            if wanted is not None and cached and not _same_channels(wanted, cached):
+                problems.append(f"teacher normalisation: cache {flag[10:]} {' '.join(f'{v:g}' for v in cached)}, now "
+                                f"{flag} {' '.join(f'{v:g}' for v in wanted)} (fix: drop {flag} when training "
+                                "from a cache, or build a cache with it)")
         precision = teacher.precision
         if precision not in (None, "auto") and desc.get("precision") and precision != desc["precision"]:
             problems.append(f"teacher precision: cache {desc['precision']}, now --teacher-precision {precision} "
@@ -304,3 +312,12 @@ def _ranges(values: list[int]) -> str:
         if v is not None:
             start = prev = v
     return ", ".join(parts)
+
+
+def _same_channels(given: Sequence[float], recorded: Sequence[float]) -> bool:
+    """A flag's 1 or 3 numbers against the ones a teacher records (one number stands for every channel)."""
+    n = max(len(given), len(recorded))
+    given = list(given) * n if len(given) == 1 else list(given)
+    recorded = list(recorded) * n if len(recorded) == 1 else list(recorded)
+    return len(given) == len(recorded) and all(math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+                                               for a, b in zip(given, recorded, strict=True))

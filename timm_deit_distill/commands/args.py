@@ -434,6 +434,11 @@ def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
                        help="validation images (a seeded random subset) the teacher check measures")
     group.add_argument("--no-teacher-check", action="store_true", default=d(False),
                        help="do not measure the teacher before it teaches (it may then distil noise silently)")
+    group.add_argument("--teacher-mean", type=float, nargs="+", default=d(None), metavar="MEAN",
+                       help="the normalisation mean the TEACHER was trained with (1 or 3 numbers; default: the one "
+                            "its weights record, else the data pipeline's). --mean/--std set the student's data")
+    group.add_argument("--teacher-std", type=float, nargs="+", default=d(None), metavar="STD",
+                       help="the teacher's normalisation std (1 or 3 positive numbers), as --teacher-mean")
 
 
 def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool) -> None:
@@ -453,6 +458,16 @@ def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool)
                          "[0, 100] (or leave it unset for the automatic threshold).")
     if args.teacher_check_images < 1:
         raise UsageError(f"--teacher-check-images {args.teacher_check_images} must be >= 1.")
+    for name in ("teacher_mean", "teacher_std"):
+        if isinstance(getattr(args, name), (int, float)):  # a YAML's single number, in the command line's spelling
+            setattr(args, name, [getattr(args, name)])
+    for flag, values in (("--teacher-mean", args.teacher_mean), ("--teacher-std", args.teacher_std)):
+        # as --mean/--std: 1 or 3 numbers, a std > 0 (a nan or zero std would turn every input into nan)
+        if values is not None and not (len(values) in (1, 3) and all(math.isfinite(v) for v in values)
+                                       and (flag == "--teacher-mean" or all(v > 0 for v in values))):
+            kind = "finite numbers" if flag == "--teacher-mean" else "positive numbers"
+            raise UsageError(f"{flag} {' '.join(f'{v:g}' for v in values)}: give 1 or 3 {kind} (per channel, "
+                             "as the teacher was trained, e.g. 0.485 0.456 0.406 / 0.229 0.224 0.225).")
     if args.no_teacher_check and args.teacher_min_top1 is not None:
         raise UsageError(f"--no-teacher-check with --teacher-min-top1 {args.teacher_min_top1:g} contradict each "
                          "other: keep --teacher-min-top1 to check against that threshold, or --no-teacher-check "
@@ -465,7 +480,8 @@ def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool)
             ("--teacher-input-size", args.teacher_input_size, None),
             ("--teacher-min-top1", args.teacher_min_top1, None),
             ("--teacher-check-images", args.teacher_check_images, TEACHER_CHECK_IMAGES),
-            ("--no-teacher-check", args.no_teacher_check, False)) if value != default]
+            ("--no-teacher-check", args.no_teacher_check, False),
+            ("--teacher-mean", args.teacher_mean, None), ("--teacher-std", args.teacher_std, None)) if value != default]
         if given:
             verb = "configures" if len(given) == 1 else "configure"
             raise UsageError(f"{', '.join(given)} {verb} the teacher, but no teacher is given: add "
@@ -916,7 +932,11 @@ def teacher_settings(args: argparse.Namespace, *, source: str | None, checkpoint
         source=source, checkpoint_path=checkpoint_path, use_ema=use_ema,
         input_size=tuple(size) if size is not None else None, precision=args.teacher_precision,
         channels_last=channels_last, check=not args.no_teacher_check, check_images=args.teacher_check_images,
-        min_top1=args.teacher_min_top1)
+        min_top1=args.teacher_min_top1, mean=_floats(args.teacher_mean), std=_floats(args.teacher_std))
+
+
+def _floats(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in values) if values is not None else None
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:

@@ -54,6 +54,9 @@ def _add_push_arguments(push: argparse.ArgumentParser) -> None:
     add_either_flag(push, "use_ema", yes=("--use-ema", "publish the checkpoint's EMA weights (state_dict_ema)"),
                     no=("--no-ema", "publish the raw weights (state_dict)"))
     push.add_argument("--to-dir", metavar="DIR", help="write the folder to DIR instead of uploading")
+    push.add_argument("--overwrite", action="store_true",
+                      help="with --to-dir: write into a folder that already holds files, replacing the export's "
+                           "own (README.md, config.json, model.safetensors); other files are kept")
     push.add_argument("--commit-message", metavar="TEXT")
     bare = push.add_argument_group("for a bare state dict (a trainer checkpoint records these itself)")
     bare.add_argument("--model", metavar="NAME", help="architecture, e.g. deit_tiny_distilled_patch4_32")
@@ -69,6 +72,9 @@ def _add_pull_arguments(pull: argparse.ArgumentParser) -> None:
     pull.add_argument("repo", metavar="ORG/NAME[@REV]")
     pull.add_argument("--out", metavar="DIR", help="also copy the verified files into DIR")
     pull.add_argument("--cache-dir", metavar="DIR", help="HF cache to use (default: HF_HUB_CACHE)")
+    pull.add_argument("--overwrite", action="store_true",
+                      help="with --out: copy into a folder that already holds files, replacing those of the "
+                           "repo's file names; other files are kept")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -94,18 +100,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _push(args: argparse.Namespace) -> int:
     from ..hub import push_to_hub, save_pretrained
+    from ..hub.export import EXPORT_FILES
     from ..hub.transfer import check_folder_target
 
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:
         check_folder_target(Path(args.to_dir), "--to-dir")
-        folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, **options)
+        folder = save_pretrained(args.checkpoint, args.to_dir, repo_id=args.repo_id, overwrite=args.overwrite,
+                                 **options)
         facts = json.loads((folder / "config.json").read_text())
-        print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))} "
+        if args.repo_id:
+            print(f"note: --repo-id {args.repo_id} only names the model in the card; nothing was uploaded "
+                  "(leave out --to-dir to push)", file=sys.stderr)
+        print(f"wrote {folder}: {', '.join(sorted(EXPORT_FILES))} "
               f"({facts['deit_distill']['weights']} weights of {facts['deit_distill']['variant']}, "
               f"loadable as timm architecture {facts['architecture']})")
         return 0
+    if args.overwrite:
+        raise UsageError("--overwrite applies to --to-dir DIR (a push replaces the repo's files in a new commit, "
+                         "the earlier ones stay in its history); leave it out, or add --to-dir DIR")
     if not args.repo_id:
         raise UsageError("--repo-id ORG/NAME is required to push (or pass --to-dir DIR to only write the folder)")
     info = push_to_hub(args.checkpoint, args.repo_id, revision=args.revision, private=args.private,
@@ -118,9 +132,18 @@ def _push(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     from ..hub import pull
+    from ..hub.transfer import check_pull_output, copy_pulled
 
-    folder = pull(args.repo, cache_dir=args.cache_dir, out_dir=args.out)
+    if args.out is not None:  # before the first request
+        check_pull_output(args.out, overwrite=args.overwrite)
+    elif args.overwrite:
+        raise UsageError("--overwrite applies to --out DIR (the HF cache is never overwritten); leave it out, "
+                         "or add --out DIR")
+    folder = pull(args.repo, cache_dir=args.cache_dir)
+    # the snapshot's files only: a user's own files in --out are neither pulled nor verified
     files = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+    if args.out is not None:
+        folder = copy_pulled(folder, Path(args.out))
     print(f"verified {len(files)} files ({', '.join(files)})", file=sys.stderr)
     print(folder)
     return 0

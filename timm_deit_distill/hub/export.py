@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..atomic import sha256_file
-from ..errors import HubExportError
+from ..errors import HubExportError, OutputExistsError
 from ..records import read_summary_text
 from ..version import __version__
 from .card import CardFacts, build_model_card
@@ -35,11 +35,12 @@ from .card import CardFacts, build_model_card
 _logger = logging.getLogger(__name__)
 
 __all__ = ["HubExportError", "plain_timm_architecture", "save_pretrained", "WEIGHTS_NAME", "CONFIG_NAME",
-           "CARD_NAME"]
+           "CARD_NAME", "EXPORT_FILES", "check_output_folder"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)  # everything an export writes, and nothing else
 # pretrained_cfg fields that describe where a *source* checkpoint came from; none of them is true of an export
 _STALE_CFG_KEYS = ("tag", "notes", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "state_dict")
 _DATA_KEYS = ("input_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
@@ -121,10 +122,17 @@ def _student_from_checkpoint(
     meta = ckpt.get("deit_distill") or {}
     args = ckpt.get("args")
     train_args: dict[str, Any] = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
-    if not train_args and source is not None and (source.parent / "args.yaml").is_file():
+    beside_args: dict[str, Any] | None = None
+    if source is not None and (source.parent / "args.yaml").is_file():
         import yaml
 
-        train_args = yaml.safe_load((source.parent / "args.yaml").read_text()) or {}
+        try:
+            loaded = yaml.safe_load((source.parent / "args.yaml").read_text())
+        except yaml.YAMLError:
+            loaded = None
+        beside_args = loaded if isinstance(loaded, dict) else None
+    if not train_args and beside_args:
+        train_args = dict(beside_args)
 
     arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), str) and is_model(ckpt.get("arch")) else None
     variant = model_name or meta.get("model") or arch or train_args.get("model")
@@ -153,7 +161,14 @@ def _student_from_checkpoint(
     summary_rows = own_rows
     if summary is not None and summary.is_file():
         beside = read_summary_text(summary)
-        if not own_rows or _same_run(own_rows, beside):
+        # Rows alone cannot tell runs apart whose first epochs are identical (same seed and settings, another
+        # --epochs): the settings the checkpoint was saved with must also be those of the args.yaml beside it.
+        changed = _changed_settings(train_args, beside_args) if args and beside_args is not None else []
+        if changed:
+            _logger.warning("%s was saved with other settings than the %s beside it (%s; another run's?); the "
+                            "card uses the checkpoint's own rows.", source.name, source.parent / "args.yaml",
+                            ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else ""))
+        elif not own_rows or _same_run(own_rows, beside):
             summary_rows = beside
         else:
             _logger.warning("%s does not hold the rows %s was saved with (another run's?); the card uses the "
@@ -174,6 +189,18 @@ def _student_from_checkpoint(
         source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
     )
+
+
+# Settings a checkpoint records resolved (the learning rate, the class count) or as history (a resume), while
+# args.yaml keeps them as given: they differ within one run.
+_RESOLVED_SETTINGS = frozenset({"num_classes", "lr", "dist_bn", "resume", "no_resume_opt", "start_epoch",
+                                "resumed", "teacher_check", "config"})
+
+
+def _changed_settings(saved: Mapping[str, Any], beside: Mapping[str, Any]) -> list[str]:
+    """``key: checkpoint value vs args.yaml value`` for each setting both record differently."""
+    return [f"{key}: {saved[key]!r} vs {beside[key]!r}" for key in sorted(saved.keys() & beside.keys())
+            if key not in _RESOLVED_SETTINGS and _jsonable(saved[key]) != _jsonable(beside[key])]
 
 
 def _same_run(own: list[dict[str, str]], rows: list[dict[str, str]]) -> bool:
@@ -312,6 +339,30 @@ def _data_config(student: _Student) -> dict[str, Any]:
 # save_pretrained / push_to_hub
 
 
+def check_output_folder(directory: str | os.PathLike[str], what: str, writes: Sequence[str], *, overwrite: bool,
+                        also: str = "") -> None:
+    """Raise ``OutputExistsError`` when ``directory`` holds anything and ``overwrite`` is not set.
+
+    A folder the user names may hold their own files (a README.md of theirs); files of the names in ``writes``
+    would be replaced, so a non-empty folder is refused, naming them, before any work. With ``overwrite`` only
+    the files written are replaced; the others are kept. ``also``: more the writer may replace (a pulled
+    repo's own files, unknown before the download).
+    """
+    directory = Path(directory)
+    if overwrite or not directory.is_dir():
+        return
+    present = sorted(p.name for p in directory.iterdir())
+    if not present:
+        return
+    replaced = [name for name in present if name in writes]
+    shown = ", ".join(present[:6]) + (f" and {len(present) - 6} more" if len(present) > 6 else "")
+    would = (f"writing there would replace {', '.join(replaced)}{also}" if replaced
+             else f"none of them would be replaced{also}")
+    raise OutputExistsError(
+        f"{what} {directory} is not empty (it holds {shown}); {would}. Give a new or empty folder, or pass "
+        "--overwrite (overwrite=True) to replace the files written there (the others are kept).")
+
+
 def _apply_umask(folder: Path) -> None:
     """Give staged files the permissions a plain write would (mkdtemp and some writers use 0o700/0o600)."""
     umask = os.umask(0)
@@ -349,8 +400,11 @@ def _export(
     license: str,
     datasets: Sequence[str],
     metadata: Mapping[str, Any] | None,
+    overwrite: bool,
 ) -> tuple[Path, _Student]:
     from timm.models import save_for_hf
+
+    check_output_folder(directory, "the output folder", EXPORT_FILES, overwrite=overwrite)
 
     student = _read_student(model_or_checkpoint, use_ema=use_ema, model_name=model_name,
                             num_classes=num_classes, img_size=img_size, metadata=metadata)
@@ -412,6 +466,7 @@ def save_pretrained(
     license: str = "apache-2.0",
     datasets: Sequence[str] = (),
     metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a student into ``directory``.
 
@@ -420,11 +475,13 @@ def save_pretrained(
     (``.pth`` or ``.safetensors``; give ``model_name`` and, if not the variant's defaults, ``num_classes`` /
     ``img_size``), a loaded checkpoint dict, or a timm model (``metadata`` may carry the ``deit_distill``
     facts). ``use_ema`` must be given when the checkpoint holds both raw and EMA weights. ``repo_id`` only
-    names the model in the card. Files are written into a staging folder and moved in atomically.
+    names the model in the card. Files are written into a staging folder and moved in atomically. A
+    ``directory`` that already holds files is refused (``OutputExistsError``, naming those that would be
+    replaced) unless ``overwrite``; then only the three files above are replaced, anything else is kept.
     """
     path, _ = _export(model_or_checkpoint, directory, repo_id=repo_id, use_ema=use_ema, model_name=model_name,
                       num_classes=num_classes, img_size=img_size, license=license, datasets=datasets,
-                      metadata=metadata)
+                      metadata=metadata, overwrite=overwrite)
     return path
 
 

@@ -31,12 +31,13 @@ from torch import nn
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import HubAuthError, HubConnectionError, HubIntegrityError, UsageError
 from ..version import __version__
-from .export import CONFIG_NAME, WEIGHTS_NAME, save_pretrained
+from .export import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, check_output_folder, save_pretrained
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-__all__ = ["push_to_hub", "pull", "load_model", "parse_repo_ref", "resolve_token", "check_folder_target"]
+__all__ = ["push_to_hub", "pull", "load_model", "parse_repo_ref", "resolve_token", "check_folder_target",
+           "check_pull_output", "copy_pulled"]
 
 _logger = logging.getLogger(__name__)
 
@@ -342,7 +343,19 @@ def check_folder_target(path: Path, what: str) -> None:
         raise NotADirectoryError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
 
 
-def _copy_out(folder: Path, out_dir: Path) -> Path:
+_OUT_FOLDER = "the output folder (out_dir, --out)"
+
+
+def check_pull_output(out_dir: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Before the first request: ``out_dir`` can be a folder, and holds nothing a pull would replace unless
+    ``overwrite`` (the repo's file list is not known yet, so any file there is named)."""
+    check_folder_target(Path(out_dir), _OUT_FOLDER)
+    check_output_folder(out_dir, _OUT_FOLDER, (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, ".gitattributes"),
+                        overwrite=overwrite, also=" and any other file of a name the repo has")
+
+
+def copy_pulled(folder: Path, out_dir: Path) -> Path:
+    """Plain copies of the verified snapshot ``folder``'s files into ``out_dir`` (only those are written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for src in sorted(p for p in folder.rglob("*") if p.is_file()):
         dst = out_dir / src.relative_to(folder)
@@ -360,6 +373,7 @@ def pull(
     out_dir: str | os.PathLike[str] | None = None,
     token: str | None = None,
     endpoint: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Download every file of ``repo_id`` at one commit, verified; returns the snapshot folder (or ``out_dir``).
 
@@ -370,23 +384,25 @@ def pull(
     ``LocalEntryNotFoundError`` naming it. ``out_dir`` receives plain copies of the verified files.
     A Hub that cannot be reached raises ``HubConnectionError`` (the revision lookup times out after
     ``HF_HUB_ETAG_TIMEOUT`` seconds); a file in the way of ``out_dir``/``cache_dir`` raises
-    ``NotADirectoryError`` before the first request.
+    ``NotADirectoryError`` before the first request, an ``out_dir`` that already holds files
+    ``OutputExistsError`` unless ``overwrite`` (then only the repo's files are replaced there).
     """
     from huggingface_hub import constants
 
     repo_id, revision = parse_repo_ref(repo_id, revision)
     cache = Path(cache_dir) if cache_dir is not None else None
     # Where files will go is checked before the first request, not after the download.
-    for path, what in ((cache, "the cache folder (cache_dir, --cache-dir)"), (out_dir, "the output folder (out_dir, --out)")):
-        if path is not None:
-            check_folder_target(Path(path), what)
+    if cache is not None:
+        check_folder_target(cache, "the cache folder (cache_dir, --cache-dir)")
+    if out_dir is not None:
+        check_pull_output(out_dir, overwrite=overwrite)
     if constants.HF_HUB_OFFLINE:
         folder = _pull_offline(repo_id, revision, cache)
     else:
         _check_endpoint(endpoint)
         with _reaching_hub(endpoint, _PULL_FALLBACK):
             folder = _pull_online(repo_id, revision, cache, token, endpoint)
-    return _copy_out(folder, Path(out_dir)) if out_dir is not None else folder
+    return copy_pulled(folder, Path(out_dir)) if out_dir is not None else folder
 
 
 def load_model(

@@ -61,6 +61,9 @@ def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: in
     # (true, predicted) pair counts: at most max_images entries, whatever the class count
     pairs: Counter[tuple[int, int]] = Counter()
     seen = 0
+    # An unknown training size is a guess (the student's): the first images are kept to measure other sizes on.
+    sweep = min_top1 is not None and teacher.info.get("input_size_source") in ("student", "unknown")
+    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (inputs, targets, correct) on the CPU
     start = time.perf_counter()
     for batch in loader:
         inputs, targets = batch[0], batch[1]
@@ -73,6 +76,9 @@ def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: in
                                f"predicts {teacher.num_classes} classes; check the dataset's classes.")
         predicted = teacher(inputs.to(device)).argmax(1).cpu()
         pairs.update(zip(targets.tolist(), predicted.tolist(), strict=True))
+        if sweep and seen < SWEEP_IMAGES:
+            n = SWEEP_IMAGES - seen
+            kept.append((inputs[:n].cpu(), targets[:n], (predicted == targets)[:n]))
         seen += len(targets)
         if seen >= max_images:
             break
@@ -88,11 +94,17 @@ def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: in
     threshold = auto_min_top1(chance) if min_top1 == "auto" else (None if min_top1 is None else float(min_top1))
     relabelled = _relabelling(teacher, pairs, per_class, auto_min_top1(chance) if threshold is None else threshold)
     passed = None if threshold is None else (top1 >= threshold and relabelled is None)
+    better = _other_sizes(teacher, kept, threshold) if kept and threshold is not None else None
+    passed = False if better is not None else passed
     result = TeacherCheck(top1=top1, images=seen, num_classes=teacher.num_classes, chance=chance,
                           min_top1=threshold, seconds=seconds, passed=passed, diagnosis=relabelled)
     _logger.info("Teacher check: %s top-1 %.2f%% on %d images (chance %.2f%%, threshold %s): %s, in %.2f s.",
                  teacher.name, top1, seen, chance, "none" if threshold is None else f"{threshold:.2f}%",
                  {True: "passed", False: "FAILED", None: "measured only"}[passed], seconds)
+    if better is not None:  # before the causes below: at the size it was trained at, it may be fine
+        error = TeacherError(better)
+        error.check = result  # type: ignore[attr-defined]
+        raise error
     if passed is False:
         error = TeacherError(_refusal(teacher, result, relabelled))
         error.check = result  # type: ignore[attr-defined]  # for callers that record the figure
@@ -100,6 +112,71 @@ def measure_teacher(teacher: nn.Module, loader: Iterable[Any], *, max_images: in
     if relabelled is not None:
         _logger.warning("Teacher check: %s.", relabelled)
     return result
+
+
+SWEEP_IMAGES = 256  # images the other sizes are measured on (bounded: at most 3 more passes over them)
+SWEEP_MIN_HW = 8  # smaller sizes are not tried (a convnet's stride leaves nothing to classify)
+SWEEP_MARGIN = 1.5  # another size is "clearly better" above the threshold and this many times the top-1
+
+
+def _sweep_sizes(teacher: nn.Module, run_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """The sizes tried besides ``run_hw``: its double, its half, the architecture's default cfg size."""
+    h, w = run_hw
+    sizes = [(2 * h, 2 * w), (h // 2, w // 2)]
+    cfg_size = (getattr(teacher.model, "pretrained_cfg", None) or {}).get("input_size")
+    if cfg_size:
+        sizes.append((int(cfg_size[-2]), int(cfg_size[-1])))
+    out: list[tuple[int, int]] = []
+    for size in sizes:
+        if size != tuple(run_hw) and min(size) >= SWEEP_MIN_HW and size not in out:
+            out.append(size)
+    return out
+
+
+def _other_sizes(teacher: nn.Module, kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 threshold: float) -> str | None:
+    """When the teacher's training size is unknown, measure it at a few other sizes on the kept images; the
+    refusal's text when one scores clearly better (above ``threshold`` and ``SWEEP_MARGIN`` x), else None.
+
+    A plain state dict records no size: it runs at the student's, and a 32px teacher of a 16px student still
+    scores above the threshold there while teaching far worse than it can. The sweep and its cost are logged.
+    """
+    device = teacher.input_scale.device
+    run_hw = tuple(teacher.input_hw or kept[0][0].shape[-2:])
+    images = sum(len(t) for _, t, _ in kept)
+    here = 100.0 * sum(int(c.sum()) for _, _, c in kept) / images
+    measured: dict[tuple[int, int], float] = {}
+    start = time.perf_counter()
+    original = teacher.input_hw
+    try:
+        for size in _sweep_sizes(teacher, run_hw):
+            teacher.input_hw = size
+            try:
+                correct = sum(int((teacher(x.to(device)).argmax(1).cpu() == t).sum()) for x, t, _ in kept)
+            except RuntimeError as e:  # a size the architecture cannot take: not a candidate
+                _logger.info("Teacher check: %s cannot run at %s (%s); not measured there.", teacher.name,
+                             fmt_hw(size), str(e).splitlines()[0][:120])
+                continue
+            measured[size] = 100.0 * correct / images
+    finally:
+        teacher.input_hw = original
+    seconds = time.perf_counter() - start
+    _logger.info("Teacher check: %s records no training size, so it runs at %s; measured on %d images at other "
+                 "sizes too: %s (%s there), in %.2f s.", teacher.name, fmt_hw(run_hw), images,
+                 ", ".join(f"{fmt_hw(k)} {v:.2f}%" for k, v in measured.items()) or "none could run",
+                 f"{here:.2f}%", seconds)
+    if not measured:
+        return None
+    best, top1 = max(measured.items(), key=lambda kv: kv[1])
+    if top1 <= threshold or top1 <= SWEEP_MARGIN * here:
+        return None
+    size_flag = str(best[0]) if best[0] == best[1] else f"{best[0]} {best[1]}"
+    run_flag = str(run_hw[0]) if run_hw[0] == run_hw[1] else f"{run_hw[0]} {run_hw[1]}"
+    return (f"Teacher {teacher.name} records no training size, so it runs at {fmt_hw(run_hw)} (the student's), "
+            f"where it scores top-1 {here:.2f}% on {images} validation images; at {fmt_hw(best)} it scores "
+            f"{top1:.2f}%, so it was most likely trained at {fmt_hw(best)}. Fix: --teacher-input-size {size_flag} "
+            f"(teacher_input_size) to run it there; to keep {fmt_hw(run_hw)}, say so with --teacher-input-size "
+            f"{run_flag}.")
 
 
 def _relabelling(teacher: nn.Module, pairs: Counter[tuple[int, int]], per_class: Counter[int], threshold: float) -> str | None:
@@ -147,7 +224,8 @@ def _refusal(teacher: nn.Module, result: TeacherCheck, relabelled: str | None) -
         f"normalisation: the teacher expects mean {fmt_floats(teacher.teacher_mean)} std "
         f"{fmt_floats(teacher.teacher_std)} ({info.get('normalisation_source', 'given')}), the data pipeline "
         f"gives mean {fmt_floats(teacher.data_mean)} std {fmt_floats(teacher.data_std)} ({same_norm}); if the "
-        "teacher was trained with another, set --mean/--std (teacher_mean/teacher_std)",
+        "teacher was trained with another, give it with --teacher-mean/--teacher-std (teacher_mean/teacher_std; "
+        "--mean/--std change the student's data, not what the teacher expects)",
         _resolution_cause(teacher),
         f"wrong checkpoint: check that {info.get('file') or info.get('hub_id') or info.get('name')}{where} "
         f"holds the trained teacher ({info.get('weights')} weights; --teacher-ema/--no-teacher-ema choose "
@@ -169,9 +247,14 @@ def _refusal(teacher: nn.Module, result: TeacherCheck, relabelled: str | None) -
     elif recorded and size and tuple(recorded) != tuple(size[-2:]):
         head += f" Diagnosis: {causes.pop(2)}."
     lead = "Other possible causes" if "Diagnosis:" in head else "Likely causes"
-    accept = ("--no-teacher-check to skip the check (min_top1=None)" if result.top1 >= result.min_top1 else
-              "--teacher-min-top1 PCT (min_top1=) below the measured figure, or --no-teacher-check to skip "
-              "the check")
+    if relabelled is not None:  # a lower threshold still refuses a teacher that teaches other classes
+        accept = ("--no-teacher-check to skip the check (min_top1=None); --teacher-min-top1 cannot accept a "
+                  "class order that differs")
+    elif result.top1 >= result.min_top1:
+        accept = "--no-teacher-check to skip the check (min_top1=None)"
+    else:
+        accept = ("--teacher-min-top1 PCT (min_top1=) below the measured figure, or --no-teacher-check to skip "
+                  "the check")
     return (f"{head} {lead}: " + "; ".join(f"({i + 1}) {c}" for i, c in enumerate(causes))
             + f". To accept it anyway: {accept}.")
 

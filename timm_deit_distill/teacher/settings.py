@@ -16,7 +16,8 @@ class TeacherSettings:
     recorded architecture), ``checkpoint_path`` its weights, ``use_ema`` the raw/EMA choice, ``input_size`` the
     size it runs at (N, H W or C H W; None: its own), ``precision`` and ``channels_last`` (None: channels_last
     for convnets). ``check`` runs :meth:`DistillationTeacher.check` on ``check_images`` validation images
-    against ``min_top1`` (None: automatic).
+    against ``min_top1`` (None: automatic). ``mean`` / ``std``: the normalisation the teacher was trained with
+    (None: the one its weights record, else the data pipeline's).
     """
 
     source: str | None
@@ -28,6 +29,8 @@ class TeacherSettings:
     check: bool
     check_images: int
     min_top1: float | None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @property
     def given(self) -> bool:

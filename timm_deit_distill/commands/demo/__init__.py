@@ -128,7 +128,8 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
     students = aggregate(per_seed)
     best_mode, best = max(((m, r) for m in MODES for r in per_seed[m]), key=lambda mr: mr[1]["top1_fused"])
     best_dir = runs_dir / f"{best_mode}-seed{best['seed']}"
-    hub_dir = save_pretrained(best_dir / "last.pth.tar", out / "best_student", use_ema=regime.ema)
+    # the demo owns best_student/: a rerun exports the (possibly other) best student over the earlier one
+    hub_dir = save_pretrained(best_dir / "last.pth.tar", out / "best_student", use_ema=regime.ema, overwrite=True)
 
     token = None
     if cosines:
