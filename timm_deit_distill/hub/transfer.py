@@ -285,8 +285,12 @@ def _pull_online(repo_id: str, revision: str | None, cache_dir: Path | None, tok
     if missing:
         raise FileNotFoundError(f"{where} has no {', '.join(missing)}: it is not a timm model repo (files: {names})")
     try:
+        # One download thread: on a refused connection huggingface_hub closes its shared client
+        # (utils/_http.py, http_backoff), and a sibling thread then fails with "Cannot send a request, as the
+        # client has been closed" (a RuntimeError) instead of the connection error. A timm model repo is one
+        # weights file and three small ones, so threads buy nothing here.
         folder = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token, endpoint=endpoint,
-                                        **_LIBRARY))
+                                        max_workers=1, **_LIBRARY))
     except LocalEntryNotFoundError as e:
         # huggingface_hub reports a download host it could not reach (a CDN the Hub redirects to, a connection
         # lost after the lookup) as "not in the local cache", the connection error only chained to it.
