@@ -211,3 +211,53 @@ def write_mnist_raw(out, recs, cls: str = "MNIST") -> Path:
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(imgs.shape, imgs))
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(labels.shape, labels))
     return Path(out)
+
+
+def fake_hub_cache(cache_dir: str | os.PathLike, repo_id: str, parquet_dir: str | os.PathLike) -> Path:
+    """What a first online ``load_dataset(repo_id, cache_dir=cache_dir)`` leaves in the datasets cache, made offline
+    from local parquet files: ``cache_dir/<ns>___<name>/default/0.0.0/<hash>/`` with dataset_info.json and one
+    arrow file per split (the layout datasets looks up when the Hub cannot be reached)."""
+    import glob
+    import shutil
+    import tempfile
+
+    import datasets
+
+    tmp = tempfile.mkdtemp()
+    try:
+        files = {s: sorted(glob.glob(f"{parquet_dir}/data/{s}-*.parquet")) for s in SPLITS}
+        datasets.load_dataset("parquet", data_files=files, cache_dir=tmp)
+        (prepared,) = glob.glob(f"{tmp}/parquet/*/*/*/dataset_info.json")
+        src_dir = os.path.dirname(prepared)
+        ns, name = repo_id.split("/")
+        dst = Path(cache_dir) / f"{ns}___{name}" / "default" / "0.0.0" / os.path.basename(src_dir)
+        shutil.copytree(src_dir, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = json.loads((dst / "dataset_info.json").read_text())
+    info.update(config_name="default", dataset_name=name)
+    (dst / "dataset_info.json").write_text(json.dumps(info))
+    for f in dst.glob("parquet-*.arrow"):  # arrow files are named <dataset_name>-<split>.arrow
+        f.rename(dst / f.name.replace("parquet-", f"{name}-"))
+    return dst
+
+
+def write_sources(root: str | os.PathLike, folder: str | os.PathLike, per_class: int, *,
+                  wds_shards: int = 8) -> dict[str, Path]:
+    """Every source from ``folder``'s images, at most ``per_class`` per class and split, under ``root``:
+    ``tar``, ``hf_parquet`` (4 shards per split, with a card), ``hf_disk``, ``wds`` (``wds_shards`` shards per
+    split; equal when the split divides), ``mnist`` (torchvision's raw files), and the reference ``folder``
+    (the same images as an image folder)."""
+    root = Path(root)
+    recs = records(folder, per_class)
+    ref = root / "folder"
+    for split, rs in recs.items():
+        for name, label, data in rs:
+            (ref / split / CLASS_NAMES[label]).mkdir(parents=True, exist_ok=True)
+            (ref / split / CLASS_NAMES[label] / f"{name}.png").write_bytes(data)
+    paths = {"folder": ref, "tar": write_image_tar(root / "tar", recs),
+             "hf_parquet": write_hf_card(write_hf_parquet(root / "hf_parquet", recs), recs),
+             "hf_disk": write_hf_disk(root / "hf_disk", recs),
+             "wds": write_wds(root / "wds", recs, shards=wds_shards),
+             "mnist": write_mnist_raw(root / "mnist", recs)}
+    return paths

@@ -92,10 +92,10 @@ def split_dataset_name(dataset: str) -> tuple[str, str]:
         raise DataError(f"--dataset {dataset}: {TFDS_REFUSAL}. fix: use one of those.")
     if prefix not in SOURCE_PREFIXES:
         raise DataError(f"--dataset {dataset}: unknown source type {prefix!r}; timm reads hfds/, hfids/, wds/ and "
-                        "torch/ (tfds/ is not supported), or '' for image folders.")
+                        "torch/ (tfds/ is not supported), or '' for image folders. fix: use one of those.")
     if not name:
         raise DataError(f"--dataset {dataset}: the source needs a name after '{prefix}/' (e.g. {prefix}/"
-                        f"{'mnist' if prefix == 'torch' else 'imagenet-1k'}).")
+                        f"{'mnist' if prefix == 'torch' else 'imagenet-1k'}); fix: add the name.")
     if prefix == "torch":
         name = name.lower()  # timm lower-cases torch/ names only
         if name in _TORCH_PICKLED:
@@ -104,7 +104,8 @@ def split_dataset_name(dataset: str) -> tuple[str, str]:
                             "it from the Hub (e.g. --dataset hfds/uoft-cs/cifar10).")
         if name not in _TORCH_SAFE:
             raise DataError(f"--dataset {dataset}: timm knows no torchvision dataset {name!r}; it reads "
-                            f"{', '.join(n for n in _TORCH_SAFE if n not in ('inat', 'folder'))}.")
+                            f"{', '.join(n for n in _TORCH_SAFE if n not in ('inat', 'folder'))}; fix: use one of those, or hfds/ for "
+                            "data on the Hub.")
     return prefix, name
 
 
@@ -120,7 +121,7 @@ def resolve_input_img_mode(flag: str | None, in_chans: int) -> str:
         return "RGB" if in_chans == 3 else "L"
     if flag not in _IMAGE_MODES:
         raise DataError(f"--input-img-mode {flag!r} is not a Pillow mode a model can take; use one of "
-                        f"{', '.join(_IMAGE_MODES)}.")
+                        f"{', '.join(_IMAGE_MODES)}; fix: use one of those.")
     if _IMAGE_MODES[flag] != in_chans:
         raise DataError(f"--input-img-mode {flag} gives {_IMAGE_MODES[flag]} channel(s) but the model takes "
                         f"{in_chans}; fix: set --in-chans {_IMAGE_MODES[flag]} or use a {in_chans}-channel mode "
@@ -173,7 +174,7 @@ def _check_source_flags(data: DataSettings) -> None:
             "hfids": "hfids/"}[prefix]
     for flag, value in (("--train-num-samples", data.train_num_samples), ("--val-num-samples", data.val_num_samples)):
         if value is not None and value < 1:
-            raise DataError(f"{flag} {value} must be >= 1.")
+            raise DataError(f"{flag} {value} must be >= 1; fix: a positive sample count.")
         if value is not None and prefix not in STREAM_PREFIXES:
             raise DataError(f"{flag} {value} does nothing for {what}: timm reads every sample of a map-style source; "
                             "it sizes streamed sources (wds/, hfids/). fix: drop it.")
