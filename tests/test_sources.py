@@ -320,3 +320,29 @@ def test_a_corrupt_wds_sample_stays_named_by_its_shard(sources, tmp_path):
     _, val = opened(settings("wds/digits", root))
     with pytest.raises(DataError, match=rf"digits-validation-0002\.tar key {key}.*--skip-bad-images"):
         stream_pixels(val)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_bad_images_skips_and_counts_a_corrupt_wds_sample(sources, tmp_path, caplog, workers):
+    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.data import ViewSettings, build_train_loader
+
+    root = tmp_path / "wds"
+    shutil.copytree(sources["wds"], root)
+    key = corrupt_wds_sample(root, "digits-train-0005.tar", 2)
+    argv = ["--dataset", "wds/digits", "--data-dir", str(root), "--target-key", "idx", "-b", "8", "--workers",
+            str(workers), "--num-classes", "160", "--in-chans", "1", "--input-img-mode", "L", "--skip-bad-images"]
+    info = json.loads((root / "_info.json").read_text())
+    del info["classes"], info["num_classes"]  # the sample id (json idx) is the target
+    (root / "_info.json").write_text(json.dumps(info))
+    settings = settings_from_args(parse_args(argv))
+    train, _ = open_source(settings.data, num_classes=160, batch_size=8, seed=0)
+    loader = build_train_loader(train, ViewSettings.resolve(settings.augment, DATA_CONFIG, 160), settings.loader)
+    with tarfile.open(root / "digits-train-0005.tar") as tf:
+        bad = json.loads(tf.extractfile(f"{key}.json").read())["idx"]
+    loader.set_epoch(0)
+    with caplog.at_level("WARNING"):
+        ids = [int(t) for _, y, _ in loader for t in y]
+    assert bad not in ids and set(ids) == set(range(160)) - {bad}  # every other sample, the bad one skipped
+    assert len(ids) == 160  # timm tops each worker's share up to whole batches
+    assert "Skipped 1 unreadable sample(s) of wds/digits in epoch 0" in caplog.text
