@@ -47,3 +47,33 @@ def test_two_processes_read_disjoint_shares_of_the_shards_whose_union_is_the_epo
         shard_of[i] = i // 20
     for case, (a, b) in ids.items():
         assert {shard_of[i] for i in a}.isdisjoint({shard_of[i] for i in b}), case
+
+
+@pytest.mark.slow
+def test_torchrun_distils_on_wds_shards_and_reduces_the_evaluation_across_processes(sources, trained_teacher,
+                                                                                    tmp_path, capsys):
+    from train_fixtures import STUDENT
+
+    from timm_deit_distill.commands import evaluate
+    from timm_deit_distill.records import read_summary
+
+    argv = ["--dataset", "wds/digits", "--data-dir", str(sources["wds"]), *STUDENT, "-b", "8", "--workers", "0",
+            "--epochs", "1", "--opt", "adamw", "--lr", "5e-3", "--warmup-epochs", "0", "--img-size", "16",
+            "--distill-teacher", "resnet10t", "--distill-teacher-path", str(trained_teacher["checkpoint"]),
+            "--teacher-precision", "fp32", "--seed", "3", "--log-interval", "100", "--output", str(tmp_path),
+            "--experiment", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "timm_deit_distill.train", *argv], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes on cpu" in proc.stdout and "Teacher check: resnet10t" in proc.stdout
+    (row,) = read_summary(tmp_path / "ddp" / "summary.csv")
+    # the two processes' evaluation counts, reduced: one process evaluating the saved weights on every image
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--checkpoint", str(tmp_path / "ddp" / "last.pth.tar"), "--data-dir",
+                          str(sources["folder"]), "--json", str(out)]) == 0
+    capsys.readouterr()
+    single = json.loads(out.read_text())
+    assert single["count"] == 160
+    assert row["eval_top1"] == pytest.approx(single["top1"], abs=1e-3)
+    assert row["eval_loss"] == pytest.approx(single["loss"], rel=1e-4)

@@ -117,7 +117,7 @@ def _resolve_local_split(data_dir: str, split: str) -> tuple[str, str]:
     present = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))
                      or d.endswith(".tar"))
     raise DataError(
-        f"no '{split}' split under {data_dir} (found: {', '.join(present) or 'nothing'}); fix: use the layout "
+        f"no '{split}' split folder or tar under {data_dir} (found: {', '.join(present) or 'nothing'}); fix: use the layout "
         f"{data_dir}/{split}/<class>/<image> (or {data_dir}/{split}.tar), or name the split with --train-split / "
         "--val-split.")
 
