@@ -346,3 +346,34 @@ def test_skip_bad_images_skips_and_counts_a_corrupt_wds_sample(sources, tmp_path
     assert bad not in ids and set(ids) == set(range(160)) - {bad}  # every other sample, the bad one skipped
     assert len(ids) == 160  # timm tops each worker's share up to whole batches
     assert "Skipped 1 unreadable sample(s) of wds/digits in epoch 0" in caplog.text
+
+
+def test_a_resumed_stream_epoch_deals_the_shards_of_the_uninterrupted_one(sources, tmp_path):
+    # process 0 of 2: which shards it reads in epoch 1 depends on (seed, epoch) only, not on epoch 0 having run
+    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.data import ViewSettings, build_train_loader
+
+    root = tmp_path / "wds"
+    shutil.copytree(sources["wds"], root)
+    info = json.loads((root / "_info.json").read_text())
+    del info["classes"], info["num_classes"]  # the sample id (json idx) is the target
+    (root / "_info.json").write_text(json.dumps(info))
+    settings = settings_from_args(parse_args(
+        ["--dataset", "wds/digits", "--data-dir", str(root), "--target-key", "idx", "-b", "8", "--workers", "0",
+         "--num-classes", "160", "--in-chans", "1", "--input-img-mode", "L", "--seed", "3"]))
+
+    def rank0_loader():
+        train, _ = open_source(settings.data, num_classes=160, batch_size=8, seed=3)
+        train.reader.dist_rank, train.reader.dist_num_replicas = 0, 2  # as under a 2-process group
+        return build_train_loader(train, ViewSettings.resolve(settings.augment, DATA_CONFIG, 160), settings.loader,
+                                  rank=0, world_size=2)
+
+    def shards(loader, epoch):
+        loader.set_epoch(epoch)
+        return {int(t) // 20 for _, y, _ in loader for t in y}  # 8 shards of 20 consecutive ids
+
+    whole = rank0_loader()
+    epoch0, epoch1 = shards(whole, 0), shards(whole, 1)
+    resumed = shards(rank0_loader(), 1)
+    assert len(epoch0) == len(epoch1) == 4 and epoch0 != epoch1  # half the shards, dealt anew each epoch
+    assert resumed == epoch1
