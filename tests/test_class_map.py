@@ -88,8 +88,9 @@ def test_eval_names_its_own_split_flag(folder, capsys, monkeypatch):
     # the checkpoint is read before the data: stand in for it, the split message is what is tested
     monkeypatch.setattr(checkpoint, "read_checkpoint", lambda *a, **k: {"state_dict": {}})
     monkeypatch.setattr(checkpoint, "select_weights", lambda *a, **k: ({}, "raw"))
-    monkeypatch.setattr(checkpoint, "model_from_checkpoint", lambda *a, **k: __import__("torch").nn.Identity())
+    monkeypatch.setattr(checkpoint, "model_from_checkpoint",
+                        lambda *a, **k: __import__("timm").create_model("resnet10t", num_classes=10))
     code = evaluate.main(["--checkpoint", str(folder / "c.pth.tar"), "--data-dir", str(folder / "data"),
                           "--split", "nosuch", "--json", str(folder / "out.json")])
     err = capsys.readouterr().err
-    assert code == 2 and "name the split folder with --split." in err and "--train-split" not in err
+    assert code == 2 and "name the split with --split." in err and "--train-split" not in err

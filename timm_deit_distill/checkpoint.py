@@ -664,8 +664,9 @@ def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], meta
     ``settings`` are the resumed run's resolved settings (the ``args`` it saves), ``metadata`` its
     ``deit_distill`` metadata. Refused (an exact resume needs them unchanged): the student (model,
     architecture kwargs, classes), the training data (its fingerprint), the seed and the teacher
-    (name and weights sha256; none -> some and some -> none included). Every other setting that
-    differs is listed in ``changed``.
+    (name and weights sha256; none -> some and some -> none included); for a streamed source (metadata
+    ``stream``) also what fixes its shard order: world size, loader workers, batch size, sample count and shard
+    list. Every other setting that differs is listed in ``changed``.
     """
     out = ResumeComparison()
     old_meta = checkpoint.get("deit_distill") or {}
@@ -695,6 +696,7 @@ def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], meta
     elif old_meta:
         out.notes.append("the checkpoint records no fingerprint of its training data (written before "
                          "deit-distill recorded one): the training data could not be compared")
+    _compare_stream(old_meta.get("stream"), metadata.get("stream"), refuse)
     if old_meta:
         old_teacher = (old_meta.get("distill") or {}).get("teacher_description")
         new_teacher = (metadata.get("distill") or {}).get("teacher_description")
@@ -710,6 +712,28 @@ def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], meta
     if "world_size" in old_meta and old_meta["world_size"] != metadata.get("world_size"):
         out.changed["world_size"] = [old_meta["world_size"], metadata.get("world_size")]
     return out
+
+
+_STREAM_KEYS = ("seed", "world_size", "workers", "batch_size", "num_samples", "shards")
+
+
+def _compare_stream(old: dict[str, Any] | None, new: dict[str, Any] | None, refuse: Callable[[str, Any, Any], None]) -> None:
+    """A streamed source's epoch is dealt by timm from (seed, epoch) to world x workers, each worker's share sized
+    by the batch and the sample count: a resume that changes any of them cannot reproduce the shard order."""
+    if old is None and new is None:
+        return
+    if old is None or new is None:
+        refuse("streamed source", "none" if old is None else "recorded", "none" if new is None else "a stream")
+        return
+    for key in _STREAM_KEYS:
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "shards" and isinstance(a, list) and isinstance(b, list):
+            first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            a = f"{len(a)} shards ({a[first] if first < len(a) else '-'} at {first})"
+            b = f"{len(b)} shards ({b[first] if first < len(b) else '-'} at {first})"
+        refuse(f"{key} of the streamed source (with the epoch it fixes the shard order)", a, b)
 
 
 # --- reading a student back ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, split_model_name_tag
 
-from .data import LoaderSettings, build_check_loader, build_datasets
+from .data import DataSettings, LoaderSettings, build_check_loader, open_source
 from .errors import CheckpointError, UsageError
 from .losses import DistillationLoss, DistillSettings
 from .teacher import DistillationTeacher, TeacherCheck, TeacherSettings
@@ -35,17 +35,6 @@ __all__ = [
 _SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Where the ImageFolder dataset is: its root, its split folders, an optional class map."""
-
-    data_dir: str | None
-    train_split: str
-    val_split: str
-    class_map: str
-    skip_bad_images: bool
 
 
 @dataclass(frozen=True)
@@ -159,10 +148,14 @@ def fixed_input_size(name: str) -> bool:
         return False
 
 
-def open_datasets(data: DataSettings) -> tuple[Any, Any]:
-    """The training and validation splits, every image checked (see :func:`~timm_deit_distill.data.build_datasets`)."""
-    return build_datasets(data.data_dir, train_split=data.train_split, val_split=data.val_split,
-                          class_map=data.class_map, skip_bad_images=data.skip_bad_images)
+def open_datasets(data: DataSettings, *, num_classes: int | None, loader: LoaderSettings, seed: int) -> tuple[Any, Any]:
+    """The training and validation splits of any source, checked (see :func:`~timm_deit_distill.data.open_source`).
+
+    ``num_classes`` is ``--num-classes`` (sources without a class list need it); a stream's epochs are sized by the
+    training batch and ordered by the seed, as timm's train.py makes them. Under torchrun call it after the process
+    group is up.
+    """
+    return open_source(data, num_classes=num_classes, batch_size=loader.batch_size, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -35,9 +35,17 @@ from typing import Any
 import yaml
 from timm.utils import ParseKwargs
 
-from ..data import CHECK_IMAGES, AugmentSettings, LoaderSettings
+from ..data import (
+    CHECK_IMAGES,
+    TFDS_REFUSAL,
+    AugmentSettings,
+    DataSettings,
+    LoaderSettings,
+    check_views_supported,
+    resolve_input_img_mode,
+)
 from ..errors import UsageError
-from ..factory import DataSettings, StudentSettings
+from ..factory import StudentSettings
 from ..losses import DistillSettings
 from ..teacher import TeacherSettings
 from .common import TEACHER_EMA, add_either_flag
@@ -46,7 +54,7 @@ __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
     "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS", "TEACHER_CHECK_IMAGES",
     "add_teacher_check_flags", "validate_teacher_check_flags", "TrainSettings", "settings_from_args",
-    "teacher_settings", "TIMM_SCHEDULERS",
+    "teacher_settings", "TIMM_SCHEDULERS", "add_dataset_flags", "DATASET_HELP",
 ]
 
 DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
@@ -58,17 +66,11 @@ DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "dist
 # --------------------------------------------------------------------------------------------------
 _F, _I, _S = float, int, str
 UNSUPPORTED_TIMM_FLAGS: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
-    (("--train-num-samples",), dict(type=_I, default=None), "it sizes iterable (tfds/wds) datasets; only image folders are read"),
-    (("--val-num-samples",), dict(type=_I, default=None), "it sizes iterable (tfds/wds) datasets; only image folders are read"),
-    (("--dataset-download",), dict(action="store_true", default=False), "only local image folders are read"),
-    (("--input-img-mode",), dict(type=_S, default=None), "images are read as RGB (or L for 1-channel models)"),
-    (("--input-key",), dict(type=_S, default=None), "it applies to hfds/wds datasets; only image folders are read"),
-    (("--target-key",), dict(type=_S, default=None), "it applies to hfds/wds datasets; only image folders are read"),
     (("--dataset-trust-remote-code",), dict(action="store_true", default=False), "no remote dataset code is ever run"),
     (("--fuser",), dict(type=_S, default=""), "TorchScript fusers are not used; try --torchcompile"),
     (("--torchscript",), dict(action="store_true", default=False), "TorchScript is not used; try --torchcompile"),
     (("--model-dtype",), dict(type=_S, default=None), "use --amp --amp-dtype bfloat16 for low-precision training"),
-    (("--epoch-repeats",), dict(type=_F, default=0.0), "it needs timm's multi-epoch loader"),
+    (("--epoch-repeats",), dict(type=_F, default=0.0), "an epoch is one pass over the data (timm's wds/ reader ignores it too)"),
     (("--aug-splits",), dict(type=_I, default=0), "AugMix splits / JSD loss are not part of DeiT's recipe"),
     (("--jsd-loss",), dict(action="store_true", default=False), "AugMix splits / JSD loss are not part of DeiT's recipe"),
     (("--resplit",), dict(action="store_true", default=False), "it only applies with --aug-splits"),
@@ -154,6 +156,52 @@ def _config_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DATASET_HELP = (
+    "timm's dataset source TYPE/NAME: '' (default) image folders DIR/<split>/<class>/<image> or image tars "
+    "DIR/<split>.tar; hfds/NAME a Hugging Face dataset (a Hub id, a local parquet or save_to_disk folder; "
+    "--data-dir is the datasets cache); hfids/NAME the same, streamed; wds/NAME WebDataset shards with timm's "
+    "_info.json under --data-dir; torch/NAME a torchvision dataset (mnist, kmnist, fashion_mnist, qmnist, "
+    "places365, inaturalist, imagenet, image_folder; not cifar10/100, which unpickle). Deterministic views and "
+    "the teacher cache need a stable index: not on the streams wds/ and hfids/. " + TFDS_REFUSAL)
+
+
+def add_dataset_flags(p: argparse.ArgumentParser, d: Any, *, training: bool) -> None:
+    """timm train.py's dataset flags, with its names and defaults (``deit-distill train``, ``cache build``, ``eval``).
+
+    ``d`` wraps each default (see :func:`build_parser`); ``training`` adds the training-only ones (the data
+    positional, both splits, --train-num-samples).
+    """
+    g = p.add_argument_group("Dataset parameters")
+    if training:
+        g.add_argument("data", nargs="?", metavar="DIR", default=d(None), help="dataset root (same as --data-dir)")
+    g.add_argument("--data-dir", metavar="DIR", default=d(None),
+                   help="where the data is: the folder holding the split folders or tars; the shard folder or URL "
+                        "prefix (wds/); torchvision's root (torch/); the datasets cache dir (hfds/, hfids/; default "
+                        "HF_DATASETS_CACHE, and offline (HF_HUB_OFFLINE=1) the dir the dataset was first loaded into)")
+    g.add_argument("--dataset", "-d", metavar="NAME", default=d(""), help=DATASET_HELP)
+    if training:
+        g.add_argument("--train-split", metavar="NAME", default=d("train"),
+                       help="training split: a folder or tar name, a dataset split, or a wds shard pattern "
+                            "'name-{0000..0099}.tar|N'")
+        g.add_argument("--val-split", metavar="NAME", default=d("validation"), help="validation split (as --train-split)")
+        g.add_argument("--train-num-samples", default=d(None), type=int, metavar="N",
+                       help="samples per training epoch of a stream (wds/, hfids/; default: its _info.json / card)")
+    g.add_argument("--val-num-samples", default=d(None), type=int, metavar="N",
+                   help="samples of a streamed validation split (wds/, hfids/; default: its _info.json / card)")
+    g.add_argument("--dataset-download", action="store_true", default=d(False),
+                   help="let torchvision download torch/ data; for hfids/, prepare a local copy first (timm's)")
+    g.add_argument("--class-map", default=d(""), type=str, metavar="FILENAME", help="class to index mapping file")
+    g.add_argument("--input-img-mode", default=d(None), type=str, metavar="MODE",
+                   help="Pillow mode images are read in (default: RGB for 3 input channels, L for 1)")
+    g.add_argument("--input-key", default=d(None), type=str, metavar="KEY",
+                   help="the image: its column (hfds/, hfids/; default image), its extensions ';'-separated "
+                        "(wds/: jpg;png;webp; folders: .png;.jpg with the dot)")
+    g.add_argument("--target-key", default=d(None), type=str, metavar="KEY",
+                   help="the class: its column (hfds/, hfids/; default label) or json field (wds/; default: the .cls file)")
+    g.add_argument("--skip-bad-images", action="store_true", default=d(False),
+                   help="skip unreadable images (counted in the log) instead of stopping; not on hfids/")
+
+
 def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     """The full `deit-distill train` parser.
 
@@ -184,16 +232,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", default=d(False),
                    help="print the resolved settings as YAML and exit")
 
-    g = p.add_argument_group("Dataset parameters")
-    g.add_argument("data", nargs="?", metavar="DIR", default=d(None), help="dataset root (same as --data-dir)")
-    g.add_argument("--data-dir", metavar="DIR", default=d(None), help="dataset root holding the split folders")
-    g.add_argument("--dataset", "-d", metavar="NAME", default=d(""),
-                   help="dataset type; only '' (an image folder) is supported")
-    g.add_argument("--train-split", metavar="NAME", default=d("train"), help="training split folder")
-    g.add_argument("--val-split", metavar="NAME", default=d("validation"), help="validation split folder")
-    g.add_argument("--class-map", default=d(""), type=str, metavar="FILENAME", help="class to index mapping file")
-    g.add_argument("--skip-bad-images", action="store_true", default=d(False),
-                   help="skip unreadable image files (counted in the log) instead of stopping")
+    add_dataset_flags(p, d, training=True)
 
     g = p.add_argument_group("Model parameters")
     g.add_argument("--model", default=d("resnet50"), type=str, metavar="MODEL", help="student model (timm name)")
@@ -598,9 +637,6 @@ def _refuse_unsupported(parser: argparse.ArgumentParser, args: argparse.Namespac
             raise UsageError(
                 f"{flags[0]} ({value!r} {where}) is a timm train.py flag deit-distill train does not support: "
                 f"{why}. Remove it (or set it back to timm's default {kwargs['default']!r}).")
-    if args.dataset not in ("", "folder", "imagefolder"):
-        raise UsageError(f"--dataset {args.dataset!r}: only image folders are supported (leave --dataset empty "
-                         "and point --data-dir at a folder with train/ and validation/ class folders).")
     if args.kd_distill_type != "token" and args.kd_model_name:
         raise UsageError(
             f"--kd-model-name with --kd-distill-type {args.kd_distill_type} is timm's {args.kd_distill_type} "
@@ -943,11 +979,20 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """The parsed `deit-distill train` namespace as typed settings; the namespace itself is left as it is.
 
     Raises :class:`~timm_deit_distill.errors.DataError` for data pipeline settings that cannot work (a batch
-    size below 1, repeats that are not whole, an odd mix group), so call it right after :func:`parse_args`.
+    size below 1, repeats that are not whole, an odd mix group, a dataset flag its source ignores, views a stream
+    cannot give), so call it right after :func:`parse_args`.
     """
+    in_chans = args.in_chans if args.in_chans is not None else (args.input_size[0] if args.input_size else 3)
+    data = DataSettings(data_dir=args.data_dir, train_split=args.train_split, val_split=args.val_split,
+                        class_map=args.class_map, skip_bad_images=args.skip_bad_images, dataset=args.dataset,
+                        train_num_samples=args.train_num_samples, val_num_samples=args.val_num_samples,
+                        input_key=args.input_key, target_key=args.target_key,
+                        input_img_mode=resolve_input_img_mode(args.input_img_mode, in_chans),
+                        download=args.dataset_download)
+    check_views_supported(args.dataset, deterministic_aug=args.deterministic_aug, distill_cache=bool(args.distill_cache),
+                          aug_repeats=max(1, int(args.aug_repeats)))
     return TrainSettings(
-        data=DataSettings(data_dir=args.data_dir, train_split=args.train_split, val_split=args.val_split,
-                          class_map=args.class_map, skip_bad_images=args.skip_bad_images),
+        data=data,
         student=StudentSettings(
             model=args.model, pretrained=args.pretrained, pretrained_path=args.pretrained_path,
             initial_checkpoint=args.initial_checkpoint, initial_ema=args.initial_ema, num_classes=args.num_classes,

@@ -49,7 +49,7 @@ def _split_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _build(argv: list[str]) -> int:
     from .. import factory
-    from ..data import ViewSettings, check_num_classes, label_names
+    from ..data import ViewSettings, check_num_classes, check_views_supported, label_names
     from . import args as train_args
 
     own, rest = _split_own_flags(argv)
@@ -75,15 +75,17 @@ def _build(argv: list[str]) -> int:
     if not settings.teacher.given:
         raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
                          "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
-    if not args.data_dir:
-        raise CacheError("no data given; fix: add --data-dir DIR (the training set's ImageFolder root).")
+    # A cache holds one row per (epoch, position): only sources with a stable sample index have positions.
+    check_views_supported(settings.data.dataset, deterministic_aug=True, distill_cache=False, aug_repeats=1,
+                          what="cache build")
 
     # The device and, under torchrun, the process group: the processes share the epochs.
     device_info = factory.init_device(settings.device)
     device, rank, world_size = device_info.device, device_info.rank, device_info.world_size
     barrier = torch.distributed.barrier if device_info.distributed else None
 
-    train_ds, val_ds = factory.open_datasets(settings.data)
+    train_ds, val_ds = factory.open_datasets(settings.data, num_classes=settings.student.num_classes,
+                                             loader=settings.loader, seed=settings.seed)
     labels = label_names(train_ds)
     num_classes = check_num_classes(train_ds, settings.student.num_classes)
     data_config = factory.student_data_config(settings.student, num_classes)
@@ -91,7 +93,7 @@ def _build(argv: list[str]) -> int:
     # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
     if settings.teacher.source:
         factory.check_model_name(settings.teacher.source, "--distill-teacher")
-    teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels)
+    teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels or None)
     # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
     # Every process checks the same seeded images, so all of them refuse or none does.
     measured = factory.check_teacher(teacher, settings.teacher, val_ds, data_config, settings.loader,

@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
-    from .args import HelpFormatter, add_teacher_check_flags
+    from .args import HelpFormatter, add_dataset_flags, add_teacher_check_flags
 
     p = argparse.ArgumentParser(
         prog="deit-distill eval",
@@ -38,10 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by deit-distill train")
-    p.add_argument("--data-dir", required=True, metavar="DIR", help="dataset root (ImageFolder layout)")
-    p.add_argument("--split", default="validation", metavar="NAME", help="split folder to evaluate")
-    p.add_argument("--class-map", default="", metavar="FILE", help="class to index mapping file")
-    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted)")
+    add_dataset_flags(p, lambda value: value, training=False)  # --data-dir, --dataset, ... as the trainer's
+    p.add_argument("--split", default="validation", metavar="NAME",
+                   help="split to evaluate (a folder or tar name, a dataset split, a wds shard pattern)")
     p.add_argument("--head", default="fused", choices=("fused", "cls", "dist"),
                    help="head whose predictions are reported as top1/top5 and written by --predict")
     p.add_argument("--predict", default=None, metavar="CSV",
@@ -73,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
     from .. import factory
     from ..checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
-    from ..data import build_datasets, build_eval_loader, label_names
+    from ..data import DataSettings, build_eval_loader, check_num_classes, label_names, open_split
+    from ..data import resolve_input_img_mode as input_img_mode
     from .args import teacher_settings, validate_teacher_check_flags
 
     validate_teacher_check_flags(args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path))
@@ -89,17 +89,25 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     if args.head != "fused" and not is_distilled(model):
         raise UsageError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
                          "Use --head fused.")
-    # The same folder as both splits: one dataset, checked and opened by the data pipeline.
-    _, dataset = build_datasets(args.data_dir, train_split=args.split, val_split=args.split,
-                                class_map=args.class_map, skip_bad_images=args.skip_bad_images,
-                                split_flags="--split")
+    data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
+    # One split of any source the trainer reads, checked and opened by the data pipeline.
+    data = DataSettings(data_dir=args.data_dir, train_split=args.split, val_split=args.split, class_map=args.class_map,
+                        skip_bad_images=args.skip_bad_images, dataset=args.dataset, train_num_samples=None,
+                        val_num_samples=args.val_num_samples, input_key=args.input_key, target_key=args.target_key,
+                        input_img_mode=input_img_mode(args.input_img_mode, int(data_config["input_size"][0])),
+                        download=args.dataset_download, split_flags="--split")
+    dataset = open_split(data, args.split, training=False, num_classes=model.num_classes,
+                         batch_size=args.batch_size, seed=0)
     labels = label_names(dataset)
     trained = meta.get("label_names")
-    if trained and list(trained) != labels:
+    where = f"--dataset {args.dataset} split {args.split}" if args.dataset else f"{args.data_dir}/{args.split}"
+    if trained and labels and list(trained) != labels:
         raise UsageError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
-                         f"but {args.data_dir}/{args.split} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
-                         "evaluate on a folder with the training classes (or pass the --class-map used in training).")
-    data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
+                         f"but {where} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
+                         "evaluate on data with the training classes (or pass the --class-map used in training).")
+    if check_num_classes(dataset, None) != model.num_classes:
+        raise UsageError(f"{args.checkpoint} predicts {model.num_classes} classes but {where} has "
+                         f"{check_num_classes(dataset, None)}; evaluate on data with the training classes.")
     model.to(device)
     loader = build_eval_loader(dataset, data_config, loader_settings)
     teacher = check = None
@@ -108,7 +116,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         source = args.distill_teacher or (None if args.distill_teacher_path else distill.get("teacher"))
         settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
                                     use_ema=args.teacher_ema, channels_last=None)
-        teacher = factory.create_teacher(settings, len(labels), data_config, device, label_names=labels)
+        teacher = factory.create_teacher(settings, model.num_classes, data_config, device, label_names=labels or None)
         # Before the full pass: a teacher near chance makes its agreement figures meaningless.
         check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))
@@ -120,7 +128,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     result: dict[str, Any] = {
         "checkpoint": os.path.abspath(args.checkpoint), "model": meta.get("model") or checkpoint.get("arch"),
         "epoch": checkpoint.get("epoch"), "weights": weights, "ema": weights == "ema",
-        "data_dir": os.path.abspath(args.data_dir),
+        "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "dataset": args.dataset,
         "split": args.split, "count": metrics["count"], "head": args.head,
         "top1": metrics[k1], "top5": metrics[k5], "loss": metrics["loss"],
         "heads": {"fused": {"top1": metrics["top1"], "top5": metrics["top5"]}},
@@ -150,9 +158,11 @@ def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, l
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    k = min(5, len(labels))
+    k = min(5, getattr(model, "num_classes", 0) or len(labels))
     w.writerow(["path", "label", *[f"pred{i + 1}" for i in range(k)], *[f"prob{i + 1}" for i in range(k)]])
-    samples = dataset.reader.samples
+    from ..data import is_streamed, sample_name
+
+    streamed = is_streamed(dataset)
     i = 0
     with torch.inference_mode():
         for inputs, targets in loader:
@@ -160,7 +170,10 @@ def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, l
                 logits = getattr(head_logits(model, inputs.to(device)), head).float()
             probs, preds = logits.softmax(1).topk(k, dim=1)
             for t, pr, pb in zip(targets.tolist(), preds.tolist(), probs.tolist(), strict=True):
-                w.writerow([samples[i][0], labels[t], *[labels[c] for c in pr], *[f"{p:.5f}" for p in pb]])
+                # a stream has no names: its samples are numbered in the (fixed) order one process reads them
+                name = f"{dataset.source_info.split}#{i}" if streamed else sample_name(dataset, i)
+                w.writerow([name, labels[t] if labels else t, *[labels[c] if labels else c for c in pr],
+                            *[f"{p:.5f}" for p in pb]])
                 i += 1
     try:
         atomic_write_text(path, buf.getvalue(), replace=replace)

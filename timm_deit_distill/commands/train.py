@@ -241,6 +241,8 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         build_train_loader,
         check_num_classes,
         dataset_fingerprint,
+        is_streamed,
+        source_size,
     )
     from ..data import label_names as dataset_labels
     from ..evaluation import is_distilled
@@ -278,7 +280,8 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         set_fast_norm()
 
     # --- Data: a wrong folder is the most common mistake and the cheapest to report.
-    train_ds, eval_ds = factory.open_datasets(settings.data)
+    train_ds, eval_ds = factory.open_datasets(settings.data, num_classes=settings.student.num_classes,
+                                              loader=settings.loader, seed=args.seed)
     for split, ds in (("train", train_ds), ("validation", eval_ds)):
         if getattr(ds, "skipped_files", None):
             _logger.warning("Skipped %d unreadable image(s) in the %s split.", len(ds.skipped_files), split)
@@ -306,7 +309,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
 
         cache = TeacherTargetCache.open(args.distill_cache)  # checked against the run once epochs are known
     elif args.distill_teacher or args.distill_teacher_path:
-        teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels)
+        teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels or None)
 
     student.to(device)
     if args.channels_last:
@@ -380,6 +383,13 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         "world_size": world_size,
         "resumed": [],
     }
+    if is_streamed(train_ds):
+        # What reproduces a stream's shard order at an epoch boundary (timm deals shards by seed + epoch to
+        # world x workers, each worker's epoch sized by the batch): a resume must keep all of it.
+        metadata["stream"] = {"seed": args.seed, "world_size": world_size, "workers": settings.loader.workers,
+                              "batch_size": settings.loader.batch_size,
+                              "num_samples": source_size(train_ds),
+                              "shards": train_ds.source_info.identity.get("shards")}
     # plain values (weights_only-loadable): the settings with what the run resolved (classes, lr, dist_bn)
     saved_args = argparse.Namespace(**{**config_dict(args), "num_classes": num_classes, "lr": lr, "dist_bn": dist_bn})
 
@@ -446,8 +456,13 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
 
         params = sum(p.numel() for p in student.parameters()) / 1e6
         _logger.info("Student %s (%.2fM parameters, input %s), %d classes, %d train / %d eval images, "
-                     "%s on %s.", args.model, params, tuple(data_config["input_size"]), num_classes, len(train_ds),
-                     len(eval_ds), f"{world_size} processes" if world_size > 1 else "1 process", device)
+                     "%s on %s.", args.model, params, tuple(data_config["input_size"]), num_classes,
+                     source_size(train_ds), source_size(eval_ds),
+                     f"{world_size} processes" if world_size > 1 else "1 process", device)
+        if is_streamed(train_ds):
+            _logger.info("Streamed source %s: each epoch shows %d samples per process (whole batches on every loader "
+                         "worker); --resume continues at an epoch boundary with that epoch's shard order, not its "
+                         "sample order.", args.dataset, len(train_loader) * settings.loader.batch_size)
         _logger.info("Distillation: %s (alpha %g, tau %g, soft reduction %s), teacher: %s.", args.distill_type,
                      args.distill_alpha, args.distill_tau, args.distill_soft_reduction,
                      _teacher_source(args, teacher, cache))

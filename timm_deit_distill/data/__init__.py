@@ -1,11 +1,14 @@
-"""The data pipeline: ImageFolder datasets, timm's transforms and Mixup, DeiT's repeated augmentation.
+"""The data pipeline: timm's dataset sources, timm's transforms and Mixup, DeiT's repeated augmentation.
 
-Split as timm splits ``timm/data``: :mod:`.datasets` (folders, checks, class names), :mod:`.transforms`
+Split as timm splits ``timm/data``: :mod:`.sources` (``--dataset``: image folders and tars, hfds/, torch/, and
+the streams wds/ and hfids/, and what the package asks of any of them), :mod:`.opening` (each opened by timm's
+``create_dataset``, checked before any work), :mod:`.streams` (the streams' loaders),
+:mod:`.datasets` (image folders, checks, class names), :mod:`.transforms`
 (timm's transforms, the Pillow posterize fix), :mod:`.views` (view identity, seeds, the settings that decide
 a view), :mod:`.loaders` (the training, evaluation and check loaders, Mixup), :mod:`.digits` (the bundled
 digits as an ImageFolder).
 
-Everything random here is a function of ``(seed, epoch)``, so a run killed and resumed at an epoch
+For map-style sources (everything but streams), everything random here is a function of ``(seed, epoch)``, so a run killed and resumed at an epoch
 boundary sees exactly the same images, augmentations and mixes. Two modes:
 
 * default (timm's behaviour): sample order is a seeded permutation, repeated augmentation follows
@@ -34,7 +37,7 @@ shorter than one batch yields one smaller batch instead of none.
 from __future__ import annotations
 
 from ..errors import DataError
-from .datasets import build_datasets, check_num_classes, dataset_fingerprint, label_names, load_image
+from .datasets import build_datasets, open_image_folder
 from .loaders import (
     CHECK_IMAGES,
     LoaderSettings,
@@ -43,6 +46,21 @@ from .loaders import (
     build_eval_loader,
     build_mixup,
     build_train_loader,
+)
+from .opening import open_source, open_split
+from .sources import (
+    TFDS_REFUSAL,
+    DataSettings,
+    check_num_classes,
+    check_views_supported,
+    dataset_fingerprint,
+    is_streamed,
+    label_names,
+    load_image,
+    resolve_input_img_mode,
+    sample_name,
+    source_size,
+    split_dataset_name,
 )
 from .transforms import build_eval_transform, build_train_transform, make_posterize_safe, safe_posterize
 from .views import AugmentSettings, ViewLayout, ViewSettings, view_seed
@@ -54,7 +72,18 @@ __all__ = [
     "LoaderSettings",
     "ViewLayout",
     "ViewLoader",
+    "DataSettings",
+    "open_source",
+    "open_split",
+    "split_dataset_name",
+    "resolve_input_img_mode",
+    "check_views_supported",
+    "is_streamed",
+    "source_size",
+    "sample_name",
+    "TFDS_REFUSAL",
     "build_datasets",
+    "open_image_folder",
     "label_names",
     "check_num_classes",
     "dataset_fingerprint",

@@ -18,7 +18,7 @@ from timm.data import create_dataset
 
 from ..errors import DataError
 
-__all__ = ["build_datasets", "read_class_map", "load_image", "label_names", "check_num_classes",
+__all__ = ["build_datasets", "open_image_folder", "read_class_map", "load_image", "label_names", "check_num_classes",
            "dataset_fingerprint"]
 
 _logger = logging.getLogger(__name__)
@@ -46,10 +46,10 @@ def _resolve_split(data_dir: str, split: str, flags: str) -> str:
         f"with {flags}.")
 
 
-def _image_count_under(path: str) -> int:
+def _image_count_under(path: str, input_key: str | None = None) -> int:
     from timm.data.readers.img_extensions import get_img_extensions
 
-    exts = get_img_extensions(as_set=True)
+    exts = set(input_key.split(";")) if input_key else get_img_extensions(as_set=True)
     return sum(1 for _, _, files in os.walk(path, followlinks=True) for f in files
                if os.path.splitext(f)[1].lower() in exts)
 
@@ -137,13 +137,15 @@ def _check_class_map_coverage(split_dir: str, class_map: str, class_to_idx: dict
                         shown, ", ..." if len(ignored) > 10 else "")
 
 
-def _open_split(split_dir: str, class_map: str) -> Any:
+def _open_split(split_dir: str, class_map: str, input_key: str | None = None) -> Any:
     class_to_idx = read_class_map(class_map, search_dirs=(split_dir,)) if class_map else None
     try:
-        ds = create_dataset("", root=split_dir, split="", search_split=False, class_map=class_to_idx or "")
+        ds = create_dataset("", root=split_dir, split="", search_split=False, class_map=class_to_idx or "",
+                            input_key=input_key)
     except RuntimeError as e:  # timm's reader: "Found 0 images in subfolders of ..."
+        exts = f" with the extensions {input_key} (--input-key)" if input_key else ""
         raise DataError(
-            f"{split_dir} holds no images; fix: put images in class folders, "
+            f"{split_dir} holds no images{exts}; fix: put images in class folders, "
             f"{split_dir}/<class>/<image>.jpg (timm's ImageFolder layout).") from e
     if class_to_idx:
         _check_class_map_coverage(split_dir, class_map, class_to_idx)
@@ -151,7 +153,7 @@ def _open_split(split_dir: str, class_map: str) -> Any:
     # An empty class folder silently drops a class and shifts every later class index.
     empty = [d for d in sorted(os.listdir(split_dir))
              if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))
-             and d not in ds.reader.class_to_idx and _image_count_under(os.path.join(split_dir, d)) == 0]
+             and d not in ds.reader.class_to_idx and _image_count_under(os.path.join(split_dir, d), input_key) == 0]
     if empty:
         raise DataError(
             f"class folder(s) {', '.join(empty)} in {split_dir} hold no images; an empty class would "
@@ -188,6 +190,17 @@ def _scan_images(ds: Any, split_dir: str, *, skip: bool) -> list[str]:
             raise DataError(f"every image in {split_dir} is unreadable; fix: check the files.")
         _logger.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(bad), split_dir, bad[0][0])
     return [p for p, _ in bad]
+
+
+def open_image_folder(split_dir: str, *, class_map: str = "", input_key: str | None = None,
+                      skip_bad_images: bool = False) -> Any:
+    """One split folder as a timm ImageDataset, checked as :func:`build_datasets` checks each of its splits.
+
+    ``input_key`` is timm's for folders: the file extensions to read, with the dot, ';'-separated.
+    """
+    ds = _open_split(split_dir, class_map, input_key)
+    ds.skipped_files = _scan_images(ds, split_dir, skip=skip_bad_images)
+    return ds
 
 
 def build_datasets(

@@ -1,5 +1,6 @@
 """The loaders: training views with timm's transforms and Mixup (see :mod:`timm_deit_distill.data`), the
-in-order evaluation loader, and the teacher check's seeded subset.
+in-order evaluation loader, and the teacher check's seeded subset. A streamed source (wds/, hfids/) gets the
+loaders of :mod:`.streams`, built as timm builds them over an IterableImageDataset.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from timm.data import Mixup
 from timm.data.distributed_sampler import OrderedDistributedSampler
 
 from ..errors import DataError
-from .datasets import check_num_classes, load_image
+from .sources import check_num_classes, check_views_supported, is_streamed, load_image
 from .transforms import build_eval_transform, build_train_transform
 from .views import (
     STREAM_MIX_BATCH,
@@ -208,6 +209,10 @@ def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings,
     mixup = build_mixup(view)
     group = int(a.mix_group_size)
     batch_size = loader.batch_size
+    streamed = is_streamed(dataset)
+    if streamed:
+        check_views_supported(dataset.source_info.spec, deterministic_aug=deterministic, distill_cache=False,
+                              aug_repeats=a.repeats)
     if deterministic and mixup is not None and batch_size % group:
         raise DataError(
             f"--batch-size {batch_size} is not a multiple of the mix group size {group}; "
@@ -215,6 +220,10 @@ def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings,
     if mixup is not None and not deterministic and batch_size % 2:
         raise DataError(f"--batch-size {batch_size} is odd; timm's Mixup/CutMix needs an even batch. "
                         "fix: use an even batch size.")
+    if streamed:
+        from .streams import build_stream_train_loader
+
+        return build_stream_train_loader(dataset, view, loader, mixup, rank=rank, world_size=world_size)
     layout = ViewLayout(len(dataset), seed=int(a.seed), repeats=a.repeats, group_size=group, grouped=deterministic)
     batch_sampler = _ViewBatchSampler(layout, batch_size=batch_size, rank=rank, world_size=world_size,
                                       mixing=mixup is not None, drop_last=drop_last)
@@ -251,8 +260,12 @@ def build_eval_loader(dataset: Any, data_config: dict[str, Any], loader: LoaderS
     """In-order evaluation loader with timm's eval transform, yielding ``(inputs, targets)``.
 
     With several processes, timm's ``OrderedDistributedSampler`` splits the set (padding the last
-    rank by wrapping, as timm does).
+    rank by wrapping, as timm does); a stream's processes each read their share of its shards.
     """
+    if is_streamed(dataset):
+        from .streams import build_stream_eval_loader
+
+        return build_stream_eval_loader(dataset, data_config, loader, world_size=world_size)
     sampler = (OrderedDistributedSampler(dataset, num_replicas=world_size, rank=rank)
                if world_size > 1 else None)
     return torch.utils.data.DataLoader(
@@ -279,12 +292,18 @@ def build_check_loader(
     """A loader for the teacher check: a seeded random subset of ``dataset`` (at most ``max_images``,
     drawn without replacement) with timm's eval transform for ``data_config``, yielding ``(inputs, targets)``.
 
-    The subset depends only on ``(len(dataset), max_images, seed)``; its indices are read in file order.
+    The subset depends only on ``(len(dataset), max_images, seed)``; its indices are read in file order. A
+    stream has no index to draw from: its first ``max_images`` validation samples are used (the same on every
+    process).
     """
     if int(max_images) < 1:
         raise DataError(f"--teacher-check-images {max_images} must be >= 1.")
     if int(batch_size) < 1:
         raise DataError(f"batch size {batch_size} must be >= 1.")
+    if is_streamed(dataset):
+        from .streams import build_stream_check_loader
+
+        return build_stream_check_loader(dataset, data_config, max_images=int(max_images), batch_size=int(batch_size))
     n = len(dataset)
     if n == 0:
         raise DataError("the validation split holds no images, so the teacher cannot be checked; fix: add "

@@ -1,0 +1,572 @@
+"""Opening timm's dataset sources: ``--dataset`` through timm's ``create_dataset`` with train.py's keywords, every
+check timm leaves out done first (see :mod:`.sources` for what each source is and what the package asks of it).
+
+Each check is one line naming the fix, made before any work where it can be known then: a missing split (timm
+reads a missing split folder as the whole root, ignores a tar's split, and gives torchvision's test set for any
+unknown name), flags a source ignores, a key the data lacks, a class list that differs between the splits, an
+unreadable image (named; ``--skip-bad-images`` skips it), a missing extra, and for streams the _info.json, every
+local shard, safe shard names and the sample count. What can only be known in flight (a corrupt sample inside a
+shard) is named by :mod:`.streams`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from . import datasets as _folders
+from .sources import (
+    _SPLIT_SYNONYMS,
+    _TORCH_DOWNLOADS,
+    DataSettings,
+    SourceInfo,
+    class_names,
+    sample_name,
+)
+
+__all__ = ["open_source", "open_split"]
+
+_logger = logging.getLogger(__name__)
+
+_EXTRAS = {"hfds": ("datasets", "hf"), "hfids": ("datasets", "hf"), "wds": ("webdataset", "wds")}
+_INFO_NAMES = ("_info.json", "info.json")
+_REMOTE = ("http://", "https://", "hf://", "s3://", "gs://")
+
+
+def _require_extra(prefix: str) -> None:
+    module, extra = _EXTRAS.get(prefix, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        raise DataError(f"--dataset {prefix}/... needs the {module} package; fix: pip install "
+                        f"'timm-deit-distill[{extra}]'.")
+
+
+def open_source(data: DataSettings, *, num_classes: int | None, batch_size: int, seed: int) -> tuple[Any, Any]:
+    """The training and validation splits of ``data``, every check done (see the module docstring).
+
+    ``num_classes`` is ``--num-classes`` (needed by sources with no class list: wds/, a non-ClassLabel
+    column); ``batch_size`` and ``seed`` size and order a stream's epochs (timm's train.py passes them).
+    Raises :class:`DataError` naming the fix. Build streams after the process group is up (their readers read
+    the rank and world size when made, as in timm).
+    """
+    prefix = data.prefix
+    _require_extra(prefix)
+    train = open_split(data, data.train_split, training=True, num_classes=num_classes, batch_size=batch_size,
+                       seed=seed)
+    val = open_split(data, data.val_split, training=False, num_classes=num_classes, batch_size=batch_size, seed=seed)
+    _check_same_classes(train, val, data)
+    return train, val
+
+
+def open_split(data: DataSettings, split: str, *, training: bool, num_classes: int | None, batch_size: int,
+               seed: int) -> Any:
+    """One split of ``data`` (``training`` picks timm's training mode for streams), checked; see :func:`open_source`."""
+    prefix = data.prefix
+    _require_extra(prefix)
+    if prefix == "":
+        return _open_local(data, split)
+    if prefix == "torch":
+        return _open_torch(data, split)
+    if prefix == "hfds":
+        return _open_hfds(data, split, num_classes=num_classes)
+    if prefix == "wds":
+        return _open_wds(data, split, training=training, num_classes=num_classes, batch_size=batch_size, seed=seed)
+    return _open_hfids(data, split, training=training, num_classes=num_classes, batch_size=batch_size, seed=seed)
+
+
+def _check_same_classes(train: Any, val: Any, data: DataSettings) -> None:
+    a, b = class_names(train), class_names(val)
+    if a is not None and b is not None and a != b:
+        only_train = [n for n in a if n not in b]
+        only_val = [n for n in b if n not in a]
+        detail = (f"only in train: {', '.join(only_train[:5]) or '-'}; only in validation: {', '.join(only_val[:5]) or '-'}"
+                  if only_train or only_val else "the same names in another order")
+        raise DataError(f"the {data.train_split} and {data.val_split} splits have different classes ({len(a)} vs "
+                        f"{len(b)}; {detail}); fix: give both splits the same classes, or pass --class-map FILE.")
+    na = len(a) if a is not None else getattr(getattr(train, "source_info", None), "num_classes", None)
+    nb = len(b) if b is not None else getattr(getattr(val, "source_info", None), "num_classes", None)
+    if na is not None and nb is not None and na != nb:
+        raise DataError(f"the {data.train_split} split has {na} classes but {data.val_split} has {nb}; fix: give both "
+                        "splits the same classes.")
+
+
+# --- image folders and image tars ---------------------------------------------------------------------------
+
+def _resolve_local_split(data_dir: str, split: str, split_flags: str) -> tuple[str, str]:
+    """``(path, 'folder'|'tar')`` of a split under ``data_dir``: ``DIR/<split>/`` or ``DIR/<split>.tar``
+    (timm's split synonyms included). timm itself ignores the split of a tar and reads a missing split folder
+    as the whole root; both are refused here."""
+    names = next((names for names in _SPLIT_SYNONYMS.values() if split in names), ())
+    for name in (split, *[n for n in names if n != split]):
+        path = os.path.join(data_dir, name)
+        if os.path.isdir(path):
+            return path, "folder"
+        if os.path.isfile(path + ".tar"):
+            return path + ".tar", "tar"
+    present = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d))
+                     or d.endswith(".tar"))
+    raise DataError(
+        f"no '{split}' split folder or tar under {data_dir} (found: {', '.join(present) or 'nothing'}); fix: use the layout "
+        f"{data_dir}/{split}/<class>/<image> (or {data_dir}/{split}.tar), or name the split with {split_flags}.")
+
+
+def _open_local(data: DataSettings, split: str) -> Any:
+    data_dir = data.data_dir
+    if not data_dir:
+        raise DataError("no data directory given; fix: pass --data-dir DIR (image folders DIR/train/<class>/<image>, "
+                        "DIR/validation/<class>/<image>, or DIR/train.tar and DIR/validation.tar).")
+    data_dir = os.fspath(data_dir)
+    if os.path.isfile(data_dir) and data_dir.endswith(".tar"):
+        raise DataError(f"--data-dir {data_dir} is one tar: timm would read it for every split (training and "
+                        "validation on the same images). fix: pass the folder holding train.tar and validation.tar.")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data directory {data_dir} does not exist; fix: pass --data-dir pointing at a folder with "
+                        "train/ and validation/ class folders (or train.tar and validation.tar).")
+    path, kind = _resolve_local_split(data_dir, split, data.split_flags)
+    if kind == "folder" and not _has_images_or_folders(path) and _tars_in(path):
+        return _open_tar(data, path, split)  # one tar per class (ImageNet's train/ download)
+    if kind == "folder":
+        ds = _folders.open_image_folder(path, class_map=data.class_map, input_key=data.input_key,
+                               skip_bad_images=data.skip_bad_images)
+        ds.input_img_mode = data.input_img_mode
+        return ds
+    return _open_tar(data, path, split)
+
+
+def _tars_in(path: str) -> list[str]:
+    return sorted(f for f in os.listdir(path) if f.endswith(".tar"))
+
+
+def _has_images_or_folders(path: str) -> bool:
+    return any(not f.endswith(".tar") and not f.startswith(".") for f in os.listdir(path))
+
+
+def _open_tar(data: DataSettings, path: str, split: str) -> Any:
+    from timm.data import ImageDataset
+    from timm.data.readers.reader_image_in_tar import ReaderImageInTar
+
+    if data.input_key is not None:
+        raise DataError(f"--input-key {data.input_key}: timm's tar reader takes no keys ({path}). fix: drop it.")
+    class_map = os.path.abspath(data.class_map) if data.class_map and os.path.exists(data.class_map) else data.class_map
+    try:
+        # cache_tarinfo=False: timm would otherwise write and unpickle a tar index beside tars over 10 GB.
+        reader = ReaderImageInTar(path, class_map=class_map, cache_tarinfo=False)
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"cannot read the tar {path}: {type(e).__name__}: {e}; fix: replace the file.") from e
+    except (ValueError, AssertionError) as e:  # zip(*[]) of an empty tar; a class map it cannot find
+        raise DataError(f"{path} holds no images timm can read ({e or type(e).__name__}); fix: put class folders "
+                        "of images in the tar (<class>/<image>.jpg).") from e
+    ds = ImageDataset(path, reader=reader, input_img_mode=data.input_img_mode)
+    names = [n for n, _ in sorted(reader.class_name_to_idx.items(), key=lambda kv: kv[1])]
+    files = [path] if os.path.isfile(path) else [os.path.join(path, f) for f in _tars_in(path)]
+    ds.source_info = SourceInfo(
+        kind="tar", spec="tar", split=split, location=path, input_img_mode=data.input_img_mode, classes=names,
+        num_classes=len(names), skip_bad_images=data.skip_bad_images,
+        identity={"files": [[os.path.basename(f), os.path.getsize(f)] for f in files],
+                  "members_sha256": hashlib.sha256("\n".join(
+                      f"{reader.filename(i)}\t{reader.samples[i][0].size}" for i in range(len(reader))).encode()
+                  ).hexdigest()})
+    _scan(ds, lambda i: reader[i][0], threads=False)
+    _close_tars(reader)
+    return ds
+
+
+def _close_tars(reader: Any) -> None:
+    """Drop the tar handles a scan opened: a handle inherited by forked loader workers shares its file offset."""
+    states = [reader.tar_state] if reader.root_is_tar else list(reader.tar_state.values())
+    for state in states:
+        if state.tf is not None:
+            state.tf.close()
+            state.tf = None
+        for child in state.children.values():
+            child.tf = None
+
+
+def _verify(opener: Callable[[], Any]) -> str | None:
+    try:
+        with Image.open(opener()) as img:  # a path is opened and closed by Pillow
+            img.verify()  # reads and checks the structure without decoding pixels
+        return None
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{type(e).__name__}: {e}"
+
+
+def _scan(ds: Any, opener: Callable[[int], Any], *, threads: bool) -> None:
+    """Check every sample opens as an image; drop bad ones under --skip-bad-images, else refuse naming the first."""
+    info: SourceInfo = ds.source_info
+    n = len(ds)
+    if threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:
+            problems = list(pool.map(lambda i: _verify(lambda: opener(i)), range(n), chunksize=64))
+    else:
+        problems = [_verify(lambda i=i: opener(i)) for i in range(n)]
+    bad = [i for i, p in enumerate(problems) if p is not None]
+    ds.skipped_files = []
+    if not bad:
+        return
+    first = sample_name(ds, bad[0])
+    if not info.skip_bad_images:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"unreadable image {first}{more}: {problems[bad[0]]}; fix: replace it, or pass "
+                        "--skip-bad-images to train without it.")
+    if len(bad) == n:
+        raise DataError(f"every image of {info.location} split {info.split} is unreadable; fix: check the data.")
+    ds.skipped_files = [sample_name(ds, i) for i in bad]
+    keep = np.setdiff1d(np.arange(n), np.asarray(bad))
+    if info.kind == "tar":
+        ds.reader.samples, ds.reader.targets = ds.reader.samples[keep], ds.reader.targets[keep]
+    elif info.kind == "hfds":
+        ds.reader.dataset = ds.reader.dataset.select(keep)
+    else:
+        for attr in ("samples", "imgs", "targets"):
+            if isinstance(getattr(ds, attr, None), list):
+                values = getattr(ds, attr)
+                setattr(ds, attr, [values[i] for i in keep])
+    info.identity["skipped"] = len(bad)
+    _logger.warning("skipped %d unreadable image(s) in %s split %s, e.g. %s", len(bad), info.location, info.split,
+                    first)
+
+
+# --- hfds/ ---------------------------------------------------------------------------------------------------
+
+def _hf_identity(name: str, split: str, cache_dir: str | None, dataset: Any) -> dict[str, Any]:
+    """A Hub dataset by the cache folder its version was prepared in (named by its revision); a local one by its
+    data files' names and sizes."""
+    local = os.path.exists(name)
+    identity: dict[str, Any] = {"config": dataset.info.config_name}
+    if not local:
+        files = [f["filename"] for f in dataset.cache_files]
+        identity["revision"] = os.path.basename(os.path.dirname(files[0])) if files else None
+        return identity
+    import datasets
+
+    builder = datasets.load_dataset_builder(name, cache_dir=cache_dir)
+    data_files = (builder.config.data_files or {}).get(split) or []
+    root = os.path.abspath(name)
+    identity["files"] = [[os.path.relpath(os.fspath(f), root), os.path.getsize(f)] for f in data_files]
+    return identity
+
+
+def _hf_error(data: DataSettings, split: str, e: Exception) -> DataError:
+    """datasets' own errors about a name, a split or a cache, as one line with the fix."""
+    text = " ".join(str(e).split())
+    name = data.name
+    if "save_to_disk" in text:
+        parent = os.path.dirname(os.path.abspath(name))
+        return DataError(f"--dataset {data.dataset}: this folder is one split of a save_to_disk DatasetDict; fix: "
+                         f"--dataset {data.prefix}/{parent} (the folder holding dataset_dict.json).")
+    if "Unknown split" in text or "Bad split" in text:
+        return DataError(f"--dataset {data.dataset} has no split {split!r} ({text}); fix: name an existing split with "
+                         f"{data.split_flags}.")
+    if "OfflineModeIsEnabled" in text or "couldn't be found" in text.lower() or isinstance(e, (ConnectionError,
+                                                                                                FileNotFoundError)):
+        where = f"--data-dir {data.data_dir}" if data.data_dir else "the default datasets cache (HF_DATASETS_CACHE)"
+        return DataError(f"--dataset {data.dataset}: not found locally and the Hub cannot be reached ({text[:200]}); "
+                         f"fix: check the name, go online once to cache it, or point --data-dir at the datasets cache "
+                         f"it was loaded into (now: {where}).")
+    if "NonMatchingSplitsSizes" in type(e).__name__ or "expected" in text and "recorded" in text:
+        return DataError(f"--dataset {data.dataset}: its files do not match the split sizes its card records ({text[:300]}); "
+                         "fix: download it again, or correct the card.")
+    return DataError(f"--dataset {data.dataset} split {split}: {type(e).__name__}: {text[:300]}")
+
+
+def _open_hfds(data: DataSettings, split: str, *, num_classes: int | None) -> Any:
+    from timm.data import create_dataset
+
+    try:
+        ds = create_dataset(data.dataset, root=data.data_dir, split=split, is_training=False,
+                            class_map=data.class_map or None, input_img_mode=data.input_img_mode,
+                            input_key=data.input_key, target_key=data.target_key, trust_remote_code=False)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises ValueError, FileNotFoundError, ConnectionError and its own
+        raise _hf_error(data, split, e) from None
+    reader = ds.reader
+    table = reader.dataset.data
+    input_key, target_key = reader.image_key, reader.label_key
+    columns = [c for c in reader.dataset.column_names if c != input_key] + (
+        [input_key] if table.column(input_key).null_count < len(reader) else [])
+    if table.column(input_key).null_count == len(reader) and len(reader):
+        # datasets' cast_column adds a missing column as all-null instead of failing
+        raise DataError(f"--dataset {data.dataset} has no image column {input_key!r} (columns: "
+                        f"{', '.join(c for c in columns if c != input_key)}); fix: --input-key COLUMN.")
+    if target_key not in reader.dataset.column_names:
+        raise DataError(f"--dataset {data.dataset} has no target column {target_key!r} (columns: {', '.join(columns)}); "
+                        "fix: --target-key COLUMN.")
+    names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
+    count = len(names) if names else None
+    if names is None:
+        targets = [t for t in table.column(target_key).to_pylist() if t is not None]
+        if targets and not all(isinstance(t, int) for t in targets):
+            raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label (e.g. "
+                            f"{targets[0]!r}); fix: --target-key naming an integer or ClassLabel column.")
+        if num_classes is None:
+            raise DataError(f"--dataset {data.dataset}: column {target_key!r} holds integers with no class names (not "
+                            "a ClassLabel); fix: pass --num-classes N.")
+        out_of_range = [t for t in targets if not 0 <= t < num_classes]
+        if out_of_range:
+            raise DataError(f"--dataset {data.dataset} split {split}: target {out_of_range[0]} is outside the "
+                            f"{num_classes} classes of --num-classes {num_classes}; fix: set --num-classes.")
+        count = num_classes
+    ds.source_info = SourceInfo(
+        kind="hfds", spec=data.dataset, split=split, location=data.name, input_img_mode=data.input_img_mode,
+        classes=names, num_classes=count, skip_bad_images=data.skip_bad_images,
+        identity=_hf_identity(data.name, split, data.data_dir, reader.dataset))
+
+    def raw(i: int) -> Any:
+        image = reader.dataset[i][input_key]
+        return io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+
+    _scan(ds, raw, threads=True)
+    return ds
+
+
+# --- torch/ --------------------------------------------------------------------------------------------------
+
+def _open_torch(data: DataSettings, split: str) -> Any:
+    from timm.data import create_dataset
+
+    name = data.name
+    # timm picks the train set for train/training and the test set for every other string, typos included
+    if name not in ("imagenet", "image_folder", "folder", "places365", "inaturalist", "inat") and split not in (
+            *_SPLIT_SYNONYMS["train"], *_SPLIT_SYNONYMS["validation"], "test"):
+        raise DataError(f"--dataset {data.dataset} has the splits train and test; {split!r} is neither (timm "
+                            "would silently read the test set). fix: --train-split train --val-split test (or "
+                            "validation, which reads the test set).")
+    if not data.data_dir:
+        raise DataError(f"--dataset {data.dataset} needs --data-dir (torchvision's root folder).")
+    try:
+        ds = create_dataset(data.dataset, root=data.data_dir, split=split, download=data.download)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True to download it"
+        hint = " or pass --dataset-download" if name in _TORCH_DOWNLOADS and not data.download else ""
+        raise DataError(f"--dataset {data.dataset}: {' '.join(str(e).split())[:200]} (under {data.data_dir}); fix: "
+                        f"point --data-dir at torchvision's root for it{hint}.") from None
+    except (OSError, ValueError, AssertionError) as e:
+        raise DataError(f"--dataset {data.dataset} split {split}: {type(e).__name__}: {e}".rstrip(": ")) from None
+    ds.transform = None  # the package applies its own transforms to the PIL image
+    ds.target_transform = None
+    classes = [str(c) for c in getattr(ds, "classes", [])] or None
+    if classes is None and hasattr(ds, "all_categories"):
+        classes = [str(c) for c in ds.all_categories]
+    train_set = getattr(ds, "train", None)
+    ds.source_info = SourceInfo(
+        kind="torch", spec=data.dataset, split=split, location=data.data_dir, input_img_mode=data.input_img_mode,
+        classes=classes, num_classes=len(classes) if classes else None, skip_bad_images=data.skip_bad_images,
+        identity={"torchvision_split": ("train" if train_set else "test") if train_set is not None else split})
+    if train_set is False and split in _SPLIT_SYNONYMS["validation"]:
+        _logger.info("--dataset %s: split %s reads torchvision's test set (it has no other).", data.dataset, split)
+    samples = getattr(ds, "samples", None) or getattr(ds, "imgs", None)
+    if samples:
+        _scan(ds, lambda i: samples[i][0], threads=True)
+    else:
+        ds.skipped_files = []
+    return ds
+
+
+# ------------------------------------------------------------------------------------------------------------
+# wds/
+
+
+def _is_remote(root: str) -> bool:
+    return root.startswith(_REMOTE)
+
+
+def _safe_shard(name: str) -> bool:
+    """A shard name from _info.json or a brace pattern: no shell pipe, no absolute path, no escape from the root
+    (webdataset runs ``pipe:`` names through a shell)."""
+    return not (name.startswith(("pipe:", "/")) or ":" in name.split("/")[0] or ".." in name.split("/"))
+
+
+def _read_info(root: str) -> dict[str, Any] | None:
+    for name in _INFO_NAMES:
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    return json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise DataError(f"{path} is not valid JSON ({e}); fix: repair the file.") from None
+    return None
+
+
+def _open_wds(data: DataSettings, split: str, *, training: bool, num_classes: int | None, batch_size: int,
+             seed: int) -> Any:
+    """``--dataset wds/NAME`` split ``split``: timm's ReaderWds over the shards under ``--data-dir``, checked."""
+    from timm.data import create_dataset
+
+    root = data.data_dir
+    if not root:
+        raise DataError(f"--dataset {data.dataset} needs --data-dir: the folder (or URL prefix) holding the shards "
+                        "and timm's _info.json.")
+    remote = _is_remote(root)
+    if not remote and not os.path.isdir(root):
+        raise DataError(f"--data-dir {root} does not exist; fix: point it at the folder holding the shards and "
+                        "_info.json.")
+    brace = "tar" in split or ".." in split  # timm's test for a brace-expanded shard pattern
+    info = None if remote else _read_info(root)
+    if not remote and info is None and not brace:
+        yaml_only = any(os.path.isfile(os.path.join(root, n)) for n in ("_info.yaml", "info.yaml"))
+        why = " (timm 1.0 reads only _info.json / info.json, not _info.yaml)" if yaml_only else ""
+        raise DataError(f"{root} has no _info.json{why}; fix: write timm's _info.json (splits.<name>: num_samples, "
+                        "filenames, shard_lengths), or give the split as a shard pattern with its sample count, "
+                        "e.g. --train-split 'name-train-{0000..0099}.tar|128000'.")
+    if info is not None and not brace and split not in (info.get("splits") or {}):
+        raise DataError(f"--dataset {data.dataset} has no split {split!r} in {root}/_info.json (splits: "
+                        f"{', '.join(info.get('splits') or {}) or 'none'}); fix: name one with "
+                        f"{data.split_flags}.")
+    if brace and training and "|" not in split and data.train_num_samples is None:
+        raise DataError(f"--train-split {split}: a shard pattern needs its sample count to size training epochs "
+                        f"(timm's '{split}|N' form); fix: append |N or pass --train-num-samples N.")
+    num_samples = data.train_num_samples if training else data.val_num_samples
+    kwargs = dict(root=root, split=split, is_training=training, batch_size=batch_size, seed=seed, repeats=0,
+                  class_map=None, input_img_mode=data.input_img_mode, input_key=data.input_key,
+                  target_key=data.target_key, num_samples=num_samples)
+    try:
+        ds = create_dataset(data.dataset, **kwargs)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise DataError(f"--dataset {data.dataset} split {split}: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                        "; fix: check _info.json and the split name.") from None
+    reader = ds.reader
+    names = list(reader.split_info.filenames)
+    unsafe = [n for n in names if not _safe_shard(n)]
+    if unsafe:
+        raise DataError(f"{root}: shard name {unsafe[0]!r} is not a file under --data-dir (absolute, '..', or a "
+                        "pipe:/URL scheme webdataset would open); fix: list shard files relative to the _info.json.")
+    if not names:
+        raise DataError(f"--dataset {data.dataset} split {split} lists no shards; fix: check _info.json.")
+    lengths = list(reader.split_info.shard_lengths)
+    sizes: list[int | None] = [None] * len(names)
+    if not remote:
+        missing = [n for n in names if not os.path.isfile(os.path.join(root, n))]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DataError(f"shard {os.path.join(root, missing[0])}{more} of split {split} is missing (timm would skip "
+                            "it and repeat other samples in its place); fix: restore the shard(s) or correct "
+                            "_info.json.")
+        sizes = [os.path.getsize(os.path.join(root, n)) for n in names]
+    classes = None
+    if info is not None and isinstance(info.get("classes"), list):  # this package's convention, not timm's
+        classes = [str(c) for c in info["classes"]]
+    count = len(classes) if classes else (info or {}).get("num_classes") or num_classes
+    if count is None:
+        raise DataError(f"--dataset {data.dataset} carries no class list (timm's _info.json has none); fix: pass "
+                        "--num-classes N (or add \"num_classes\" or a \"classes\" list to _info.json).")
+    if not remote:
+        _peek_wds(data, os.path.join(root, names[0]))
+    ds.source_info = SourceInfo(
+        kind="wds", spec=data.dataset, split=split, location=root, input_img_mode=data.input_img_mode,
+        classes=classes, num_classes=int(count), skip_bad_images=data.skip_bad_images,
+        identity={"num_samples": int(reader.num_samples),
+                  "shards": [[n, int(lengths[i]) if i < len(lengths) else None, sizes[i]] for i, n in enumerate(names)]},
+        reopen=functools.partial(create_dataset, data.dataset, **kwargs))
+    return ds
+
+
+def _peek_wds(data: DataSettings, shard: str) -> None:
+    """Read the first sample of the first shard: the image and target keys must be there (timm drops every
+    sample without the image key, one warning each, and trains on nothing)."""
+    import webdataset as wds
+
+    try:
+        sample = next(iter(wds.DataPipeline(wds.SimpleShardList([shard]), wds.tarfile_to_samples())))
+    except StopIteration:
+        raise DataError(f"shard {shard} holds no samples; fix: replace it.") from None
+    except Exception as e:  # a broken tar
+        raise DataError(f"shard {shard} cannot be read: {type(e).__name__}: {e}; fix: replace it.") from None
+    members = sorted(k for k in sample if not k.startswith("__"))
+    image_keys = (data.input_key or "jpg;png;webp").split(";")
+    if not any(k in sample for k in image_keys):
+        raise DataError(f"shard {shard}: sample {sample.get('__key__')} has no image under {';'.join(image_keys)} "
+                        f"(its members: {', '.join(members)}); fix: --input-key naming the image's extension, e.g. "
+                        f"{next((m for m in members if m in ('png', 'jpeg', 'webp', 'jpg')), 'png')};jpg")
+    if data.target_key is None and "cls" not in sample:
+        raise DataError(f"shard {shard}: sample {sample.get('__key__')} has no .cls target (members: "
+                        f"{', '.join(members)}); fix: --target-key naming the class field of its .json.")
+    if data.target_key is not None:
+        meta = json.loads(sample["json"]) if "json" in sample else None
+        if meta is None or data.target_key not in meta:
+            have = ", ".join(sorted(meta)) if meta else "no .json sidecar"
+            raise DataError(f"shard {shard}: sample {sample.get('__key__')} has no target field {data.target_key!r} "
+                            f"({have}); fix: --target-key naming one of its fields.")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# hfids/
+
+
+def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: int | None, batch_size: int,
+               seed: int) -> Any:
+    """``--dataset hfids/NAME`` split ``split``: timm's ReaderHfids (datasets streaming), checked."""
+    from timm.data import create_dataset
+
+    num_samples = data.train_num_samples if training else data.val_num_samples
+    kwargs = dict(root=data.data_dir, split=split, is_training=training, batch_size=batch_size, seed=seed, repeats=0,
+                  class_map=data.class_map or None, input_img_mode=data.input_img_mode, input_key=data.input_key,
+                  target_key=data.target_key, num_samples=num_samples, download=data.download,
+                  trust_remote_code=False)
+    try:
+        ds = create_dataset(data.dataset, **kwargs)
+    except ValueError as e:
+        if "length is unknown" in str(e):
+            flag = "--train-num-samples" if training else "--val-num-samples"
+            raise DataError(f"--dataset {data.dataset} split {split}: its size is unknown (no dataset card with split "
+                            f"sizes, nothing prepared in the cache) and a stream's epochs must be sized before "
+                            f"training; fix: pass {flag} N.") from None
+        raise _hf_error(data, split, e) from None
+    except Exception as e:  # datasets raises FileNotFoundError, ConnectionError and its own
+        raise _hf_error(data, split, e) from None
+    reader = ds.reader
+    builder = reader.builder
+    known = sorted((builder.config.data_files or {}).keys()) or sorted((builder.info.splits or {}).keys())
+    if known and split not in known:
+        raise DataError(f"--dataset {data.dataset} has no split {split!r} (splits: {', '.join(known)}); fix: name one "
+                        f"with {data.split_flags}.")
+    input_key, target_key = reader.input_key, reader.target_key
+    features = builder.info.features
+    columns = list(features) if features else _peek_hfids(data, builder, split)
+    for flag, key in (("--input-key", input_key), ("--target-key", target_key)):
+        if key not in columns:
+            raise DataError(f"--dataset {data.dataset} has no column {key!r} (columns: {', '.join(columns)}); fix: "
+                            f"{flag} COLUMN.")
+    names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
+    count = len(names) if names else num_classes
+    if count is None:
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} has no class names (no ClassLabel feature); "
+                        "fix: pass --num-classes N.")
+    stream = builder.as_streaming_dataset(split=split)
+    identity: dict[str, Any] = {"num_samples": int(reader.num_samples), "shards": int(stream.num_shards or 1),
+                                "config": builder.config.name}
+    if os.path.exists(data.name):
+        root = os.path.abspath(data.name)
+        files = (builder.config.data_files or {}).get(split) or []
+        identity["files"] = [[os.path.relpath(os.fspath(f), root), os.path.getsize(f)] for f in files]
+    else:
+        identity["revision"] = getattr(builder, "hash", None)
+    ds.source_info = SourceInfo(
+        kind="hfids", spec=data.dataset, split=split, location=data.name, input_img_mode=data.input_img_mode,
+        classes=names, num_classes=int(count), identity=identity,
+        reopen=functools.partial(create_dataset, data.dataset, **kwargs))
+    return ds
+
+
+def _peek_hfids(data: DataSettings, builder: Any, split: str) -> list[str]:
+    try:
+        row = next(iter(builder.as_streaming_dataset(split=split)))
+    except StopIteration:
+        raise DataError(f"--dataset {data.dataset} split {split} is empty; fix: check the data files.") from None
+    except Exception as e:
+        raise _hf_error(data, split, e) from None
+    return list(row)
