@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+# Teacher path decisions are not remembered across tests (nor written into the user's cache folder): each test
+# sees what its own run measures. Tests of the memory pass their own file.
+os.environ.setdefault("DEIT_DISTILL_TEACHER_PATHS", "")
 
 
 @pytest.fixture(scope="session")
