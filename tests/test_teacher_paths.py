@@ -322,3 +322,64 @@ def test_faster_paths_give_fp32s_hard_targets_on_the_digits(trained_teacher):
         agreement = (predicted == reference).float().mean().item()
         assert agreement >= 0.995, (path, agreement)
     assert len(images) >= 300
+
+
+# ---- the commands' flags ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_min_agreement_outside_0_1_is_refused_by_train_eval_and_cache_build(value, capsys):
+    from timm_deit_distill.commands import cache as cache_cli
+    from timm_deit_distill.commands import evaluate, train
+
+    flags = ["--distill-teacher", "resnet10t", "--teacher-min-agreement", value]
+    for command in (lambda: train.main([*flags, "--data-dir", "/nonexistent"]),
+                    lambda: evaluate.main(["--checkpoint", "/nonexistent.pth.tar", "--data-dir", "/nonexistent",
+                                           *flags]),
+                    lambda: cache_cli.main(["build", *flags, "--data-dir", "/nonexistent", "--out", "/nonexistent/c"])):
+        code = command()
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"--teacher-min-agreement {float(value):g} is a fraction of images" in err
+
+
+def test_path_flags_without_a_teacher_are_refused(capsys):
+    from timm_deit_distill.commands import train
+
+    for flags in (["--teacher-compile", "yes"], ["--teacher-min-agreement", "0.9"]):
+        assert train.main([*flags, "--data-dir", "/nonexistent"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flags[0]} configures the teacher, but no teacher is given" in err
+
+
+def test_path_flags_reach_the_teacher_settings():
+    from timm_deit_distill.commands.args import parse_args, settings_from_args
+
+    args = parse_args(["--distill-teacher", "resnet10t", "--teacher-precision", "bf16", "--teacher-compile", "no",
+                       "--teacher-min-agreement", "0.99"])
+    teacher = settings_from_args(args).teacher
+    assert (teacher.precision, teacher.compile, teacher.min_agreement) == ("bf16", "no", 0.99)
+    defaults = settings_from_args(parse_args(["--distill-teacher", "resnet10t"])).teacher
+    assert (defaults.precision, defaults.compile, defaults.min_agreement) == ("auto", "auto", 0.995)
+
+
+@pytest.mark.slow
+def test_train_records_the_path_its_teacher_ran_and_was_checked_on(trained_teacher, tmp_path, capsys, caplog,
+                                                                 monkeypatch):
+    from train_fixtures import FAST, STUDENT, load
+
+    from timm_deit_distill.commands import train
+
+    monkeypatch.setenv("DEIT_DISTILL_TEACHER_PATHS", str(tmp_path / "paths.json"))
+    caplog.set_level(logging.INFO)
+    argv = ["--data-dir", str(trained_teacher["data"]), *STUDENT, *FAST, "--epochs", "1", "--img-size", "16",
+            "--distill-teacher", "resnet10t", "--distill-teacher-path", str(trained_teacher["checkpoint"]),
+            "--teacher-compile", "no", "--output", str(tmp_path), "--experiment", "auto"]
+    assert train.main(argv) == 0, capsys.readouterr()
+    distill = load(tmp_path / "auto" / "last.pth.tar")["deit_distill"]["distill"]
+    recorded = distill["teacher_path"]
+    assert recorded["path"] in ("fp32 eager", "bf16 eager") and recorded["steps"] > 0
+    assert recorded["batch_shape"][1:] == [3, 32, 32]  # the teacher's own size, not the student's 16
+    # What the cache and the card read: the precision the teacher really ran at, not 'auto'.
+    assert distill["teacher_description"]["precision"] == recorded["path"].split()[0]
+    assert "Teacher resnet10t runs " + recorded["path"] in caplog.text
+    assert distill["teacher_check"]["passed"] is True
