@@ -143,6 +143,9 @@ def select_path(
             notes.append(P.noted(path, f"not tried: {path.precision} eager does not agree with fp32"))
         elif compile_mode == "yes" or P.compile_worth_trying(twin.ms, best_eager or twin.ms, steps, warmup):
             to_try.append(path)
+        elif best_eager is not None and twin.ms * (1 - P.COMPILE_GAIN_MAX) >= best_eager:
+            notes.append(P.noted(path, f"not tried: even {P.COMPILE_GAIN_MAX:.0%} faster than its eager {twin.ms:.1f} ms "
+                                       f"it would not beat {best_eager:.1f} ms eager"))
         else:
             notes.append(P.noted(path, f"not tried: {steps:,} batches x {twin.ms:.1f} ms cannot repay a ~{warmup:.0f} s "
                                        f"compile ({warmup_source})"))
