@@ -383,3 +383,24 @@ def test_train_records_the_path_its_teacher_ran_and_was_checked_on(trained_teach
     assert distill["teacher_description"]["precision"] == recorded["path"].split()[0]
     assert "Teacher resnet10t runs " + recorded["path"] in caplog.text
     assert distill["teacher_check"]["passed"] is True
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_path_it_started_on(trained_teacher, tmp_path, capsys):
+    from train_fixtures import FAST, STUDENT, load
+
+    from timm_deit_distill.commands import train
+
+    base = ["--data-dir", str(trained_teacher["data"]), *STUDENT, *FAST, "--img-size", "16", "--distill-teacher",
+            "resnet10t", "--distill-teacher-path", str(trained_teacher["checkpoint"]), "--output", str(tmp_path)]
+    # The first leg ran bf16 (given); a fresh choice for so short a run would be eager fp32, unmeasured.
+    assert train.main([*base, "--epochs", "1", "--experiment", "first", "--teacher-precision", "bf16",
+                       "--teacher-compile", "no"]) == 0
+    assert train.main([*base, "--epochs", "2", "--experiment", "second",
+                       "--resume", str(tmp_path / "first" / "last.pth.tar")]) == 0, capsys.readouterr()
+    distill = load(tmp_path / "second" / "last.pth.tar")["deit_distill"]["distill"]
+    assert distill["teacher_path"]["path"] == "bf16 eager" and "before --resume" in distill["teacher_path"]["reason"]
+    assert distill["teacher_description"]["precision"] == "bf16"
+    fresh = tmp_path / "fresh"
+    assert train.main([*base, "--epochs", "1", "--experiment", "fresh"]) == 0
+    assert load(fresh / "last.pth.tar")["deit_distill"]["distill"]["teacher_path"]["path"] == "fp32 eager"

@@ -408,10 +408,10 @@ class DistillationTeacher(nn.Module):
                            min_agreement=self.min_agreement if min_agreement is None else min_agreement,
                            budget_s=budget_s, memory=memory)
 
-    def use_path(self, path: TeacherPath | str) -> DistillationTeacher:
+    def use_path(self, path: TeacherPath | str, reason: str = "given by use_path") -> DistillationTeacher:
         """Run on ``path`` (e.g. ``'bf16 compiled'``, one chosen by another process) without measuring."""
         path = TeacherPath.parse(path) if isinstance(path, str) else path
-        self._use_path(PathChoice(path, "requested", "given by use_path"))
+        self._use_path(PathChoice(path, "requested", reason))
         return self
 
     def _use_path(self, choice: PathChoice) -> PathChoice:
