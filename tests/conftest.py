@@ -21,6 +21,9 @@ if "HF_DATASETS_CACHE" not in os.environ:
     _datasets_cache = tempfile.mkdtemp(prefix="deit-distill-tests-datasets-")
     os.environ["HF_DATASETS_CACHE"] = _datasets_cache
     atexit.register(shutil.rmtree, _datasets_cache, ignore_errors=True)
+# Teacher path decisions are not remembered across tests (nor written into the user's cache folder): each test
+# sees what its own run measures. Tests of the memory pass their own file.
+os.environ.setdefault("DEIT_DISTILL_TEACHER_PATHS", "")
 
 
 @pytest.fixture(scope="session")

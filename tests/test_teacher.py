@@ -23,8 +23,7 @@ from timm.models import save_for_hf
 from timm.utils import CheckpointSaver, ModelEmaV3
 
 from timm_deit_distill.checkpoint import CheckpointError
-from timm_deit_distill.teacher import DistillationTeacher, TeacherError, resolve_precision
-from timm_deit_distill.teacher import precision as teacher_precision
+from timm_deit_distill.teacher import DistillationTeacher, TeacherError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -334,23 +333,17 @@ def test_moving_a_parent_moves_the_hidden_teacher():
 
 # ---- precision --------------------------------------------------------------------------------------------
 
-def test_auto_precision_follows_device_capability(monkeypatch):
-    monkeypatch.setattr(teacher_precision, "cpu_has_fast_bf16", lambda: True)
-    assert resolve_precision("auto", "cpu")[0] == torch.bfloat16
-    monkeypatch.setattr(teacher_precision, "cpu_has_fast_bf16", lambda: False)
-    assert resolve_precision("auto", "cpu")[0] == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert resolve_precision("auto", "cuda")[0] == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert resolve_precision("auto", "cuda")[0] == torch.float16
-    assert resolve_precision("fp16", "cpu")[0] == torch.float16
-    with pytest.raises(TeacherError, match="precision"):
-        resolve_precision("int8", "cpu")
+def test_precision_and_compile_values_are_checked_before_loading():
+    for kwargs, word in (({"precision": "int8"}, "precision"), ({"compile": "maybe"}, "compile")):
+        with pytest.raises(TeacherError, match=word):
+            DistillationTeacher.create("resnet10t", checkpoint_path="/nonexistent/never-read.pth", **kwargs)
 
 
-def test_cpu_auto_matches_the_amx_probe():
-    expected = torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32
-    assert DistillationTeacher.create(_convnet()).compute_dtype == expected
+def test_auto_precision_is_not_read_from_cpu_flags():
+    # The path is measured (tests/test_teacher_paths.py); until then nothing is assumed from the CPU.
+    teacher = DistillationTeacher.create(_convnet())
+    assert teacher.path is None and teacher.compute_dtype == torch.float32
+    assert teacher.description["precision"] == "auto"
 
 
 def _first_conv_dtype(teacher: DistillationTeacher, x: torch.Tensor, outer_autocast: bool = False) -> torch.dtype:

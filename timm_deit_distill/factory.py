@@ -24,12 +24,12 @@ from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, spl
 from .data import DataSettings, LoaderSettings, build_check_loader, open_source
 from .errors import CheckpointError, UsageError
 from .losses import DistillationLoss, DistillSettings
-from .teacher import DistillationTeacher, TeacherCheck, TeacherSettings
+from .teacher import DistillationTeacher, PathChoice, TeacherCheck, TeacherSettings
 
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
     "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_teacher", "check_teacher", "create_criterion",
+    "create_teacher", "select_teacher_path", "check_teacher", "create_criterion",
 ]
 
 _SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
@@ -288,8 +288,43 @@ def create_teacher(teacher: TeacherSettings, num_classes: int, data_config: Mapp
         teacher.source, checkpoint_path=teacher.checkpoint_path, use_ema=teacher.use_ema,
         num_classes=num_classes, label_names=label_names,
         data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
-        teacher_input_size=teacher.input_size, precision=teacher.precision,
+        teacher_input_size=teacher.input_size, precision=teacher.precision, compile=teacher.compile,
         channels_last=teacher.channels_last, device=device, teacher_mean=teacher.mean, teacher_std=teacher.std)
+
+
+def select_teacher_path(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,
+                        data_config: Mapping[str, Any], loader: LoaderSettings, *, seed: int, batch_size: int,
+                        steps: int, rank: int = 0, world_size: int = 1) -> PathChoice:
+    """Choose the teacher's path (:meth:`~timm_deit_distill.teacher.DistillationTeacher.select_path`) for a run of
+    ``steps`` teacher batches of ``batch_size``, its agreement measured on the teacher check's seeded validation
+    images (also with ``--no-teacher-check``).
+
+    Under torchrun rank 0 measures and every process takes its choice: the processes of one run compute their
+    targets on one path (measuring on each would compete for the same machine and could pick different paths).
+    """
+    choice, error = None, None
+    if rank == 0:
+        check_loader = build_check_loader(dataset, dict(data_config), max_images=teacher.check_images,
+                                          batch_size=loader.eval_batch_size, workers=loader.workers, seed=seed)
+        try:
+            choice = model.select_path(check_loader, batch_size=batch_size, steps=steps,
+                                       min_agreement=teacher.min_agreement)
+        except Exception as e:
+            if world_size == 1:
+                raise
+            error = e
+    if world_size > 1:
+        box = [str(choice.path) if choice is not None else None, None if error is None else repr(error)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[1] is not None:
+            raise RuntimeError(f"rank 0 failed while choosing the teacher's path: {box[1]}")
+        if rank != 0:
+            model.use_path(box[0])
+            choice = model.path_choice
+    assert choice is not None
+    return choice
 
 
 def check_teacher(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,

@@ -47,14 +47,14 @@ from ..data import (
 from ..errors import UsageError
 from ..factory import StudentSettings
 from ..losses import DistillSettings
-from ..teacher import TeacherSettings
+from ..teacher import COMPILE_CHOICES, MIN_AGREEMENT, PRECISIONS, TeacherSettings
 from .common import TEACHER_EMA, add_either_flag
 
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
     "format_config", "resolve_lr", "UNSUPPORTED_TIMM_FLAGS", "DISTILL_KEYS", "TEACHER_CHECK_IMAGES",
-    "add_teacher_check_flags", "validate_teacher_check_flags", "TrainSettings", "settings_from_args",
-    "teacher_settings", "TIMM_SCHEDULERS", "add_dataset_flags", "DATASET_HELP",
+    "add_teacher_check_flags", "add_teacher_path_flags", "validate_teacher_check_flags", "TrainSettings",
+    "settings_from_args", "teacher_settings", "TIMM_SCHEDULERS", "add_dataset_flags", "DATASET_HELP",
 ]
 
 DISTILL_KEYS = ("distill_teacher", "distill_teacher_path", "distill_type", "distill_alpha", "distill_tau",
@@ -422,8 +422,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     g.add_argument("--distill-tau", type=float, default=d(None), metavar="TAU", help="soft temperature > 0 (default 1.0)")
     g.add_argument("--distill-soft-reduction", default=d(None), choices=("deit", "batchmean"),
                    help="soft KL divided by batch*classes (deit, default) or batch (batchmean, timm)")
-    g.add_argument("--teacher-precision", default=d("auto"), choices=("auto", "fp32", "bf16", "fp16"),
-                   help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
+    add_teacher_path_flags(g, d)
     add_either_flag(g, "distill_teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1], default=d(None))
     g.add_argument("--distill-cache", default=d(None), metavar="DIR",
                    help="replay teacher targets from a cache built by `deit-distill cache` (no teacher in memory)")
@@ -457,6 +456,22 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
 
 
 TEACHER_CHECK_IMAGES = CHECK_IMAGES  # the teacher check's own default
+
+
+def add_teacher_path_flags(group: Any, d: Any = lambda value: value) -> None:
+    """How the teacher runs: its precision and compilation (auto: measured on the machine), shared by `deit-distill
+    train`, `cache build` and `eval`. ``d`` wraps each default, as in :func:`add_teacher_check_flags`."""
+    group.add_argument("--teacher-precision", default=d("auto"), choices=PRECISIONS,
+                       help="teacher precision (auto: the fastest measured on this machine whose argmax agrees with "
+                            "fp32, see --teacher-min-agreement; remembered per machine)")
+    group.add_argument("--teacher-compile", default=d("auto"), choices=COMPILE_CHOICES,
+                       help="torch.compile the teacher (inductor, freezing): auto compiles when measured faster "
+                            "over the run, compile warm-up included")
+    group.add_argument("--teacher-min-agreement", type=float, default=d(MIN_AGREEMENT), metavar="FRACTION",
+                       help="argmax agreement with eager fp32, on the run's validation images, that a faster "
+                            "teacher path (reduced precision, compiled) needs to be chosen")
+
+
 def add_teacher_check_flags(group: Any, d: Any = lambda value: value) -> None:
     """The teacher's input size and check flags, shared by `deit-distill train`, `cache build` and `eval`.
 
@@ -511,6 +526,10 @@ def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool)
         raise UsageError(f"--no-teacher-check with --teacher-min-top1 {args.teacher_min_top1:g} contradict each "
                          "other: keep --teacher-min-top1 to check against that threshold, or --no-teacher-check "
                          "to skip the check.")
+    agreement = getattr(args, "teacher_min_agreement", MIN_AGREEMENT)
+    if not 0.0 < agreement <= 1.0:
+        raise UsageError(f"--teacher-min-agreement {agreement:g} is a fraction of images; use a value in (0, 1] "
+                         f"(default {MIN_AGREEMENT}).")
     if args.no_teacher_check and args.teacher_check_images != TEACHER_CHECK_IMAGES:
         raise UsageError(f"--no-teacher-check with --teacher-check-images {args.teacher_check_images} contradict "
                          "each other: drop one.")
@@ -520,7 +539,9 @@ def validate_teacher_check_flags(args: argparse.Namespace, *, has_teacher: bool)
             ("--teacher-min-top1", args.teacher_min_top1, None),
             ("--teacher-check-images", args.teacher_check_images, TEACHER_CHECK_IMAGES),
             ("--no-teacher-check", args.no_teacher_check, False),
-            ("--teacher-mean", args.teacher_mean, None), ("--teacher-std", args.teacher_std, None)) if value != default]
+            ("--teacher-mean", args.teacher_mean, None), ("--teacher-std", args.teacher_std, None),
+            ("--teacher-compile", getattr(args, "teacher_compile", "auto"), "auto"),
+            ("--teacher-min-agreement", agreement, MIN_AGREEMENT)) if value != default]
         if given:
             verb = "configures" if len(given) == 1 else "configure"
             raise UsageError(f"{', '.join(given)} {verb} the teacher, but no teacher is given: add "
@@ -962,13 +983,14 @@ class TrainSettings:
 
 def teacher_settings(args: argparse.Namespace, *, source: str | None, checkpoint_path: str | None,
                      use_ema: bool | None, channels_last: bool | None) -> TeacherSettings:
-    """The teacher settings of a command line with :func:`add_teacher_check_flags` and ``--teacher-precision``."""
+    """The teacher settings of a command line with :func:`add_teacher_check_flags` and :func:`add_teacher_path_flags`."""
     size = args.teacher_input_size
     return TeacherSettings(
         source=source, checkpoint_path=checkpoint_path, use_ema=use_ema,
         input_size=tuple(size) if size is not None else None, precision=args.teacher_precision,
         channels_last=channels_last, check=not args.no_teacher_check, check_images=args.teacher_check_images,
-        min_top1=args.teacher_min_top1, mean=_floats(args.teacher_mean), std=_floats(args.teacher_std))
+        min_top1=args.teacher_min_top1, mean=_floats(args.teacher_mean), std=_floats(args.teacher_std),
+        compile=args.teacher_compile, min_agreement=args.teacher_min_agreement)
 
 
 def _floats(values: Sequence[float] | None) -> tuple[float, ...] | None:

@@ -13,14 +13,18 @@ Train from it with ``deit-distill train <same flags> --deterministic-aug --disti
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir
+from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir, rows_per_epoch
+from ..cache.store import MANIFEST
 from ..errors import DeitDistillError
 from .common import refuse
 
@@ -94,6 +98,19 @@ def _build(argv: list[str]) -> int:
     if settings.teacher.source:
         factory.check_model_name(settings.teacher.source, "--distill-teacher")
     teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels or None)
+    view = ViewSettings.resolve(settings.augment, data_config, num_classes)
+    loader = settings.loader
+    started = _started_path(own.out, settings.teacher)
+    if started is not None:
+        # Extending or resuming a cache: its targets so far came from this path, and the rest must too.
+        teacher.use_path(started)
+        if rank == 0:
+            _logger.info("cache %s was started with the teacher on %s: continuing on it.", own.out, started)
+    else:
+        rows = rows_per_epoch(len(train_ds), view.augment.mix_group_size)
+        steps = math.ceil(args.epochs * rows / world_size / loader.batch_size)
+        factory.select_teacher_path(teacher, settings.teacher, val_ds, data_config, loader, seed=settings.seed,
+                                    batch_size=loader.batch_size, steps=steps, rank=rank, world_size=world_size)
     # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
     # Every process checks the same seeded images, so all of them refuse or none does.
     measured = factory.check_teacher(teacher, settings.teacher, val_ds, data_config, settings.loader,
@@ -104,10 +121,10 @@ def _build(argv: list[str]) -> int:
         return teacher(x.to(device, non_blocking=True))
 
     if rank == 0:
-        _logger.info("caching %d epochs of %d images, store %s, teacher %s, into %s", args.epochs, len(train_ds),
-                     store.spec, args.distill_teacher or args.distill_teacher_path, own.out)
-    view = ViewSettings.resolve(settings.augment, data_config, num_classes)
-    manifest = build_cache(train_ds, view, settings.loader, run_teacher, own.out, epochs=args.epochs, store=store,
+        _logger.info("caching %d epochs of %d images, store %s, teacher %s (%s), into %s", args.epochs,
+                     len(train_ds), store.spec, args.distill_teacher or args.distill_teacher_path, teacher.path,
+                     own.out)
+    manifest = build_cache(train_ds, view, loader, run_teacher, own.out, epochs=args.epochs, store=store,
                            teacher_description=teacher.description, teacher_check=check, rank=rank,
                            world_size=world_size, barrier=barrier)
     if rank == 0:
@@ -115,6 +132,24 @@ def _build(argv: list[str]) -> int:
     if device_info.distributed:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _started_path(out: str, teacher: Any) -> str | None:
+    """The teacher path (e.g. ``'bf16 eager'``) a cache in ``out`` was started with, when this build leaves the
+    path to measurement ('auto'): a resumed or extended cache keeps the precision its chunks were computed at.
+
+    None when there is no such cache, or the path is given explicitly (a mismatch is then refused by the build)."""
+    if teacher.precision != "auto" and teacher.compile != "auto":
+        return None
+    try:
+        described = json.loads((Path(out) / MANIFEST).read_text()).get("teacher") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # no cache yet, or one the build itself refuses with the reason
+    precision = described.get("precision") if teacher.precision == "auto" else teacher.precision
+    compiled = bool(described.get("compiled")) if teacher.compile == "auto" else teacher.compile == "yes"
+    if precision not in ("fp32", "bf16", "fp16"):
+        return None
+    return f"{precision} {'compiled' if compiled else 'eager'}"
 
 
 def _summary(directory: str, manifest: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ _logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
-    from .args import HelpFormatter, add_dataset_flags, add_teacher_check_flags
+    from .args import HelpFormatter, add_dataset_flags, add_teacher_check_flags, add_teacher_path_flags
 
     p = argparse.ArgumentParser(
         prog="deit-distill eval",
@@ -51,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
                    help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
-    p.add_argument("--teacher-precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="teacher inference precision (auto: bf16 on CUDA and on CPUs with AMX, else fp32)")
+    add_teacher_path_flags(p)
     add_either_flag(p, "teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1])
     add_teacher_check_flags(p)  # the teacher is checked on --split before the full evaluation
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="evaluation batch size")
@@ -117,6 +117,10 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
                                     use_ema=args.teacher_ema, channels_last=None)
         teacher = factory.create_teacher(settings, model.num_classes, data_config, device, label_names=labels or None)
+        checked = 0 if not settings.check else min(settings.check_images, len(dataset))
+        steps = len(loader) + math.ceil(checked / loader_settings.eval_batch_size)
+        factory.select_teacher_path(teacher, settings, dataset, data_config, loader_settings, seed=0,
+                                    batch_size=loader_settings.eval_batch_size, steps=steps)
         # Before the full pass: a teacher near chance makes its agreement figures meaningless.
         check = factory.check_teacher(teacher, settings, dataset, data_config, loader_settings, seed=0)
     autocast = ((lambda: torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype)))

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import importlib
 import logging
+import math
 import os
 import sys
 import time
@@ -418,7 +419,21 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         entry = {"epoch": start_epoch, "checkpoint": os.path.abspath(args.resume), "changed": comparison.changed}
         metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
 
-    # --- The teacher is measured through the loss's own path before it teaches (refused near chance).
+    # --- The teacher's path (precision, compiled or not), measured here for this run; then the teacher is
+    # measured through exactly that path, the loss's own, before it teaches (refused near chance).
+    resumed_path = _resumed_teacher_path(resume_from, settings) if teacher is not None else None
+    if resumed_path is not None:
+        # A resumed run keeps the path its targets so far came from: the rest of the run teaches the same
+        # targets as an uninterrupted one (a fresh measurement over the epochs left could choose another).
+        teacher.use_path(resumed_path, reason=f"the path the run ran on before --resume ({args.resume})")
+        metadata["distill"]["teacher_path"] = teacher.path_choice.as_dict()
+    elif teacher is not None:
+        steps = _teacher_batches(args, settings, start_epoch, num_epochs, len(train_loader), len(eval_ds), world_size)
+        metadata["distill"]["teacher_path"] = factory.select_teacher_path(
+            teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed,
+            batch_size=args.batch_size, steps=steps, rank=rank, world_size=world_size).as_dict()
+    if teacher is not None:
+        metadata["distill"]["teacher_description"] = teacher.description  # its precision is now the chosen one
     if teacher is not None:  # None when skipped with --no-teacher-check (with a warning): the card says so
         check = factory.check_teacher(teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed)
         metadata["distill"]["teacher_check"] = check.as_dict() if check is not None else None
@@ -499,6 +514,28 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         else:
             lr_scheduler.step(run.start_epoch)
     return run
+
+
+def _resumed_teacher_path(resume_from: dict[str, Any] | None, settings: TrainSettings) -> str | None:
+    """The teacher path a resumed checkpoint's run used, when this run leaves the path to measurement."""
+    if resume_from is None or settings.teacher.precision != "auto" or settings.teacher.compile != "auto":
+        return None
+    recorded = ((resume_from.get("deit_distill") or {}).get("distill") or {}).get("teacher_path") or {}
+    path = recorded.get("path")
+    return path if isinstance(path, str) and path.split(" ")[0] in ("fp32", "bf16", "fp16") else None
+
+
+def _teacher_batches(args: argparse.Namespace, settings: TrainSettings, start_epoch: int, num_epochs: int,
+                     train_batches: int, eval_images: int, world_size: int) -> int:
+    """How many batches of ``--batch-size`` this process's teacher will run: every training batch of the epochs
+    left (when it distils), every evaluation (in batches of that size) and the teacher check."""
+    epochs = range(start_epoch, num_epochs)
+    evaluations = sum(1 for e in epochs if (e + 1) % args.val_interval == 0 or e + 1 == num_epochs)
+    batch = max(1, args.batch_size)
+    training = len(epochs) * train_batches if settings.distill.type != "none" else 0
+    evaluating = math.ceil(evaluations * math.ceil(eval_images / world_size) / batch)
+    checking = 0 if args.no_teacher_check else math.ceil(min(args.teacher_check_images, eval_images) / batch)
+    return training + evaluating + checking
 
 
 def _extra_state(run: Run) -> dict[str, Any]:

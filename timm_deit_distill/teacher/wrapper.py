@@ -17,8 +17,9 @@ the path the loss uses, and refuses (one line, naming causes and fixes) a teache
 
 At run time the teacher is always in eval mode (also after a parent's ``.train()``), frozen, invisible to
 ``state_dict()``, ``parameters()`` and DDP of any module that contains it (so it never lands in a student
-checkpoint or an optimizer), and runs under ``torch.inference_mode`` at the resolved precision, in
-channels_last for convnets, optionally compiled.
+checkpoint or an optimizer), and runs under ``torch.inference_mode``, in channels_last for convnets, on a path
+(precision x eager/compiled) chosen by measurement on the machine: see :meth:`DistillationTeacher.select_path`
+and :mod:`.paths`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,39 @@ from .fit import (
     parse_teacher_input_size,
     resolve_input_hw,
 )
-from .precision import has_autocast, precision_name, resolve_precision
+from .path_memory import PathMemory
+from .paths import MEASURE_BUDGET_S, MIN_AGREEMENT, PathChoice, TeacherPath, parse_compile
+from .precision import check_precision, has_autocast
 from .sources import build_model, state_dict_sha256
 
 __all__ = ["DistillationTeacher"]
 
 _logger = logging.getLogger(__name__)
+
+# torch.compile's arguments for a compiled teacher path: inductor freezing folds the frozen weights (and their
+# bf16 casts) into constants; one static batch shape (smaller batches are padded to it, see _fixed_batch).
+COMPILE_OPTIONS: dict[str, Any] = {"options": {"freezing": True}, "dynamic": False}
+
+
+def _autocast(device_type: str, dtype: torch.dtype) -> AbstractContextManager[Any]:
+    # The teacher's precision is its own: an fp32 teacher also stays fp32 inside a training loop's
+    # autocast region, so its targets do not depend on the student's AMP setting.
+    if dtype == torch.float32:
+        return torch.autocast(device_type=device_type, enabled=False) if has_autocast(device_type) else nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+class _PathRunner(nn.Module):
+    """The teacher's model under one precision's autocast: what a path runs (and what a compiled path compiles)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _autocast(x.device.type, self.dtype):
+            return self.model(x)
 
 
 class DistillationTeacher(nn.Module):
@@ -80,8 +108,9 @@ class DistillationTeacher(nn.Module):
         interpolation: str = "bicubic",
         precision: str = "auto",
         channels_last: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = "auto",
         info: Mapping[str, Any] | None = None,
+        min_agreement: float = MIN_AGREEMENT,
     ) -> None:
         super().__init__()
         model.eval()
@@ -92,10 +121,12 @@ class DistillationTeacher(nn.Module):
             model = model.to(memory_format=torch.channels_last)
         # Plain attributes, deliberately not registered submodules: see the class docstring.
         self.__dict__["model"] = model
-        self.__dict__["_run"] = model
         self.num_classes = int(num_classes)
         self.channels_last = bool(channels_last)
-        self.precision = precision
+        self.precision = check_precision(precision)  # as requested: 'auto' or one precision
+        self.compile_request = parse_compile(compile)  # as requested: 'auto', 'yes' or 'no'
+        self.compile_options: dict[str, Any] = dict(COMPILE_OPTIONS)
+        self.min_agreement = float(min_agreement)  # for the first batch's measurement (see forward)
         self.fixed_input_hw = fixed_input_hw
         # The (H, W) every batch is resized to before the teacher sees it; None: run at the size given.
         self.input_hw = tuple(input_hw) if input_hw is not None else fixed_input_hw
@@ -116,9 +147,12 @@ class DistillationTeacher(nn.Module):
         self.register_buffer("input_shift", (d_mean - t_mean) / t_std, persistent=False)
         device = next(iter(model.parameters()), torch.empty(0)).device
         self.input_scale, self.input_shift = self.input_scale.to(device), self.input_shift.to(device)
-        self.compute_dtype, self._precision_reason = resolve_precision(precision, device)
-        if compile:
-            self.compile()
+        # The path it runs on: None until chosen (precision 'auto': measured by select_path, or at the first batch).
+        self._runners: dict[TeacherPath, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._warm: set[TeacherPath] = set()
+        self._compiled_batch: int | None = None
+        self.path_choice: PathChoice | None = None
+        self._path: TeacherPath | None = self._requested_path()
 
     # -- construction -------------------------------------------------------------------------------------
 
@@ -137,7 +171,7 @@ class DistillationTeacher(nn.Module):
         teacher_input_size: int | Sequence[int] | None = None,
         precision: str = "auto",
         channels_last: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = "auto",
         device: torch.device | str | None = None,
         pretrained: bool = True,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -163,10 +197,11 @@ class DistillationTeacher(nn.Module):
             input_size: the student's ``(C, H, W)``: the size batches arrive at.
             teacher_input_size: the size the teacher runs at (N, (H, W) or (C, H, W)), overriding the one
                 its weights record; refused when it contradicts a fixed-size architecture.
-            precision: ``'auto'`` (bf16 on CUDA and on CPUs with AMX, fp32 otherwise), ``'fp32'``,
-                ``'bf16'`` or ``'fp16'``; computed under autocast, logits returned in float32.
+            precision: ``'auto'`` (chosen by measurement: :meth:`select_path`, or a quick one on the first
+                batch), ``'fp32'``, ``'bf16'`` or ``'fp16'``; computed under autocast, logits returned in float32.
             channels_last: default ``True`` for convnets.
-            compile: ``torch.compile`` the teacher's forward.
+            compile: ``'auto'`` (compiled with ``torch.compile`` when :meth:`select_path` measures that it pays
+                for its warm-up over the run), ``'yes'``/``True`` or ``'no'``/``False``.
             device: where the teacher lives (default: CPU for models built here, unchanged for modules).
             pretrained: for a timm name without ``checkpoint_path``: load its pretrained weights
                 (``False`` builds random weights, for tests and timing only).
@@ -187,7 +222,8 @@ class DistillationTeacher(nn.Module):
         convnets, converted to channels_last. A ``DistillationTeacher`` source is returned as it is,
         after the class, label and input size checks.
         """
-        resolve_precision(precision, "cpu")  # reject a bad value before loading anything
+        check_precision(precision)  # reject a bad value before loading anything
+        parse_compile(compile)
         override = parse_teacher_input_size(teacher_input_size)
         if label_names is not None:
             label_names = [str(n) for n in label_names]
@@ -273,11 +309,12 @@ class DistillationTeacher(nn.Module):
                          f"({self.interpolation}, antialiased)")
             elif student_hw is not None:
                 size += ", the student's batches are that size: not resized"
+        path = (f"path {self._path} (requested)" if self._path is not None and self.compile_request != "auto"
+                else f"precision {self.precision}, compile {self.compile_request} (the path is chosen by measurement)")
         _logger.info(
-            "Teacher %s (tag %s) from %s, %s weights: %d classes, precision %s (%s), channels_last=%s, %s, "
-            "normalisation %s.",
+            "Teacher %s (tag %s) from %s, %s weights: %d classes, %s, channels_last=%s, %s, normalisation %s.",
             info.get("name"), info.get("tag"), source, info.get("weights", "given"), self.num_classes,
-            precision_name(self.compute_dtype), self._precision_reason, self.channels_last, size,
+            path, self.channels_last, size,
             "adapted from the data pipeline's to the teacher's" if self.adapts_normalisation else "unchanged")
 
     # -- nn.Module behaviour ------------------------------------------------------------------------------
@@ -288,21 +325,152 @@ class DistillationTeacher(nn.Module):
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> DistillationTeacher:
         # .to()/.cuda() of this module or a parent also moves the hidden model.
+        before = self.device
         super()._apply(fn, *args, **kwargs)
         self.model._apply(fn, *args, **kwargs)
-        device = next(iter(self.model.parameters()), self.input_scale).device
-        self.compute_dtype, self._precision_reason = resolve_precision(self.precision, device)
+        # Compiled paths hold the old weights as constants: rebuilt on next use. A measured choice was for the
+        # device it was measured on.
+        self._runners.clear()
+        self._warm.clear()
+        if self.device != before and self.path_choice is not None and self.path_choice.how != "requested":
+            self._path, self.path_choice = self._requested_path(), None
         return self
 
     def compile(self, *args: Any, **kwargs: Any) -> DistillationTeacher:  # type: ignore[override]
-        """``torch.compile`` the wrapped model's forward (arguments as ``torch.compile``'s)."""
-        self.__dict__["_run"] = torch.compile(self.model, *args, **kwargs)
-        self._info["compiled"] = True
+        """Run the teacher ``torch.compile``d (arguments as ``torch.compile``'s; default: inductor with freezing).
+
+        Same as ``compile='yes'``: with precision ``'auto'`` the precision is still chosen by measurement.
+        """
+        if args:
+            raise TypeError("DistillationTeacher.compile takes torch.compile's keyword arguments only.")
+        if kwargs:
+            self.compile_options = dict(kwargs)
+        self.compile_request = "yes"
+        self._runners = {p: r for p, r in self._runners.items() if not p.compiled}
+        self._warm = {p for p in self._warm if not p.compiled}
+        if self._path is not None:
+            self._path, self.path_choice = TeacherPath(self._path.precision, True), None
         return self
 
     def extra_repr(self) -> str:
         return (f"name={self._info.get('name')!r}, num_classes={self.num_classes}, "
-                f"precision={precision_name(self.compute_dtype)}, channels_last={self.channels_last}")
+                f"path={self._path or 'not chosen yet'}, channels_last={self.channels_last}")
+
+    # -- the path it runs on ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.model.parameters()), self.input_scale).device
+
+    @property
+    def path(self) -> TeacherPath | None:
+        """The path (precision, eager or compiled) the teacher runs on; None until chosen."""
+        return self._path
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The autocast dtype of its path (float32 until a path is chosen)."""
+        return self._path.dtype if self._path is not None else torch.float32
+
+    def _requested_path(self) -> TeacherPath | None:
+        """The path fixed by the request alone: an explicit precision (compiled only when asked), else None."""
+        if self.precision == "auto":
+            return None
+        return TeacherPath(self.precision, self.compile_request == "yes")
+
+    def select_path(
+        self,
+        batches: Iterable[Any],
+        *,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        min_agreement: float | None = None,
+        budget_s: float = MEASURE_BUDGET_S,
+        memory: PathMemory | None = None,
+    ) -> PathChoice:
+        """Choose the path this teacher runs on by measuring it here, on real batches of the run's shape.
+
+        Times the candidate paths (fp32 and bf16, plus fp16 on CUDA; eager, and compiled with inductor freezing
+        where that could repay its warm-up over ``steps`` batches) on ``batches`` of ``batch_size`` real images
+        (``(inputs, ...)`` as the data pipeline normalises them), checks each one's argmax agreement with eager
+        fp32 on them, and switches to the cheapest path that agrees on at least ``min_agreement`` of the images
+        (default: this teacher's, 0.995). An explicit ``precision`` / ``compile`` narrows the candidates (both
+        explicit: nothing is measured). The figures are remembered per machine (``memory``: default the user's
+        cache folder, see :mod:`~timm_deit_distill.teacher.path_memory`), so a rerun does not measure again.
+        Logs the table it measured; returns the :class:`~timm_deit_distill.teacher.paths.PathChoice`.
+
+        Without a call, a teacher with ``precision='auto'`` measures its eager paths on the first batch it is
+        given (compiling only when asked for: the run's length is unknown there).
+        """
+        from .tuning import select_path
+
+        return select_path(self, batches, batch_size=batch_size, steps=steps,
+                           min_agreement=self.min_agreement if min_agreement is None else min_agreement,
+                           budget_s=budget_s, memory=memory)
+
+    def use_path(self, path: TeacherPath | str, reason: str = "given by use_path") -> DistillationTeacher:
+        """Run on ``path`` (e.g. ``'bf16 compiled'``, one chosen by another process) without measuring."""
+        path = TeacherPath.parse(path) if isinstance(path, str) else path
+        self._use_path(PathChoice(path, "requested", reason))
+        return self
+
+    def _use_path(self, choice: PathChoice) -> PathChoice:
+        self._path, self.path_choice = choice.path, choice
+        # Compiled paths not taken hold a frozen copy of the weights each: let them go.
+        self._runners = {p: r for p, r in self._runners.items() if p == choice.path or not p.compiled}
+        self._warm &= set(self._runners)
+        if choice.measurements:
+            _logger.info("Teacher %s paths on %s, batch %s, %s (%s in %.1f s):\n%s", self.name, choice.machine,
+                         "x".join(map(str, choice.batch_shape or ())),
+                         f"{choice.steps:,} teacher batches to serve" if choice.steps is not None else "run length unknown",
+                         choice.how, choice.seconds, choice.table())
+        _logger.info("Teacher %s runs %s.", self.name, choice.summary())
+        return choice
+
+    def _warm_paths(self) -> set[TeacherPath]:
+        return set(self._warm)
+
+    def _runner(self, path: TeacherPath) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The callable that runs a prepared batch on ``path`` (built once; a compiled one compiles at its first call)."""
+        run = self._runners.get(path)
+        if run is None:
+            runner = _PathRunner(self.model, path.dtype)
+            if path.compiled:
+                run = self._fixed_batch(torch.compile(runner, **self.compile_options), path)
+            else:
+                run = runner
+            self._runners[path] = run
+        return run
+
+    def _fixed_batch(self, compiled: Callable[[torch.Tensor], torch.Tensor], path: TeacherPath,
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``compiled`` fed batches of one size: others are cut into it, the last part padded with zeros.
+
+        A compiled graph is specialised to its input shape; an evaluation batch, a cache build's last batch or
+        the teacher check would otherwise each compile again (tens of seconds). Rows do not interact in an
+        eval-mode network, so padding changes none of the real rows' logits.
+        """
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            size = self._compiled_batch or len(x)
+            self._compiled_batch = size
+            if len(x) == size:
+                out = compiled(x)
+            else:
+                parts = []
+                for start in range(0, len(x), size):
+                    part = x[start:start + size]
+                    real = len(part)
+                    if real < size:
+                        part = torch.cat([part, part.new_zeros((size - real, *part.shape[1:]))])
+                        if self.channels_last:
+                            part = part.contiguous(memory_format=torch.channels_last)
+                    parts.append(compiled(part)[:real])
+                out = torch.cat(parts)
+            self._warm.add(path)
+            return out
+
+        return run
 
     # -- running ------------------------------------------------------------------------------------------
 
@@ -317,21 +485,18 @@ class DistillationTeacher(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _autocast(self, device_type: str) -> AbstractContextManager[Any]:
-        # The teacher's precision is its own: an fp32 teacher also stays fp32 inside a training loop's
-        # autocast region, so its targets do not depend on the student's AMP setting.
-        if self.compute_dtype == torch.float32:
-            return torch.autocast(device_type=device_type, enabled=False) if has_autocast(device_type) \
-                else nullcontext()
-        return torch.autocast(device_type=device_type, dtype=self.compute_dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 logits ``(B, num_classes)`` for a batch normalised by the data pipeline."""
+        """Float32 logits ``(B, num_classes)`` for a batch normalised by the data pipeline.
+
+        With no path chosen yet (precision ``'auto'`` and no :meth:`select_path`), the eager paths are first
+        measured on this batch (remembered per machine).
+        """
+        if self._path is None:
+            self.select_path([x.detach()], batch_size=len(x))
+        assert self._path is not None
         with torch.inference_mode():
             x = self.prepare_input(x.float())
-            with self._autocast(x.device.type):
-                logits = self._run(x)
-            logits = logits.float()
+            logits = self._runner(self._path)(x).float()
         # A normal tensor (not an inference tensor), so losses built on it can be differentiated.
         return logits.clone()
 
@@ -389,11 +554,15 @@ class DistillationTeacher(nn.Module):
             "sha256": self._sha256,
             "weights": info.get("weights"),
             "num_classes": self.num_classes,
-            "precision": precision_name(self.compute_dtype),
+            # What it runs at now ('auto' until a path is chosen); a compiled path says so, an eager one keeps
+            # the keys every cache and card so far recorded.
+            "precision": self._path.precision if self._path is not None else "auto",
             "input_size": info.get("input_size"),  # the size it really runs at (None: whatever it is given)
             "input_size_source": info.get("input_size_source"),
             "mean": [float(v) for v in self.teacher_mean],
             "std": [float(v) for v in self.teacher_std],
         }
+        if self._path is not None and self._path.compiled:
+            description["compiled"] = True
         json.dumps(description)  # fail here, not in a cache writer, if something is not JSON-able
         return description

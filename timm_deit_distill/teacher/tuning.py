@@ -1,0 +1,181 @@
+"""Choosing a teacher's path for a run: what to measure, what to reuse, what to skip (see :mod:`.paths`).
+
+:func:`select_path` is what :meth:`DistillationTeacher.select_path
+<timm_deit_distill.teacher.DistillationTeacher.select_path>` runs: with the run's batch shape and length
+(``steps``: the teacher batches it will serve) it measures the eager paths, then the compiled ones worth trying,
+remembers the figures (:mod:`.path_memory`) and applies the cheapest path that agrees with eager fp32.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from . import paths as P
+from .path_memory import PathMemory, describe_machine, machine_identity
+from .paths import REFERENCE, PathChoice, PathMeasurement, TeacherPath
+
+__all__ = ["select_path"]
+
+_logger = logging.getLogger(__name__)
+
+
+def _key(teacher: Any, shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
+    import timm
+
+    return {"machine": machine, "torch": torch.__version__, "timm": timm.__version__,
+            "teacher": teacher.name or type(teacher.model).__name__, "weights_sha256": teacher.description["sha256"],
+            "batch_shape": list(shape), "channels_last": teacher.channels_last,
+            "compile_options": repr(sorted(teacher.compile_options.items()))}
+
+
+def select_path(
+    teacher: Any,
+    batches: Iterable[Any],
+    *,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    min_agreement: float = P.MIN_AGREEMENT,
+    budget_s: float = P.MEASURE_BUDGET_S,
+    memory: PathMemory | None = None,
+) -> PathChoice:
+    """Measure (or recall) the teacher's candidate paths on ``batches`` and switch it to the cheapest that agrees.
+
+    ``batches`` yields real input batches as the data pipeline normalises them (``(inputs, ...)`` or tensors);
+    ``batch_size`` is the run's (default: the first batch's); ``steps`` the teacher batches of that size the run
+    will serve (None: unknown, so compiling is never tried under ``compile='auto'``).
+    """
+    if not 0.0 < min_agreement <= 1.0:
+        from ..errors import TeacherError
+
+        raise TeacherError(f"min_agreement must be in (0, 1], got {min_agreement!r}.")
+    clock = P._clock
+    started = clock()
+    requested, compile_mode = teacher.precision, teacher.compile_request
+    device = teacher.device
+    precisions = P.candidate_precisions(device) if requested == "auto" else [requested]
+    timed = [TeacherPath(p) for p in precisions]  # eager: candidates, and (under compile='yes') the guide
+    eager = timed if compile_mode != "yes" else []
+    compiled = [TeacherPath(p, True) for p in precisions] if compile_mode != "no" else []
+    if compile_mode == "auto" and steps is None:
+        compiled = []  # a compile's warm-up can only be weighed against a known number of batches
+    allowed = set(eager) | set(compiled)
+    trusted = {TeacherPath(requested)} if requested != "auto" else set()
+    default = TeacherPath(requested if requested != "auto" else "fp32", compile_mode == "yes")
+    if len(allowed) == 1:
+        (path,) = allowed
+        if requested == "auto":
+            why = f"{path.precision} is the only precision timed on {device.type}"
+        elif compile_mode == "auto":
+            why = "precision given explicitly; compiling is only weighed against a known run length (steps=)"
+        else:
+            why = "precision and compilation given explicitly"
+        return teacher._use_path(PathChoice(path, "requested", why, steps=steps, min_agreement=min_agreement))
+
+    if batch_size is None:
+        first = next(iter(batches))
+        first = first if isinstance(first, torch.Tensor) else first[0]
+        batch_size = len(first)
+    stream = P.fixed_batches(batches, int(batch_size), teacher.prepare_input)
+    x0, ids0 = next(stream)
+    stream = itertools.chain([(x0, ids0)], stream)
+    shape = tuple(int(v) for v in x0.shape)
+    teacher._compiled_batch = shape[0]
+    machine = machine_identity(device)
+    memory = memory if memory is not None else PathMemory.default()
+    key = _key(teacher, shape, machine)
+    remembered = memory.lookup(key)
+    rows: list[PathMeasurement] = list(remembered or [])
+    known = {m.path for m in rows if m.ms is not None or (m.note or "").startswith("failed")}
+    how = "remembered" if remembered else "measured"
+    measured_now = False
+    tallies: dict[TeacherPath, Any] = {}
+
+    def measure(paths: list[TeacherPath]) -> None:
+        nonlocal rows, measured_now
+        runners = {p: teacher._runner(p) for p in [REFERENCE, *paths]}
+        P.measure_paths(runners, stream, device=device, budget_s=budget_s, tallies=tallies)
+        rows = P.merge(rows, P.to_measurements(tallies))
+        measured_now = True
+
+    # Phase 1, eager: skipped when remembered, or when the run is too short to repay measuring at all.
+    warmup, warmup_source = memory.warmup_estimate(machine, P.COMPILE_WARMUP_ESTIMATE_S)
+    missing = [p for p in timed if p not in known]
+    if missing and steps is not None and compile_mode != "yes":
+        ms = _time_once(teacher._runner(REFERENCE), x0, device, clock)
+        if len(timed) == 1:  # an explicit precision: only compiling is open
+            own = ms if timed[0] == REFERENCE else _time_once(teacher._runner(timed[0]), x0, device, clock)
+            if not P.compile_worth_trying(own, own, steps, warmup):
+                reason = (f"precision given; compiling cannot repay a ~{warmup:.0f} s compile ({warmup_source}) "
+                          f"over {steps:,} batches x {own:.1f} ms")
+                return teacher._use_path(PathChoice(timed[0], "requested", reason, batch_shape=shape, steps=steps,
+                                                    min_agreement=min_agreement, seconds=clock() - started,
+                                                    machine=describe_machine(machine)))
+        else:
+            cost = (1 + P.MIN_ROUNDS) * len(timed) * ms / 1000.0
+            if steps * ms / 1000.0 < P.MEASURE_PAYBACK * cost:
+                reason = (f"a run of {steps:,} teacher batches (~{steps * ms / 1000.0:.1f} s at fp32) is too short to "
+                          f"repay measuring the paths (~{cost:.1f} s)")
+                return teacher._use_path(PathChoice(default, "default", reason, batch_shape=shape, steps=steps,
+                                                    min_agreement=min_agreement, seconds=clock() - started,
+                                                    machine=describe_machine(machine)))
+    if missing:
+        measure(missing)
+        how = "measured"
+
+    # Phase 2, compiled: what could repay its warm-up over this run (under compile='yes': every precision whose
+    # eager form agrees with fp32).
+    notes: list[PathMeasurement] = []
+    to_try: list[TeacherPath] = []
+    by_path = {m.path: m for m in rows}
+    passing = [m for m in rows if m.path in timed and m.usable
+               and (m.path in trusted or (m.agreement or 0.0) >= min_agreement)]
+    best_eager = min((m.ms for m in passing if m.path in eager and m.ms is not None), default=None)
+    for path in compiled:
+        if path in known:
+            continue
+        twin = by_path.get(TeacherPath(path.precision))
+        if twin is None or twin not in passing or twin.ms is None:
+            notes.append(P.noted(path, f"not tried: {path.precision} eager does not agree with fp32"))
+        elif compile_mode == "yes" or P.compile_worth_trying(twin.ms, best_eager or twin.ms, steps, warmup):
+            to_try.append(path)
+        elif best_eager is not None and twin.ms * (1 - P.COMPILE_GAIN_MAX) >= best_eager:
+            notes.append(P.noted(path, f"not tried: even {P.COMPILE_GAIN_MAX:.0%} faster than its eager {twin.ms:.1f} ms "
+                                       f"it would not beat {best_eager:.1f} ms eager"))
+        else:
+            notes.append(P.noted(path, f"not tried: {steps:,} batches x {twin.ms:.1f} ms cannot repay a ~{warmup:.0f} s "
+                                       f"compile ({warmup_source})"))
+    if to_try:
+        _logger.info("Teacher %s: compiling %s (torch.compile %s) to time them; a first compile takes ~%.0f s (%s).",
+                     teacher.name, " and ".join(map(str, to_try)), teacher.compile_options, warmup, warmup_source)
+        best = min((m for m in passing if m.path in eager), key=lambda m: m.ms or float("inf"), default=None)
+        measure(([best.path] if best is not None and best.path != REFERENCE else []) + to_try)
+        how = "measured"
+    if measured_now:
+        memory.store(key, [m for m in rows if m.ms is not None or (m.note or "").startswith("failed")])
+
+    shown = P.merge(rows, notes)
+    path, reason = P.choose_path(shown, allowed, steps=steps, min_agreement=min_agreement,
+                                 warm=teacher._warm_paths(), trusted=trusted, default=default)
+    if path not in allowed:
+        _logger.warning("Teacher %s: none of %s could be measured or agrees with eager fp32 on >= %.2f%% of the "
+                        "images; running eager fp32.", teacher.name, ", ".join(map(str, sorted(allowed))),
+                        100 * min_agreement)
+    choice = PathChoice(path, how, reason, tuple(shown), shape, steps, min_agreement, clock() - started,
+                        describe_machine(machine))
+    return teacher._use_path(choice)
+
+
+def _time_once(runner: Any, x: torch.Tensor, device: torch.device, clock: Any) -> float:
+    """ms of one call of ``runner`` after a warm-up call (the first call also pays one-time set-up)."""
+    with torch.inference_mode():
+        runner(x)
+        P._sync(device)
+        start = clock()
+        runner(x)
+        P._sync(device)
+    return 1000.0 * (clock() - start)
