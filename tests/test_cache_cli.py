@@ -89,11 +89,18 @@ def test_bad_cache_commands_are_refused(setup_files, capsys, tmp_path):
     root, data, teacher = setup_files
     cases = [
         (["build", *flags(data, teacher), "--store", "hard"], "no --out DIR given"),
-        (["build", *flags(data, teacher), "--store", "top5", "--out", str(tmp_path)], "use hard, topk:K"),
-        (["build", "--data-dir", str(data), "--out", str(tmp_path)], "no teacher given"),
-        (["build", *flags(tmp_path / "nope", teacher), "--out", str(tmp_path)], "does not exist"),
+        (["build", *flags(data, teacher), "--store", "top5", "--out", str(tmp_path / "new")], "use hard, topk:K"),
+        (["build", "--data-dir", str(data), "--out", str(tmp_path / "new")], "no teacher given"),
+        (["build", *flags(tmp_path / "nope", teacher), "--out", str(tmp_path / "new")], "does not exist"),
+        # a folder of someone's files (a run folder): the chunks would be mixed into it
+        (["build", *flags(data, teacher), "--out", str(tmp_path / "list" / "..")], "holds files but no cache"),
+        # inside the dataset: a folder there is read as a class, its chunks as images
+        (["build", *flags(data, teacher), "--out", str(Path(data) / "train" / "cache")], "is inside the dataset"),
         (["info", str(tmp_path / "none")], "no teacher target cache"),
         (["info", str(tmp_path / "list")], "is not a teacher target cache manifest"),
+        # a damaged manifest (text or binary): one line that says to clear the folder, which a build then accepts
+        (["info", str(tmp_path / "broken")], "fix: move or delete"),
+        (["info", str(tmp_path / "binary")], "fix: move or delete"),
         (["frobnicate"], "unknown command 'frobnicate'"),
         # a file where the cache folder goes: a FileExistsError traceback, after the data scan and the teacher
         (["build", *flags(data, teacher), "--out", str(tmp_path / "afile")], "is a file, not a folder"),
@@ -102,11 +109,15 @@ def test_bad_cache_commands_are_refused(setup_files, capsys, tmp_path):
     (tmp_path / "afile").write_text("mine")
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "manifest.json").write_text("[]\n")  # JSON, but not a manifest
+    for name, content in (("broken", b"{bad"), ("binary", b"\xff\xfe\x00")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_bytes(content)
     for argv, message in cases:
         assert cache_cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
     assert (tmp_path / "afile").read_text() == "mine"
+    assert not (Path(data) / "train" / "cache").exists() and not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow

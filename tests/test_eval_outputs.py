@@ -141,7 +141,17 @@ def test_an_output_inside_the_dataset_is_refused_even_with_overwrite(run, capsys
     before = image.read_bytes()
     assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), "--predict", str(image),
                           "--overwrite"]) == 2
-    assert "is a file of the dataset" in capsys.readouterr().err and image.read_bytes() == before
+    assert "is inside the dataset" in capsys.readouterr().err and image.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag", ["--predict", "--json"])
+def test_a_new_output_inside_the_dataset_is_refused(flag, run, capsys, no_work):
+    """A new file in a class folder is read as an (unreadable) image by the next run: refused, not only
+    existing files."""
+    target = run["data"] / "train" / "0" / "p.png"
+    assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"]), flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "is inside the dataset" in err and err.count("\n") == 1 and not target.exists()
 
 
 def test_the_default_results_file_is_never_replaced_the_next_free_name_is_taken(run, capsys):

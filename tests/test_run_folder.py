@@ -121,6 +121,19 @@ def test_an_output_that_cannot_be_created_is_refused_before_any_work(data, tmp_p
     assert "cannot create the run folder" in err and "--output" in err
 
 
+def test_a_run_folder_inside_the_dataset_is_refused(data, tmp_path, capsys):
+    """A run folder under a split is read back as a class (its curves.png as a training image)."""
+    copy = tmp_path / "d"
+    shutil.copytree(data, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    for argv in (["--output", str(copy / "train"), "--experiment", "3"],  # an existing class folder
+                 ["--output", str(copy / "train"), "--experiment", "zrun"],  # a new "class"
+                 ["--output", str(copy / "runs")]):  # a fresh dated folder beside the splits
+        err = refused(base_argv(copy, *argv), capsys)
+        assert "is inside the dataset" in err and "--output" in err
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
 # --- fresh folders ---------------------------------------------------------------------------------------------
 
 class _FrozenClock(datetime.datetime):

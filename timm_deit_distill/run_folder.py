@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "RunFolderError", "RUN_FILES", "LOCK_NAME", "RunLock", "run_files", "checkpoint_epochs", "partial_files",
     "locked_by", "create_unique", "clear_run_files", "format_size", "FolderPlan", "plan_run_folder",
-    "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT", "partial_pattern",
+    "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT", "partial_pattern", "is_inside", "output_inside_data",
 ]
 
 DEFAULT_OUTPUT = "./output/train"  # timm train.py's default --output
@@ -244,6 +244,25 @@ class FolderPlan:
     start_epoch: int | None = None  # --start-epoch
 
 
+def is_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (which need not exist) is ``folder`` or lies under it, links resolved."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, root]) == root
+
+
+def output_inside_data(flag: str, path: str | os.PathLike[str], data_dir: str | None) -> str | None:
+    """Why writing ``path`` would change the dataset under ``data_dir`` (one line with the fix), or None.
+
+    A run folder inside an ImageFolder tree is read back as a class folder (its curves.png as a training
+    image of that class, a new folder as a new class), and any file there is the dataset's from then on.
+    """
+    if not data_dir or not os.path.isdir(data_dir) or not is_inside(path, data_dir):
+        return None
+    return (f"{flag} {path} is inside the dataset (--data-dir {data_dir}): what is written there becomes part of "
+            "the data (a run folder under a split is read as a class, its curves.png as a training image). "
+            f"fix: give {flag} a folder outside {data_dir}.")
+
+
 def _same_path(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -333,12 +352,14 @@ def _plain_name(experiment: str) -> str:
 
 
 def plan_run_folder(*, output: str | None, experiment: str | None, resume: str | None = None,
-                    resume_epoch: int | None = None, start_epoch: int | None = None) -> FolderPlan:
+                    resume_epoch: int | None = None, start_epoch: int | None = None,
+                    data_dir: str | None = None) -> FolderPlan:
     """Decide and check where a run writes, before any work; :class:`RunFolderError` when it cannot.
 
     ``resume`` without ``output``/``experiment`` continues the run in its own folder, as does an
     ``experiment`` naming that folder; ``experiment`` is ``output/experiment`` and must hold no other
-    run; without it, a fresh dated folder is created by :func:`claim_run_folder`. Reads only.
+    run; without it, a fresh dated folder is created by :func:`claim_run_folder`. A run folder inside
+    ``data_dir`` (the dataset it reads) is refused. Reads only.
     """
     root = output or DEFAULT_OUTPUT
     if experiment:
@@ -353,6 +374,9 @@ def plan_run_folder(*, output: str | None, experiment: str | None, resume: str |
         path, continuing = None, False
     plan = FolderPlan(root=root, path=path, continuing=continuing, resume=resume, resume_epoch=resume_epoch,
                       start_epoch=start_epoch)
+    inside = output_inside_data("--output", path or root, data_dir)
+    if inside is not None:
+        raise RunFolderError(inside)
     _check_writable(path or root)
     if path is not None:
         check_run_folder(path, plan)

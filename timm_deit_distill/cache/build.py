@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,31 @@ _BUILD_BUSY = ("{folder} is in use: another deit-distill cache build{holder} is 
                "to end, then rerun the build to resume or extend it; or build into another --out.")
 
 
-def check_cache_dir(out: str | os.PathLike[str]) -> None:
+def check_cache_dir(out: str | os.PathLike[str], *, data_dir: str | None = None) -> None:
     """Refuse an ``--out`` no cache can be built in: a file, a folder under a file, a folder nothing can be
-    written to. Reads only (a folder that does not exist yet is created by the build)."""
+    written to, a folder holding files but no cache (a run folder, someone's files: the chunks would be mixed
+    in), a folder inside the dataset ``data_dir``. Reads only (a folder that does not exist yet is created by
+    the build)."""
     from ..atomic import unwritable_reason
+    from ..run_folder import output_inside_data
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CacheError(f"--out {out} is a file, not a folder; fix: give the folder the cache is built in (it is "
                          "created if missing).")
+    inside = output_inside_data("--out", out, data_dir)
+    if inside is not None:
+        raise CacheError(inside)
+    if out.is_dir() and not (out / MANIFEST).exists():
+        # a killed first build leaves its chunks, lock and hidden partial files: that folder is this cache's,
+        # resumed (hidden files, e.g. .DS_Store or .gitkeep, are nobody's data either)
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+                        and not re.fullmatch(r"epoch-\d+\.(?:safetensors|json)", p.name))
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise CacheError(f"--out {out} holds files but no cache ({shown}); a cache is built in a folder of its "
+                             "own. fix: give --out a new or empty folder (or the folder of an existing cache to "
+                             "resume or extend it).")
     parent = out
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -186,8 +186,12 @@ def load_manifest(path: Path) -> dict[str, Any]:
     """The manifest at ``path``, refused unless it is this format's and version's."""
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CacheError(f"cannot read the cache manifest {path}: {e}; fix: rebuild the cache.") from e
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, and UnicodeDecodeError for binary bytes
+        # Without its manifest a cache cannot be verified or resumed, and a build into the folder is refused by
+        # this same check: say to clear the folder, not to "rebuild" (which would hit this line again).
+        raise CacheError(f"cannot read the cache manifest {path} ({type(e).__name__}: {e}); a cache is unusable "
+                         f"without it. fix: move or delete {path.parent} and build the cache again into it with "
+                         "`deit-distill cache build ... --out`.") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CacheError(f"{path} is not a teacher target cache manifest; fix: point at a directory written by "
                          "`deit-distill cache build`.")

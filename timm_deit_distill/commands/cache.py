@@ -76,6 +76,7 @@ def _build(argv: list[str]) -> int:
     store = CacheStore.parse(own.store)
     args = train_args.parse_args(rest)
     settings = train_args.settings_from_args(args)
+    check_cache_dir(own.out, data_dir=args.data_dir)  # and not inside the dataset it reads
     if not settings.teacher.given:
         raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
                          "and/or --distill-teacher-path FILE, as for `deit-distill train`.")

@@ -221,22 +221,19 @@ def _output_problem(flag: str, path: str) -> str | None:
     return None
 
 
-def _is_inside(path: str, folder: str) -> bool:
-    real, root = os.path.realpath(path), os.path.realpath(folder)
-    return real != root and os.path.commonpath([real, root]) == root
-
-
 def _input_problem(flag: str, path: str, args: argparse.Namespace) -> str | None:
     """Why writing ``path`` would destroy one of the command's inputs, or None."""
+    from ..run_folder import output_inside_data
+
+    inside = output_inside_data(flag, path, args.data_dir)
+    if inside is not None:  # a new file there becomes part of the data (an unreadable "image", a class folder)
+        return inside
     if not os.path.isfile(path):
         return None
     for name, source in (("--checkpoint", args.checkpoint), ("--distill-teacher-path", args.distill_teacher_path),
                          ("--class-map", args.class_map)):
         if source and os.path.isfile(source) and os.path.samefile(path, source):
             return f"{flag} {path} is the {name} file; writing there would destroy it. Give another file name."
-    if args.data_dir and os.path.isdir(args.data_dir) and _is_inside(path, args.data_dir):
-        return (f"{flag} {path} is a file of the dataset (--data-dir {args.data_dir}); writing there would "
-                "destroy it. Give a file name outside the dataset.")
     return None
 
 

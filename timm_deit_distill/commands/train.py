@@ -275,7 +275,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         logging.getLogger().setLevel(logging.WARNING)
     folder_plan: FolderPlan = _rank0_decides(rank, world_size, lambda: plan_run_folder(
         output=args.output, experiment=args.experiment, resume=args.resume or None, resume_epoch=resume_epoch,
-        start_epoch=args.start_epoch))
+        start_epoch=args.start_epoch, data_dir=args.data_dir))
     random_seed(args.seed, rank)
     if args.fast_norm:
         set_fast_norm()
