@@ -28,6 +28,9 @@ def test_a_checkpoint_beside_a_longer_run_with_identical_first_rows_keeps_its_ow
     assert "Best fused top-1 during the run" not in text  # epoch 5 of the 6-epoch run, before
     assert "at epoch 5" not in text
     assert "epochs: 3 vs 6" in caplog.text and "another run's?" in caplog.text
+    # ... and the card says where its results come from (it said "From the run's `summary.csv`")
+    assert "From the epochs the checkpoint itself records (the `summary.csv` beside it is another run's)." in text
+    assert "From the run's `summary.csv`." not in text
 
 
 def test_a_checkpoint_of_the_run_still_takes_its_summary(tmp_path, caplog):
@@ -35,7 +38,7 @@ def test_a_checkpoint_of_the_run_still_takes_its_summary(tmp_path, caplog):
     text = _card(save_pretrained(run.checkpoint, tmp_path / "out", use_ema=True))
     best = max(run.summary_rows, key=lambda r: r["eval_top1"])
     assert re.search(rf"Best fused top-1 during the run: {best['eval_top1']:.2f} at epoch {best['epoch']}\.", text)
-    assert "another run's?" not in caplog.text
+    assert "another run's?" not in caplog.text and "From the run's `summary.csv`." in text
     # an args.yaml that records a resolved setting differently (lr scaled, classes counted) is the same run
     args = yaml.safe_load((run.checkpoint.parent / "args.yaml").read_text())
     (run.checkpoint.parent / "args.yaml").write_text(yaml.safe_dump(dict(args, lr=None, num_classes=None)))

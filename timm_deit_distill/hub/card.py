@@ -69,6 +69,9 @@ class CardFacts:
     recipe: str | None = None
     train_args: Mapping[str, Any] = field(default_factory=dict)
     summary_rows: Sequence[Mapping[str, str]] = ()
+    # where summary_rows come from: "csv" (the run's summary.csv), "checkpoint" (the rows it records itself),
+    # "checkpoint, not the other run's csv" (its own, a summary.csv beside it being another run's)
+    summary_source: str = "csv"
     source_file: str | None = None
     source_sha256: str | None = None
     license: str = "apache-2.0"
@@ -247,7 +250,11 @@ def build_model_card(facts: CardFacts) -> str:
     else:
         rows = [(label, _fmt(v)) for names, label in RESULT_COLUMNS
                 if (v := _column(published, names)) is not None]
-        out += [f"From the run's `summary.csv`. {published_note}", "", _table(rows)]
+        where = {"csv": "From the run's `summary.csv`.",
+                 "checkpoint": "From the epochs the checkpoint itself records."}.get(
+            facts.summary_source,
+            "From the epochs the checkpoint itself records (the `summary.csv` beside it is another run's).")
+        out += [f"{where} {published_note}", "", _table(rows)]
         if facts.weights == "ema":
             out += ["", "The published weights are the EMA weights: the EMA row is their accuracy."]
         best = max(facts.summary_rows, key=lambda r: float(r.get("eval_top1") or "-inf"), default=None)

@@ -65,6 +65,7 @@ class _Student:
     source_file: str | None = None
     source_sha256: str | None = None
     summary_rows: list[dict[str, str]] = field(default_factory=list)
+    summary_source: str = "checkpoint"  # see CardFacts.summary_source
 
 
 def _jsonable(value: Any) -> Any:
@@ -158,19 +159,21 @@ def _student_from_checkpoint(
     # after it (the run's best), but only if it is the same run's: a copied checkpoint may sit in another's.
     own_rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in ckpt.get("summary") or []]
     summary = source.parent / "summary.csv" if source is not None else None
-    summary_rows = own_rows
+    summary_rows, source_kind = own_rows, "checkpoint"
     if summary is not None and summary.is_file():
         beside = read_summary_text(summary)
         # Rows alone cannot tell runs apart whose first epochs are identical (same seed and settings, another
         # --epochs): the settings the checkpoint was saved with must also be those of the args.yaml beside it.
         changed = _changed_settings(train_args, beside_args) if args and beside_args is not None else []
         if changed:
+            source_kind = "checkpoint, not the other run's csv"
             _logger.warning("%s was saved with other settings than the %s beside it (%s; another run's?); the "
                             "card uses the checkpoint's own rows.", source.name, source.parent / "args.yaml",
                             ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else ""))
         elif not own_rows or _same_run(own_rows, beside):
-            summary_rows = beside
+            summary_rows, source_kind = beside, "csv"
         else:
+            source_kind = "checkpoint, not the other run's csv"
             _logger.warning("%s does not hold the rows %s was saved with (another run's?); the card uses the "
                             "checkpoint's own.", summary, source.name)
     epoch = ckpt.get("epoch")
@@ -188,6 +191,7 @@ def _student_from_checkpoint(
         source_file=source.name if source is not None else None,
         source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
+        summary_source=source_kind,
     )
 
 
@@ -443,7 +447,8 @@ def _export(
             num_params=sum(p.numel() for p in model.parameters()), num_classes=model.num_classes,
             data_config=pretrained_cfg, weights=student.weights, repo_id=repo_id,
             label_names=student.label_names, epoch=student.epoch, distill=student.distill, recipe=student.recipe,
-            train_args=student.train_args, summary_rows=student.summary_rows, source_file=student.source_file,
+            train_args=student.train_args, summary_rows=student.summary_rows,
+            summary_source=student.summary_source, source_file=student.source_file,
             source_sha256=student.source_sha256, license=license, datasets=tuple(datasets),
         )
         (staging / CARD_NAME).write_text(build_model_card(facts), encoding="utf-8")
