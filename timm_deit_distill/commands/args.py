@@ -48,7 +48,7 @@ from ..errors import UsageError
 from ..factory import StudentSettings
 from ..losses import DistillSettings
 from ..teacher import COMPILE_CHOICES, MIN_AGREEMENT, PRECISIONS, TeacherSettings
-from .common import TEACHER_EMA, add_either_flag
+from .common import TEACHER_EMA, ArgumentParser, add_either_flag
 
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
@@ -150,7 +150,7 @@ def load_recipe(name: str) -> dict[str, Any]:
 
 
 def _config_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = ArgumentParser(prog="deit-distill train", add_help=False)
     parser.add_argument("-c", "--config", default="", type=str)
     parser.add_argument("--recipe", default=None, type=str)
     return parser
@@ -213,7 +213,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     def d(value: Any) -> Any:  # a default, unless building the "explicit flags only" twin
         return argparse.SUPPRESS if sup else value
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deit-distill train",
         description=(
             "Train a timm student with DeiT distillation. Accepts timm train.py's flags (names and defaults); "

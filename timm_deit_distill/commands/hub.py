@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DeitDistillError, UsageError
-from .common import add_either_flag, refuse
+from .common import ArgumentParser, add_either_flag, refuse
 
 __all__ = ["build_parser", "main"]
 
@@ -84,14 +84,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     (``usage: deit-distill push [-h] ...``), whatever flag is wrong.
     """
     if command == "push":
-        parser = argparse.ArgumentParser(prog="deit-distill push", description=_PUSH_DESCRIPTION)
+        parser = ArgumentParser(prog="deit-distill push", description=_PUSH_DESCRIPTION)
         _add_push_arguments(parser)
         return parser
     if command == "pull":
-        parser = argparse.ArgumentParser(prog="deit-distill pull", description=_PULL_DESCRIPTION)
+        parser = ArgumentParser(prog="deit-distill pull", description=_PULL_DESCRIPTION)
         _add_pull_arguments(parser)
         return parser
-    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
+    parser = ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
     sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
     _add_push_arguments(sub.add_parser("push", help=_PUSH_HELP, description=_PUSH_DESCRIPTION))
     _add_pull_arguments(sub.add_parser("pull", help=_PULL_HELP, description=_PULL_DESCRIPTION))
