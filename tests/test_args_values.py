@@ -83,7 +83,7 @@ def test_value_refused_before_anything_runs(argv, needle, capsys):
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("mean: [0.5, oops, 0.5]\n", "--mean 0.5 oops 0.5 must be a finite number"),
+    ("mean: [0.5, oops, 0.5]\n", "mean: [0.5, oops, 0.5] is not a list of numbers (or a number), which --mean takes"),
     # null for a setting that always has a value: it ended in a TypeError traceback (or, where no check read it,
     # in a default copied elsewhere)
     *[(f"{key}: null\n", f"{key}: null, but --{key.replace('_', '-')} needs a value")
@@ -123,7 +123,7 @@ def test_a_config_number_that_is_not_whole_for_a_whole_number_flag_is_refused(tm
     cfg.write_text("epochs: 2.5\n")  # argparse converts only what the command line gives
     assert train.main(["-c", str(cfg), "--data-dir", "/nonexistent"]) == 2
     err = capsys.readouterr().err
-    assert "--epochs 2.5 must be a whole number" in err and len(err.strip().splitlines()) == 1
+    assert "epochs: 2.5 is not a whole number, which --epochs takes" in err and len(err.strip().splitlines()) == 1
 
 
 

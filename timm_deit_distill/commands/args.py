@@ -48,7 +48,7 @@ from ..errors import UsageError
 from ..factory import StudentSettings
 from ..losses import DistillSettings
 from ..teacher import COMPILE_CHOICES, MIN_AGREEMENT, PRECISIONS, TeacherSettings
-from .common import TEACHER_EMA, add_either_flag
+from .common import TEACHER_EMA, ArgumentParser, add_either_flag
 
 __all__ = [
     "HelpFormatter", "UsageError", "build_parser", "parse_args", "list_recipes", "load_recipe", "config_dict",
@@ -150,7 +150,7 @@ def load_recipe(name: str) -> dict[str, Any]:
 
 
 def _config_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = ArgumentParser(prog="deit-distill train", add_help=False)
     parser.add_argument("-c", "--config", default="", type=str)
     parser.add_argument("--recipe", default=None, type=str)
     return parser
@@ -213,7 +213,7 @@ def build_parser(argument_default: Any = None) -> argparse.ArgumentParser:
     def d(value: Any) -> Any:  # a default, unless building the "explicit flags only" twin
         return argparse.SUPPRESS if sup else value
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deit-distill train",
         description=(
             "Train a timm student with DeiT distillation. Accepts timm train.py's flags (names and defaults); "
@@ -561,11 +561,19 @@ def _flag_name(parser: argparse.ArgumentParser, dest: str) -> str:
 
 
 def _read_yaml(path: str, what: str) -> dict[str, Any]:
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path!r} is a folder; pass the path of a YAML file (e.g. a run's args.yaml).")
     if not os.path.isfile(path):
         raise UsageError(f"{what} {path!r} does not exist; pass the path of a YAML file.")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        # a checkpoint, an image, a file saved as UTF-16: YAML configs are UTF-8 text
+        raise UsageError(f"{what} {path!r} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}): "
+                         "is it a checkpoint or another binary file? Pass a YAML file, saved as UTF-8.") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path!r} cannot be read ({e.strerror}); pass a readable YAML file.") from None
     except yaml.YAMLError as e:
         raise UsageError(f"{what} {path!r} is not valid YAML ({e}); fix the file.") from None
     if data is None:
@@ -575,8 +583,89 @@ def _read_yaml(path: str, what: str) -> dict[str, Any]:
     return data
 
 
+_KINDS = {int: ("a whole number", "whole numbers"), float: ("a number", "numbers")}
+
+
+def _shown(value: Any) -> str:
+    """A YAML value as the file spells it (flow style, one line)."""
+    return " ".join(yaml.safe_dump(value, default_flow_style=True, width=1000).replace("\n...", "").split())
+
+
+def _check_value(parser: argparse.ArgumentParser, action: argparse.Action, key: str, value: Any, what: str) -> Any:
+    """A YAML value checked against its flag's argparse action, as the command line's would be; returns it
+    as the command line would give it (items converted by the action's type, one item of a list flag as a list).
+
+    argparse checks and converts only command-line strings: a -c/recipe value went into the namespace as
+    written, and a list for a scalar flag, a number for a path or a mapping for a number failed with a
+    traceback (or silently) deep inside training.
+    """
+    # the either-flags (--initial-ema / --no-initial-ema) share one setting: name both
+    flag = " / ".join(max(a.option_strings, key=len) for a in parser._actions
+                      if a.dest == action.dest and a.option_strings) or action.dest
+    if value is None:  # null for a setting whose default is None (refused for the others in _check_keys)
+        return value
+    ptype = action.type
+    if ptype in _KINDS:
+        one, many = _KINDS[ptype]
+    elif action.choices:
+        one = many = "one of " + ", ".join(map(str, action.choices))
+    else:
+        one, many = "a string", "strings"
+
+    def refuse(expected: str) -> UsageError:
+        quote = (" (quote a string that YAML reads as something else)"
+                 if "string" in expected and isinstance(value, (bool, int, float)) else "")
+        return UsageError(f"{what}: {key}: {_shown(value)} is not {expected}, which {flag} takes; fix the value in "
+                          f"the file{quote}.")
+
+    def item(v: Any, expected: str) -> Any:
+        if isinstance(v, (bool, list, tuple, dict)) or (ptype not in (int, float) and not isinstance(v, str)):
+            raise refuse(expected)
+        if isinstance(v, str) and ptype not in (None, str):
+            # YAML reads 1e-3 (no dot) as a string; the command line's conversion applies, as argparse does
+            try:
+                v = ptype(v)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                raise refuse(expected) from None
+        if ptype is int and not isinstance(v, int):
+            raise refuse(expected)  # 2.5 for a whole number
+        if ptype is float and not isinstance(v, (int, float)):
+            raise refuse(expected)
+        if action.choices and v not in action.choices:
+            raise refuse(expected)
+        return v
+
+    if isinstance(action, ParseKwargs):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise refuse("a mapping of names to values (e.g. {depth: 1})")
+        return value
+    if action.nargs == 0:  # store_true / store_false / the either-flags' store_const True|False
+        consts = {action.const, action.default}
+        if all(isinstance(c, bool) or c is None for c in consts):
+            if not isinstance(value, bool):
+                raise refuse("true or false")
+        elif value not in consts:
+            raise refuse(" or ".join(map(_shown, consts)))
+        return value
+    if action.nargs in (None, "?"):
+        return item(value, one)
+    if action.nargs in ("+", "*"):
+        expected = f"a list of {many} (or {one})"
+        values = value if isinstance(value, list) else [value]  # one item, as `--flag X` on the command line
+        if action.nargs == "+" and not values and action.default != []:  # timm args.yaml: wandb_tags: []
+            raise refuse(f"a list of one or more {many}")
+        return [item(v, expected) for v in values]
+    if isinstance(action.nargs, int):
+        expected = f"a list of {action.nargs} {many}"
+        if not isinstance(value, list) or len(value) != action.nargs:
+            raise refuse(expected)
+        return [item(v, expected) for v in value]
+    return value
+
+
 def _check_keys(parser: argparse.ArgumentParser, data: dict[str, Any], what: str) -> dict[str, Any]:
-    """Refuse keys that are no flag of ours or timm's, naming close matches; normalise dashes."""
+    """Refuse keys that are no flag of ours or timm's, naming close matches, and values that are not of the kind
+    their flag takes; normalise dashes."""
     dests = _dests(parser)
     out = {}
     for key, value in data.items():
@@ -593,7 +682,7 @@ def _check_keys(parser: argparse.ArgumentParser, data: dict[str, Any], what: str
             # null would stand in for a value the setting always has (its default is the parser's, not None)
             raise UsageError(f"{what}: {key}: null, but {_flag_name(parser, norm)} needs a value (its default is "
                              f"{default!r}); give one, or remove the key to use the default.")
-        out[norm] = value
+        out[norm] = _check_value(parser, dests[norm], str(key), value, what)
     return out
 
 
@@ -624,6 +713,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     layers = {"recipe": recipe_values, "config": config_values, "cli": explicit}
 
     _refuse_unsupported(parser, args, layers)
+    _refuse_initial_with_resume(args, layers)
     if args.data and not args.data_dir:
         args.data_dir = args.data
     args.data = None
@@ -665,6 +755,22 @@ def _refuse_unsupported(parser: argparse.ArgumentParser, args: argparse.Namespac
     # A --kd-distill-type without a teacher does nothing in timm either; only 'token' means anything here.
     if args.kd_distill_type == "feature":
         raise UsageError("--kd-distill-type feature is timm's feature distillation, not supported; DeiT's is 'token'.")
+
+
+def _refuse_initial_with_resume(args: argparse.Namespace, layers: dict[str, dict[str, Any]]) -> None:
+    """--initial-checkpoint starts a NEW run from weights; --resume continues a run, restoring its weights over
+    them: asked for together, one is silently ignored. A run's own args.yaml replayed with ``-c`` and --resume
+    on the command line (the resume the trainer itself suggests) is not a contradiction: its
+    initial_checkpoint records how the run began, and resuming the run continues it."""
+    if not (args.resume and args.initial_checkpoint):
+        return
+    if "resume" in layers["cli"] and "initial_checkpoint" not in layers["cli"]:
+        return
+    raise UsageError(
+        f"--initial-checkpoint {args.initial_checkpoint} ({_source(layers, 'initial_checkpoint')}) with --resume "
+        f"{args.resume} ({_source(layers, 'resume')}): --resume restores the run's weights, optimizer and epoch and "
+        "would ignore --initial-checkpoint. fix: drop --initial-checkpoint to continue the run, or drop --resume to "
+        "start a new run from those weights.")
 
 
 def _pick(layers: dict[str, dict[str, Any]], spellings: dict[str, Any], setting: str) -> tuple[Any, str | None]:
@@ -765,15 +871,11 @@ def _validate(args: argparse.Namespace) -> None:
     parser = build_parser()
     for dest, action in _dests(parser).items():
         value = getattr(args, dest, None)
+        # the kinds of values were checked as they were read (argparse: the command line; _check_value: YAML)
         if action.type is float and value is not None and dest not in ("distill_alpha", "distill_tau"):
             values = value if isinstance(value, (list, tuple)) else [value]
-            need(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values),
+            need(all(math.isfinite(v) for v in values),
                  f"{_flag_name(parser, dest)} {' '.join(map(str, values))} must be a finite number (not nan or inf).")
-        if action.type is int and value is not None:
-            # argparse converts command-line strings; a -c/recipe YAML can still hand over 2.5 or "3"
-            values = value if isinstance(value, (list, tuple)) else [value]
-            need(all(isinstance(v, int) and not isinstance(v, bool) for v in values),
-                 f"{_flag_name(parser, dest)} {' '.join(map(str, values))} must be a whole number.")
     if args.distill_type in ("soft", "hard"):
         need(bool(args.distill_teacher or args.distill_teacher_path or args.distill_cache),
              f"{flags.get('distill_type', '--distill-type')} {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "

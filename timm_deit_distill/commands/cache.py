@@ -26,7 +26,7 @@ import torch
 from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir, rows_per_epoch
 from ..cache.store import MANIFEST
 from ..errors import DeitDistillError
-from .common import refuse
+from .common import ArgumentParser, refuse
 
 __all__ = ["main", "format_bytes"]
 
@@ -45,7 +45,7 @@ def format_bytes(n: float) -> str:
 
 
 def _split_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    own = argparse.ArgumentParser(prog="deit-distill cache build", add_help=False)
+    own = ArgumentParser(prog="deit-distill cache build", add_help=False)
     own.add_argument("--store", default="hard")
     own.add_argument("--out", default=None)
     return own.parse_known_args(argv)
@@ -164,7 +164,7 @@ def _summary(directory: str, manifest: dict[str, Any]) -> str:
 
 
 def _info_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="deit-distill cache info",
         description="Print what a teacher target cache holds: store, epochs built, views per epoch, size on disk, "
                     "the teacher and the augmentation settings its views were made with.")
@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not argv:
-        print(f"{USAGE}\ndeit-distill cache: error: a command is required: build or info", file=sys.stderr)
+        print("deit-distill cache: error: a command is required: build or info (see deit-distill cache --help)",
+              file=sys.stderr)
         return 2
     if argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(rest)
     except (DeitDistillError, ValueError) as e:  # refusals name the fix (timm's ValueErrors too)
         return refuse(f"cache {command}", e)
-    print(f"deit-distill cache: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    print(f"deit-distill cache: error: unknown command {command!r}: use build or info (see deit-distill cache --help)",
+          file=sys.stderr)
     return 2
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
+from .common import ArgumentParser
 
 # name -> (module, help). Each module exposes ``main(argv: list[str] | None) -> int``.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -49,7 +50,7 @@ def _models_table() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: ``--help``, ``--version`` and the subcommand names (each subcommand parses its own flags)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="deit-distill",
         description="DeiT-style distillation through attention for timm.",
         epilog="Run `deit-distill SUBCOMMAND --help` for a subcommand's options.",
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _models_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="deit-distill models", description=f"{MODELS_HELP[0].upper()}{MODELS_HELP[1:]}.")
+    return ArgumentParser(prog="deit-distill models", description=f"{MODELS_HELP[0].upper()}{MODELS_HELP[1:]}.")
 
 
 # The exit code of a process whose reader went away: what a shell reports for a tool SIGPIPE stopped (128 + 13).

@@ -7,13 +7,27 @@ whose class says its exit code (2: refused, 1: failed); :func:`refuse` prints it
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["one_line", "refuse", "setup_logging", "add_either_flag", "TEACHER_EMA"]
+__all__ = ["ArgumentParser", "one_line", "refuse", "setup_logging", "add_either_flag", "TEACHER_EMA"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line: ``PROG: error: MESSAGE (see PROG --help)``, exit code 2.
+
+    argparse prints the whole usage block (89 lines for `train`) before the error, which buries it; the
+    message itself (unknown flag, invalid value, close matches, mutually exclusive flags) is kept as argparse
+    words it. Subparsers made with ``add_subparsers().add_parser`` inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error on stderr and exit with code 2 (argparse's code for a usage error)."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def one_line(error: BaseException) -> str:

@@ -21,7 +21,7 @@ from ..data import LoaderSettings
 from ..errors import DataError, DeitDistillError, UsageError
 from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
-from .common import TEACHER_EMA, add_either_flag, refuse
+from .common import TEACHER_EMA, ArgumentParser, add_either_flag, refuse
 
 __all__ = ["main", "build_parser"]
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `deit-distill eval` parser."""
     from .args import HelpFormatter, add_dataset_flags, add_teacher_check_flags, add_teacher_path_flags
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deit-distill eval",
         description="Top-1/top-5 of a checkpoint's class, distillation and fused heads, and with a teacher its "
                     "top-1 and agreement. Printed and written as JSON.",

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DeitDistillError, UsageError
-from .common import add_either_flag, refuse
+from .common import ArgumentParser, add_either_flag, refuse
 
 __all__ = ["build_parser", "main"]
 
@@ -84,14 +84,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     (``usage: deit-distill push [-h] ...``), whatever flag is wrong.
     """
     if command == "push":
-        parser = argparse.ArgumentParser(prog="deit-distill push", description=_PUSH_DESCRIPTION)
+        parser = ArgumentParser(prog="deit-distill push", description=_PUSH_DESCRIPTION)
         _add_push_arguments(parser)
         return parser
     if command == "pull":
-        parser = argparse.ArgumentParser(prog="deit-distill pull", description=_PULL_DESCRIPTION)
+        parser = ArgumentParser(prog="deit-distill pull", description=_PULL_DESCRIPTION)
         _add_pull_arguments(parser)
         return parser
-    parser = argparse.ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
+    parser = ArgumentParser(prog="deit-distill", description="Publish and fetch distilled students.")
     sub = parser.add_subparsers(dest="command", metavar="{push,pull}", required=True)
     _add_push_arguments(sub.add_parser("push", help=_PUSH_HELP, description=_PUSH_DESCRIPTION))
     _add_pull_arguments(sub.add_parser("pull", help=_PULL_HELP, description=_PULL_DESCRIPTION))
@@ -101,8 +101,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _push(args: argparse.Namespace) -> int:
     from ..hub import push_to_hub, save_pretrained
     from ..hub.export import EXPORT_FILES
-    from ..hub.transfer import check_folder_target
+    from ..hub.transfer import _check_repo_id, check_folder_target
 
+    if args.repo_id is not None:
+        # also with --to-dir, where it only names the model in the card: a card must not name a repo that
+        # cannot exist (the upload would be refused by the same check)
+        _check_repo_id(args.repo_id)
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DemoError
+from ..common import ArgumentParser
 from .regime import DEFAULT_REGIME, MODES, QUICK_REGIME, STUDENT, TEACHER, Regime, student_args, teacher_args
 from .report import aggregate, mean_std, paired_differences, plot_students, results_table
 from .runner import Job, Progress, duration, run_jobs, run_training
@@ -60,7 +61,7 @@ def _default_jobs() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="deit-distill demo",
         description="Distil DeiT-Ti students from a convnet teacher on scikit-learn's bundled digits with no, soft "
                     "and hard distillation, and report the paper's comparison (Table 3) and token similarity.")
