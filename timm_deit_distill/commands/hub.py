@@ -101,12 +101,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _push(args: argparse.Namespace) -> int:
     from ..hub import push_to_hub, save_pretrained
     from ..hub.export import EXPORT_FILES
-    from ..hub.transfer import _check_repo_id, check_folder_target
+    from ..hub.transfer import check_folder_target, check_repo_id
 
     if args.repo_id is not None:
         # also with --to-dir, where it only names the model in the card: a card must not name a repo that
         # cannot exist (the upload would be refused by the same check)
-        _check_repo_id(args.repo_id)
+        check_repo_id(args.repo_id)
     options = dict(use_ema=args.use_ema, model_name=args.model, num_classes=args.num_classes,
                    img_size=args.img_size, license=args.license, datasets=args.dataset)
     if args.to_dir:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
 __all__ = ["push_to_hub", "pull", "load_model", "parse_repo_ref", "resolve_token", "check_folder_target",
-           "check_pull_output", "copy_pulled"]
+           "check_pull_output", "copy_pulled", "check_repo_id"]
 
 _logger = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def resolve_token(token: str | None = None) -> str:
     return token
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str) -> None:
+    """Refuse (UsageError) a repo id the Hub cannot hold: huggingface_hub's rules, and an owner (ORG/NAME)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -168,7 +169,7 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi, constants
 
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     if revision is not None and _COMMIT_SHA.fullmatch(revision):
         raise UsageError(f"revision {revision!r} is a commit sha; push to a branch name")
     if revision is not None and not revision.strip():
@@ -208,7 +209,7 @@ def parse_repo_ref(repo: str, revision: str | None = None) -> tuple[str, str | N
         raise UsageError("revision is empty; name a branch, tag or commit sha, or leave it out (None) for main")
     if ref and revision is not None and ref != revision:
         raise UsageError(f"{repo!r} names revision {ref!r} but revision={revision!r} was also given")
-    _check_repo_id(repo_id)
+    check_repo_id(repo_id)
     return repo_id, (ref or revision)
 
 
