@@ -39,13 +39,13 @@ from typing import Any
 
 import timm
 import torch
+from deit_views import deit_augment  # beside this script (run as python benchmarks/X.py)
 from timm.loss import SoftTargetCrossEntropy
 
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 from timm_deit_distill.cache import TeacherTargetCache, build_cache
 from timm_deit_distill.commands.cache import format_bytes
 from timm_deit_distill.data import (
-    AugmentSettings,
     LoaderSettings,
     ViewSettings,
     build_datasets,
@@ -60,16 +60,6 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _augment() -> AugmentSettings:
-    """DeiT's augmentation (its recipe's flags) under --deterministic-aug."""
-    return AugmentSettings(
-        seed=0, deterministic_aug=True, aug_repeats=3, mix_group_size=2, no_aug=False, train_crop_mode=None,
-        scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], hflip=0.5, vflip=0.0, color_jitter=0.4, color_jitter_prob=None,
-        grayscale_prob=None, gaussian_blur_prob=None, aa="rand-m9-mstd0.5-inc1", train_interpolation="random",
-        reprob=0.25, remode="pixel", recount=1, mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0,
-        mixup_switch_prob=0.5, mixup_mode="batch", mixup_off_epoch=0, smoothing=0.1)
 
 
 def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -90,7 +80,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     student = timm.create_model(opts.student, num_classes=num_classes, img_size=opts.img_size)
     data_config = {"input_size": (3, opts.img_size, opts.img_size), "mean": student.pretrained_cfg["mean"],
                    "std": student.pretrained_cfg["std"], "crop_pct": 0.875, "interpolation": "bicubic"}
-    view = ViewSettings.resolve(_augment(), data_config, num_classes)
+    view = ViewSettings.resolve(deit_augment(), data_config, num_classes)
     loader = LoaderSettings(batch_size=opts.batch_size, validation_batch_size=None, workers=opts.workers,
                             pin_mem=False)
     raw_teacher = timm.create_model(opts.teacher, pretrained=False, num_classes=num_classes)
