@@ -54,21 +54,16 @@ _BUILD_BUSY = ("{folder} is in use: another deit-distill cache build{holder} is 
                "to end, then rerun the build to resume or extend it; or build into another --out.")
 
 
-def check_cache_dir(out: str | os.PathLike[str], *, data_dir: str | None = None) -> None:
+def check_cache_dir(out: str | os.PathLike[str]) -> None:
     """Refuse an ``--out`` no cache can be built in: a file, a folder under a file, a folder nothing can be
     written to, a folder holding files but no cache (a run folder, someone's files: the chunks would be mixed
-    in), a folder inside the dataset ``data_dir``. Reads only (a folder that does not exist yet is created by
-    the build)."""
+    in). Reads only (a folder that does not exist yet is created by the build)."""
     from ..atomic import unwritable_reason
-    from ..run_folder import output_inside_data
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CacheError(f"--out {out} is a file, not a folder; fix: give the folder the cache is built in (it is "
                          "created if missing).")
-    inside = output_inside_data("--out", out, data_dir)
-    if inside is not None:
-        raise CacheError(inside)
     if out.is_dir() and not (out / MANIFEST).exists():
         # a killed first build leaves its chunks, lock and hidden partial files: that folder is this cache's,
         # resumed (hidden files, e.g. .DS_Store or .gitkeep, are nobody's data either)

@@ -26,6 +26,7 @@ import torch
 from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir, rows_per_epoch
 from ..cache.store import MANIFEST
 from ..errors import DeitDistillError
+from ..run_folder import output_inside_data
 from .common import ArgumentParser, refuse
 
 __all__ = ["main", "format_bytes"]
@@ -76,7 +77,9 @@ def _build(argv: list[str]) -> int:
     store = CacheStore.parse(own.store)
     args = train_args.parse_args(rest)
     settings = train_args.settings_from_args(args)
-    check_cache_dir(own.out, data_dir=args.data_dir)  # and not inside the dataset it reads
+    inside = output_inside_data("--out", own.out, args.data_dir)  # the rest of --out was checked above
+    if inside is not None:
+        raise CacheError(inside)
     if not settings.teacher.given:
         raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
                          "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
