@@ -69,6 +69,36 @@ def test_views_identical_across_worker_counts_batch_sizes_and_world_sizes(digits
     assert not torch.equal(reference[0][0], other[0][0])
 
 
+def test_view_seeds_are_splitmix64_and_the_batch_form_equals_the_scalar_one():
+    from timm_deit_distill.data import views
+
+    # splitmix64 seeded with 0: its first two outputs (Vigna's reference implementation, splitmix64.c)
+    assert views._splitmix64(0) == 0xE220A8397B1DCDAF
+    assert views._splitmix64(0x9E3779B97F4A7C15) == 0x6E789E6AA1B965F4
+    rng = random.Random(0)
+    for seed in (0, 42, -7, 2**64 - 1, 2**63 + 5):
+        for epoch in (0, 1, 299):
+            positions = [0, 1, 2**40 + 3, 2**62] + [rng.randrange(2**50) for _ in range(100)]
+            for stream in (views.STREAM_VIEW, views.STREAM_MIX_GROUP):
+                assert views.view_seeds(seed, epoch, positions, stream) == [
+                    views.view_seed(seed, epoch, p, stream) for p in positions]
+    assert views.view_seeds(0, 0, []) == []
+
+
+def test_a_batch_fetch_gives_the_views_of_one_fetch_per_view(digits):
+    train_ds, _ = digits
+    loader = build_train_loader(train_ds, make_args().view, make_args().loader)
+    views = loader.loader.dataset
+    keys = [(3, p, (7 * p) % len(train_ds)) for p in range(12)]
+    mixed_epochs = [(3, 0, 5), (4, 0, 5)]
+    for batch in (keys, mixed_epochs):
+        one_by_one = [views[k] for k in batch]
+        together = views.__getitems__(batch)
+        for a, b in zip(one_by_one, together, strict=True):
+            assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    assert not torch.equal(views[mixed_epochs[0]][0], views[mixed_epochs[1]][0])
+
+
 def test_mix_partner_and_lambda_follow_the_view_identity(digits):
     """Mixup only: view p is lam * view(p) + (1 - lam) * view(partner), partner in p's group of 2."""
     train_ds, _ = digits

@@ -30,6 +30,7 @@ refused on them (:func:`check_views_supported`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from . import datasets as _folders
 __all__ = [
     "DataSettings", "SourceInfo", "SOURCE_PREFIXES", "STREAM_PREFIXES", "TFDS_REFUSAL", "split_dataset_name",
     "resolve_input_img_mode", "check_views_supported", "source_kind", "is_streamed",
-    "load_image", "label_names", "check_num_classes", "dataset_fingerprint", "load_sample", "sample_name",
+    "load_image", "image_loader", "label_names", "check_num_classes", "dataset_fingerprint", "load_sample", "sample_name",
     "class_names", "source_fingerprint", "source_size",
 ]
 
@@ -386,9 +387,14 @@ def _targets(dataset: Any) -> np.ndarray:
 
 def load_image(dataset: Any, index: int) -> tuple[Image.Image, int]:
     """Decode sample ``index`` of any map-style dataset, raising :class:`DataError` naming it (never a substitute)."""
+    return image_loader(dataset)(index)
+
+
+def image_loader(dataset: Any) -> Callable[[int], tuple[Image.Image, int]]:
+    """:func:`load_image` bound to ``dataset``, its source's kind looked up once (a loader calls it per image)."""
     if source_kind(dataset) == "folder":
-        return _folders.load_image(dataset, index)
-    return load_sample(dataset, index)
+        return functools.partial(_folders.load_image, dataset)
+    return functools.partial(load_sample, dataset)
 
 
 def label_names(dataset: Any) -> list[str]:
