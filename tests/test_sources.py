@@ -348,6 +348,44 @@ def test_skip_bad_images_skips_and_counts_a_corrupt_wds_sample(sources, tmp_path
     assert "Skipped 1 unreadable sample(s) of wds/digits in epoch 0" in caplog.text
 
 
+def test_a_stream_without_workers_transforms_in_chunks_with_the_views_of_one_sample_at_a_time(
+        sources, monkeypatch):
+    import random
+
+    import torch
+
+    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.data import ViewSettings, build_train_loader, streams
+
+    settings = settings_from_args(parse_args(
+        ["--dataset", "wds/digits", "--data-dir", str(sources["wds"]), "-b", "10", "--workers", "0",
+         "--in-chans", "1", "--input-img-mode", "L", "--seed", "3", "--aa", "rand-m9-mstd0.5-inc1",
+         "--reprob", "0.25", "--mixup", "0", "--cutmix", "0"]))
+
+    def epoch_views(chunk):
+        monkeypatch.setattr(streams, "_MAIN_PROCESS_CHUNK", chunk)
+        train, _ = open_source(settings.data, num_classes=None, batch_size=10, seed=3)
+        loader = build_train_loader(train, ViewSettings.resolve(settings.augment, DATA_CONFIG, 10), settings.loader)
+        loader.set_epoch(1)
+        random.seed(5)
+        np.random.seed(7)
+        torch.manual_seed(11)
+        views = [(x.clone(), y.clone()) for x, y, _ in loader]
+        after = (random.random(), np.random.rand(), torch.rand(1).item())
+        return views, after
+
+    reference, untouched = epoch_views(1)
+    random.seed(5)
+    np.random.seed(7)
+    torch.manual_seed(11)
+    assert untouched == (random.random(), np.random.rand(), torch.rand(1).item())  # the trainer's draws unmoved
+    for chunk in (16, 3):  # the default, and one that does not divide the batch
+        views, after = epoch_views(chunk)
+        assert after == untouched and len(views) == len(reference) > 0
+        for (x, y), (rx, ry) in zip(views, reference, strict=True):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
 def test_a_resumed_stream_epoch_deals_the_shards_of_the_uninterrupted_one(sources, tmp_path):
     # process 0 of 2: which shards it reads in epoch 1 depends on (seed, epoch) only, not on epoch 0 having run
     from timm_deit_distill.commands.args import parse_args, settings_from_args
