@@ -99,6 +99,25 @@ def test_a_batch_fetch_gives_the_views_of_one_fetch_per_view(digits):
     assert not torch.equal(views[mixed_epochs[0]][0], views[mixed_epochs[1]][0])
 
 
+def _collated_in_a_worker(collate, batch):
+    inputs = collate(batch)[0]
+    return inputs.is_shared(), torch.utils.data.default_collate([b[0] for b in batch]).is_shared()
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.8])
+def test_a_worker_collates_into_shared_memory_as_timms_loader_does(digits, mixup):
+    # else every batch is copied once more on its way from a loader worker to the trainer
+    import functools
+
+    train_ds, _ = digits
+    args = make_args(mixup=mixup, cutmix=0.0, batch_size=4)
+    loader = build_train_loader(train_ds, args.view, args.loader)
+    probe = torch.utils.data.DataLoader(
+        loader.loader.dataset, batch_sampler=[[(3, p, p) for p in range(4)]], num_workers=1,
+        collate_fn=functools.partial(_collated_in_a_worker, loader.loader.collate_fn))
+    assert list(probe) == [(True, True)]
+
+
 def test_mix_partner_and_lambda_follow_the_view_identity(digits):
     """Mixup only: view p is lam * view(p) + (1 - lam) * view(partner), partner in p's group of 2."""
     train_ds, _ = digits
