@@ -40,7 +40,7 @@ __all__ = [
     "CheckpointSaver", "load_training_checkpoint", "rng_state", "set_rng_state", "ResumeState", "resume",
     "checkpoint_epoch", "compare_resume", "ResumeComparison", "create_model_from_checkpoint",
     "model_from_checkpoint", "CheckpointError", "read_checkpoint", "check_checkpoint_file", "select_weights",
-    "RAW_KEYS", "EMA_KEYS",
+    "RAW_KEYS", "EMA_KEYS", "scheduler_state", "load_scheduler_state",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -539,6 +539,54 @@ def checkpoint_epoch(checkpoint: dict[str, Any]) -> int:
     return epoch
 
 
+# timm's PlateauLRScheduler.state_dict keeps only 'best' and 'last_epoch' of the torch ReduceLROnPlateau it wraps:
+# the patience and cooldown counters (and the learning rates held back under noise) are lost, so a resumed run
+# would cut its learning rate at other epochs than the run left alone. The checkpoint carries them under this key.
+_PLATEAU_KEY = "deit_distill_plateau"
+# What moves as the run trains, as opposed to the settings a resume compares.
+_MOVING = {"metric", "best", "last_epoch"}
+_PLATEAU_MOVING = {"best", "last_epoch", "_last_lr", "num_bad_epochs", "cooldown_counter"}
+
+
+def scheduler_state(lr_scheduler: Any) -> dict[str, Any]:
+    """The schedule's state for a checkpoint: timm's ``state_dict``, and for timm's plateau schedule the whole
+    state of the ReduceLROnPlateau inside it, which timm's leaves out."""
+    state = dict(lr_scheduler.state_dict())
+    plateau = getattr(lr_scheduler, "lr_scheduler", None)
+    if isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        state[_PLATEAU_KEY] = {"reduce_lr_on_plateau": plateau.state_dict(),
+                               "restore_lr": getattr(lr_scheduler, "restore_lr", None)}
+    return state
+
+
+def _schedule_settings(state: dict[str, Any]) -> dict[str, Any]:
+    settings = {k: v for k, v in state.items() if k not in _MOVING and k != _PLATEAU_KEY}
+    if _PLATEAU_KEY in state:
+        inner = state[_PLATEAU_KEY]["reduce_lr_on_plateau"]
+        settings[_PLATEAU_KEY] = {k: v for k, v in inner.items() if k not in _PLATEAU_MOVING}
+    return settings
+
+
+def load_scheduler_state(lr_scheduler: Any, saved: dict[str, Any], *, source: str = "the checkpoint") -> bool:
+    """Restore a :func:`scheduler_state` into ``lr_scheduler`` when its settings are the saved ones; False (and
+    nothing changed) when they differ. A plateau schedule saved without its counters (a checkpoint of another
+    trainer, or of an earlier version) gets timm's part back and a warning that its counters restart."""
+    fresh = scheduler_state(lr_scheduler)
+    plateau_saved = _PLATEAU_KEY in saved
+    if _PLATEAU_KEY in fresh and not plateau_saved:
+        fresh.pop(_PLATEAU_KEY)
+    if _schedule_settings(fresh) != _schedule_settings(saved):
+        return False
+    lr_scheduler.load_state_dict({k: v for k, v in saved.items() if k != _PLATEAU_KEY})
+    if plateau_saved:
+        lr_scheduler.lr_scheduler.load_state_dict(saved[_PLATEAU_KEY]["reduce_lr_on_plateau"])
+        lr_scheduler.restore_lr = saved[_PLATEAU_KEY]["restore_lr"]
+    elif _PLATEAU_KEY in scheduler_state(lr_scheduler):
+        _logger.warning("%s holds timm's plateau schedule without its patience and cooldown counters: they restart "
+                        "at 0, so the learning rate may drop at other epochs than in the run left alone.", source)
+    return True
+
+
 @dataclass
 class ResumeState:
     """What the loop needs after :func:`resume` restored the modules."""
@@ -606,12 +654,8 @@ def resume(
     if lr_scheduler is not None and "scheduler" in checkpoint:
         # Restore the schedule's state only when its settings are the ones of the checkpoint's run; a run
         # resumed with another --epochs/--lr/--sched keeps its new schedule, positioned at the start epoch
-        # by the caller (timm's behaviour). 'metric', 'best', 'last_epoch' are the state that moves.
-        moving = {"metric", "best", "last_epoch"}
-        fresh, saved = lr_scheduler.state_dict(), checkpoint["scheduler"]
-        if {k: v for k, v in saved.items() if k not in moving} == {k: v for k, v in fresh.items() if k not in moving}:
-            lr_scheduler.load_state_dict(saved)
-            scheduler_restored = True
+        # by the caller (timm's behaviour).
+        scheduler_restored = load_scheduler_state(lr_scheduler, checkpoint["scheduler"], source=repr(path))
     if model_ema is not None:
         ema_state = checkpoint.get("state_dict_ema")
         if ema_state is None:

@@ -540,9 +540,11 @@ def _teacher_batches(args: argparse.Namespace, settings: TrainSettings, start_ep
 
 def _extra_state(run: Run) -> dict[str, Any]:
     """Keys added to every checkpoint: what exact resumption and downstream readers need."""
+    from ..checkpoint import scheduler_state
+
     state: dict[str, Any] = {
         "deit_distill": run.metadata,
-        "scheduler": run.lr_scheduler.state_dict(),
+        "scheduler": scheduler_state(run.lr_scheduler),
         "num_updates": run.num_updates,
         "rng": run.rng_states,  # gathered from every rank just before saving
         "summary": list(run.history),

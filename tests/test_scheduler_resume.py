@@ -1,0 +1,129 @@
+"""The schedule's state survives a checkpoint: timm's plateau schedule keeps its patience and cooldown counters, so
+a resumed run cuts its learning rate at the epochs the run left alone does (timm's own state_dict loses them)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from timm.scheduler import create_scheduler_v2
+
+from timm_deit_distill.checkpoint import load_scheduler_state, resume, scheduler_state
+
+# eval top-1 per epoch: improves, then stalls twice (patience 2 -> a cut), improves, stalls again
+METRICS = [10.0, 20.0, 30.0, 30.0, 29.0, 40.0, 40.0, 39.0, 38.0, 38.0, 50.0, 49.0, 48.0, 47.0]
+
+
+def plateau(params=None, **changes):
+    optimizer = torch.optim.SGD(params or [torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    kwargs = dict(sched="plateau", num_epochs=len(METRICS), patience_epochs=2, decay_rate=0.5, warmup_epochs=1,
+                  cooldown_epochs=1)
+    kwargs.update(changes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # timm deprecates the plateau schedule
+        scheduler, _ = create_scheduler_v2(optimizer, **kwargs)
+    return optimizer, scheduler
+
+
+def lrs(optimizer, scheduler, epochs):
+    out = []
+    for epoch in epochs:
+        scheduler.step(epoch + 1, METRICS[epoch])
+        out.append(optimizer.param_groups[0]["lr"])
+    return out
+
+
+@pytest.mark.parametrize("stop", [4, 8, 13])
+def test_a_resumed_plateau_schedule_cuts_the_rate_at_the_epochs_of_the_run_left_alone(stop):
+    optimizer, scheduler = plateau()
+    straight = lrs(optimizer, scheduler, range(len(METRICS)))
+    assert len(set(straight)) >= 3  # the metrics do make it cut the rate more than once
+
+    optimizer, scheduler = plateau()
+    first = lrs(optimizer, scheduler, range(stop))
+    saved, saved_optimizer = scheduler_state(scheduler), optimizer.state_dict()
+    optimizer, scheduler = plateau()
+    optimizer.load_state_dict(saved_optimizer)
+    assert load_scheduler_state(scheduler, saved)
+    assert first + lrs(optimizer, scheduler, range(stop, len(METRICS))) == straight
+
+    if stop == 4:
+        return  # the metric improves right after: restarting the counters would not show
+    # timm's state_dict alone (what a checkpoint held before) restarts the counters: another schedule
+    optimizer, scheduler = plateau()
+    lrs(optimizer, scheduler, range(stop))
+    assert scheduler.lr_scheduler.num_bad_epochs == 2  # one more bad epoch cuts the rate
+    timm_only, saved_optimizer = scheduler.state_dict(), optimizer.state_dict()
+    optimizer, scheduler = plateau()
+    optimizer.load_state_dict(saved_optimizer)
+    assert load_scheduler_state(scheduler, timm_only)
+    assert first + lrs(optimizer, scheduler, range(stop, len(METRICS))) != straight
+
+
+def test_a_plateau_state_without_its_counters_is_restored_with_a_warning(caplog):
+    optimizer, scheduler = plateau()
+    lrs(optimizer, scheduler, range(4))
+    timm_only = scheduler.state_dict()
+    _, fresh = plateau()
+    with caplog.at_level("WARNING"):
+        assert load_scheduler_state(fresh, timm_only, source="'old.pth.tar'")
+    assert "'old.pth.tar'" in caplog.text and "patience and cooldown counters" in caplog.text
+    assert fresh.lr_scheduler.best == scheduler.lr_scheduler.best
+
+
+def test_changed_plateau_settings_are_not_restored_and_other_schedules_round_trip():
+    optimizer, scheduler = plateau()
+    lrs(optimizer, scheduler, range(5))
+    saved = scheduler_state(scheduler)
+    _, other = plateau(patience_epochs=3)
+    assert not load_scheduler_state(other, saved)
+    assert other.lr_scheduler.num_bad_epochs == 0 and other.lr_scheduler.best == float("-inf")  # untouched
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cosine, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=10, warmup_epochs=2)
+    cosine.step(3)
+    state = scheduler_state(cosine)
+    assert state == cosine.state_dict()  # nothing added to timm's own schedules
+    again, _ = create_scheduler_v2(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), sched="cosine",
+                                   num_epochs=10, warmup_epochs=2)
+    assert load_scheduler_state(again, state) and again.state_dict() == state
+
+
+@pytest.mark.slow
+def test_a_training_run_resumed_on_a_plateau_schedule_ends_as_the_run_left_alone(tmp_path):
+    from train_fixtures import FAST, STUDENT, digits, load, run_cli
+
+    from timm_deit_distill.records import read_summary
+
+    data = digits(tmp_path / "digits", train_per_class=3, val_fraction=0.3)
+    # A rate too small to move top-1: every epoch after the first fails to improve, so with patience 1 the rate is
+    # cut every second epoch on any CPU, and the run stopped after epoch 2 is mid-way to a cut.
+    argv = ["--data-dir", str(data), *STUDENT, *FAST, "--lr", "1e-6", "--weight-decay", "0", "--sched", "plateau", "--patience-epochs", "1",
+            "--decay-rate", "0.5", "--cooldown-epochs", "0", "--output", str(tmp_path)]
+    straight = run_cli([*argv, "--epochs", "5", "--experiment", "straight"])
+    assert straight.returncode == 0, straight.stderr
+    stopped = run_cli([*argv, "--epochs", "2", "--experiment", "stopped"])
+    assert stopped.returncode == 0, stopped.stderr
+    counters = load(tmp_path / "stopped" / "last.pth.tar")["scheduler"]["deit_distill_plateau"]
+    assert counters["reduce_lr_on_plateau"]["num_bad_epochs"] == 1  # what timm's own state_dict leaves out
+    resumed = run_cli([*argv, "--epochs", "5", "--experiment", "stopped", "--resume",
+                       str(tmp_path / "stopped" / "last.pth.tar")])
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_summary(tmp_path / "straight" / "summary.csv")
+    assert [r["lr"] for r in read_summary(tmp_path / "stopped" / "summary.csv")] == [r["lr"] for r in rows]
+    assert len({r["lr"] for r in rows}) > 1, rows  # the rate was cut: the schedule had something to lose
+
+
+def test_resume_restores_the_plateau_counters_from_a_checkpoint_file(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = plateau(model.parameters())
+    lrs(optimizer, scheduler, range(4))
+    assert scheduler.lr_scheduler.num_bad_epochs > 0
+    path = tmp_path / "last.pth.tar"
+    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3,
+                "scheduler": scheduler_state(scheduler)}, path)
+    optimizer, fresh = plateau(model.parameters())
+    state = resume(str(path), model, optimizer=optimizer, lr_scheduler=fresh)
+    assert state.scheduler_restored
+    assert fresh.lr_scheduler.state_dict() == scheduler.lr_scheduler.state_dict()
