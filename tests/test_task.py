@@ -227,6 +227,24 @@ def test_prepare_distributed_wraps_only_the_student(tmp_path, data):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+def test_under_ddp_every_process_runs_the_teacher_on_the_path_process_0_measured(tmp_path):
+    import json
+
+    out = tmp_path / "paths.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1",
+           "DEIT_DISTILL_TEACHER_PATHS": "",  # measure now, do not recall
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(Path(__file__).parent / "ddp_task_worker.py"), str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    assert seen["paths"][0] == seen["paths"][1] != "None"
+    assert seen["reasons"][1] == "chosen by process 0" and seen["reasons"][0] != seen["reasons"][1]
+
+
 def test_task_builds_the_teacher_for_the_students_data(tmp_path):
     path = tmp_path / "teacher.pth"
     torch.save(_vit_teacher().state_dict(), path)

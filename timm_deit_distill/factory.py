@@ -25,6 +25,7 @@ from .data import DataSettings, LoaderSettings, build_check_loader, open_source
 from .errors import CheckpointError, UsageError
 from .losses import DistillationLoss, DistillSettings
 from .teacher import DistillationTeacher, PathChoice, TeacherCheck, TeacherSettings
+from .teacher.tuning import agree_on_path
 
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
@@ -302,29 +303,12 @@ def select_teacher_path(model: DistillationTeacher, teacher: TeacherSettings, da
     Under torchrun rank 0 measures and every process takes its choice: the processes of one run compute their
     targets on one path (measuring on each would compete for the same machine and could pick different paths).
     """
-    choice, error = None, None
-    if rank == 0:
+    def choose() -> PathChoice:
         check_loader = build_check_loader(dataset, dict(data_config), max_images=teacher.check_images,
                                           batch_size=loader.eval_batch_size, workers=loader.workers, seed=seed)
-        try:
-            choice = model.select_path(check_loader, batch_size=batch_size, steps=steps,
-                                       min_agreement=teacher.min_agreement)
-        except Exception as e:
-            if world_size == 1:
-                raise
-            error = e
-    if world_size > 1:
-        box = [str(choice.path) if choice is not None else None, None if error is None else repr(error)]
-        torch.distributed.broadcast_object_list(box, src=0)
-        if error is not None:
-            raise error
-        if box[1] is not None:
-            raise RuntimeError(f"rank 0 failed while choosing the teacher's path: {box[1]}")
-        if rank != 0:
-            model.use_path(box[0])
-            choice = model.path_choice
-    assert choice is not None
-    return choice
+        return model.select_path(check_loader, batch_size=batch_size, steps=steps, min_agreement=teacher.min_agreement)
+
+    return agree_on_path(model, choose, rank=rank, world_size=world_size)
 
 
 def check_teacher(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,

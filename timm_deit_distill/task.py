@@ -183,6 +183,8 @@ class DeiTDistillationTask(TrainingTask):
             data_mean/data_std/input_size of the real pipeline, ...) when the task builds the teacher.
     """
 
+    _one_teacher_path = False  # set by prepare_distributed
+
     def __init__(
         self,
         student_model: nn.Module,
@@ -233,11 +235,28 @@ class DeiTDistillationTask(TrainingTask):
         return self
 
     def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> DeiTDistillationTask:
-        """Wrap the student alone in DistributedDataParallel; the teacher is never wrapped."""
+        """Wrap the student alone in DistributedDataParallel; the teacher is never wrapped.
+
+        A teacher whose path is still to be measured (precision ``'auto'``) is then measured on process 0's first
+        batch alone and every process runs on that path (each measuring for itself could pick another precision).
+        """
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
+        self._one_teacher_path = True
         return self
+
+    def _agree_on_teacher_path(self, input: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        from .teacher.tuning import agree_on_path
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return  # one process: the teacher measures on its first batch itself
+        teacher = self.teacher
+        assert teacher is not None
+        agree_on_path(teacher, lambda: teacher.select_path([input.detach()], batch_size=len(input)),
+                      rank=dist.get_rank(), world_size=dist.get_world_size())
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module:
         """Compile the student (also the eval model) and the teacher's forward, before DDP wrapping."""
@@ -249,6 +268,8 @@ class DeiTDistillationTask(TrainingTask):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         output = self.trainable_module(input)
+        if self.teacher is not None and self.teacher.path is None and self._one_teacher_path:
+            self._agree_on_teacher_path(input)
         teacher_logits = self.teacher(input) if self.teacher is not None else None
         loss = self.distill_loss.from_teacher_output(output, target, teacher_logits)
         cls_logits = output if isinstance(output, torch.Tensor) else output[0]

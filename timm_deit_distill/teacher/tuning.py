@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -19,9 +19,38 @@ from . import paths as P
 from .path_memory import PathMemory, describe_machine, machine_identity
 from .paths import REFERENCE, PathChoice, PathMeasurement, TeacherPath
 
-__all__ = ["select_path"]
+__all__ = ["select_path", "agree_on_path"]
 
 _logger = logging.getLogger(__name__)
+
+
+def agree_on_path(teacher: Any, choose: Callable[[], PathChoice], *, rank: int, world_size: int) -> PathChoice:
+    """Choose the teacher's path on process 0 alone (``choose()``, e.g. a :func:`select_path` call) and put every
+    other process of the group on it: one run's processes compute their targets on one path (measuring on each
+    would compete for the same machine and could pick different precisions). A collective: every process of the
+    default group must call it. An error of process 0 is raised on every process."""
+    import torch.distributed as dist
+
+    choice, error = None, None
+    if rank == 0:
+        try:
+            choice = choose()
+        except Exception as e:
+            if world_size == 1:
+                raise
+            error = e
+    if world_size > 1:
+        box = [str(choice.path) if choice is not None else None, None if error is None else repr(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[1] is not None:
+            raise RuntimeError(f"process 0 failed while choosing the teacher's path: {box[1]}")
+        if rank != 0:
+            teacher.use_path(box[0], reason="chosen by process 0")
+            choice = teacher.path_choice
+    assert choice is not None
+    return choice
 
 
 def _key(teacher: Any, shape: tuple[int, ...], machine: dict[str, Any]) -> dict[str, Any]:
