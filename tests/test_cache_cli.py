@@ -207,3 +207,28 @@ def test_info_into_a_closed_pipe_stops_quietly(setup_files, tmp_path):
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=120) == BROKEN_PIPE_EXIT, err
         assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_info_verify_hashes_every_chunk_and_names_each_damaged_one(setup_files, tmp_path, capsys):
+    root, data, teacher = setup_files
+    out = tmp_path / "cache"
+    assert cache_cli.main(["build", *flags(data, teacher), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cache_cli.main(["info", str(out), "--verify"]) == 0
+    assert "chunks: 2 of 2 match the sha256 recorded when they were written" in capsys.readouterr().out
+    chunk = out / "epoch-0001.safetensors"
+    altered = bytearray(chunk.read_bytes())
+    altered[-1] ^= 0x01  # same size: only a hash sees it
+    chunk.write_bytes(bytes(altered))
+    assert cache_cli.main(["info", str(out)]) == 0  # without --verify it says it has not looked
+    assert "not hashed here (--verify hashes them" in capsys.readouterr().out
+    assert cache_cli.main(["info", str(out), "--verify"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("damaged: ")] == [
+        f"damaged: cache chunk {chunk} does not match its sha256 in manifest.json (corrupted or replaced); "
+        "fix: delete it and its .json sidecar and rerun `deit-distill cache build` (only that epoch is recomputed)."]
+    assert lines[-1] == "chunks: 1 of 2 match the sha256 recorded when they were written"
+    (out / "epoch-0000.safetensors").unlink()
+    assert cache_cli.main(["info", str(out), "--verify"]) == 1
+    out_text = capsys.readouterr().out
+    assert "epoch-0000.safetensors is missing" in out_text and "chunks: 0 of 2 match" in out_text

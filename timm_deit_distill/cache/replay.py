@@ -164,26 +164,37 @@ class TeacherTargetCache:
         chunks = [self._chunks[e] for e in epochs]
         hash_now = self.verify and sum(int(c.get("bytes", 0)) for c in chunks) <= HASH_UP_FRONT_BYTES
         for chunk in chunks:
-            path = self.directory / chunk["file"]
-            if not path.is_file():
-                raise CacheError(f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
-                                 f"{self.directory} (only missing epochs are recomputed).")
-            size = path.stat().st_size
-            if "bytes" in chunk and size != int(chunk["bytes"]):
-                raise CacheError(f"cache chunk {path} has {size} bytes but {MANIFEST} records {chunk['bytes']} "
-                                 "(truncated or replaced); " + _REBUILD_CHUNK)
-            if hash_now:
-                if sha256_file(path) != chunk["sha256"]:
-                    raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or "
-                                     "replaced); " + _REBUILD_CHUNK)
-                continue
-            try:
-                meta, _ = read_chunk_info(path)
-            except CacheError:
-                raise CacheError(f"cache chunk {path} has no readable safetensors header (corrupted); "
-                                 + _REBUILD_CHUNK) from None
-            if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != chunk["epoch"]:
-                raise CacheError(f"cache chunk {path} belongs to another cache; " + _REBUILD_CHUNK)
+            problem = self._chunk_problem(chunk, hash_now=hash_now)
+            if problem is not None:
+                raise CacheError(problem)
+
+    def damaged_chunks(self) -> list[str]:
+        """One line per built chunk that is missing, truncated or altered, every chunk hashed (``cache info
+        --verify``); empty when all match the sha256 recorded when they were written."""
+        return [problem for chunk in self.manifest["chunks"]
+                if (problem := self._chunk_problem(chunk, hash_now=True)) is not None]
+
+    def _chunk_problem(self, chunk: dict[str, Any], *, hash_now: bool) -> str | None:
+        path = self.directory / chunk["file"]
+        if not path.is_file():
+            return (f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
+                    f"{self.directory} (only missing epochs are recomputed).")
+        size = path.stat().st_size
+        if "bytes" in chunk and size != int(chunk["bytes"]):
+            return (f"cache chunk {path} has {size} bytes but {MANIFEST} records {chunk['bytes']} "
+                    "(truncated or replaced); " + _REBUILD_CHUNK)
+        if hash_now:
+            if sha256_file(path) != chunk["sha256"]:
+                return (f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or "
+                        "replaced); " + _REBUILD_CHUNK)
+            return None
+        try:
+            meta, _ = read_chunk_info(path)
+        except CacheError:
+            return f"cache chunk {path} has no readable safetensors header (corrupted); " + _REBUILD_CHUNK
+        if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != chunk["epoch"]:
+            return f"cache chunk {path} belongs to another cache; " + _REBUILD_CHUNK
+        return None
 
     def _teacher_problems(self, teacher: TeacherSettings) -> list[str]:
         problems = self._teacher_file_problems(teacher.checkpoint_path)

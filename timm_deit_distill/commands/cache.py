@@ -172,11 +172,15 @@ def _info_parser() -> argparse.ArgumentParser:
         description="Print what a teacher target cache holds: store, epochs built, views per epoch, size on disk, "
                     "the teacher and the augmentation settings its views were made with.")
     parser.add_argument("directory", metavar="DIR", help="the cache directory (the --out of `cache build`)")
+    parser.add_argument("--verify", action="store_true",
+                        help="hash every chunk against the sha256 recorded when it was written; exit 1 naming "
+                             "each one that is missing, truncated or altered")
     return parser
 
 
 def _info(argv: list[str]) -> int:
-    directory = _info_parser().parse_args(argv).directory  # -h: help, exit 0; a bad flag: usage, exit 2
+    options = _info_parser().parse_args(argv)  # -h: help, exit 0; a bad flag: usage, exit 2
+    directory = options.directory
     cache = TeacherTargetCache.open(directory)
     print(_summary(directory, cache.manifest))
     teacher = cache.teacher_description or {}
@@ -190,7 +194,16 @@ def _info(argv: list[str]) -> int:
         threshold = "no threshold" if check.get("min_top1") is None else f"threshold {check['min_top1']:.2f}%"
         print(f"teacher check: top-1 {check['top1']:.2f}% on {check['images']} validation images ({threshold}, "
               f"chance {check['chance']:.2f}%), measured when the cache was built")
-    return 0
+    built = len(cache.manifest["chunks"])
+    if not options.verify:
+        print(f"chunks: {built} listed, not hashed here (--verify hashes them; training verifies the ones it needs "
+              "before its first step)")
+        return 0
+    damaged = cache.damaged_chunks()
+    for problem in damaged:
+        print(f"damaged: {problem}")
+    print(f"chunks: {built - len(damaged)} of {built} match the sha256 recorded when they were written")
+    return 1 if damaged else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
