@@ -232,3 +232,128 @@ def test_info_verify_hashes_every_chunk_and_names_each_damaged_one(setup_files, 
     assert cache_cli.main(["info", str(out), "--verify"]) == 1
     out_text = capsys.readouterr().out
     assert "epoch-0000.safetensors is missing" in out_text and "chunks: 0 of 2 match" in out_text
+
+
+@pytest.fixture(scope="module")
+def built_cache(setup_files, tmp_path_factory):
+    root, data, teacher = setup_files
+    out = tmp_path_factory.mktemp("built") / "cache"
+    assert cache_cli.main(["build", *flags(data, teacher), "--out", str(out)]) == 0
+    return out
+
+
+def _damaged_copy(built_cache, tmp_path, damage):
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(built_cache, copy)
+    damage(copy)
+    return copy
+
+
+def _one_line(capsys, code, *fragments):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return code
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda c: _edit_manifest(c, lambda m: m.pop("chunks")), "is damaged (no 'chunks')"),
+    (lambda c: _edit_manifest(c, lambda m: m["chunks"].__setitem__(1, "x")), "chunks[1] is str, not an object"),
+    (lambda c: _edit_manifest(c, lambda m: m["chunks"][0].__setitem__("file", "../decoy.txt")),
+     "chunks[0].file is '../decoy.txt', not 'epoch-0000.safetensors'"),
+    (lambda c: _edit_manifest(c, lambda m: m["chunks"][0].__setitem__("bytes", True)),
+     "chunks[0].bytes is missing or not int"),
+])
+def test_a_manifest_of_the_wrong_shape_is_refused_in_one_line(built_cache, setup_files, tmp_path, capsys, damage,
+                                                               fragment):
+    from timm_deit_distill.commands import train
+
+    root, data, teacher = setup_files
+    cache = _damaged_copy(built_cache, tmp_path, damage)
+    for argv in (["info", str(cache)], ["info", str(cache), "--verify"]):
+        assert cache_cli.main(argv) == 2
+        _one_line(capsys, 2, fragment, "move or delete")
+    runs = tmp_path / "runs"
+    assert train.main([*flags(data, teacher), "--distill-cache", str(cache), "--output", str(runs)]) == 2
+    _one_line(capsys, 2, fragment)
+    assert not runs.exists()
+
+
+def _edit_manifest(cache, edit):
+    manifest = json.loads((cache / "manifest.json").read_text())
+    edit(manifest)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_folder_where_a_chunk_goes_is_named_and_the_build_refuses_it_before_any_work(built_cache, setup_files,
+                                                                                          tmp_path, capsys):
+    root, data, teacher = setup_files
+
+    def folder_for_chunk(c):
+        (c / "epoch-0000.safetensors").unlink()
+        (c / "epoch-0000.safetensors").mkdir()
+
+    cache = _damaged_copy(built_cache, tmp_path, folder_for_chunk)
+    assert cache_cli.main(["info", str(cache), "--verify"]) == 1
+    assert "epoch-0000.safetensors is a folder, not a file; fix: remove that folder" in capsys.readouterr().out
+    assert cache_cli.main(["build", *flags(data, teacher), "--out", str(cache)]) == 2
+    _one_line(capsys, 2, "epoch-0000.safetensors is a folder where the cache writes its files; fix: remove it")
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]  # refused before computing anything
+
+
+def test_an_unreadable_chunk_or_cache_folder_is_named_not_a_traceback(built_cache, setup_files, tmp_path, capsys,
+                                                                      monkeypatch):
+    # the tests may run as root, whom chmod does not stop: the operating system's refusal is simulated
+    import builtins
+    from pathlib import Path as _Path
+
+    root, data, teacher = setup_files
+    cache = _damaged_copy(built_cache, tmp_path, lambda c: None)
+    blocked = str(cache / "epoch-0001.safetensors")
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == blocked:
+            raise PermissionError(13, "Permission denied", blocked)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    assert cache_cli.main(["info", str(cache), "--verify"]) == 1
+    assert (f"damaged: cache chunk {blocked} cannot be read (Permission denied); fix: give this user read permission"
+            in capsys.readouterr().out)
+    assert cache_cli.main(["build", *flags(data, teacher), "--out", str(cache)]) == 2
+    _one_line(capsys, 2, f"cache chunk {blocked} cannot be read (Permission denied)")
+    monkeypatch.undo()
+
+    real_exists = _Path.exists
+
+    def refusing_exists(self, *args, **kwargs):
+        if self == cache / "manifest.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Path, "exists", refusing_exists)
+    assert cache_cli.main(["info", str(cache)]) == 2
+    _one_line(capsys, 2, f"cannot look into the cache folder {cache} (Permission denied); fix: give this user read "
+                         "and search permission")
+
+
+def test_info_on_a_file_says_it_is_no_folder(built_cache, capsys):
+    assert cache_cli.main(["info", str(built_cache / "manifest.json")]) == 2
+    _one_line(capsys, 2, "manifest.json is a file, not a cache folder; fix: give the folder that holds manifest.json")
+
+
+def test_a_garbage_sidecar_is_ignored_and_written_again_by_the_next_build(built_cache, setup_files, tmp_path, capsys,
+                                                                          caplog):
+    root, data, teacher = setup_files
+    cache = _damaged_copy(built_cache, tmp_path, lambda c: (c / "epoch-0001.json").write_text("garbage"))
+    with caplog.at_level("WARNING"):
+        assert cache_cli.main(["build", *flags(data, teacher), "--out", str(cache)]) == 0
+    assert "epoch-0001.json cannot be read (JSONDecodeError): ignoring it" in caplog.text
+    assert json.loads((cache / "epoch-0001.json").read_text())["file"] == "epoch-0001.safetensors"
+    capsys.readouterr()
+    assert cache_cli.main(["info", str(cache), "--verify"]) == 0
+    assert "chunks: 2 of 2 match" in capsys.readouterr().out

@@ -64,6 +64,15 @@ def check_cache_dir(out: str | os.PathLike[str]) -> None:
     if out.exists() and not out.is_dir():
         raise CacheError(f"--out {out} is a file, not a folder; fix: give the folder the cache is built in (it is "
                          "created if missing).")
+    if out.is_dir():
+        # the build renames its chunks and sidecars onto these names: a folder there would fail it after the work
+        blocked = sorted(p.name for p in out.iterdir()
+                         if re.fullmatch(r"epoch-\d+\.(?:safetensors|json)|" + re.escape(MANIFEST), p.name)
+                         and not p.is_file())
+        if blocked:
+            raise CacheError(f"--out {out}: {', '.join(blocked[:5])} {'is a folder' if len(blocked) == 1 else 'are folders'}"
+                             " where the cache writes its files; fix: remove "
+                             f"{'it' if len(blocked) == 1 else 'them'} and rerun (only missing epochs are computed).")
     if out.is_dir() and not (out / MANIFEST).exists():
         # a killed first build leaves its chunks, lock and hidden partial files: that folder is this cache's,
         # resumed (hidden files, e.g. .DS_Store or .gitkeep, are nobody's data either)
@@ -219,14 +228,41 @@ def _build_epoch(out: Path, epoch: int, loader: Any, layout: ViewLayout,
     _logger.info("cache epoch %d written: %s (%d rows)", epoch, path.name, rows)
 
 
+def _read_sidecar(out: Path, epoch: int) -> dict[str, Any] | None:
+    """Epoch's chunk sidecar, or None when there is none or it cannot be used (then the chunk is judged by its own
+    header, and the sidecar written again, or the epoch recomputed)."""
+    sidecar = (out / chunk_name(epoch)).with_suffix(".json")
+    if not sidecar.exists():
+        return None
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as e:
+        _logger.warning("cache sidecar %s cannot be read (%s): ignoring it.", sidecar, type(e).__name__)
+        return None
+    fields = {"epoch": int, "file": str, "sha256": str, "rows": int, "bytes": int}
+    if (not isinstance(info, dict) or not all(isinstance(info.get(k), t) for k, t in fields.items())
+            or info["epoch"] != epoch or info["file"] != chunk_name(epoch)):
+        _logger.warning("cache sidecar %s is not a chunk record: ignoring it.", sidecar)
+        return None
+    return info
+
+
 def _chunk_done(out: Path, epoch: int, fid: str) -> bool:
     """Whether epoch's chunk is complete; adopts a chunk renamed into place before its sidecar was written."""
     path = out / chunk_name(epoch)
+    try:
+        return _chunk_on_disk_done(out, epoch, fid, path)
+    except OSError as e:  # unreadable (permissions) or a disk error: say which file, before computing anything
+        raise CacheError(f"cache chunk {path} cannot be read ({e.strerror or type(e).__name__}); fix: give this user "
+                         "read permission on it (chmod u+r), or run as its owner.") from None
+
+
+def _chunk_on_disk_done(out: Path, epoch: int, fid: str, path: Path) -> bool:
     sidecar = path.with_suffix(".json")
     if not path.exists():
         return False
-    if sidecar.exists():
-        info = json.loads(sidecar.read_text())
+    info = _read_sidecar(out, epoch)
+    if info is not None:
         if info.get("fingerprint_sha256") != fid or info.get("bytes") != path.stat().st_size:
             return False
         # Hashing a chunk costs a small fraction of computing it: a chunk altered on disk since it was written
@@ -250,11 +286,9 @@ def _chunk_done(out: Path, epoch: int, fid: str) -> bool:
 def _finalise_manifest(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     chunks = []
     for epoch in range(manifest["epochs"]):
-        sidecar = (out / chunk_name(epoch)).with_suffix(".json")
-        if sidecar.exists():
-            info = json.loads(sidecar.read_text())
-            if info.get("fingerprint_sha256") == manifest["fingerprint_sha256"]:
-                chunks.append({k: info[k] for k in ("epoch", "file", "sha256", "rows", "bytes")})
+        info = _read_sidecar(out, epoch)
+        if info is not None and info.get("fingerprint_sha256") == manifest["fingerprint_sha256"]:
+            chunks.append({k: info[k] for k in ("epoch", "file", "sha256", "rows", "bytes")})
     manifest = {**manifest, "chunks": chunks, "complete": len(chunks) == manifest["epochs"]}
     write_json(out / MANIFEST, manifest)
     return manifest

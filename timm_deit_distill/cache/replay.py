@@ -55,9 +55,21 @@ class TeacherTargetCache:
         """Open the cache in ``directory`` (each chunk's sha256 is checked on first use when ``verify``)."""
         directory = Path(directory)
         path = directory / MANIFEST
-        if not path.exists():
+        build = "`deit-distill cache build <training flags> --epochs N --store hard --out DIR`"
+        try:
+            if directory.exists() and not directory.is_dir():
+                raise CacheError(f"{directory} is a file, not a cache folder; fix: give the folder that holds "
+                                 f"{MANIFEST} (the --out of `deit-distill cache build`).")
+            if not directory.exists():
+                raise CacheError(f"no teacher target cache at {directory} (no such folder); fix: check the path, or "
+                                 f"build one with {build}.")
+            found = path.exists()
+        except PermissionError as e:
+            raise CacheError(f"cannot look into the cache folder {directory} ({e.strerror}); fix: give this user read "
+                             "and search permission on it (chmod u+rx), or run as its owner.") from None
+        if not found:
             raise CacheError(f"no teacher target cache in {directory} ({MANIFEST} missing); fix: build one with "
-                             "`deit-distill cache build <training flags> --epochs N --store hard --out DIR`.")
+                             f"{build}.")
         return cls(directory, load_manifest(path), verify=verify)
 
     @property
@@ -176,6 +188,16 @@ class TeacherTargetCache:
 
     def _chunk_problem(self, chunk: dict[str, Any], *, hash_now: bool) -> str | None:
         path = self.directory / chunk["file"]
+        try:
+            return self._chunk_file_problem(chunk, path, hash_now=hash_now)
+        except OSError as e:  # unreadable (permissions), or an I/O error of the disk
+            return (f"cache chunk {path} cannot be read ({e.strerror or type(e).__name__}); fix: give this user read "
+                    "permission on it (chmod u+r), or run as its owner.")
+
+    def _chunk_file_problem(self, chunk: dict[str, Any], path: Path, *, hash_now: bool) -> str | None:
+        if path.is_dir():
+            return (f"cache chunk {path} is a folder, not a file; fix: remove that folder and rerun `deit-distill "
+                    f"cache build` on {self.directory} (only missing epochs are recomputed).")
         if not path.is_file():
             return (f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
                     f"{self.directory} (only missing epochs are recomputed).")
@@ -260,12 +282,9 @@ class TeacherTargetCache:
             raise CacheMismatch(f"the cache in {self.directory} holds no epoch {epoch} "
                                 f"(it holds {_ranges(self.epochs) or 'none'}).")
         path = self.directory / chunk["file"]
-        if not path.exists():
-            raise CacheError(f"cache chunk {path} is missing; fix: rerun `deit-distill cache build` on "
-                             f"{self.directory} (only missing epochs are recomputed).")
-        if self.verify and sha256_file(path) != chunk["sha256"]:
-            raise CacheError(f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or replaced); "
-                             + _REBUILD_CHUNK)
+        problem = self._chunk_problem(chunk, hash_now=self.verify)
+        if problem is not None:
+            raise CacheError(problem)
         meta, _ = read_chunk_info(path)
         arrays = memmap_chunk(path)
         if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != epoch:

@@ -198,7 +198,42 @@ def load_manifest(path: Path) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise CacheError(f"{path} has cache format version {manifest.get('version')}, this package reads "
                          f"{FORMAT_VERSION}; fix: rebuild the cache with this version.")
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise CacheError(f"the cache manifest {path} is damaged ({problem}); a cache is unusable without it. fix: move "
+                         f"or delete {path.parent} and build the cache again into it with `deit-distill cache build "
+                         "... --out`.")
     return manifest
+
+
+# The fields every reader of a manifest relies on, and their JSON types (bool is no int here).
+_MANIFEST_FIELDS = {"store": str, "num_classes": int, "rows_per_epoch": int, "bytes_per_view": int, "epochs": int,
+                    "complete": bool, "fingerprint": dict, "fingerprint_sha256": str, "chunks": list}
+_CHUNK_FIELDS = {"epoch": int, "file": str, "sha256": str, "rows": int, "bytes": int}
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a parsed manifest unusable (a field missing or of another type, a chunk that names a file
+    other than its epoch's), or None."""
+    for key, kind in _MANIFEST_FIELDS.items():
+        if key not in manifest:
+            return f"no {key!r}"
+        if not _is(manifest[key], kind):
+            return f"{key!r} is {type(manifest[key]).__name__}, not {kind.__name__}"
+    for i, chunk in enumerate(manifest["chunks"]):
+        if not isinstance(chunk, dict):
+            return f"chunks[{i}] is {type(chunk).__name__}, not an object"
+        for key, kind in _CHUNK_FIELDS.items():
+            if not _is(chunk.get(key), kind):
+                return f"chunks[{i}].{key} is missing or not {kind.__name__}"
+        # a chunk is its epoch's file in the cache folder, never a path elsewhere
+        if chunk["file"] != chunk_name(chunk["epoch"]):
+            return f"chunks[{i}].file is {chunk['file']!r}, not {chunk_name(chunk['epoch'])!r}"
+    return None
 
 
 def sample_check(sample_index: np.ndarray) -> np.ndarray:
