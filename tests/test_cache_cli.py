@@ -357,3 +357,22 @@ def test_a_garbage_sidecar_is_ignored_and_written_again_by_the_next_build(built_
     capsys.readouterr()
     assert cache_cli.main(["info", str(cache), "--verify"]) == 0
     assert "chunks: 2 of 2 match" in capsys.readouterr().out
+
+
+def test_verify_reads_which_epoch_a_chunk_holds_when_chunks_and_their_entries_were_swapped(built_cache, tmp_path,
+                                                                                           capsys):
+    def swap(c):
+        a, b = c / "epoch-0000.safetensors", c / "epoch-0001.safetensors"
+        a.rename(c / "x")
+        b.rename(a)
+        (c / "x").rename(b)
+        _edit_manifest(c, lambda m: [m["chunks"][0].__setitem__("sha256", m["chunks"][1]["sha256"]),
+                                     m["chunks"][1].__setitem__("sha256", json.loads((c / "epoch-0000.json")
+                                                                                      .read_text())["sha256"]),
+                                     m["chunks"][0].__setitem__("bytes", a.stat().st_size),
+                                     m["chunks"][1].__setitem__("bytes", b.stat().st_size)])
+
+    cache = _damaged_copy(built_cache, tmp_path, swap)
+    assert cache_cli.main(["info", str(cache), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "epoch-0000.safetensors holds epoch 1, not 0" in out and "epoch-0001.safetensors holds epoch 0, not 1" in out

@@ -205,17 +205,18 @@ class TeacherTargetCache:
         if "bytes" in chunk and size != int(chunk["bytes"]):
             return (f"cache chunk {path} has {size} bytes but {MANIFEST} records {chunk['bytes']} "
                     "(truncated or replaced); " + _REBUILD_CHUNK)
-        if hash_now:
-            if sha256_file(path) != chunk["sha256"]:
-                return (f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or "
-                        "replaced); " + _REBUILD_CHUNK)
-            return None
+        if hash_now and sha256_file(path) != chunk["sha256"]:
+            return (f"cache chunk {path} does not match its sha256 in {MANIFEST} (corrupted or "
+                    "replaced); " + _REBUILD_CHUNK)
+        # the header too (a few bytes): a chunk whose manifest entry moved with it still says which epoch it holds
         try:
             meta, _ = read_chunk_info(path)
         except CacheError:
             return f"cache chunk {path} has no readable safetensors header (corrupted); " + _REBUILD_CHUNK
-        if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != chunk["epoch"]:
+        if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"]:
             return f"cache chunk {path} belongs to another cache; " + _REBUILD_CHUNK
+        if meta.get("epoch") != chunk["epoch"]:
+            return f"cache chunk {path} holds epoch {meta.get('epoch')}, not {chunk['epoch']}; " + _REBUILD_CHUNK
         return None
 
     def _teacher_problems(self, teacher: TeacherSettings) -> list[str]:
