@@ -811,12 +811,22 @@ def _current_epoch(run: Run) -> int:
     return run.history[-1]["epoch"] + 1 if run.history else run.start_epoch
 
 
-def _kept(run: Run) -> str:
+def _kept(run: Run, fix: str) -> str:
+    """What is left after a stop, and what to do: ``fix`` (e.g. "Fix the file"), then --resume the checkpoint kept,
+    or, with none written yet, rerun the same command (nothing to resume). A named run folder (--experiment) that
+    holds no checkpoint is refused as a run folder (run_folder.check_run_folder), so it must be deleted first; a
+    dated one is not reused anyway: the rerun trains in a new folder."""
     last = os.path.join(run.output_dir or "", "last.pth.tar")
     if not (run.output_dir and os.path.exists(last)):
-        return "No checkpoint had been written yet."
+        if not run.output_dir:
+            return f"No checkpoint had been written yet. {fix}, then rerun the same command."
+        if run.args.experiment:
+            return (f"No checkpoint had been written yet, so there is nothing to resume. {fix}, then delete "
+                    f"{run.output_dir} (it holds this run's first files only) and rerun the same command.")
+        return (f"No checkpoint had been written yet, so there is nothing to resume. {fix}, then rerun the same "
+                f"command (it trains in a new folder; {run.output_dir} holds no checkpoint and can be deleted).")
     epoch = f" (epoch {run.last_saved_epoch})" if run.last_saved_epoch is not None else ""
-    return f"The last good checkpoint is kept: {last}{epoch}."
+    return f"The last good checkpoint is kept: {last}{epoch}. {fix}, then --resume."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -843,8 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train(run)
         except NonFiniteLoss as e:
             if run.primary:
-                _logger.error("Stopped: %s. Nothing was saved from this epoch. %s Lower --lr, add --clip-grad, "
-                              "or check the data, then --resume.", e, _kept(run))
+                _logger.error("Stopped: %s. Nothing was saved from this epoch. %s", e,
+                              _kept(run, "Lower --lr, add --clip-grad, or check the data"))
             return 1
         except DeitDistillError as e:
             # A file that turned bad mid-run (a cache chunk, an image): the same one line as a refusal.
@@ -852,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if run.primary or isinstance(e, DataError):
                 rank = f" (rank {run.rank})" if run.distributed else ""
                 print(f"deit-distill train: error{rank}: stopped in epoch {_current_epoch(run)}: {one_line(e)} "
-                      f"{_kept(run)} Fix the file, then --resume.", file=sys.stderr)
+                      f"{_kept(run, 'Fix the file')}", file=sys.stderr)
             return e.exit_code
     finally:
         if run is not None:
