@@ -57,6 +57,14 @@ from timm_deit_distill.commands import train
     (["--warmup-epochs", "-1"], "--warmup-epochs -1 must be >= 0"),
     (["--cooldown-epochs", "-1"], "--cooldown-epochs -1 must be >= 0"),
     (["--sched", "step", "--decay-epochs", "0"], "--decay-epochs 0.0 must be > 0"),
+    # a decay rate is a multiplier (step, multistep, plateau) or a power (poly): 0 or less made the rate 0 or
+    # negative after the first cut; a plateau's patience below 0 cut the rate every epoch
+    (["--sched", "plateau", "--decay-rate", "0"], "--decay-rate 0 must be > 0: step, multistep and plateau multiply"),
+    (["--sched", "plateau", "--decay-rate", "-0.5"], "--decay-rate -0.5 must be > 0"),
+    (["--sched", "step", "--dr", "0"], "--decay-rate 0 must be > 0"),
+    (["--sched", "poly", "--decay-rate", "-1"], "--decay-rate -1 must be > 0"),
+    (["--sched", "plateau", "--decay-rate", "1"], "--decay-rate 1 must be < 1 with --sched plateau"),
+    (["--sched", "plateau", "--patience-epochs", "-1"], "--patience-epochs -1 must be >= 0"),
     (["--lr-cycle-mul", "0"], "--lr-cycle-mul 0.0 must be > 0"),
     (["--lr-cycle-limit", "0"], "--lr-cycle-limit 0 must be >= 1"),
     (["--start-epoch", "-1"], "--start-epoch -1 must be >= 0"),
@@ -103,6 +111,20 @@ def test_valid_edges_are_accepted():
     args = parse_args(["--crop-pct", "1", "--img-size", "1", "--scale", "1", "1", "--seed", "0",
                        "--interpolation", "bilinear", "--train-interpolation", "random", "--distill-tau", "1e-6"])
     assert (args.crop_pct, args.img_size, args.scale, args.seed) == (1.0, 1, [1.0, 1.0], 0)
+
+
+@pytest.mark.parametrize("argv", [
+    # timm's defaults, and the edges each schedule that reads the flag takes
+    ["--sched", "plateau"], ["--sched", "step"], ["--sched", "multistep"], ["--sched", "poly"],
+    ["--sched", "plateau", "--patience-epochs", "0", "--decay-rate", "0.999"],
+    ["--sched", "step", "--decay-rate", "1"], ["--sched", "multistep", "--decay-rate", "1"],
+    ["--sched", "poly", "--decay-rate", "2"],
+])
+def test_schedule_values_every_schedule_can_use_are_accepted(argv):
+    from timm_deit_distill.commands.args import parse_args
+
+    args = parse_args(argv)
+    assert args.sched == argv[1]
 
 
 @pytest.mark.parametrize("argv", [["--img-size", "0"], ["--input-size", "0", "32", "32"], ["--crop-pct", "-1"],

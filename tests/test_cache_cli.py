@@ -158,6 +158,15 @@ def test_a_build_locks_its_cache_and_removes_only_its_own_partial_files(setup_fi
         err = capsys.readouterr().err
         assert "is in use: another deit-distill cache build" in err and err.count("\n") == 1
         assert ours.exists() and not (out / "manifest.json").exists()  # a live build's files are left alone
+        # the build that took the lock was killed, its loader workers still hold it: not called a live build
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        (out / ".deit-distill.lock").write_text(f"{dead}\n")
+        assert cache_cli.main(["build", *flags(data, teacher), "--epochs", "1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert (f"the deit-distill cache build that held it (pid {dead}) has ended, but processes it started "
+                "(e.g. its data loader workers) still hold the lock; retry in a few seconds.") in err
+        assert err.count("\n") == 1 and ours.exists()
     finally:
         live.release()
     caplog.set_level("INFO")

@@ -371,3 +371,52 @@ def test_the_demo_reuses_a_run_killed_between_its_last_checkpoint_and_its_summar
     before = (run_dir / "last.pth.tar").read_bytes()
     assert demo.run_training(argv, run_dir, 2, "student none-seed0") == run_dir / "last.pth.tar"
     assert (run_dir / "last.pth.tar").read_bytes() == before
+
+
+HOLD_AND_FORK = """
+import os, sys, time
+from timm_deit_distill.run_folder import RunLock
+lock = RunLock.acquire(sys.argv[1])  # records this process's pid, as a trainer does
+worker = os.fork()  # like a DataLoader worker: shares the locked file, so the lock outlives this process
+if worker == 0:
+    time.sleep(60)
+    os._exit(0)
+print(os.getpid(), worker, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_whose_recorded_holder_was_killed_says_its_workers_still_hold_it(tmp_path):
+    """Right after a SIGKILL of a trainer its orphaned loader workers hold the lock for a moment: the refusal must
+    not call the dead pid a live trainer, but say to retry shortly."""
+    from timm_deit_distill.cache.build import _BUILD_BUSY
+    from timm_deit_distill.run_folder import FolderPlan, RunFolderError, RunLock, check_run_folder
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    pid, worker = map(int, holder.stdout.readline().split())
+    try:
+        with pytest.raises(RunFolderError, match=rf"another deit-distill train \(pid {pid}\) is training there now"):
+            RunLock.acquire(tmp_path)  # alive: as before
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        ended = (rf"the deit-distill train that held it \(pid {pid}\) has ended, but processes it started \(e.g. its "
+                 r"data loader workers\) still hold the lock; retry in a few seconds\.$")
+        with pytest.raises(RunFolderError, match=ended):
+            RunLock.acquire(tmp_path)
+        with pytest.raises(RunFolderError, match=ended):
+            check_run_folder(str(tmp_path), FolderPlan(root=str(tmp_path.parent), path=str(tmp_path), continuing=False))
+        with pytest.raises(RunFolderError, match=r"the deit-distill cache build that held it \(pid \d+\) has ended"):
+            RunLock.acquire(tmp_path, busy=_BUILD_BUSY, command="deit-distill cache build")
+    finally:
+        holder.kill()
+        holder.wait()
+        os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 30  # the worker is not our child: wait until the kernel drops its lock
+    while time.monotonic() < deadline:
+        try:
+            RunLock.acquire(tmp_path).release()
+            break
+        except RunFolderError:
+            time.sleep(0.05)
+    else:
+        pytest.fail("the lock was not released after its last holder ended")

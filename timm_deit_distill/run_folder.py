@@ -50,6 +50,10 @@ _TRAINER_NAME = "|".join([*(re.escape(n) for n in RUN_FILES), r"checkpoint-\d+\.
 
 _TRAINER_BUSY = ("{folder} is in use: another deit-distill train{holder} is training there now. Wait for it to "
                  "end (or stop it), then --resume its last.pth.tar; or pick another --experiment.")
+# When the process that took the lock is gone but the lock is still held: processes it forked (its data loader
+# workers) share its lock until they notice, a second or two after it was killed.
+_ENDED_BUSY = ("{folder} is in use: the {command} that held it{holder} has ended, but processes it started (e.g. its "
+               "data loader workers) still hold the lock; retry in a few seconds.")
 
 
 def partial_pattern(names: str) -> re.Pattern[str]:
@@ -94,11 +98,36 @@ def format_size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def _holder(path: Path) -> str:
+def _holder_pid(path: Path) -> int | None:
+    """The pid the lock's holder wrote into the lock file (None when it cannot be read)."""
     with contextlib.suppress(OSError, ValueError):
-        pid = int(path.read_text().strip())
-        return f" (pid {pid})"
-    return ""
+        return int(path.read_text().strip())
+    return None
+
+
+def _holder(path: Path) -> str:
+    pid = _holder_pid(path)
+    return f" (pid {pid})" if pid is not None else ""
+
+
+def _holder_ended(path: Path) -> bool:
+    """Whether the process whose pid the lock file records no longer exists (so others hold its lock)."""
+    pid = _holder_pid(path)
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: it exists, as another user's process
+        return False
+    return False
+
+
+def _busy(path: Path, folder: str | os.PathLike[str], busy: str, command: str, **fields: str) -> str:
+    """The refusal for a held lock: ``busy`` when its recorded holder lives, else that the holder has ended."""
+    template = _ENDED_BUSY if _holder_ended(path) else busy
+    return template.format(folder=folder, holder=_holder(path), command=command, **fields)
 
 
 def locked_by(folder: str | os.PathLike[str]) -> str | None:
@@ -106,6 +135,12 @@ def locked_by(folder: str | os.PathLike[str]) -> str | None:
 
     Reads only: a folder without a lock file is not locked, and none is created to find out.
     """
+    path = _held_lock(folder)
+    return None if path is None else f"another deit-distill train{_holder(path)}"
+
+
+def _held_lock(folder: str | os.PathLike[str]) -> Path | None:
+    """``folder``'s lock file when some process holds it locked, else None (see :func:`locked_by`)."""
     path = Path(folder) / LOCK_NAME
     if fcntl is None or not path.is_file():
         return None
@@ -116,7 +151,7 @@ def locked_by(folder: str | os.PathLike[str]) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return f"another deit-distill train{_holder(path)}"
+        return path
     except OSError:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): nothing can be told
         return None
     finally:
@@ -132,10 +167,12 @@ class RunLock:
         self._fd = fd
 
     @classmethod
-    def acquire(cls, folder: str | os.PathLike[str], *, busy: str = _TRAINER_BUSY) -> RunLock:
+    def acquire(cls, folder: str | os.PathLike[str], *, busy: str = _TRAINER_BUSY,
+                command: str = "deit-distill train") -> RunLock:
         """Lock ``folder`` (which must exist) without waiting; :class:`RunFolderError` when a live process has it.
 
-        ``busy`` is the refusal's text, with ``{folder}`` and ``{holder}`` (the holder's pid) filled in.
+        ``busy`` is the refusal's text, with ``{folder}`` and ``{holder}`` (the holder's pid) filled in; when the
+        recorded holder has ended (its forked workers still hold the lock) the refusal says so, naming ``command``.
         """
         folder = Path(folder)
         if fcntl is None:  # pragma: no cover - Windows
@@ -146,7 +183,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(busy.format(folder=folder, holder=_holder(path))) from None
+            raise RunFolderError(_busy(path, folder, busy, command)) from None
         except OSError as e:  # a filesystem without locks: train unlocked, and remove no partial file
             os.close(fd)
             _logger.warning("Cannot lock %s (%s): a second trainer into it will not be refused, and partial "
@@ -290,11 +327,11 @@ def check_run_folder(folder: str, plan: FolderPlan, *, locked_here: bool = False
     holds another run, or, continuing a run, when resuming there would overwrite epochs it has saved."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise RunFolderError(f"the run folder {folder} is a file; fix: pick another --experiment or --output.")
-    holder = None if locked_here else locked_by(folder)
-    if holder is not None:
-        raise RunFolderError(
-            f"{folder} is in use: {holder} is training there now. Wait for it to end (or stop it), then --resume "
-            f"{os.path.join(folder, 'last.pth.tar')}; or pick another --experiment.")
+    lock = None if locked_here else _held_lock(folder)
+    if lock is not None:
+        raise RunFolderError(_busy(lock, folder, "{folder} is in use: another deit-distill train{holder} is training "
+                                   "there now. Wait for it to end (or stop it), then --resume {last}; or pick another "
+                                   "--experiment.", "deit-distill train", last=os.path.join(folder, "last.pth.tar")))
     if plan.continuing:
         assert plan.resume is not None and plan.resume_epoch is not None
         start = plan.start_epoch if plan.start_epoch is not None else plan.resume_epoch + 1

@@ -164,7 +164,7 @@ def build_cache(
     if rank == 0:
         # The build's lock on --out: a second build into it is refused, and what a killed build left half
         # written (temporaries of the cache's own file names only) is removed, since no live writer owns it.
-        lock = RunLock.acquire(out, busy=_BUILD_BUSY)
+        lock = RunLock.acquire(out, busy=_BUILD_BUSY, command="deit-distill cache build")
         removed, size = lock.remove_partial_files(_CACHE_PARTIAL)
         if removed:
             _logger.info("Removed %d partial file(s) (%s) a killed build left in %s.", removed, format_size(size), out)

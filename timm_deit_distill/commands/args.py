@@ -963,6 +963,20 @@ def _validate(args: argparse.Namespace) -> None:
     need(args.warmup_epochs >= 0, f"--warmup-epochs {args.warmup_epochs} must be >= 0.")
     need(args.cooldown_epochs >= 0, f"--cooldown-epochs {args.cooldown_epochs} must be >= 0.")
     need(args.decay_epochs > 0, f"--decay-epochs {args.decay_epochs} must be > 0.")
+    # timm's step, multistep and plateau schedules multiply the rate by --decay-rate at each cut (0 stops
+    # training, a negative rate reverses it); poly raises to it as a power (0 is a constant rate, a negative
+    # power grows without bound). Nonsense for every schedule that reads it; the others ignore it.
+    need(args.decay_rate > 0,
+         f"--decay-rate {args.decay_rate:g} must be > 0: step, multistep and plateau multiply the "
+         "learning rate by it at each cut (timm's default 0.1 cuts it tenfold; 1 never cuts), poly takes it as "
+         "its power.")
+    # torch's ReduceLROnPlateau refuses a factor >= 1 (a ValueError: "Factor should be < 1.0.")
+    need(args.sched != "plateau" or args.decay_rate < 1,
+         f"--decay-rate {args.decay_rate:g} must be < 1 with --sched plateau: it multiplies the learning rate at "
+         "each plateau (1 would never cut it; for a fixed rate use --sched constant).")
+    # torch's ReduceLROnPlateau cuts once more epochs than this fail to improve: a negative patience cuts every epoch.
+    need(args.patience_epochs >= 0, f"--patience-epochs {args.patience_epochs} must be >= 0: the plateau schedule "
+         "cuts the learning rate after this many epochs without improvement (0: at the first one; timm's default 10).")
     need(args.lr_cycle_mul > 0, f"--lr-cycle-mul {args.lr_cycle_mul} must be > 0.")
     need(args.lr_cycle_limit >= 1, f"--lr-cycle-limit {args.lr_cycle_limit} must be >= 1.")
     need(args.start_epoch is None or args.start_epoch >= 0, f"--start-epoch {args.start_epoch} must be >= 0.")

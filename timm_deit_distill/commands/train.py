@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -222,6 +223,28 @@ def _nothing_to_train(args: argparse.Namespace, resume_epoch: int | None, start_
             f"{num_epochs - 1}): nothing would be trained. fix: a smaller --start-epoch, or a larger --epochs.")
 
 
+# timm warns on building its plateau schedule that the schedule's state "is not saved in checkpoints, so a resumed
+# run restarts the plateau logic". This trainer saves all of it (checkpoint.scheduler_state), so that warning is
+# wrong here: it is silenced (that one only) and the log says this instead.
+_PLATEAU_WARNING = r"PlateauLRScheduler is deprecated .*not saved in checkpoints"
+PLATEAU_NOTE = ("timm deprecates the plateau schedule; this trainer checkpoints its full state (best metric, patience "
+                "and cooldown counters), so --resume is exact.")
+
+
+def build_schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> tuple[Any, int]:
+    """timm's schedule for these flags, and the number of epochs it runs; a setting timm refuses is a UsageError."""
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_PLATEAU_WARNING, category=FutureWarning)
+            return create_scheduler_v2(optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == "loss"),
+                                       updates_per_epoch=updates_per_epoch)
+    except (TypeError, ValueError, AssertionError) as e:  # timm's consistency checks of the schedule's settings
+        raise UsageError(f"--sched {args.sched}: timm refused the schedule ({one_line(e)}); fix: adjust the "
+                         "schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
+
+
 def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Run:  # noqa: C901 - one linear recipe
     """Build data, student, teacher/cache, loss, optimizer, schedule, EMA; check everything; then claim the
     run folder, write its first files and resume if asked. ``settings`` are ``settings_from_args(args)``.
@@ -231,7 +254,6 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
     """
     from timm.layers import set_fast_norm
     from timm.optim import create_optimizer_v2, optimizer_kwargs
-    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
     from timm.utils import ModelEmaV3, NativeScaler, random_seed
 
     from .. import checkpoint as ckpt
@@ -355,12 +377,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
 
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     decreasing = args.eval_metric == "loss"
-    try:
-        lr_scheduler, num_epochs = create_scheduler_v2(
-            optimizer, **scheduler_kwargs(args, decreasing_metric=decreasing), updates_per_epoch=updates_per_epoch)
-    except (TypeError, ValueError, AssertionError) as e:  # timm's consistency checks of the schedule's settings
-        raise UsageError(f"--sched {args.sched}: timm refused the schedule ({one_line(e)}); fix: adjust the "
-                         "schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
+    lr_scheduler, num_epochs = build_schedule(args, optimizer, updates_per_epoch)
 
     metadata = {
         "model": args.model,
@@ -483,6 +500,8 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
                      _teacher_source(args, teacher, cache))
         _logger.info("Learning rate %s; %d epochs of %d updates; output %s.", lr_how, num_epochs,
                      updates_per_epoch, output_dir)
+        if args.sched == "plateau":
+            _logger.info(PLATEAU_NOTE)
         if removed:
             _logger.info("Removed %d partial file(s) (%s) that a killed save left in %s.", removed,
                          format_size(size), output_dir)
@@ -504,7 +523,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         if rank == 0:
             _logger.info("Resumed from %s at epoch %d (RNG states %s; schedule %s).", args.resume, run.start_epoch,
                          "restored" if resumed.rng_restored else "not in the checkpoint: reseeded",
-                         "restored" if resumed.scheduler_restored else "rebuilt from these flags")
+                         _schedule_how(args, resumed.scheduler_restored))
     if args.start_epoch is not None:
         run.start_epoch = args.start_epoch
     if run.start_epoch > 0 and (resumed is None or not resumed.scheduler_restored or args.start_epoch is not None):
@@ -513,7 +532,39 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
             lr_scheduler.step_update(run.start_epoch * updates_per_epoch)
         else:
             lr_scheduler.step(run.start_epoch)
+    if resumed is not None and rank == 0:
+        assert comparison is not None and resume_from is not None
+        warning = _plateau_keeps_lr(args, comparison.changed, optimizer_restored="optimizer" in resume_from,
+                                    lr_scheduler=lr_scheduler, optimizer=optimizer, start_epoch=run.start_epoch)
+        if warning:
+            _logger.warning(warning)
     return run
+
+
+def _schedule_how(args: argparse.Namespace, restored: bool) -> str:
+    """What became of the schedule on --resume, for the "Resumed from" line."""
+    if restored:
+        return "restored"
+    if args.sched == "plateau":  # its state moves with the metric: rebuilt, it forgets what the run had seen
+        return ("rebuilt from these flags: the plateau's best metric and its patience and cooldown counters "
+                "start anew")
+    return "rebuilt from these flags"
+
+
+def _plateau_keeps_lr(args: argparse.Namespace, changed: dict[str, list[Any]], *, optimizer_restored: bool,
+                      lr_scheduler: Any, optimizer: torch.optim.Optimizer, start_epoch: int) -> str | None:
+    """The warning for a plateau run resumed with another --lr, which then has no effect: past its warm-up timm's
+    plateau schedule sets no rate, it only cuts the one the optimizer holds, and the optimizer state restored
+    from the checkpoint holds the rate the checkpoint's run reached. None when --lr does apply."""
+    if args.sched != "plateau" or "lr" not in changed or args.no_resume_opt or not optimizer_restored:
+        return None
+    if start_epoch <= getattr(lr_scheduler, "warmup_t", 0):
+        return None  # the warm-up still ramps to the new --lr
+    old, new = (f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in changed["lr"])
+    kept = sum(float(g["lr"]) for g in optimizer.param_groups) / len(optimizer.param_groups)
+    return (f"Resumed with --lr {new} (was {old}), which has no effect here: the plateau schedule keeps the "
+            f"learning rate the checkpoint's run reached ({kept:g}, held by the optimizer state it restored); "
+            "--lr applies to new runs only.")
 
 
 def _resumed_teacher_path(resume_from: dict[str, Any] | None, settings: TrainSettings) -> str | None:
@@ -760,12 +811,22 @@ def _current_epoch(run: Run) -> int:
     return run.history[-1]["epoch"] + 1 if run.history else run.start_epoch
 
 
-def _kept(run: Run) -> str:
+def _kept(run: Run, fix: str) -> str:
+    """What is left after a stop, and what to do: ``fix`` (e.g. "Fix the file"), then --resume the checkpoint kept,
+    or, with none written yet, rerun the same command (nothing to resume). A named run folder (--experiment) that
+    holds no checkpoint is refused as a run folder (run_folder.check_run_folder), so it must be deleted first; a
+    dated one is not reused anyway: the rerun trains in a new folder."""
     last = os.path.join(run.output_dir or "", "last.pth.tar")
     if not (run.output_dir and os.path.exists(last)):
-        return "No checkpoint had been written yet."
+        if not run.output_dir:
+            return f"No checkpoint had been written yet. {fix}, then rerun the same command."
+        if run.args.experiment:
+            return (f"No checkpoint had been written yet, so there is nothing to resume. {fix}, then delete "
+                    f"{run.output_dir} (it holds this run's first files only) and rerun the same command.")
+        return (f"No checkpoint had been written yet, so there is nothing to resume. {fix}, then rerun the same "
+                f"command (it trains in a new folder; {run.output_dir} holds no checkpoint and can be deleted).")
     epoch = f" (epoch {run.last_saved_epoch})" if run.last_saved_epoch is not None else ""
-    return f"The last good checkpoint is kept: {last}{epoch}."
+    return f"The last good checkpoint is kept: {last}{epoch}. {fix}, then --resume."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -792,8 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train(run)
         except NonFiniteLoss as e:
             if run.primary:
-                _logger.error("Stopped: %s. Nothing was saved from this epoch. %s Lower --lr, add --clip-grad, "
-                              "or check the data, then --resume.", e, _kept(run))
+                _logger.error("Stopped: %s. Nothing was saved from this epoch. %s", e,
+                              _kept(run, "Lower --lr, add --clip-grad, or check the data"))
             return 1
         except DeitDistillError as e:
             # A file that turned bad mid-run (a cache chunk, an image): the same one line as a refusal.
@@ -801,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if run.primary or isinstance(e, DataError):
                 rank = f" (rank {run.rank})" if run.distributed else ""
                 print(f"deit-distill train: error{rank}: stopped in epoch {_current_epoch(run)}: {one_line(e)} "
-                      f"{_kept(run)} Fix the file, then --resume.", file=sys.stderr)
+                      f"{_kept(run, 'Fix the file')}", file=sys.stderr)
             return e.exit_code
     finally:
         if run is not None:
