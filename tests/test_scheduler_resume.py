@@ -204,3 +204,27 @@ def test_a_plateau_resume_with_changed_settings_says_what_starts_anew_and_what_l
             f"rate the checkpoint's run reached ({reached:g},") in resumed.stdout
     from timm_deit_distill.records import read_summary
     assert read_summary(tmp_path / "r" / "summary.csv")[-1]["lr"] == pytest.approx(reached)  # it did keep it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["start-epoch", "no-resume-opt"])
+def test_a_plateau_schedule_started_past_its_warm_up_with_a_fresh_optimizer_trains_at_lr(tmp_path, how):
+    # timm's plateau sets --warmup-lr when built and no rate past the warm-up: the run would keep --warmup-lr
+    from train_fixtures import FAST, STUDENT, digits, run_cli
+
+    from timm_deit_distill.records import read_summary
+
+    data = digits(tmp_path / "digits", train_per_class=3, val_fraction=0.3)
+    argv = ["--data-dir", str(data), *STUDENT, *FAST, "--sched", "plateau", "--lr", "1e-3", "--warmup-epochs", "1",
+            "--warmup-lr", "1e-5", "--patience-epochs", "10", "--output", str(tmp_path)]
+    if how == "start-epoch":
+        run = run_cli([*argv, "--epochs", "4", "--start-epoch", "2", "--experiment", "late"])
+        assert run.returncode == 0, run.stderr
+    else:
+        first = run_cli([*argv, "--epochs", "2", "--experiment", "late"])
+        assert first.returncode == 0, first.stderr
+        run = run_cli([*argv, "--epochs", "4", "--experiment", "late", "--resume",
+                       str(tmp_path / "late" / "last.pth.tar"), "--no-resume-opt"])
+        assert run.returncode == 0, run.stderr
+    rows = [r for r in read_summary(tmp_path / "late" / "summary.csv") if int(r["epoch"]) >= 2]
+    assert [float(r["lr"]) for r in rows] == [1e-3, 1e-3]

@@ -532,6 +532,13 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
             lr_scheduler.step_update(run.start_epoch * updates_per_epoch)
         else:
             lr_scheduler.step(run.start_epoch)
+    optimizer_restored = resume_from is not None and not args.no_resume_opt and "optimizer" in resume_from
+    if args.sched == "plateau" and not optimizer_restored and run.start_epoch > lr_scheduler.warmup_t:
+        # timm's plateau schedule sets the warm-up's first rate (--warmup-lr) when built and sets none past its
+        # warm-up (it only cuts the rate the optimizer holds): started past it with a fresh optimizer, the whole
+        # run would train at --warmup-lr. It takes the rate its restored state last set, else --lr.
+        restored = resumed is not None and resumed.scheduler_restored and args.start_epoch is None
+        lr_scheduler.update_groups(lr_scheduler.lr_scheduler.get_last_lr() if restored else lr_scheduler.base_values)
     if resumed is not None and rank == 0:
         assert comparison is not None and resume_from is not None
         warning = _plateau_keeps_lr(args, comparison.changed, optimizer_restored="optimizer" in resume_from,
