@@ -38,6 +38,7 @@ from .store import (
     CacheStore,
     chunk_metadata,
     chunk_name,
+    chunk_record_problem,
     load_manifest,
     read_chunk_info,
     sample_check,
@@ -239,10 +240,9 @@ def _read_sidecar(out: Path, epoch: int) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         _logger.warning("cache sidecar %s cannot be read (%s): ignoring it.", sidecar, type(e).__name__)
         return None
-    fields = {"epoch": int, "file": str, "sha256": str, "rows": int, "bytes": int}
-    if (not isinstance(info, dict) or not all(isinstance(info.get(k), t) for k, t in fields.items())
-            or info["epoch"] != epoch or info["file"] != chunk_name(epoch)):
-        _logger.warning("cache sidecar %s is not a chunk record: ignoring it.", sidecar)
+    problem = chunk_record_problem(info, epoch)
+    if problem is not None:
+        _logger.warning("cache sidecar %s is not this chunk's record (it%s): ignoring it.", sidecar, problem)
         return None
     return info
 

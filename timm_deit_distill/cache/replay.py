@@ -57,12 +57,12 @@ class TeacherTargetCache:
         path = directory / MANIFEST
         build = "`deit-distill cache build <training flags> --epochs N --store hard --out DIR`"
         try:
-            if directory.exists() and not directory.is_dir():
-                raise CacheError(f"{directory} is a file, not a cache folder; fix: give the folder that holds "
-                                 f"{MANIFEST} (the --out of `deit-distill cache build`).")
             if not directory.exists():
                 raise CacheError(f"no teacher target cache at {directory} (no such folder); fix: check the path, or "
                                  f"build one with {build}.")
+            if not directory.is_dir():
+                raise CacheError(f"{directory} is a file, not a cache folder; fix: give the folder that holds "
+                                 f"{MANIFEST} (the --out of `deit-distill cache build`).")
             found = path.exists()
         except PermissionError as e:
             raise CacheError(f"cannot look into the cache folder {directory} ({e.strerror}); fix: give this user read "
@@ -282,14 +282,10 @@ class TeacherTargetCache:
         if chunk is None:
             raise CacheMismatch(f"the cache in {self.directory} holds no epoch {epoch} "
                                 f"(it holds {_ranges(self.epochs) or 'none'}).")
-        path = self.directory / chunk["file"]
-        problem = self._chunk_problem(chunk, hash_now=self.verify)
+        problem = self._chunk_problem(chunk, hash_now=self.verify)  # its header's cache and epoch included
         if problem is not None:
             raise CacheError(problem)
-        meta, _ = read_chunk_info(path)
-        arrays = memmap_chunk(path)
-        if meta.get("fingerprint_sha256") != self.manifest["fingerprint_sha256"] or meta.get("epoch") != epoch:
-            raise CacheError(f"cache chunk {path} belongs to another cache; fix: rebuild it.")
+        arrays = memmap_chunk(self.directory / chunk["file"])
         assert self._layout is not None
         self._arrays = arrays
         self._expected_check = sample_check(self._layout.epoch(epoch)[0][: self.rows_per_epoch])

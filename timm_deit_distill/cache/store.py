@@ -225,14 +225,25 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
         if not _is(manifest[key], kind):
             return f"{key!r} is {type(manifest[key]).__name__}, not {kind.__name__}"
     for i, chunk in enumerate(manifest["chunks"]):
-        if not isinstance(chunk, dict):
-            return f"chunks[{i}] is {type(chunk).__name__}, not an object"
-        for key, kind in _CHUNK_FIELDS.items():
-            if not _is(chunk.get(key), kind):
-                return f"chunks[{i}].{key} is missing or not {kind.__name__}"
-        # a chunk is its epoch's file in the cache folder, never a path elsewhere
-        if chunk["file"] != chunk_name(chunk["epoch"]):
-            return f"chunks[{i}].file is {chunk['file']!r}, not {chunk_name(chunk['epoch'])!r}"
+        problem = chunk_record_problem(chunk)
+        if problem is not None:
+            return f"chunks[{i}]{problem}"
+    return None
+
+
+def chunk_record_problem(chunk: Any, epoch: int | None = None) -> str | None:
+    """What makes a chunk record (a manifest entry or a chunk's sidecar) unusable, as a suffix to its name
+    (``" is str, not an object"``, ``".bytes is missing or not int"``), or None. ``epoch``: the one it must be."""
+    if not isinstance(chunk, dict):
+        return f" is {type(chunk).__name__}, not an object"
+    for key, kind in _CHUNK_FIELDS.items():
+        if not _is(chunk.get(key), kind):
+            return f".{key} is missing or not {kind.__name__}"
+    if epoch is not None and chunk["epoch"] != epoch:
+        return f".epoch is {chunk['epoch']}, not {epoch}"
+    # a chunk is its epoch's file in the cache folder, never a path elsewhere
+    if chunk["file"] != chunk_name(chunk["epoch"]):
+        return f".file is {chunk['file']!r}, not {chunk_name(chunk['epoch'])!r}"
     return None
 
 
