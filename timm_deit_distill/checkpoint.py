@@ -573,7 +573,8 @@ def load_scheduler_state(lr_scheduler: Any, saved: dict[str, Any], *, source: st
     trainer, or of an earlier version) gets timm's part back and a warning that its counters restart."""
     fresh = scheduler_state(lr_scheduler)
     plateau_saved = _PLATEAU_KEY in saved
-    if _PLATEAU_KEY in fresh and not plateau_saved:
+    counters_lost = _PLATEAU_KEY in fresh and not plateau_saved
+    if counters_lost:
         fresh.pop(_PLATEAU_KEY)
     if _schedule_settings(fresh) != _schedule_settings(saved):
         return False
@@ -581,7 +582,7 @@ def load_scheduler_state(lr_scheduler: Any, saved: dict[str, Any], *, source: st
     if plateau_saved:
         lr_scheduler.lr_scheduler.load_state_dict(saved[_PLATEAU_KEY]["reduce_lr_on_plateau"])
         lr_scheduler.restore_lr = saved[_PLATEAU_KEY]["restore_lr"]
-    elif _PLATEAU_KEY in scheduler_state(lr_scheduler):
+    elif counters_lost:
         _logger.warning("%s holds timm's plateau schedule without its patience and cooldown counters: they restart "
                         "at 0, so the learning rate may drop at other epochs than in the run left alone.", source)
     return True
