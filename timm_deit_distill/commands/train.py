@@ -541,7 +541,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         lr_scheduler.update_groups(lr_scheduler.lr_scheduler.get_last_lr() if restored else lr_scheduler.base_values)
     if resumed is not None and rank == 0:
         assert comparison is not None and resume_from is not None
-        warning = _plateau_keeps_lr(args, comparison.changed, optimizer_restored="optimizer" in resume_from,
+        warning = _plateau_keeps_lr(args, comparison.changed, optimizer_restored=optimizer_restored,
                                     lr_scheduler=lr_scheduler, optimizer=optimizer, start_epoch=run.start_epoch)
         if warning:
             _logger.warning(warning)
@@ -565,7 +565,7 @@ def _plateau_keeps_lr(args: argparse.Namespace, changed: dict[str, list[Any]], *
     from the checkpoint holds the rate the checkpoint's run reached. None when --lr does apply."""
     if args.sched != "plateau" or "lr" not in changed or args.no_resume_opt or not optimizer_restored:
         return None
-    if start_epoch <= getattr(lr_scheduler, "warmup_t", 0):
+    if start_epoch <= lr_scheduler.warmup_t:
         return None  # the warm-up still ramps to the new --lr
     old, new = (f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in changed["lr"])
     kept = sum(float(g["lr"]) for g in optimizer.param_groups) / len(optimizer.param_groups)
