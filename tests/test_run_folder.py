@@ -250,7 +250,7 @@ def test_a_filesystem_without_locks_trains_unlocked_and_removes_nothing(tmp_path
     (tmp_path / LOCK_NAME).write_text("1\n")
     (tmp_path / ".last.pth.tar.abcd1234.deit-distill.tmp").write_bytes(b"maybe someone's")
     monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
-    assert run_folder.locked_by(tmp_path) is None
+    assert run_folder.held_lock(tmp_path) is None
     lock = run_folder.RunLock.acquire(tmp_path)
     assert not lock.held and lock.remove_partial_files() == (0, 0)
     assert "Cannot lock" in caplog.text and (tmp_path / ".last.pth.tar.abcd1234.deit-distill.tmp").exists()

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "RunFolderError", "RUN_FILES", "LOCK_NAME", "RunLock", "run_files", "checkpoint_epochs", "partial_files",
-    "locked_by", "create_unique", "clear_run_files", "format_size", "FolderPlan", "plan_run_folder",
+    "held_lock", "create_unique", "clear_run_files", "format_size", "FolderPlan", "plan_run_folder",
     "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT", "partial_pattern", "is_inside", "output_inside_data",
 ]
 
@@ -119,8 +119,8 @@ def _holder_ended(path: Path) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # PermissionError: it exists, as another user's process
-        return False
+    except PermissionError:  # it exists, as another user's process
+        pass
     return False
 
 
@@ -130,17 +130,11 @@ def _busy(path: Path, folder: str | os.PathLike[str], busy: str, command: str, *
     return template.format(folder=folder, holder=_holder(path), command=command, **fields)
 
 
-def locked_by(folder: str | os.PathLike[str]) -> str | None:
-    """Whether a live process holds ``folder``'s lock: ``None`` when not, else a description of it.
+def held_lock(folder: str | os.PathLike[str]) -> Path | None:
+    """``folder``'s lock file when some process holds it locked, else None.
 
     Reads only: a folder without a lock file is not locked, and none is created to find out.
     """
-    path = _held_lock(folder)
-    return None if path is None else f"another deit-distill train{_holder(path)}"
-
-
-def _held_lock(folder: str | os.PathLike[str]) -> Path | None:
-    """``folder``'s lock file when some process holds it locked, else None (see :func:`locked_by`)."""
     path = Path(folder) / LOCK_NAME
     if fcntl is None or not path.is_file():
         return None
@@ -327,7 +321,7 @@ def check_run_folder(folder: str, plan: FolderPlan, *, locked_here: bool = False
     holds another run, or, continuing a run, when resuming there would overwrite epochs it has saved."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise RunFolderError(f"the run folder {folder} is a file; fix: pick another --experiment or --output.")
-    lock = None if locked_here else _held_lock(folder)
+    lock = None if locked_here else held_lock(folder)
     if lock is not None:
         raise RunFolderError(_busy(lock, folder, "{folder} is in use: another deit-distill train{holder} is training "
                                    "there now. Wait for it to end (or stop it), then --resume {last}; or pick another "
