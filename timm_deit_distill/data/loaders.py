@@ -17,7 +17,7 @@ from timm.data import Mixup
 from timm.data.distributed_sampler import OrderedDistributedSampler
 
 from ..errors import DataError
-from .sources import check_num_classes, check_views_supported, image_loader, is_streamed, load_image
+from .sources import check_num_classes, check_views_supported, image_loader, is_streamed
 from .transforms import build_eval_transform, build_train_transform
 from .views import (
     STREAM_MIX_BATCH,
@@ -265,12 +265,13 @@ class _EvalDataset(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, transform: Any) -> None:
         self.dataset = dataset
         self.transform = transform
+        self.load = image_loader(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, target = load_image(self.dataset, index)
+        img, target = self.load(index)
         return self.transform(img), target
 
 
