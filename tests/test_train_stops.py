@@ -9,19 +9,25 @@ from train_fixtures import FAST, STUDENT, digits, load
 from timm_deit_distill.commands import train
 
 
+def _break_before_epoch(monkeypatch, victim, broken_epoch):
+    """Make ``victim`` stop being an image as epoch ``broken_epoch`` starts; returns the trainer's own epoch."""
+    original = train.train_one_epoch
+
+    def break_it(run, epoch):
+        if epoch == broken_epoch:
+            victim.write_bytes(b"no longer an image")
+        return original(run, epoch)
+
+    monkeypatch.setattr(train, "train_one_epoch", break_it)
+    return original
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_image_that_stops_decoding_mid_run_stops_it_in_one_line(tmp_path, capsys, monkeypatch, workers):
     data = digits(tmp_path / "digits", train_per_class=5)
     victim = sorted((data / "train" / "7").iterdir())[0]
-    original = train.train_one_epoch
-
-    def break_an_image_before_epoch_1(run, epoch):
-        if epoch == 1:
-            victim.write_bytes(b"no longer an image")
-        return original(run, epoch)
-
-    monkeypatch.setattr(train, "train_one_epoch", break_an_image_before_epoch_1)
+    _break_before_epoch(monkeypatch, victim, 1)
     # FAST's --workers 0 is overridden: with a worker, torch re-raises its error with a multi-line message.
     code = train.main(["--data-dir", str(data), *STUDENT, *FAST, "--workers", str(workers), "--epochs", "3",
                        "--output", str(tmp_path), "--experiment", "run"])
@@ -42,14 +48,7 @@ def test_a_stop_before_any_checkpoint_says_to_rerun_the_same_command_and_that_wo
     data = digits(tmp_path / "digits", train_per_class=2)
     victim = sorted((data / "train" / "7").iterdir())[0]
     image = victim.read_bytes()
-    original = train.train_one_epoch
-
-    def break_an_image_before_epoch_0(run, epoch):
-        if epoch == 0:
-            victim.write_bytes(b"no longer an image")
-        return original(run, epoch)
-
-    monkeypatch.setattr(train, "train_one_epoch", break_an_image_before_epoch_0)
+    original = _break_before_epoch(monkeypatch, victim, 0)
     argv = ["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "1", "--output", str(tmp_path), "--experiment", "run"]
     assert train.main(argv) == 2
     err = capsys.readouterr().err
