@@ -220,7 +220,7 @@ def _pretrained_model(name: str | None) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True).eval()
     except (RuntimeError, ValueError) as e:  # an unknown name; a model without pretrained weights
-        raise UsageError(f"--model {name}: {e} Without --checkpoint, --model names a model with pretrained "
+        raise UsageError(f"--model {name}: {str(e).rstrip('.')}. Without --checkpoint, --model names a model with pretrained "
                          "weights: local-dir:DIR (deit-distill push --to-dir, pull --out), hf-hub:ORG/NAME, or a timm "
                          "name with a pretrained tag; to evaluate a training checkpoint pass --checkpoint FILE.") from None
 
