@@ -6,7 +6,8 @@ FACTS.md, so tests exercise the real client end to end without a network:
 
     POST /api/repos/create                           create_repo
     POST /api/models/{repo}/branch/{branch}          create_branch
-    POST /api/validate-yaml                          upload of a README.md (front matter must be a YAML mapping)
+    POST /api/validate-yaml                          a README.md's front matter, checked as the Hub checks it
+                                                     (``metadata_problems``: model-index, base_model, ...)
     POST /api/models/{repo}/preupload/{rev}          which files go to LFS
     POST /{repo}.git/info/lfs/objects/batch          LFS batch API, "basic" transfer; then PUT /lfs/{oid}
     POST /api/models/{repo}/commit/{rev}             the commit (ndjson)
@@ -263,8 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
             meta = yaml.safe_load(match.group(1)) if match else {}
         except yaml.YAMLError as e:
             return self._send(400, {"errors": [{"message": f"invalid YAML: {e}"}]})
-        if not isinstance(meta, dict):
-            return self._send(400, {"errors": [{"message": "the front matter must be a YAML mapping"}]})
+        problems = metadata_problems(meta)
+        if problems:
+            return self._send(400, {"errors": [{"message": m} for m in problems]})
         self._send(200, {"errors": [], "warnings": []})
 
     def _preupload(self, repo_id: str, revision: str) -> None:
@@ -379,6 +381,101 @@ class _Handler(BaseHTTPRequestHandler):
             data, status = data[start:end + 1], 206
         headers["Content-Length"] = str(len(data))
         self._send(status, headers=headers, raw=data)
+
+
+# -- the Hub's metadata checks ---------------------------------------------------------------------------------
+# What the Hub verifies in a model card's front matter (hub-docs modelcard.md: "When present, and only then,
+# 'model-index', 'datasets' and 'license' contents will be verified"), with the model-index schema that
+# huggingface_hub's repocard_data.model_index_to_eval_results reads (required: name, results, task.type,
+# dataset.type, dataset.name, metrics[].type, metrics[].value) and the base_model rules of hub-docs
+# model-cards.md (Hub model ids; base_model_relation one of adapter, merge, quantized, finetune).
+
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+_REPO_ID = re.compile(r"^(?:[\w\-.]{1,96}/)?[\w\-.]{1,96}$")
+
+
+def _required_str(node: object, key: str, where: str, problems: list[str]) -> None:
+    if not isinstance(node, dict) or key not in node:
+        problems.append(f'"{where}.{key}" is required')
+    elif not isinstance(node[key], str) or not node[key].strip():
+        problems.append(f'"{where}.{key}" must be a non-empty string')
+
+
+def _optional(node: dict, keys: dict[str, type | tuple[type, ...]], where: str, problems: list[str]) -> None:
+    for key, kind in keys.items():
+        if key in node and not isinstance(node[key], kind):
+            problems.append(f'"{where}.{key}" must be a {getattr(kind, "__name__", kind)}')
+
+
+def _result_problems(result: object, where: str) -> list[str]:
+    problems: list[str] = []
+    if not isinstance(result, dict):
+        return [f'"{where}" must be a mapping']
+    _required_str(result.get("task"), "type", f"{where}.task", problems)
+    if isinstance(result.get("task"), dict):
+        _optional(result["task"], {"name": str}, f"{where}.task", problems)
+    dataset = result.get("dataset")
+    for key in ("type", "name"):
+        _required_str(dataset, key, f"{where}.dataset", problems)
+    if isinstance(dataset, dict):
+        _optional(dataset, {"config": str, "split": str, "revision": str, "args": dict}, f"{where}.dataset", problems)
+    metrics = result.get("metrics")
+    if not isinstance(metrics, list) or not metrics:
+        problems.append(f'"{where}.metrics" must be a non-empty list')
+    for j, metric in enumerate(metrics if isinstance(metrics, list) else []):
+        mwhere = f"{where}.metrics[{j}]"
+        _required_str(metric, "type", mwhere, problems)
+        if not isinstance(metric, dict) or "value" not in metric or metric["value"] is None:
+            problems.append(f'"{mwhere}.value" is required')
+        elif isinstance(metric["value"], bool) or not isinstance(metric["value"], (int, float, str)):
+            problems.append(f'"{mwhere}.value" must be a number or a string')
+        if isinstance(metric, dict):
+            _optional(metric, {"name": str, "config": str, "args": dict, "verified": bool}, mwhere, problems)
+    if "source" in result:
+        _required_str(result["source"], "url", f"{where}.source", problems)
+    return problems
+
+
+def model_index_problems(model_index: object) -> list[str]:
+    """Why the Hub would reject a ``model-index`` (empty when it would not)."""
+    if not isinstance(model_index, list) or not model_index:
+        return ['"model-index" must be a non-empty list']
+    problems: list[str] = []
+    for i, entry in enumerate(model_index):
+        where = f"model-index[{i}]"
+        _required_str(entry, "name", where, problems)
+        results = entry.get("results") if isinstance(entry, dict) else None
+        if not isinstance(results, list) or not results:
+            problems.append(f'"{where}.results" must be a non-empty list')
+            continue
+        for k, result in enumerate(results):
+            problems += _result_problems(result, f"{where}.results[{k}]")
+    return problems
+
+
+def metadata_problems(meta: object) -> list[str]:
+    """Why the Hub's /api/validate-yaml would answer 400 for this front matter (empty when it would not)."""
+    if not isinstance(meta, dict):
+        return ["the front matter must be a YAML mapping"]
+    problems: list[str] = []
+    if "model-index" in meta:
+        problems += model_index_problems(meta["model-index"])
+    if "license" in meta and not (isinstance(meta["license"], str) and re.fullmatch(r"[a-z0-9][a-z0-9.\-]*",
+                                                                                      meta["license"])):
+        problems.append(f'"license" {meta["license"]!r} is not a license identifier')
+    for key in ("datasets", "tags", "base_model"):
+        values = meta.get(key)
+        values = [values] if isinstance(values, str) else values
+        if key in meta and (not isinstance(values, list) or not all(isinstance(v, str) for v in values)):
+            problems.append(f'"{key}" must be a string or a list of strings')
+        elif key == "base_model" and values is not None:
+            problems += [f'"base_model" {v!r} is not a model id on the Hub' for v in values if not _REPO_ID.match(v)]
+    relation = meta.get("base_model_relation")
+    if relation is not None and relation not in BASE_MODEL_RELATIONS:
+        problems.append(f'"base_model_relation" must be one of {", ".join(BASE_MODEL_RELATIONS)}, not {relation!r}')
+    if relation is not None and not meta.get("base_model"):
+        problems.append('"base_model_relation" needs "base_model"')
+    return problems
 
 
 def isolate_client(monkeypatch, home: Path, *, offline: bool = False) -> None:

@@ -30,7 +30,7 @@ from .teacher.tuning import agree_on_path
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
     "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_teacher", "select_teacher_path", "check_teacher", "create_criterion",
+    "create_teacher", "select_teacher_path", "check_teacher", "create_criterion", "initial_weights_origin",
 ]
 
 _SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
@@ -258,6 +258,43 @@ def _initial_weights(student: StudentSettings) -> tuple[dict[str, Any] | None, d
         raise UsageError("--initial-ema / --no-initial-ema choose between the raw and EMA weights of an "
                          "--initial-checkpoint or --pretrained-path file; pass one, or drop the flag.")
     return overlay, initial
+
+
+def initial_weights_origin(student: StudentSettings, model: nn.Module, *,
+                           resumed: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Where the student's starting weights came from, as its checkpoints record it (``initial_weights``):
+    the flag, the file or model named, and ``hub_id``, the Hub model they are from when that is known (a model
+    card's ``base_model``). None when training starts from random weights; a resumed run keeps its start's.
+
+    Known: ``--pretrained`` weights timm fetches from the Hub (its pretrained config names the repo), a file in
+    the Hugging Face cache (its path names the repo), or a checkpoint that records a Hub start of its own.
+    """
+    if resumed is not None:
+        return (resumed.get("deit_distill") or {}).get("initial_weights")
+    path = student.initial_checkpoint or (student.pretrained_path if student.pretrained else None)
+    if path:
+        flag = "--initial-checkpoint" if student.initial_checkpoint else "--pretrained-path"
+        return {"flag": flag, "file": os.path.basename(path), "hub_id": _file_hub_id(path)}
+    if not student.pretrained:
+        return None
+    hub_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
+    return {"flag": "--pretrained", "model": student.model, "hub_id": hub_id.partition("@")[0] if hub_id else None}
+
+
+def _file_hub_id(path: str) -> str | None:
+    """The Hub model a weights file is from: its Hugging Face cache path says, or (a checkpoint this package
+    wrote) the start it records."""
+    from .checkpoint import CheckpointError, read_checkpoint
+    from .hub.transfer import cached_repo_id
+
+    repo_id = cached_repo_id(path)
+    if repo_id is not None or path.lower().endswith((".npz", ".npy", ".safetensors")):
+        return repo_id
+    try:  # read once more (cached by the OS): only the metadata is wanted here
+        recorded = read_checkpoint(path).get("deit_distill") or {}
+    except CheckpointError:
+        return None
+    return (recorded.get("initial_weights") or {}).get("hub_id")
 
 
 def student_data_config(student: StudentSettings, num_classes: int, *, model: nn.Module | None = None,

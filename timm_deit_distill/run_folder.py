@@ -1,35 +1,35 @@
 """The trainer's run folder: one run per folder, claimed only once every check has passed, never overwritten.
 
 A run folder holds the files ``deit-distill train`` writes (:data:`RUN_FILES` and ``checkpoint-N.pth.tar``)
-and a lock file, ``.deit-distill.lock``, that the writing process holds locked (``fcntl.flock``) for as
-long as it trains. The lock is what proves, to a later process, that nobody is writing here any more:
+and a lock file, ``.deit-distill.lock``, that the writing process holds locked for as long as it trains
+(``filelock.FileLock``: ``flock`` on POSIX, ``LockFileEx`` on Windows), its pid written inside. The lock is
+what proves, to a later process, that nobody is writing here any more:
 
 * a second trainer into a folder that a live process trains in is refused;
 * partial files a killed save left behind (the hidden temporaries of :func:`atomic.atomic_path` for
   the trainer's own file names) are removed, and only while the lock is held, so no live writer can
   own them.
 
-The kernel releases the lock when the process ends, however it ends (``SIGKILL`` included), so a lock
-file never has to be cleaned up. Where ``fcntl`` does not exist (Windows) or the filesystem has no
-locks, nothing is locked and no partial file is removed (with a warning for the latter).
+The operating system releases the lock when the process ends, however it ends (``SIGKILL`` included), so a
+lock file never has to be cleaned up; filelock closes the lock's descriptor in forked children (data loader
+workers), so a killed trainer's workers do not keep its folder locked. Where the filesystem has no locks,
+nothing is locked and no partial file is removed, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .atomic import temp_pattern
 from .errors import RunFolderError
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "RunFolderError", "RUN_FILES", "LOCK_NAME", "RunLock", "run_files", "checkpoint_epochs", "partial_files",
@@ -50,8 +50,8 @@ _TRAINER_NAME = "|".join([*(re.escape(n) for n in RUN_FILES), r"checkpoint-\d+\.
 
 _TRAINER_BUSY = ("{folder} is in use: another deit-distill train{holder} is training there now. Wait for it to "
                  "end (or stop it), then --resume its last.pth.tar; or pick another --experiment.")
-# When the process that took the lock is gone but the lock is still held: processes it forked (its data loader
-# workers) share its lock until they notice, a second or two after it was killed.
+# When the process whose pid the lock file records is gone but the lock is still held: a process it started
+# shares the locked file (a fork that filelock's at-fork hook did not see, e.g. one made from C).
 _ENDED_BUSY = ("{folder} is in use: the {command} that held it{holder} has ended, but processes it started (e.g. its "
                "data loader workers) still hold the lock; retry in a few seconds.")
 
@@ -113,7 +113,7 @@ def _holder(path: Path) -> str:
 def _holder_ended(path: Path) -> bool:
     """Whether the process whose pid the lock file records no longer exists (so others hold its lock)."""
     pid = _holder_pid(path)
-    if pid is None or pid <= 0:
+    if pid is None or pid <= 0 or os.name == "nt":  # on Windows os.kill(pid, 0) would end the process
         return False
     try:
         os.kill(pid, 0)
@@ -130,35 +130,48 @@ def _busy(path: Path, folder: str | os.PathLike[str], busy: str, command: str, *
     return template.format(folder=folder, holder=_holder(path), command=command, **fields)
 
 
+# What flock answers on a filesystem that has no locks (NFS without a lock daemon, some FUSE mounts).
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def _file_lock(path: Path, *, record_pid: bool = False) -> FileLock:
+    """A non-blocking lock on ``path`` that stays on disk after release; ``record_pid`` writes this process's pid
+    into it on each acquire (what a refused process reads). Never falls back to a lock-less soft lock."""
+
+    def write_pid(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
+
+    return FileLock(path, blocking=False, thread_local=False, preserve_lock_file=True,
+                    on_acquired=write_pid if record_pid else None)
+
+
 def held_lock(folder: str | os.PathLike[str]) -> Path | None:
     """``folder``'s lock file when some process holds it locked, else None.
 
-    Reads only: a folder without a lock file is not locked, and none is created to find out.
+    A folder without a lock file is not locked, and none is created to find out.
     """
     path = Path(folder) / LOCK_NAME
-    if fcntl is None or not path.is_file():
+    if not path.is_file():
         return None
+    probe = _file_lock(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        probe.acquire()
+    except Timeout:
         return path
-    except OSError:  # a filesystem without locks (ENOLCK, EOPNOTSUPP): nothing can be told
+    except OSError:  # a filesystem without locks, a lock file this user cannot open: nothing can be told
         return None
-    finally:
-        os.close(fd)  # closing the descriptor also drops a lock taken just now
+    probe.release()
     return None
 
 
 class RunLock:
     """This process's exclusive lock on a run folder, held until :meth:`release` or the process ends."""
 
-    def __init__(self, folder: Path, fd: int | None) -> None:
+    def __init__(self, folder: Path, lock: FileLock | None) -> None:
         self.folder = folder
-        self._fd = fd
+        self._lock = lock
 
     @classmethod
     def acquire(cls, folder: str | os.PathLike[str], *, busy: str = _TRAINER_BUSY,
@@ -166,33 +179,28 @@ class RunLock:
         """Lock ``folder`` (which must exist) without waiting; :class:`RunFolderError` when a live process has it.
 
         ``busy`` is the refusal's text, with ``{folder}`` and ``{holder}`` (the holder's pid) filled in; when the
-        recorded holder has ended (its forked workers still hold the lock) the refusal says so, naming ``command``.
+        recorded holder has ended (a process it started still holds the lock) the refusal says so, naming
+        ``command``.
         """
         folder = Path(folder)
-        if fcntl is None:  # pragma: no cover - Windows
-            return cls(folder, None)
         path = folder / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        lock = _file_lock(path, record_pid=True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            lock.acquire()
+        except Timeout:
             raise RunFolderError(_busy(path, folder, busy, command)) from None
-        except OSError as e:  # a filesystem without locks: train unlocked, and remove no partial file
-            os.close(fd)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise  # the lock file cannot be made or opened here: the caller says what to do
+            # a filesystem without locks: train unlocked, and remove no partial file
             _logger.warning("Cannot lock %s (%s): a second trainer into it will not be refused, and partial "
                             "files of a killed save are left in place.", folder, e.strerror or e)
             return cls(folder, None)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return cls(folder, fd)
+        return cls(folder, lock)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock is not None and self._lock.is_locked
 
     def remove_partial_files(self, pattern: re.Pattern[str] | None = None) -> tuple[int, int]:
         """Delete the partial files a killed save left here; returns (count, bytes).
@@ -213,12 +221,13 @@ class RunLock:
 
     def release(self) -> None:
         """Let go of the lock (the lock file stays: it is never a sign of a run by itself)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        lock, self._lock = self._lock, None
+        if lock is not None and lock.is_locked:
+            lock.release(force=True)
 
     def __del__(self) -> None:  # a Run dropped without close() must not keep its folder locked
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the OS releases it anyway
+            self.release()
 
 
 def create_unique(root: str | os.PathLike[str], name: str) -> Path:

@@ -186,8 +186,9 @@ def add_dataset_flags(p: argparse.ArgumentParser, d: Any, *, training: bool) -> 
         g.add_argument("--val-split", metavar="NAME", default=d("validation"), help="validation split (as --train-split)")
         g.add_argument("--train-num-samples", default=d(None), type=int, metavar="N",
                        help="samples per training epoch of a stream (wds/, hfids/; default: its _info.json / card)")
-    g.add_argument("--val-num-samples", default=d(None), type=int, metavar="N",
-                   help="samples of a streamed validation split (wds/, hfids/; default: its _info.json / card)")
+    # eval also takes validate.py's spelling, --num-samples
+    g.add_argument("--val-num-samples", *(() if training else ("--num-samples",)), default=d(None), type=int,
+                   metavar="N", help="samples of a streamed validation split (wds/, hfids/; default: its _info.json / card)")
     g.add_argument("--dataset-download", action="store_true", default=d(False),
                    help="let torchvision download torch/ data; for hfids/, prepare a local copy first (timm's)")
     g.add_argument("--class-map", default=d(""), type=str, metavar="FILENAME", help="class to index mapping file")

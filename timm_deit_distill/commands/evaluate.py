@@ -1,5 +1,9 @@
 """`deit-distill eval`: per-head accuracy of a checkpoint and its agreement with a teacher, printed and
-written as JSON (the measurement is :func:`timm_deit_distill.evaluation.evaluate`)."""
+written as JSON (the measurement is :func:`timm_deit_distill.evaluation.evaluate`).
+
+It also takes the command line of timm's ``validate.py``: a positional data folder, ``--model NAME``,
+``--checkpoint``, ``--pretrained``, ``--num-samples`` and ``--results-file`` (validate.py's summary row,
+CSV or ``--results-format json``), so a timm user changes the program name and gets the same numbers."""
 
 from __future__ import annotations
 
@@ -38,7 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "top-1 and agreement. Printed and written as JSON.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by deit-distill train")
+    p.add_argument("data", nargs="?", metavar="DIR", default=None,
+                   help="dataset root, as timm validate.py's positional (same as --data-dir)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="a checkpoint written by deit-distill train (or timm's train.py); the model is the one it records")
+    p.add_argument("--model", "-m", default=None, metavar="NAME",
+                   help="as timm validate.py's --model. With --checkpoint: the architecture the checkpoint records "
+                        "(checked). Without: a model with pretrained weights: local-dir:DIR (push --to-dir, pull "
+                        "--out), hf-hub:ORG/NAME[@REV] (pulled, every file checked against the Hub's checksums), or a "
+                        "timm name with a pretrained tag (timm downloads it)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="evaluate --model's pretrained weights (validate.py's flag; implied without --checkpoint, "
+                        "and with one the checkpoint's weights are evaluated, as in validate.py)")
     add_dataset_flags(p, lambda value: value, training=False)  # --data-dir, --dataset, ... as the trainer's
     p.add_argument("--split", default="validation", metavar="NAME",
                    help="split to evaluate (a folder or tar name, a dataset split, a wds shard pattern)")
@@ -63,15 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH",
                    help="where to write the results (default: RUN_DIR/eval-<checkpoint>-<split>.json; when that "
                         "exists, the next free name: ...-1.json, -2.json, ...)")
+    p.add_argument("--results-file", default=None, metavar="FILENAME",
+                   help="also write timm validate.py's summary (model, top1, top1_err, top5, top5_err, param_count, "
+                        "img_size, crop_pct, interpolation; top-1/top-5 of --head) to this file, as validate.py does")
+    p.add_argument("--results-format", default="csv", choices=("csv", "json"),
+                   help="format of --results-file, as validate.py's")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --json / --predict file (and the default results file); without it "
-                        "an existing --json / --predict is refused")
+                   help="replace an existing --json / --predict / --results-file (and the default results file); "
+                        "without it an existing one is refused")
     return p
 
 
 def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
     from .. import factory
-    from ..checkpoint import check_checkpoint_file, model_from_checkpoint, read_checkpoint, select_weights
+    from ..checkpoint import check_checkpoint_file
     from ..data import DataSettings, build_eval_loader, check_num_classes, label_names, open_split
     from ..data import resolve_input_img_mode as input_img_mode
     from .args import teacher_settings, validate_teacher_check_flags
@@ -80,12 +100,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint
         check_checkpoint_file(args.distill_teacher_path, what="--distill-teacher-path")
     device = torch.device(factory.select_device(args.device))
-    checkpoint = read_checkpoint(args.checkpoint, what="--checkpoint")
-    name = f"--checkpoint {args.checkpoint}"
-    state_dict, weights = select_weights(checkpoint, use_ema=args.use_ema, name=name, flags=("--use-ema", "--no-ema"))
-    model = model_from_checkpoint(checkpoint, state_dict, name=name)
-    del state_dict
-    meta = checkpoint.get("deit_distill") or {}
+    model, meta, weights, epoch = _load_student(args)
     if args.head != "fused" and not is_distilled(model):
         raise UsageError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
                          "Use --head fused.")
@@ -130,8 +145,8 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     chosen = {"fused": ("top1", "top5"), "cls": ("top1_cls", "top5_cls"), "dist": ("top1_dist", "top5_dist")}
     k1, k5 = chosen[args.head]
     result: dict[str, Any] = {
-        "checkpoint": os.path.abspath(args.checkpoint), "model": meta.get("model") or checkpoint.get("arch"),
-        "epoch": checkpoint.get("epoch"), "weights": weights, "ema": weights == "ema",
+        "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None, "model": meta.get("model"),
+        "epoch": epoch, "weights": weights, "ema": weights == "ema",
         "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "dataset": args.dataset,
         "split": args.split, "count": metrics["count"], "head": args.head,
         "top1": metrics[k1], "top5": metrics[k5], "loss": metrics["loss"],
@@ -146,11 +161,78 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
                              "top1": metrics["teacher_top1"], "top5": metrics["teacher_top5"],
                              "agreement": metrics["teacher_agreement"],
                              "check": check.as_dict() if check is not None else None}
+    result["timm_summary"] = _timm_summary(args.model or result["model"], result, model, data_config)
     if args.predict:
         _write_predictions(args.predict, model, loader, dataset, labels, args.head, device, autocast,
                            replace=args.overwrite)
         result["predictions"] = os.path.abspath(args.predict)
     return result
+
+
+def _load_student(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str, int | None]:
+    """The model to evaluate, its ``deit_distill`` metadata, which weights (``raw``, ``ema``, ``plain`` or
+    ``pretrained``) and the epoch they are from: the --checkpoint's, else --model's pretrained weights."""
+    from ..checkpoint import model_from_checkpoint, read_checkpoint, select_weights
+
+    if not args.checkpoint:
+        model = _pretrained_model(args.model)
+        labels = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+        return model, {"model": args.model, "label_names": labels}, "pretrained", None
+    checkpoint = read_checkpoint(args.checkpoint, what="--checkpoint")
+    meta = dict(checkpoint.get("deit_distill") or {})
+    meta["model"] = meta.get("model") or checkpoint.get("arch")
+    if args.model:
+        _check_model_name(args.model, meta["model"], args.checkpoint)
+    name = f"--checkpoint {args.checkpoint}"
+    state_dict, weights = select_weights(checkpoint, use_ema=args.use_ema, name=name, flags=("--use-ema", "--no-ema"))
+    model = model_from_checkpoint(checkpoint, state_dict, name=name)
+    epoch = checkpoint.get("epoch")
+    return model, meta, weights, epoch if isinstance(epoch, int) else None
+
+
+def _architecture(name: str) -> str:
+    """A timm model name without its pretrained tag (``hf-hub:`` / ``local-dir:`` sources as given)."""
+    from timm.models import split_model_name_tag
+
+    return name if ":" in name else split_model_name_tag(name)[0]
+
+
+def _check_model_name(model: str, recorded: str | None, checkpoint: str) -> None:
+    """timm's validate.py builds --model and loads --checkpoint into it; here the checkpoint says what it is, so a
+    --model that names another architecture is a mistake, refused rather than ignored."""
+    if recorded and _architecture(model) != _architecture(recorded):
+        raise UsageError(f"--model {model} is not the architecture --checkpoint {checkpoint} records ({recorded}); "
+                         f"pass --model {recorded}, or leave --model out (the checkpoint names its model).")
+
+
+def _pretrained_model(name: str | None) -> nn.Module:
+    """``name``'s pretrained weights: a folder save_pretrained or pull wrote (``local-dir:DIR`` or a folder), a
+    Hub repo (``hf-hub:ORG/NAME[@REV]``, pulled and verified), or a timm name with a pretrained tag."""
+    if not name:
+        raise UsageError("nothing to evaluate: pass --checkpoint FILE (written by deit-distill train), or --model "
+                         "with pretrained weights (local-dir:DIR, hf-hub:ORG/NAME, or a timm name with a tag).")
+    if name.startswith(("local-dir:", "hf-hub:")) or os.path.isdir(name):
+        from ..hub import load_model
+
+        return load_model(name)
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True).eval()
+    except (RuntimeError, ValueError) as e:  # an unknown name; a model without pretrained weights
+        raise UsageError(f"--model {name}: {str(e).rstrip('.')}. Without --checkpoint, --model names a model with pretrained "
+                         "weights: local-dir:DIR (deit-distill push --to-dir, pull --out), hf-hub:ORG/NAME, or a timm "
+                         "name with a pretrained tag; to evaluate a training checkpoint pass --checkpoint FILE.") from None
+
+
+def _timm_summary(name: str, result: dict[str, Any], model: nn.Module, data_config: dict[str, Any]) -> dict[str, Any]:
+    """The row timm's validate.py reports and writes to --results-file, with its keys and rounding (top-1/top-5
+    of --head; the fused head is what a timm distilled model returns in eval mode)."""
+    top1, top5 = float(result["top1"]), float(result["top5"])
+    return {"model": name, "top1": round(top1, 4), "top1_err": round(100 - top1, 4), "top5": round(top5, 4),
+            "top5_err": round(100 - top5, 4), "param_count": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "img_size": data_config["input_size"][-1], "crop_pct": data_config["crop_pct"],
+            "interpolation": data_config["interpolation"]}
 
 
 def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, labels: list[str], head: str,
@@ -187,9 +269,10 @@ def _write_predictions(path: str, model: nn.Module, loader: Any, dataset: Any, l
 
 
 def _format(result: dict[str, Any]) -> str:
-    weights = {"ema": "EMA weights", "raw": "raw weights", "plain": "plain state dict"}[result["weights"]]
-    lines = [f"{result['model']} epoch {result['epoch']} ({weights}) on "
-             f"{result['count']} images of {result['split']}:"]
+    weights = {"ema": "EMA weights", "raw": "raw weights", "plain": "plain state dict",
+               "pretrained": "pretrained weights"}[result["weights"]]
+    epoch = f" epoch {result['epoch']}" if result["epoch"] is not None else ""
+    lines = [f"{result['model']}{epoch} ({weights}) on {result['count']} images of {result['split']}:"]
     for name, m in result["heads"].items():
         lines.append(f"  {name:<6} top-1 {m['top1']:6.2f}%  top-5 {m['top5']:6.2f}%")
     if result["teacher"]:
@@ -237,14 +320,17 @@ def _input_problem(flag: str, path: str, args: argparse.Namespace) -> str | None
     return None
 
 
-def _default_results_path(args: argparse.Namespace) -> str:
+def _default_results_path(args: argparse.Namespace) -> str | None:
+    """The JSON results' file when --json is not given: next to the checkpoint (none without one: printed only)."""
+    if args.json is not None or not args.checkpoint:
+        return None
     return os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                         f"eval-{os.path.basename(args.checkpoint).split('.')[0]}-{args.split}.json")
 
 
-def _write_results(out: str, text: str, *, replace: bool, free_name: bool) -> str:
-    """Write the JSON results; returns where. ``free_name``: the default file, never replaced unless
-    ``replace`` (the next free name is taken, also when one appeared while evaluating)."""
+def _write_results(out: str, text: str, *, replace: bool, free_name: bool, flag: str = "--json") -> str:
+    """Write the results; returns where. ``free_name``: the default file, never replaced unless ``replace``
+    (the next free name is taken, also when one appeared while evaluating)."""
     from ..atomic import atomic_write_text, next_free_name
 
     while True:
@@ -254,29 +340,72 @@ def _write_results(out: str, text: str, *, replace: bool, free_name: bool) -> st
             return target
         except FileExistsError:
             if not free_name:
-                raise UsageError(f"--json {out} was created by someone else while evaluating; the results were "
-                                 "not written there (they are printed above). Rerun with another --json, or "
+                raise UsageError(f"{flag} {out} was created by someone else while evaluating; the results were "
+                                 f"not written there (they are printed above). Rerun with another {flag}, or "
                                  "--overwrite.") from None
+
+
+def _summary_text(summary: dict[str, Any], fmt: str) -> str:
+    """timm validate.py's ``write_results`` for one model: a CSV header and row, or the dict as JSON."""
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps(summary, indent=4)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(summary))
+    writer.writeheader()
+    writer.writerow(summary)
+    return buf.getvalue()
+
+
+def _input_problems(args: argparse.Namespace) -> list[str]:
+    """What to evaluate and on which data, checked before anything is read: the dataset given once, a model."""
+    problems = []
+    if args.data and args.data_dir and os.path.abspath(args.data) != os.path.abspath(args.data_dir):
+        problems.append(f"the dataset is given twice, as {args.data} and as --data-dir {args.data_dir}; give it once.")
+    args.data_dir = args.data_dir or args.data
+    if not args.checkpoint and not args.model:
+        problems.append("nothing to evaluate: pass --checkpoint FILE (written by deit-distill train), or --model with "
+                        "pretrained weights (local-dir:DIR, hf-hub:ORG/NAME, or a timm name with a pretrained tag).")
+    elif not args.checkpoint and args.use_ema is not None:
+        flag = "--use-ema" if args.use_ema else "--no-ema"
+        problems.append(f"{flag} chooses between a checkpoint's raw and EMA weights; --model {args.model} without "
+                        "--checkpoint has one set (its pretrained weights): drop it, or pass --checkpoint.")
+    return problems
+
+
+def _output_problems(args: argparse.Namespace, default_out: str | None) -> list[str]:
+    """Where the results go, checked before the evaluation, which may take long, not after it."""
+    explicit = [(flag, path) for flag, path in (("--predict", args.predict), ("--json", args.json),
+                                                ("--results-file", args.results_file)) if path]
+    outputs = list(explicit)
+    if default_out and os.path.isdir(os.path.dirname(default_out)):
+        outputs.append(("the results file (next to the checkpoint; choose another with --json)", default_out))
+    problems = [p for flag, path in outputs if (p := _output_problem(flag, path))]
+    what = {"--predict": "the predictions", "--json": "the JSON results", "--results-file": "validate.py's summary",
+            None: "the JSON results"}
+    written = [(flag, path) for flag, path in [*explicit, (None, default_out)] if path]
+    for i, (flag, path) in enumerate(written):
+        same = [other for other, where in written[i + 1:] if os.path.abspath(where) == os.path.abspath(path)]
+        if same:
+            problems.append(f"{flag} {path} is also where {what[same[0]]} go; give them different files.")
+    for flag, path in explicit:  # an output written over an input would destroy it, --overwrite or not
+        if problem := _input_problem(flag, path, args):
+            problems.append(problem)
+    for flag, path in explicit:  # an explicit output is replaced only when asked
+        if os.path.lexists(path) and not os.path.isdir(path) and not args.overwrite:
+            problems.append(f"{flag} {path} already exists; writing there would replace it. Give a new file name, "
+                            "or pass --overwrite to replace it.")
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
     args = build_parser().parse_args(argv)
+    problems = _input_problems(args)
     default_out = _default_results_path(args)
-    # Where the results go is checked before the evaluation, which may take long, not after it.
-    outputs = [("--predict", args.predict), ("--json", args.json)]
-    if args.json is None and os.path.isdir(os.path.dirname(os.path.abspath(args.checkpoint))):
-        outputs.append(("the results file (next to the checkpoint; choose another with --json)", default_out))
-    problems = [p for flag, path in outputs if path and (p := _output_problem(flag, path))]
-    if args.predict and os.path.abspath(args.predict) == os.path.abspath(args.json or default_out):
-        problems.append(f"--predict {args.predict} is also where the JSON results go; give them different files.")
-    for flag, path in outputs[:2]:  # an output written over an input would destroy it, --overwrite or not
-        if path and (problem := _input_problem(flag, path, args)):
-            problems.append(problem)
-    for flag, path in outputs[:2]:  # an explicit output is replaced only when asked
-        if path and os.path.lexists(path) and not os.path.isdir(path) and not args.overwrite:
-            problems.append(f"{flag} {path} already exists; writing there would replace it. Give a new file name, "
-                            "or pass --overwrite to replace it.")
+    problems += _output_problems(args, default_out)
     try:
         loader_settings = LoaderSettings(batch_size=args.batch_size, validation_batch_size=None,
                                          workers=args.workers, pin_mem=False)
@@ -284,15 +413,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.insert(0, str(e))
     if problems:
         return refuse("eval", UsageError(problems[0]))
+    written = []
     try:
         result = _run_eval(args, loader_settings)
-        out = args.json or default_out
         text = json.dumps(result, indent=2) + "\n"
         print(_format(result))
         print(text, end="")
-        written = _write_results(out, text, replace=args.overwrite, free_name=args.json is None)
+        out = args.json or default_out
+        if out:
+            where = _write_results(out, text, replace=args.overwrite, free_name=args.json is None)
+            kept = f" ({out} already exists and was kept; --overwrite replaces it)" if where != out else ""
+            written.append(f"results written to {where}{kept}")
+        if args.results_file:
+            _write_results(args.results_file, _summary_text(result["timm_summary"], args.results_format),
+                           replace=args.overwrite, free_name=False, flag="--results-file")
+            written.append(f"validate.py's summary ({args.results_format}) written to {args.results_file}")
     except (DeitDistillError, ValueError, FileNotFoundError) as e:  # refusals name the fix (timm's too)
+        for line in written:
+            print(line, file=sys.stderr)
         return refuse("eval", e)
-    kept = f" ({out} already exists and was kept; --overwrite replaces it)" if written != out else ""
-    print(f"results written to {written}{kept}", file=sys.stderr)
+    for line in written:
+        print(line, file=sys.stderr)
     return 0

@@ -388,6 +388,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
                            "crop_pct": float(data_config["crop_pct"]),
                            "interpolation": str(data_config["interpolation"])},
         "label_names": labels,
+        "initial_weights": factory.initial_weights_origin(settings.student, student, resumed=resume_from),
         "distill": {"teacher": args.distill_teacher or getattr(teacher, "name", None),
                     "teacher_description": (getattr(teacher, "description", None)
                                             or getattr(cache, "teacher_description", None)),

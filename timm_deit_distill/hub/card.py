@@ -4,7 +4,10 @@ timm's own ``generate_readme`` knows nothing about distillation, so this card re
 to trust and reproduce a student: the architecture plain timm builds, the teacher (name, tag, hub id or
 checkpoint sha256, its accuracy), the distillation type / alpha / tau / reduction, the key recipe settings
 and the results the run logged in ``summary.csv`` for the very epoch whose weights are published.
-The YAML front matter is written by huggingface_hub's ``ModelCardData``, so the Hub parses what it expects.
+The YAML front matter is written by huggingface_hub's ``ModelCardData``, so the Hub parses what it expects:
+``model-index`` (the Hub's results widget) from the same summary row, ``base_model`` (with
+``base_model_relation: finetune``) when training started from a Hub model, and the teacher as a
+``teacher:ID`` tag (not ``base_model``: the student's weights do not derive from the teacher's).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCardData
 
 __all__ = ["CardFacts", "build_model_card", "RESULT_COLUMNS", "RECIPE_KEYS"]
 
@@ -76,6 +79,7 @@ class CardFacts:
     source_sha256: str | None = None
     license: str = "apache-2.0"
     datasets: Sequence[str] = ()
+    initial_weights: Mapping[str, Any] | None = None  # the checkpoint's deit_distill['initial_weights']
 
 
 def _fmt(value: Any) -> str:
@@ -179,20 +183,89 @@ def _teacher_section(distill: Mapping[str, Any], published: Mapping[str, str] | 
     return rows
 
 
-def build_model_card(facts: CardFacts) -> str:
-    """The README.md text: YAML front matter, then the architecture, teacher, recipe, results and usage."""
+def _teacher_id(distill: Mapping[str, Any]) -> str | None:
+    """The teacher as one identifier: its Hub repo when known, else its timm name (with its tag)."""
+    desc = distill.get("teacher_description") or {}
+    if desc.get("hub_id"):
+        return str(desc["hub_id"])
+    name, tag = desc.get("name") or distill.get("teacher"), desc.get("tag")
+    if not name:
+        return None
+    return f"{name}.{tag}" if tag and "." not in str(name) else str(name)
+
+
+def _eval_dataset(facts: CardFacts) -> tuple[str, str]:
+    """(type, name) of the evaluation set for the model-index: a Hub dataset id where one is known (``datasets``,
+    ``--dataset hfds/ID``), a torchvision name, else ``imagefolder`` (local class folders, as transformers'
+    Trainer records them)."""
+    if facts.datasets:
+        return str(facts.datasets[0]), str(facts.datasets[0])
+    source = str(facts.train_args.get("dataset") or "")
+    kind, _, name = source.partition("/")
+    if kind in ("hfds", "hfids", "torch") and name:
+        return name, name
+    if kind == "wds" and name:
+        return "webdataset", name
+    return "imagefolder", "image folders"
+
+
+def _eval_results(facts: CardFacts, published: Mapping[str, str] | None) -> list[EvalResult]:
+    """The published weights' top-1/top-5 (%) on the run's validation split, for the Hub's results widget."""
+    if published is None:
+        return []
+    suffix = "_ema" if facts.weights == "ema" else ""
+    dataset_type, dataset_name = _eval_dataset(facts)
+    split = str(facts.train_args.get("val_split") or "validation")
+    results = []
+    for key, metric_type, metric_name in ((f"eval_top1{suffix}", "accuracy", "Top 1 Accuracy"),
+                                          (f"eval_top5{suffix}", "top_5_accuracy", "Top 5 Accuracy")):
+        try:
+            value = float(published.get(key) or "nan")
+        except ValueError:
+            continue
+        if value == value:  # not nan: the row measured it
+            results.append(EvalResult(task_type="image-classification", task_name="Image Classification",
+                                      dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=split,
+                                      metric_type=metric_type, metric_name=metric_name, metric_value=value))
+    return results
+
+
+def _card_data(facts: CardFacts, published: Mapping[str, str] | None) -> ModelCardData:
+    """The front matter: what the Hub filters and displays by."""
     distill = dict(facts.distill or {})
     dtype = distill.get("type")
-    tags = list(_TAGS) + ([f"distillation-{dtype}"] if dtype and dtype != "none" else [])
-    data = ModelCardData(
+    tags = list(_TAGS)
+    if dtype and dtype != "none":
+        teacher = _teacher_id(distill)
+        tags += [f"distillation-{dtype}"] + ([f"teacher:{teacher}"] if teacher else [])
+    base_model = (facts.initial_weights or {}).get("hub_id") or None
+    results = _eval_results(facts, published)
+    return ModelCardData(
         library_name="timm",
         license=facts.license,
         tags=tags,
         datasets=list(facts.datasets) or None,
         pipeline_tag="image-classification",
+        base_model=base_model,
+        base_model_relation="finetune" if base_model else None,
+        model_name=(facts.repo_id or facts.variant) if results else None,
+        eval_results=results or None,
     )
+
+
+def _start_text(initial: Mapping[str, Any]) -> str:
+    """The student's starting weights, for the details table."""
+    what = f"`{initial['hub_id']}`" if initial.get("hub_id") else f"`{initial.get('file') or initial.get('model')}`"
+    return f"{what} ({initial.get('flag', 'pretrained')})"
+
+
+def build_model_card(facts: CardFacts) -> str:
+    """The README.md text: YAML front matter, then the architecture, teacher, recipe, results and usage."""
+    distill = dict(facts.distill or {})
+    dtype = distill.get("type")
     name = facts.repo_id or facts.variant
     published, published_note = _published_row(facts)
+    data = _card_data(facts, published)
     size = "x".join(str(s) for s in facts.data_config.get("input_size", ())[1:])
     out: list[str] = [f"---\n{data.to_yaml()}\n---", f"# {name}", ""]
 
@@ -219,6 +292,8 @@ def build_model_card(facts: CardFacts) -> str:
     ]
     if facts.epoch is not None:
         details.append(("epoch", facts.epoch))
+    if facts.initial_weights:  # recorded by the trainer when training started from weights
+        details.append(("starting weights", _start_text(facts.initial_weights)))
     if facts.source_file:
         src = f"`{facts.source_file}`" + (f" (sha256 `{facts.source_sha256}`)" if facts.source_sha256 else "")
         details.append(("source checkpoint", src))

@@ -66,6 +66,7 @@ class _Student:
     source_sha256: str | None = None
     summary_rows: list[dict[str, str]] = field(default_factory=list)
     summary_source: str = "checkpoint"  # see CardFacts.summary_source
+    initial_weights: dict[str, Any] | None = None  # where training started (deit_distill['initial_weights'])
 
 
 def _jsonable(value: Any) -> Any:
@@ -192,6 +193,7 @@ def _student_from_checkpoint(
         source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
         summary_source=source_kind,
+        initial_weights=_jsonable(meta.get("initial_weights")) or None,
     )
 
 
@@ -249,6 +251,7 @@ def _student_from_module(model: nn.Module, *, use_ema: bool | None, metadata: Ma
         label_names=list(labels) if labels else None,
         distill=_public_distill(meta.get("distill")),
         recipe=meta.get("recipe"),
+        initial_weights=_jsonable(meta.get("initial_weights")) or None,
     )
 
 
@@ -439,6 +442,7 @@ def _export(
             "distill": student.distill,
             "recipe": student.recipe,
             "source": {"file": student.source_file, "sha256": student.source_sha256},
+            "initial_weights": student.initial_weights,
             "exported_by": f"timm-deit-distill {__version__}",
         }
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -450,6 +454,7 @@ def _export(
             train_args=student.train_args, summary_rows=student.summary_rows,
             summary_source=student.summary_source, source_file=student.source_file,
             source_sha256=student.source_sha256, license=license, datasets=tuple(datasets),
+            initial_weights=student.initial_weights,
         )
         (staging / CARD_NAME).write_text(build_model_card(facts), encoding="utf-8")
         _apply_umask(staging)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
 __all__ = ["push_to_hub", "pull", "load_model", "parse_repo_ref", "resolve_token", "check_folder_target",
-           "check_pull_output", "copy_pulled", "check_repo_id"]
+           "check_pull_output", "copy_pulled", "check_repo_id", "cached_repo_id"]
 
 _logger = logging.getLogger(__name__)
 
@@ -335,6 +335,26 @@ def _pull_offline(repo_id: str, revision: str | None, cache_dir: Path | None) ->
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         _verify_against_blob_name(path, path.relative_to(folder).as_posix(), where)
     return folder
+
+
+def cached_repo_id(path: str | os.PathLike[str]) -> str | None:
+    """The model repo a file in the Hugging Face cache was downloaded from, read from its path
+    (``.../models--ORG--NAME/snapshots/<commit>/FILE``, huggingface_hub's layout), else None.
+
+    Repo ids cannot contain ``--`` (huggingface_hub's ``validate_repo_id``), so the folder name splits back.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    parts = Path(os.path.abspath(path)).parts  # the snapshot's link itself, not the blob it points to
+    for i, part in enumerate(parts[:-3]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            repo_id = "/".join(part.removeprefix("models--").split("--"))
+            try:
+                validate_repo_id(repo_id)
+            except HFValidationError:
+                return None
+            return repo_id
+    return None
 
 
 def check_folder_target(path: Path, what: str) -> None:

@@ -44,37 +44,31 @@ def default_memory_file() -> Path | None:
     return Path(base) / "timm-deit-distill" / "teacher-paths.json"
 
 
-def _cpu_facts() -> tuple[str, list[str]]:
-    """The CPU's model name and flags (Linux: /proc/cpuinfo; elsewhere what platform tells)."""
-    name, flags = "", []
+def _cpu_model_name() -> str:
+    """The CPU's model name: Linux's /proc/cpuinfo (torch does not report it), elsewhere what platform tells."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not name:
-                    name = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = value.split()
-                if name and flags:
-                    break
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
     except OSError:
         pass
-    return name or platform.processor() or platform.machine(), sorted(flags)
+    return platform.processor() or platform.machine()
 
 
 def machine_identity(device: torch.device | str) -> dict[str, Any]:
-    """What makes timings comparable: the CPU model, its flags (hashed) and torch's thread count, or the GPU."""
+    """What makes timings comparable: the CPU model, the vector instructions torch's kernels use (its CPU
+    capability: AVX2, AVX512, SVE256, ...) and torch's thread count; or the GPU."""
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(index)
         return {"device": "cuda", "name": torch.cuda.get_device_name(index), "capability": f"{major}.{minor}",
                 "cuda": torch.version.cuda}
-    name, flags = _cpu_facts()
-    identity = {"device": device.type, "name": name, "threads": torch.get_num_threads()}
+    identity = {"device": device.type, "name": _cpu_model_name(), "threads": torch.get_num_threads()}
     if device.type == "cpu":
-        identity["flags_sha256"] = hashlib.sha256(" ".join(flags).encode()).hexdigest()[:16]
+        identity["capability"] = torch.backends.cpu.get_cpu_capability()
     return identity
 
 
@@ -82,7 +76,9 @@ def describe_machine(identity: Mapping[str, Any]) -> str:
     if identity.get("device") == "cuda":
         return f"{identity.get('name')} (CUDA {identity.get('cuda')})"
     threads = identity.get("threads")
-    return f"{identity.get('device')}: {identity.get('name')}, {threads} thread{'s' if threads != 1 else ''}"
+    capability = f" ({identity['capability']})" if identity.get("capability") else ""
+    return (f"{identity.get('device')}: {identity.get('name')}{capability}, "
+            f"{threads} thread{'s' if threads != 1 else ''}")
 
 
 def _key_id(key: Mapping[str, Any]) -> str:
