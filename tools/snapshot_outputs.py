@@ -37,7 +37,9 @@ FAST = ["-b", "16", "--workers", "0", "--opt", "adamw", "--lr", "1e-3", "--warmu
         "100", "--seed", "3"]
 PATH = ["--teacher-precision", "fp32", "--teacher-compile", "no"]
 # Keys whose values are wall-clock measurements (they differ between any two runs).
-VOLATILE = {"seconds", "elapsed", "wall_s", "time", "ms", "warmup_s", "created", "date"}
+VOLATILE = {"seconds", "elapsed", "elapsed_s", "wall_s", "time", "ms", "warmup_s", "created", "date"}
+# Keys of a teacher-path record that quote measured times or name the machine.
+PATH_VOLATILE = {"reason", "machine"}
 
 
 def commands(work: Path) -> list[list[str]]:
@@ -91,7 +93,10 @@ def _plain(value: Any) -> Any:
         digest = hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
         return {"tensor": list(t.shape), "dtype": str(t.dtype), "sha256": digest}
     if isinstance(value, dict):
-        return {str(k): (None if str(k) in VOLATILE else _plain(v)) for k, v in value.items()}
+        out = {str(k): (None if str(k) in VOLATILE else _plain(v)) for k, v in value.items()}
+        if isinstance(out.get("teacher_path"), dict):
+            out["teacher_path"] = {k: (None if k in PATH_VOLATILE else v) for k, v in out["teacher_path"].items()}
+        return out
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, argparse.Namespace):
