@@ -37,8 +37,8 @@ from timm.models import clean_state_dict
 from timm.utils import CheckpointSaver as TimmCheckpointSaver
 from timm.utils.model import get_state_dict, unwrap_model
 
-from .atomic import atomic_link_or_copy, atomic_path
-from .errors import CheckpointError
+from .atomic import atomic_link_or_copy, atomic_path, disk_full
+from .errors import CheckpointError, DiskFullError
 
 __all__ = [
     "CheckpointSaver", "load_training_checkpoint", "rng_state", "set_rng_state", "ResumeState", "resume",
@@ -615,9 +615,22 @@ class CheckpointSaver(TimmCheckpointSaver):
     def __init__(self, *args: Any, extra_state: Callable[[], dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extra_state = extra_state
+        self.last_epoch: int | None = None  # the epoch last.pth.tar holds, once this saver has written it
+        self._epoch: int | None = None
+
+    def save_checkpoint(self, epoch: int, metric: float | None = None) -> tuple[Any, Any]:
+        """timm's ``save_checkpoint``; a full disk raises :class:`~timm_deit_distill.errors.DiskFullError` naming
+        the epoch, the checkpoint's size and the space free (the files written before are intact)."""
+        self._epoch = epoch
+        try:
+            return super().save_checkpoint(epoch, metric)
+        except DiskFullError as e:
+            raise disk_full(self.checkpoint_dir, f"the checkpoint of epoch {epoch}", e.needed, e.errno) from e
 
     def _replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)
+        if os.path.basename(dst) == f"last{self.extension}":
+            self.last_epoch = self._epoch
 
     def _duplicate(self, src: str, dst: str) -> None:
         atomic_link_or_copy(src, dst)
@@ -652,8 +665,17 @@ class CheckpointSaver(TimmCheckpointSaver):
         # torch.save given a path names the zip's records after the file (here a random temporary name),
         # so two saves of the same state differed in bytes and sha256 -- and a cache refused a re-trained,
         # identical teacher. Given an open file it names them "archive": same state, same bytes.
-        with atomic_path(save_path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(save_path, size=self._size_estimate(state)) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
+
+    def _size_estimate(self, state: dict[str, Any]) -> int:
+        """About the bytes a checkpoint file of ``state`` takes: the previous one's size (the same tensors), else
+        the bytes of its tensors (the zip's headers and the pickle add a little)."""
+        tensors = sum(t.nelement() * t.element_size() for _, t in _tensors_in(state))
+        try:
+            return max(tensors, os.path.getsize(os.path.join(self.checkpoint_dir, f"last{self.extension}")))
+        except OSError:
+            return tensors
 
 
 # --- resuming ------------------------------------------------------------------------------------------------

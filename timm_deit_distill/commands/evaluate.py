@@ -18,7 +18,7 @@ import torch.nn as nn
 from timm.data import resolve_model_data_config
 
 from ..data import LoaderSettings
-from ..errors import DataError, DeitDistillError, UsageError
+from ..errors import DataError, DeitDistillError, DiskFullError, UsageError
 from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
 from .common import TEACHER_EMA, ArgumentParser, add_either_flag, refuse
@@ -284,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.insert(0, str(e))
     if problems:
         return refuse("eval", UsageError(problems[0]))
+    result = None
     try:
         result = _run_eval(args, loader_settings)
         out = args.json or default_out
@@ -291,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_format(result))
         print(text, end="")
         written = _write_results(out, text, replace=args.overwrite, free_name=args.json is None)
+    except DiskFullError as e:  # no input's fault (exit 1); the results, when computed, are printed above
+        hint = (" The results are printed above (JSON included); for the file, free space there or rerun with "
+                "--json elsewhere." if result is not None else " Free space there (or pass --predict elsewhere) and rerun.")
+        return refuse("eval", e, hint=hint)
     except (DeitDistillError, ValueError, FileNotFoundError) as e:  # refusals name the fix (timm's too)
         return refuse("eval", e)
     kept = f" ({out} already exists and was kept; --overwrite replaces it)" if written != out else ""
