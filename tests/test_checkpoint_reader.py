@@ -43,7 +43,8 @@ class Payload:
     """An object no weights-only load may build (a pickled instance of a user class)."""
 
 
-FIX = re.compile(r"[;:] (copy or download it again|pass |load it in code you trust|unzip it)")
+FIX = re.compile(r"[;:] (copy or download it again|pass |load it in code you trust|unzip it|fix: use an earlier "
+                 r"checkpoint of the run \(checkpoint-N\.pth\.tar or model_best\.pth\.tar\) or copy the file again)")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,15 @@ def damaged(trained_teacher, tmp_path_factory):
     add("truncated safetensors", st[: len(st) // 2],
         re.escape(f"is truncated: a safetensors file of {len(st) // 2:,} bytes"), name="t.safetensors")
 
+    # One bit of one weight changed in the trainer's own file: a complete zip that torch.load reads without a word.
+    weight = load(real)["state_dict"]["fc.weight"]
+    at = data.find(weight.numpy().tobytes())
+    assert at > 0 and data.find(weight.numpy().tobytes(), at + 1) == -1  # the weight's bytes, found once
+    flipped = bytearray(data)
+    flipped[at + 1] ^= 0x10  # a mantissa bit of fc.weight[0, 0]: about 1 part in 2,000
+    add("bit flipped", bytes(flipped), re.escape("is damaged: the tensors of its 'state_dict' (the raw weights) do "
+                                                 "not match the sha256 recorded when deit-distill wrote it"))
+
     unsafe = root / "unsafe" / "t.pth.tar"
     unsafe.parent.mkdir()
     torch.save({"state_dict": load(real)["state_dict"], "payload": Payload()}, unsafe)
@@ -96,7 +106,7 @@ def damaged(trained_teacher, tmp_path_factory):
 
 
 KINDS = ["truncated", "text", "not a checkpoint", "empty", "missing", "folder", "legacy truncated",
-         "truncated safetensors", "unsafe"]
+         "truncated safetensors", "unsafe", "bit flipped"]
 
 
 def _one_line_diagnosis(message: str, path: Path, diagnosis: str) -> None:
@@ -118,6 +128,16 @@ def test_the_reader_says_what_is_wrong_with_the_file(damaged, kind):
     assert isinstance(error.value, ValueError)
     if kind != "unsafe":  # only a file that really names a forbidden global is called unsafe
         assert "unsafe" not in str(error.value)
+
+
+def test_torch_loads_the_flipped_weight_silently_which_is_why_the_reader_checks_it(damaged, trained_teacher):
+    """torch.load checks no CRC32 of a tensor's record: the flipped file loads, one weight changed."""
+    path, _ = damaged["bit flipped"]
+    intact, flipped = load(trained_teacher["checkpoint"]), load(path)
+    changed = {k for k, v in intact["state_dict"].items() if not torch.equal(v, flipped["state_dict"][k])}
+    assert changed == {"fc.weight"}
+    a, b = intact["state_dict"]["fc.weight"].flatten()[0].item(), flipped["state_dict"]["fc.weight"].flatten()[0].item()
+    assert a != b and abs(a - b) < 1e-3 * abs(a)
 
 
 def test_intact_files_of_every_format_read_back_the_same_tensors(trained_teacher, tmp_path):
@@ -220,6 +240,8 @@ def test_every_command_refuses_a_damaged_file_in_one_line(damaged, trained_teach
     assert err.startswith(f"{prog}: error: "), err
     _one_line_diagnosis(err, path, diagnosis)
     flag = command.split()[-1] if "--" in command else ""
+    if kind == "bit flipped" and flag == "--distill-teacher-path":
+        flag = "teacher checkpoint"  # found by the full read, which names the file as the teacher library does
     assert f"{flag} {path}" in err  # the message names the flag the file came from
     assert not out.exists()  # nothing written
 

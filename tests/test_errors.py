@@ -14,7 +14,7 @@ BUILTIN_BASE = {
     ValueError: ("UsageError", "DataError", "CheckpointError", "TeacherError", "CacheError", "CacheMismatch",
                  "RunFolderError", "HubExportError"),
     RuntimeError: ("HubAuthError", "NonFiniteLoss", "DemoError"),
-    OSError: ("HubIntegrityError",),
+    OSError: ("HubIntegrityError", "DiskFullError"),
     ConnectionError: ("HubConnectionError",),
     FileExistsError: ("OutputExistsError",),
 }
@@ -22,8 +22,9 @@ BUILTIN_BASE = {
 OLD_PATHS = {"UsageError": "commands.args", "DataError": "data", "CheckpointError": "checkpoint",
              "TeacherError": "teacher", "CacheError": "cache", "CacheMismatch": "cache", "RunFolderError": "run_folder",
              "HubExportError": "hub", "HubAuthError": "hub", "HubIntegrityError": "hub", "HubConnectionError": "hub",
-             "NonFiniteLoss": "commands.train", "DemoError": "commands.demo", "OutputExistsError": "errors"}
-FAILURES = {"HubIntegrityError", "NonFiniteLoss", "DemoError"}  # exit code 1: no input's fault
+             "NonFiniteLoss": "commands.train", "DemoError": "commands.demo", "OutputExistsError": "errors",
+             "DiskFullError": "atomic"}
+FAILURES = {"HubIntegrityError", "NonFiniteLoss", "DemoError", "DiskFullError"}  # exit code 1: no input's fault
 EXPECTED = {name: (base, f"timm_deit_distill.{OLD_PATHS[name]}", 1 if name in FAILURES else 2)
             for base, names in BUILTIN_BASE.items() for name in names}
 

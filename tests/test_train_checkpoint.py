@@ -48,7 +48,7 @@ def test_same_files_and_ranking_as_timms_saver(tmp_path):
         assert saver.save_checkpoint(epoch, metric) == reference.save_checkpoint(epoch, metric)
     assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
     a, b = load(ours / "model_best.pth.tar"), load(theirs / "model_best.pth.tar")
-    assert a.keys() - b.keys() == {"scheduler", "rng", "deit_distill"}
+    assert a.keys() - b.keys() == {"scheduler", "rng", "deit_distill", "deit_distill_digest"}
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
     fresh = timm.create_model("resnet10t", num_classes=3)
     load_checkpoint(fresh, str(ours / "last.pth.tar"))

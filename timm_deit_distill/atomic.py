@@ -11,14 +11,18 @@ no user file has by accident: a later process may remove the ones a killed write
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import DiskFullError
+
 __all__ = ["atomic_path", "atomic_write_text", "atomic_link_or_copy", "sha256_file", "TEMP_SUFFIX", "temp_pattern",
-           "temp_sibling", "unwritable_reason", "next_free_name"]
+           "temp_sibling", "unwritable_reason", "next_free_name", "format_size", "disk_full_errno", "disk_full",
+           "DiskFullError"]
 
 #: The suffix of every temporary file this package writes; with the random part, what marks it as ours.
 TEMP_SUFFIX = ".deit-distill.tmp"
@@ -49,6 +53,58 @@ def unwritable_reason(folder: str | os.PathLike[str]) -> str | None:
     except OSError as e:
         return e.strerror or type(e).__name__
     return None
+
+
+def format_size(n: float) -> str:
+    """Bytes as a short human-readable size (1000-based, as ``ls -h --si``)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+# ENOSPC: the filesystem is full; EDQUOT: the user's quota is (Linux, macOS; absent on Windows).
+_FULL = tuple(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+
+
+def disk_full_errno(error: BaseException) -> int | None:
+    """``ENOSPC`` or ``EDQUOT`` when ``error``, or an error it was raised from or while handling, says the disk
+    or the quota is full; None otherwise.
+
+    Each writer says it its own way: Python's file objects raise ``OSError(ENOSPC)``; torch's zip writer, given
+    such a file, raises ``RuntimeError('[enforce fail at inline_container.cc:...] unexpected pos ...')`` while
+    handling it; safetensors' Rust writer raises ``SafetensorError('... (os error 28)')``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL:
+            return current.errno
+        text = str(current)
+        for code in _FULL:
+            if f"(os error {code})" in text:
+                return code
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def disk_full(folder: str | os.PathLike[str], writing: str, needed: int | None,
+              code: int = errno.ENOSPC) -> DiskFullError:
+    """The one-line error for a write of ``writing`` into ``folder`` that found no space: the bytes it needed
+    (``needed``, an estimate; None: unknown) and the bytes free there now (read after its temporary was removed)."""
+    import shutil
+
+    try:
+        free: int | None = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    what = "the disk quota is exceeded" if code != errno.ENOSPC else "the disk is full"
+    need = f"needs about {needed:,} bytes ({format_size(needed)})" if needed else "needs more space"
+    left = f"{free:,} bytes ({format_size(free)}) are free there" if free is not None else "the free space is unknown"
+    return DiskFullError(f"{what}: writing {writing} in {folder} {need}, and {left}.", folder=str(folder),
+                         needed=needed, free=free, code=code)
 
 
 def next_free_name(path: str | os.PathLike[str]) -> Path:
@@ -100,14 +156,20 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, replace: bool = True) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike[str], *, replace: bool = True, size: int | None = None) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
 
     ``replace=False``: a file already at ``path`` is never replaced; ``FileExistsError`` instead (the
-    temporary is removed).
+    temporary is removed). A full disk or quota, however the writer reports it, becomes
+    :class:`~timm_deit_distill.errors.DiskFullError` naming the folder, the bytes needed (``size``, the
+    writer's estimate; else the size of the file being replaced) and the bytes free.
     """
     path = Path(path)
-    tmp = temp_sibling(path)
+    try:
+        tmp = temp_sibling(path)
+    except OSError as e:
+        _raise_if_disk_full(e, path, size)
+        raise
     try:
         yield tmp
         # The mode a plain open() would give, set AFTER the writer: mkstemp creates 0o600 (which would hide
@@ -120,15 +182,29 @@ def atomic_path(path: str | os.PathLike[str], *, replace: bool = True) -> Iterat
             os.replace(tmp, path)
         else:
             _place(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_disk_full(e, path, size)
         raise
+
+
+def _raise_if_disk_full(error: BaseException, path: Path, size: int | None, *, like: Path | None = None) -> None:
+    """Raise the :class:`DiskFullError` that ``error`` amounts to (from it), if it says the disk is full and is
+    not one already. ``size``: the bytes the write needed, else the size of ``like`` (default: ``path``)."""
+    code = disk_full_errno(error)
+    if code is None or isinstance(error, DiskFullError):
+        return
+    if size is None:
+        with contextlib.suppress(OSError):
+            size = (like or path).stat().st_size or None
+    raise disk_full(path.parent, path.name, size, code) from error
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, replace: bool = True) -> None:
     """Write ``text`` to ``path`` atomically (``replace=False``: FileExistsError rather than replace a file)."""
-    with atomic_path(path, replace=replace) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    size = len(text.encode("utf-8"))
+    with atomic_path(path, replace=replace, size=size) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
 
 
@@ -145,9 +221,10 @@ def atomic_link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]
         except OSError:
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_disk_full(e, dst, None, like=Path(src))
         raise
 
 

@@ -8,7 +8,10 @@ Each file holds timm's keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
   pretrained_cfg, label_names, distill settings, recipe, ema) and to check a resume against the run
   (seed, data: the training set's fingerprint, world_size, resumed: the settings each resume changed);
 * ``scheduler``, ``num_updates``, ``rng`` (every rank's Python/NumPy/torch/CUDA generator states) and
-  ``summary`` (the per-epoch rows so far): what ``--resume`` needs to continue bit for bit.
+  ``summary`` (the per-epoch rows so far): what ``--resume`` needs to continue bit for bit;
+* ``deit_distill_digest``: the sha256 of the tensors of each entry that holds any (``state_dict``,
+  ``state_dict_ema``, ``optimizer``, ``rng``, ...), checked by :func:`read_checkpoint` on every read: torch.load
+  does not check the zip's CRC32 of a tensor's record, so a flipped bit would load as a slightly different weight.
 
 The student only: the teacher is never saved.
 """
@@ -16,12 +19,13 @@ The student only: the teacher is never saved.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import pickle
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,14 +37,14 @@ from timm.models import clean_state_dict
 from timm.utils import CheckpointSaver as TimmCheckpointSaver
 from timm.utils.model import get_state_dict, unwrap_model
 
-from .atomic import atomic_link_or_copy, atomic_path
-from .errors import CheckpointError
+from .atomic import atomic_link_or_copy, atomic_path, disk_full
+from .errors import CheckpointError, DiskFullError
 
 __all__ = [
     "CheckpointSaver", "load_training_checkpoint", "rng_state", "set_rng_state", "ResumeState", "resume",
     "checkpoint_epoch", "compare_resume", "ResumeComparison", "create_model_from_checkpoint",
     "model_from_checkpoint", "CheckpointError", "read_checkpoint", "check_checkpoint_file", "select_weights",
-    "RAW_KEYS", "EMA_KEYS", "scheduler_state", "load_scheduler_state",
+    "RAW_KEYS", "EMA_KEYS", "scheduler_state", "load_scheduler_state", "DIGEST_KEY", "tensor_digests",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -350,6 +354,121 @@ def _zip_damage(path: Path) -> str:
     return f"its entry {bad} fails its checksum" if bad else "torch cannot read its contents"
 
 
+# --- verifying what was read ---------------------------------------------------------------------------------
+# torch.load checks no CRC32 of a torch zip's records: a bit flipped in a tensor's bytes loads as another weight
+# (0.03426 read as 0.03420), silently. The package's own checkpoints carry a sha256 of their tensors (DIGEST_KEY),
+# checked on every read and naming the entry that changed; the zip's CRC32s cover the rest of the file (the
+# pickle with the epoch, settings and metadata: a few kB, checked before loading) and, in files without a digest
+# (timm's, DeiT's, earlier ones of this package), the tensors too. Measured costs: docs/training.md.
+
+#: The top-level key under which a checkpoint written by this package records the sha256 of its tensors.
+DIGEST_KEY = "deit_distill_digest"
+_TENSOR_RECORD = re.compile(r"^[^/]*/data/[^/]+$")  # a torch zip's tensor records: ARCHIVE/data/KEY
+_ENTRY_NAMES = {"state_dict": "the raw weights", "state_dict_ema": "the EMA weights", "model": "the raw weights",
+                "model_ema": "the EMA weights", "optimizer": "the optimizer state", "rng": "the RNG states"}
+
+
+def _tensors_in(value: Any, where: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in ``value`` (nested dicts, lists, tuples) with its place, in the order they are stored."""
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _tensors_in(item, f"{where}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors_in(item, f"{where}/{i}")
+
+
+def _tensor_line(where: str, tensor: torch.Tensor) -> bytes:
+    """One tensor's place, dtype, shape and the sha256 of its bytes (whatever the dtype: bf16 has no numpy)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest = hashlib.sha256(memoryview(flat.view(torch.uint8).numpy())).hexdigest()
+    return f"{where}|{tensor.dtype}|{tuple(tensor.shape)}|{digest}\n".encode()
+
+
+def _digests(entries: Mapping[str, Any]) -> dict[str, str]:
+    """The sha256 of each entry's tensor lines, in the order they are stored; entries without tensors left out.
+    The tensors are hashed in threads: hashlib releases the GIL, so idle cores share the work (sha256 runs at
+    about 1 GB/s per core, close to what torch.load reads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(str(key), where, tensor) for key, value in entries.items() for where, tensor in _tensors_in(value)]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        lines = list(pool.map(lambda job: _tensor_line(job[1], job[2]), jobs))
+    hashes: dict[str, Any] = {}
+    for (key, _, _), line in zip(jobs, lines, strict=True):
+        hashes.setdefault(key, hashlib.sha256()).update(line)
+    return {key: h.hexdigest() for key, h in hashes.items()}
+
+
+def tensor_digests(state: Mapping[str, Any]) -> dict[str, str]:
+    """The sha256 of the tensors of each entry of ``state`` that holds any (:data:`DIGEST_KEY` left out): what
+    the checkpoint saver records and :func:`read_checkpoint` checks."""
+    return _digests({key: value for key, value in state.items() if key != DIGEST_KEY})
+
+
+def _zip_crc_failure(path: Path, *, tensors: bool) -> str | None:
+    """The first record of a torch zip whose bytes fail their CRC32 (``tensors``: the tensor records, else the
+    others: the pickle and the format's small records), or None."""
+    import zipfile
+    import zlib
+
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if bool(_TENSOR_RECORD.match(info.filename)) != tensors:
+                continue
+            try:
+                with archive.open(info) as f:
+                    while f.read(1 << 22):  # zipfile checks the CRC32 when the record's last byte is read
+                        pass
+            except (zipfile.BadZipFile, EOFError, zlib.error):  # a bad CRC32, or a record's header damaged
+                return info.filename
+    return None
+
+
+def _crc_refusal(where: str, record: str) -> CheckpointError:
+    return CheckpointError(f"{where} is damaged: its record {record} fails its CRC32 checksum (bytes changed on disk "
+                           f"or in a copy); {_AGAIN}.")
+
+
+def _verify_digests(checkpoint: Mapping[str, Any], where: str) -> bool:
+    """Check the tensors of every entry ``checkpoint`` records a digest for; False when it records none."""
+    recorded = checkpoint.get(DIGEST_KEY)
+    if recorded is None:
+        return False
+    sha256 = recorded.get("sha256") if isinstance(recorded, Mapping) else None
+    if not isinstance(sha256, Mapping):
+        raise CheckpointError(f"{where} is damaged: its '{DIGEST_KEY}' entry is not the record this package writes; "
+                              f"{_AGAIN}.")
+    found = _digests({key: checkpoint.get(key) for key in sha256})
+    for key, expected in sha256.items():
+        if found.get(key) == expected:
+            continue
+        what = f"'{key}' ({_ENTRY_NAMES[key]})" if key in _ENTRY_NAMES else f"'{key}'"
+        raise CheckpointError(
+            f"{where} is damaged: the tensors of its {what} do not match the sha256 recorded when deit-distill wrote "
+            "it (bytes changed on disk or in a copy); fix: use an earlier checkpoint of the run (checkpoint-N.pth.tar "
+            "or model_best.pth.tar) or copy the file again (a file changed on purpose: delete its "
+            f"'{DIGEST_KEY}' entry).")
+    return True
+
+
+def _verify(checkpoint: dict[str, Any], path: Path, where: str, kind: str) -> None:
+    """Check a loaded checkpoint's tensors: against its digest, else (a torch zip) against the zip's CRC32s."""
+    if _verify_digests(checkpoint, where):
+        return
+    if kind == "torch":
+        record = _zip_crc_failure(path, tensors=True)
+        if record is not None:
+            raise _crc_refusal(where, record)
+        _logger.debug("%s records no tensor digest (not written by deit-distill): its tensors were checked "
+                      "against the zip's CRC32s only.", where)
+    else:
+        _logger.debug("%s records no tensor digest (not written by deit-distill) and a %s file has no checksums: "
+                      "its tensors are not verified.", where, kind)
+
+
 def read_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -> dict[str, Any]:
     """Read a checkpoint file: the one reader behind every file this package loads.
 
@@ -357,7 +476,9 @@ def read_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -
     that timm's and DeiT's training scripts store; safetensors files (recognised by content) with safetensors,
     giving a plain state dict. Anything else raises :class:`CheckpointError` with one line saying what is
     wrong with the file (see :func:`check_checkpoint_file`) and the fix; ``what`` names the file's role
-    in it (``'teacher checkpoint'``, ``'--resume'``, ...).
+    in it (``'teacher checkpoint'``, ``'--resume'``, ...). What was read is verified: the tensors of a file this
+    package wrote against the sha256 it recorded (:data:`DIGEST_KEY`), the rest of a torch zip (and the tensors of
+    one without a digest) against the zip's CRC32s; a mismatch is a :class:`CheckpointError` naming the entry.
     """
     kind = check_checkpoint_file(path, what=what)
     where = f"{what} {Path(path)}"
@@ -368,6 +489,10 @@ def read_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -
             return safetensors.torch.load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
             raise CheckpointError(f"{where} is a damaged safetensors file ({_first_line(e)}); {_AGAIN}.") from None
+    if kind == "torch":
+        record = _zip_crc_failure(Path(path), tensors=False)  # the pickle, before the unpickler reads it
+        if record is not None:
+            raise _crc_refusal(where, record)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -384,6 +509,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, what: str = "checkpoint") -
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{where} holds a {type(checkpoint).__name__}, not a checkpoint or a state dict; "
                               "save a dict, e.g. torch.save(model.state_dict(), PATH).")
+    _verify(checkpoint, Path(path), where, kind)
     return checkpoint
 
 
@@ -489,9 +615,22 @@ class CheckpointSaver(TimmCheckpointSaver):
     def __init__(self, *args: Any, extra_state: Callable[[], dict[str, Any]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.extra_state = extra_state
+        self.last_epoch: int | None = None  # the epoch last.pth.tar holds, once this saver has written it
+        self._epoch: int | None = None
+
+    def save_checkpoint(self, epoch: int, metric: float | None = None) -> tuple[Any, Any]:
+        """timm's ``save_checkpoint``; a full disk raises :class:`~timm_deit_distill.errors.DiskFullError` naming
+        the epoch, the checkpoint's size and the space free (the files written before are intact)."""
+        self._epoch = epoch
+        try:
+            return super().save_checkpoint(epoch, metric)
+        except DiskFullError as e:
+            raise disk_full(self.checkpoint_dir, f"the checkpoint of epoch {epoch}", e.needed, e.errno) from e
 
     def _replace(self, src: str, dst: str) -> None:
         os.replace(src, dst)
+        if os.path.basename(dst) == f"last{self.extension}":
+            self.last_epoch = self._epoch
 
     def _duplicate(self, src: str, dst: str) -> None:
         atomic_link_or_copy(src, dst)
@@ -516,6 +655,7 @@ class CheckpointSaver(TimmCheckpointSaver):
         state["saver"] = self.state_dict(epoch, metric)
         if self.extra_state is not None:
             state.update(self.extra_state())
+        state[DIGEST_KEY] = {"sha256": tensor_digests(state)}  # checked on every read (read_checkpoint)
         return state
 
     def _save(self, save_path: str, epoch: int, metric: float | None = None) -> None:
@@ -525,8 +665,17 @@ class CheckpointSaver(TimmCheckpointSaver):
         # torch.save given a path names the zip's records after the file (here a random temporary name),
         # so two saves of the same state differed in bytes and sha256 -- and a cache refused a re-trained,
         # identical teacher. Given an open file it names them "archive": same state, same bytes.
-        with atomic_path(save_path) as tmp, open(tmp, "wb") as f:
+        with atomic_path(save_path, size=self._size_estimate(state)) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
+
+    def _size_estimate(self, state: dict[str, Any]) -> int:
+        """About the bytes a checkpoint file of ``state`` takes: the previous one's size (the same tensors), else
+        the bytes of its tensors (the zip's headers and the pickle add a little)."""
+        tensors = sum(t.nelement() * t.element_size() for _, t in _tensors_in(state))
+        try:
+            return max(tensors, os.path.getsize(os.path.join(self.checkpoint_dir, f"last{self.extension}")))
+        except OSError:
+            return tensors
 
 
 # --- resuming ------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A command reports any of them in one line (``deit-distill <command>: error: ...``, no traceback) and exits
 with the error's :attr:`~DeitDistillError.exit_code`: 2 for a refusal (the input cannot work; the message
 names the problem and the fix, and nothing was written before it), 1 for a failure that is no input's fault
-(a loss that diverged, a Hub whose files do not match its own records, a demo step that failed).
+(a loss that diverged, a full disk, a Hub whose files do not match its own records, a demo step that failed).
 
 Each class also keeps the builtin base it had before the package had one hierarchy (``ValueError`` for the
 refusals, ``OSError``, ``ConnectionError``, ``RuntimeError``), so ``except ValueError:`` and the like, written
@@ -13,12 +13,13 @@ against the earlier classes, keep catching them. The modules that raise them re-
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 __all__ = [
     "DeitDistillError", "UsageError", "DataError", "CheckpointError", "TeacherError", "CacheError",
     "CacheMismatch", "RunFolderError", "OutputExistsError", "HubExportError", "HubAuthError", "HubIntegrityError",
-    "HubConnectionError", "NonFiniteLoss", "DemoError",
+    "HubConnectionError", "NonFiniteLoss", "DemoError", "DiskFullError",
 ]
 
 
@@ -103,3 +104,20 @@ class DemoError(DeitDistillError, RuntimeError):
 
     exit_code = 1
     keeps_lines = True
+
+
+class DiskFullError(DeitDistillError, OSError):
+    """A write found the disk (or the user's quota) full; the message names the folder, the bytes the file needed
+    and the bytes free. The file's temporary was removed and every file written before is intact (exit code 1).
+
+    ``errno`` is ``ENOSPC`` (or ``EDQUOT``), as the OSError it replaces had; ``folder``, ``needed`` (an estimate,
+    None when unknown) and ``free`` (None when it could not be read) give the figures of the message.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, folder: str | None = None, needed: int | None = None,
+                 free: int | None = None, code: int = errno.ENOSPC) -> None:
+        super().__init__(message)
+        self.errno = code
+        self.folder, self.needed, self.free = folder, needed, free

@@ -28,13 +28,14 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .atomic import temp_pattern
+from .atomic import format_size, temp_pattern
 from .errors import RunFolderError
 
 __all__ = [
     "RunFolderError", "RUN_FILES", "LOCK_NAME", "RunLock", "run_files", "checkpoint_epochs", "partial_files",
     "held_lock", "create_unique", "clear_run_files", "format_size", "FolderPlan", "plan_run_folder",
     "check_run_folder", "claim_run_folder", "DEFAULT_OUTPUT", "partial_pattern", "is_inside", "output_inside_data",
+    "resume_command",
 ]
 
 DEFAULT_OUTPUT = "./output/train"  # timm train.py's default --output
@@ -87,15 +88,6 @@ def partial_files(folder: str | os.PathLike[str], pattern: re.Pattern[str] | Non
         return []
     pattern = pattern or _PARTIAL
     return [Path(folder) / n for n in sorted(names) if pattern.match(n)]
-
-
-def format_size(n: float) -> str:
-    """Bytes as a short human-readable size (1000-based, as ``ls -h --si``)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
 
 
 def _holder_pid(path: Path) -> int | None:
@@ -421,6 +413,22 @@ def plan_run_folder(*, output: str | None, experiment: str | None, resume: str |
     if path is not None:
         check_run_folder(path, plan)
     return plan
+
+
+def resume_command(folder: str, *, world_size: int = 1) -> str:
+    """The command that continues the run in ``folder`` from its ``last.pth.tar``, in that folder: its own
+    ``args.yaml`` repeated with ``-c`` (resuming is checked against it) and the folder named by ``--output`` and
+    ``--experiment`` (a dated run's args.yaml names no experiment, which would start a new folder)."""
+    import shlex
+
+    q = shlex.quote
+    folder = os.path.normpath(folder)
+    prog = ("deit-distill train" if world_size <= 1
+            else f"torchrun --nproc_per_node={world_size} -m timm_deit_distill.train")
+    record = os.path.join(folder, "args.yaml")
+    config = f" -c {q(record)}" if os.path.isfile(record) else ""
+    return (f"{prog}{config} --resume {q(os.path.join(folder, 'last.pth.tar'))} --output "
+            f"{q(os.path.dirname(folder) or '.')} --experiment {q(os.path.basename(folder))}")
 
 
 def claim_run_folder(plan: FolderPlan, name: str) -> RunLock:

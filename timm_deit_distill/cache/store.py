@@ -116,9 +116,9 @@ def canonical_json(obj: Any) -> str:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write a manifest or sidecar atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    with atomic_path(path, size=len(text.encode("utf-8"))) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def chunk_name(epoch: int) -> str:
@@ -129,7 +129,8 @@ def write_chunk(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, s
     """Write one epoch's arrays atomically; returns the file's sha256."""
     from safetensors.numpy import save_file
 
-    with atomic_path(path) as tmp:
+    size = sum(v.nbytes for v in arrays.values())  # about the file's size: the header is small
+    with atomic_path(path, size=size) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=metadata)
     return sha256_file(path)
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir, rows_per_epoch
-from ..cache.store import MANIFEST
-from ..errors import DeitDistillError
+from ..cache.store import MANIFEST, chunk_name
+from ..errors import DeitDistillError, DiskFullError
 from ..run_folder import output_inside_data
 from .common import ArgumentParser, refuse
 
@@ -128,14 +128,34 @@ def _build(argv: list[str]) -> int:
         _logger.info("caching %d epochs of %d images, store %s, teacher %s (%s), into %s", args.epochs,
                      len(train_ds), store.spec, args.distill_teacher or args.distill_teacher_path, teacher.path,
                      own.out)
-    manifest = build_cache(train_ds, view, loader, run_teacher, own.out, epochs=args.epochs, store=store,
-                           teacher_description=teacher.description, teacher_check=check, rank=rank,
-                           world_size=world_size, barrier=barrier)
+    try:
+        manifest = build_cache(train_ds, view, loader, run_teacher, own.out, epochs=args.epochs, store=store,
+                               teacher_description=teacher.description, teacher_check=check, rank=rank,
+                               world_size=world_size, barrier=barrier)
+    except DiskFullError as e:  # no input's fault (exit 1): what is kept, and the rerun that resumes
+        return refuse("cache build", e, hint=f" {_kept_epochs(own.out, args.epochs)}")
     if rank == 0:
         print(_summary(own.out, manifest))
     if device_info.distributed:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _kept_epochs(out: str, epochs: int) -> str:
+    """After a full disk: the finished epochs kept, what the missing ones need, and the rerun that resumes."""
+    done = sum((Path(out) / chunk_name(epoch)).is_file() for epoch in range(epochs))
+    missing = max(epochs - done, 0)
+    need = ""
+    try:
+        manifest = json.loads((Path(out) / MANIFEST).read_text())  # written before the first epoch
+        per_epoch = int(manifest["bytes_per_view"]) * int(manifest["rows_per_epoch"])
+        if missing:
+            need = f"; the {missing} missing need about {format_bytes(missing * per_epoch)}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return (f"Nothing is lost: {done} of {epochs} epochs are written in {out} and kept, the partial file was removed"
+            f"{need}. Free space there, then rerun the same `deit-distill cache build` command: it resumes with the "
+            "missing epochs.")
 
 
 def _started_path(out: str, teacher: Any) -> str | None:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.data import resolve_model_data_config
 
 from ..data import LoaderSettings
-from ..errors import DataError, DeitDistillError, UsageError
+from ..errors import DataError, DeitDistillError, DiskFullError, UsageError
 from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
 from .common import TEACHER_EMA, ArgumentParser, add_either_flag, refuse
@@ -414,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         return refuse("eval", UsageError(problems[0]))
     written = []
+    result = None
     try:
         result = _run_eval(args, loader_settings)
         text = json.dumps(result, indent=2) + "\n"
@@ -428,6 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_results(args.results_file, _summary_text(result["timm_summary"], args.results_format),
                            replace=args.overwrite, free_name=False, flag="--results-file")
             written.append(f"validate.py's summary ({args.results_format}) written to {args.results_file}")
+    except DiskFullError as e:  # no input's fault (exit 1); the results, when computed, are printed above
+        for line in written:
+            print(line, file=sys.stderr)
+        hint = (" The results are printed above (JSON included); for the file, free space there or rerun with "
+                "--json elsewhere." if result is not None else " Free space there (or pass --predict elsewhere) and rerun.")
+        return refuse("eval", e, hint=hint)
     except (DeitDistillError, ValueError, FileNotFoundError) as e:  # refusals name the fix (timm's too)
         for line in written:
             print(line, file=sys.stderr)

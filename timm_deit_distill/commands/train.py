@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import DataError, DeitDistillError, NonFiniteLoss, RunFolderError
+from ..errors import DataError, DeitDistillError, DiskFullError, NonFiniteLoss, RunFolderError
 from ..progress import is_progress_bar, progress_bar
 from .args import (
     TrainSettings,
@@ -837,9 +837,23 @@ def _kept(run: Run, fix: str) -> str:
     return f"The last good checkpoint is kept: {last}{epoch}. {fix}, then --resume."
 
 
+def _disk_full(run: Run, error: DiskFullError) -> str:
+    """A write that found the disk full: what it needed, that nothing is lost, and the command that resumes."""
+    from ..run_folder import resume_command
+
+    last = os.path.join(run.output_dir or "", "last.pth.tar")
+    if not (run.output_dir and os.path.exists(last)):
+        return f"{error} {_kept(run, 'Free space there')}"
+    saved = getattr(run.saver, "last_epoch", None)  # set once this run replaced last.pth.tar
+    epoch = saved if saved is not None else run.last_saved_epoch
+    at = f" (epoch {epoch})" if epoch is not None else ""
+    return (f"{error} Nothing is lost: {last}{at} is the last complete checkpoint and the partial file was removed. "
+            f"Free space there, then resume: {resume_command(run.output_dir, world_size=run.world_size)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `deit-distill train`; returns 0 on success, 2 when the input is refused (also when a file it reads
-    turns bad during training), 1 when training diverged."""
+    turns bad during training), 1 when training diverged or the disk filled up."""
     try:
         args = parse_args(argv)
         settings = settings_from_args(args)
@@ -864,6 +878,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _logger.error("Stopped: %s. Nothing was saved from this epoch. %s", e,
                               _kept(run, "Lower --lr, add --clip-grad, or check the data"))
             return 1
+        except DiskFullError as e:  # no input's fault (exit 1); only rank 0 writes the run's files
+            if run.primary:
+                print(f"deit-distill train: error: {_disk_full(run, e)}", file=sys.stderr)
+            return e.exit_code
         except DeitDistillError as e:
             # A file that turned bad mid-run (a cache chunk, an image): the same one line as a refusal.
             # An image is read by one rank only, so that rank speaks; a cache chunk is read by all, rank 0 speaks.
