@@ -42,7 +42,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import DemoError
+from ...errors import DeitDistillError, DemoError, UsageError
 from ..common import ArgumentParser
 from .regime import DEFAULT_REGIME, MODES, QUICK_REGIME, STUDENT, TEACHER, Regime, student_args, teacher_args
 from .report import aggregate, mean_std, paired_differences, plot_students, results_table
@@ -93,6 +93,30 @@ def _regime_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> R
         if args.epochs != regime.epochs:
             regime = replace(regime, name=f"{regime.name}-{args.epochs}ep", epochs=args.epochs)
     return regime
+
+
+def check_can_run(out: Path) -> None:
+    """Refuse, before anything is written, a demo that cannot run: scikit-learn (the ``[demo]`` extra, whose bundled
+    digits are the demo's data) not installed, or an ``--out`` that cannot be a folder."""
+    from ...atomic import unwritable_reason
+
+    try:
+        import sklearn.datasets  # noqa: F401
+        import sklearn.model_selection  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"the demo needs scikit-learn (its bundled digits are the demo's data), which cannot be "
+                         f"imported here ({e}); fix: pip install 'timm-deit-distill[demo]'.") from None
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; fix: give the folder the demo writes into (created "
+                         "if missing; a folder of an earlier demo is reused).")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {parent} is a file, not a folder; fix: give another --out.")
+    reason = unwritable_reason(parent)
+    if reason is not None:
+        raise UsageError(f"--out {out}: no file can be written in {parent} ({reason}); fix: give another --out.")
 
 
 def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
@@ -170,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     from ..common import refuse, setup_logging
 
+    try:
+        check_can_run(out)
+    except DeitDistillError as e:
+        return refuse("demo", e)
     setup_logging()
     try:
         results = run_demo(regime, out, workers=args.jobs)
