@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -44,6 +45,7 @@ from typing import Any
 
 from ...errors import DeitDistillError, DemoError, UsageError
 from ..common import ArgumentParser
+from ..stops import run_stoppable
 from .regime import DEFAULT_REGIME, MODES, QUICK_REGIME, STUDENT, TEACHER, Regime, student_args, teacher_args
 from .report import aggregate, mean_std, paired_differences, plot_students, results_table
 from .runner import Job, Progress, duration, run_jobs, run_training
@@ -187,7 +189,8 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `deit-distill demo`; returns 0 on success, 2 for bad options, 1 when a step failed."""
+    """Run `deit-distill demo`; returns 0 on success, 2 for bad options, 1 when a step failed, 130 / 143 when
+    SIGINT / SIGTERM stopped it (a rerun goes on from there)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     regime = _regime_from(args, parser)
@@ -199,8 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeitDistillError as e:
         return refuse("demo", e)
     setup_logging()
+    command = shlex.join(["deit-distill", "demo", *(sys.argv[1:] if argv is None else argv)])
+    return run_stoppable("demo", lambda: _run(regime, out, args.jobs), lambda stop: (
+        f"stopped by {stop.name}; the finished runs are kept in {out / 'runs'} and a stopped one resumes from its "
+        f"last checkpoint. Rerun the same command to go on: {command}"))
+
+
+def _run(regime: Regime, out: Path, jobs: int) -> int:
+    from ..common import refuse
+
     try:
-        results = run_demo(regime, out, workers=args.jobs)
+        results = run_demo(regime, out, workers=jobs)
     except (DemoError, FileExistsError) as e:  # a failed step: 1 (its log kept); a folder in the way: 2
         return refuse("demo", e)
     print()
