@@ -121,6 +121,7 @@ def _train_argv(data, out: Path, *extra: str) -> list[str]:
 
 # ---- train ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a command stopped, then the printed command run: tens of seconds
 def test_ctrl_c_mid_epoch_says_where_it_stopped_and_the_printed_command_resumes_the_run(data, tmp_path):
     """Ctrl-C reaches every process of the terminal's group, loader workers included: it was a 28-line
     KeyboardInterrupt traceback; now one line naming the epoch, the step and the checkpoint kept, and a resume
@@ -151,6 +152,7 @@ def test_sigterm_while_the_epochs_files_are_written_finishes_them_then_stops(dat
     assert len((folder / "summary.csv").read_text().splitlines()) == 2  # header and epoch 0
 
 
+@pytest.mark.slow  # a command stopped, then the printed command run: tens of seconds
 def test_a_stop_before_the_first_checkpoint_removes_the_runs_folder_so_the_same_command_starts_again(data, tmp_path):
     """Nothing to resume before the first checkpoint: the run's own folder is removed (it held only its first files,
     and a rerun into it would be refused), so rerunning the same command starts the run. The signal goes to the
@@ -189,6 +191,7 @@ def test_under_torchrun_every_process_stops_and_only_rank_0_speaks(data, tmp_pat
 
 # ---- cache build, eval ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a command stopped, then the printed command run: tens of seconds
 def test_a_stopped_cache_build_keeps_its_whole_epochs_and_the_printed_command_finishes_it(data, tmp_path):
     out = tmp_path / "cache"
     argv = [*CLI, "cache", "build", "--data-dir", str(data["digits"]), *STUDENT, "--distill-teacher", "resnet10t",
@@ -216,6 +219,7 @@ def trained(data, tmp_path_factory):
     return out / "run" / "last.pth.tar"
 
 
+@pytest.mark.slow  # a command stopped, then the printed command run: tens of seconds
 def test_a_stopped_eval_writes_nothing_and_the_printed_command_measures(data, trained, tmp_path):
     results = tmp_path / "eval.json"
     argv = [*CLI, "eval", "--checkpoint", str(trained), "--data-dir", str(data["digits"]), "--workers", "2",
