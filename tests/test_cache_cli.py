@@ -120,6 +120,31 @@ def test_bad_cache_commands_are_refused(setup_files, capsys, tmp_path):
     assert not (Path(data) / "train" / "cache").exists() and not (tmp_path / "new").exists()
 
 
+def test_a_folder_holding_another_programs_manifest_is_refused_before_the_teacher_is_built(setup_files, tmp_path,
+                                                                                         capsys, monkeypatch):
+    """--out onto a folder with someone else's manifest.json was refused only after the data scan, the teacher's
+    build, its path measurement and its check; now before any of them, in one line, nothing written."""
+    from timm_deit_distill import factory
+
+    root, data, teacher = setup_files
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was built before --out was checked")
+
+    monkeypatch.setattr(factory, "create_teacher", no_teacher)
+    monkeypatch.setattr(factory, "open_datasets", no_teacher)
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "their-app", "version": 3}\n')
+    assert cache_cli.main(["build", *flags(data, teacher), "--out", str(out)]) == 2
+    _one_line(capsys, 2, f"--out {out} holds a manifest.json that is not a teacher target cache's", "new or empty")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+    # this format's manifest, damaged: refused as early, with the fix load_manifest gives
+    (out / "manifest.json").write_text('{"format": "timm-deit-distill/teacher-target-cache", "vers')
+    assert cache_cli.main(["build", *flags(data, teacher), "--out", str(out)]) == 2
+    _one_line(capsys, 2, "fix: move or delete")
+
+
 @pytest.mark.slow
 def test_torchrun_processes_share_the_build(setup_files, tmp_path):
     root, data, teacher = setup_files

@@ -120,6 +120,37 @@ def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """--out onto an existing file was `[Errno 17] File exists: '...summary.csv'`."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "summary.csv"
+    mine.write_text("epoch\n")
+    for out, says in ((mine, f"--out {mine} is a file, not a folder"),
+                      (mine / "demo", f"--out {mine / 'demo'} cannot be created: {mine} is a file")):
+        assert demo.main(["--quick", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"deit-distill demo: error: {says}") and "Errno" not in err, err
+    assert mine.read_text() == "epoch\n" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
+def test_without_the_demo_extra_it_says_so_in_one_line_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    """scikit-learn missing: a traceback ending in ImportError, exit 1 and an empty demo_output/ left behind; now
+    one line naming the extra to install, exit 2, nothing created. (A None entry in sys.modules makes its import
+    fail as a missing package does.)"""
+    import sys
+
+    for name in [n for n in sys.modules if n == "sklearn" or n.startswith("sklearn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("deit-distill demo: error: the demo needs scikit-learn") and \
+        "fix: pip install 'timm-deit-distill[demo]'" in err
+    assert list(tmp_path.iterdir()) == []  # no demo_output/
+
+
 def test_a_folder_holding_another_run_is_refused_not_overwritten(tmp_path):
     run_dir = tmp_path / "hard-seed0"
     run_dir.mkdir()

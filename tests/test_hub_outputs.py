@@ -46,6 +46,31 @@ def test_push_to_dir_refuses_a_folder_holding_files_naming_those_it_would_replac
         save_pretrained(run.checkpoint, out, use_ema=False)
 
 
+def test_push_to_dir_into_a_run_folder_says_what_is_true_and_overwrite_keeps_the_run(run, tmp_path, capsys):
+    """A run folder holds no file an export writes: the refusal said "none of them would be replaced. Give a new or
+    empty folder", contradicting itself. It says why it refuses (the export would be mixed in with the run) and
+    what --overwrite then does."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run.checkpoint.parent, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert hub_cli.main(["push", str(folder / run.checkpoint.name), "--no-ema", "--to-dir", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "none of them would be replaced" not in err, err
+    assert f"{folder} is a `deit-distill train` run folder (it holds " in err
+    assert ("no file there would be replaced, but the files written (README.md, config.json, model.safetensors) "
+            "would be mixed in among them") in err
+    assert f"fix: give a new or empty folder (e.g. {folder}-export), or pass --overwrite" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written
+    # what the refusal says --overwrite does: the three files written, the run's own kept
+    assert hub_cli.main(["push", str(folder / run.checkpoint.name), "--no-ema", "--to-dir", str(folder),
+                         "--overwrite"]) == 0
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert set(after) == set(before) | {"README.md", "config.json", "model.safetensors"}
+    assert all(after[name] == data for name, data in before.items())
+
+
 def test_push_to_dir_overwrite_replaces_only_the_exports_files_and_lists_only_them(run, tmp_path, capsys):
     out = _users_folder(tmp_path / "mine")
     assert hub_cli.main(["push", str(run.checkpoint), "--no-ema", "--to-dir", str(out), "--overwrite"]) == 0

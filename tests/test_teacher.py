@@ -251,6 +251,49 @@ def test_checkpoint_with_this_packages_metadata_needs_no_name(tmp_path):
     torch.testing.assert_close(teacher(x), _logits(model, x))
 
 
+def _student_run_checkpoint(path: Path) -> Path:
+    """A checkpoint as `deit-distill train` writes one for a small DeiT student (its metadata names the model)."""
+    import timm_deit_distill  # noqa: F401  (registers the student's architecture)
+
+    kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2, "num_classes": 7}
+    model = timm.create_model("deit_tiny_distilled_patch4_32", **kwargs)
+    meta = {"model": "deit_tiny_distilled_patch4_32", "model_kwargs": kwargs,
+            "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    torch.save({"epoch": 0, "arch": "deit_tiny_distilled_patch4_32", "state_dict": model.state_dict(),
+                "args": argparse.Namespace(model="deit_tiny_distilled_patch4_32"), "deit_distill": meta}, path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["this trainer", "timm train.py", "facebookresearch/deit main.py"])
+def test_a_teacher_named_as_another_architecture_than_its_checkpoint_records_is_refused(tmp_path, layout):
+    """A DeiT run's checkpoint named as a ResNet teacher passed the DeiT's img_size/depth to ResNet's constructor
+    (TypeError); a ResNet checkpoint named as a DeiT blamed missing classifier weights. The file names its
+    architecture: the refusal says which, and the flag that fixes it."""
+    path = tmp_path / "last.pth.tar"
+    if layout == "this trainer":
+        _student_run_checkpoint(path)
+        given, recorded = "resnet10t", "deit_tiny_distilled_patch4_32"
+    elif layout == "timm train.py":
+        torch.save({"epoch": 0, "arch": "resnet10t", "state_dict": _convnet().state_dict(),
+                    "args": argparse.Namespace(model="resnet10t")}, path)
+        given, recorded = "deit_tiny_distilled_patch4_32", "resnet10t"
+    else:
+        torch.save({"model": _convnet().state_dict(), "epoch": 299, "args": argparse.Namespace(model="resnet10t")},
+                   path)
+        given, recorded = "vit_tiny_patch16_224", "resnet10t"
+    with pytest.raises(TeacherError) as error:
+        DistillationTeacher.create(given, checkpoint_path=path, num_classes=7, precision="fp32")
+    message = str(error.value)
+    assert f"records the architecture {recorded!r}" in message and f"--distill-teacher {recorded}" in message
+    assert f"named {given!r}" in message
+    if recorded == "resnet10t":  # the architecture with a pretrained tag is the same architecture
+        tagged = DistillationTeacher.create("resnet10t.c3_in1k", checkpoint_path=path, precision="fp32")
+        assert tagged.description["name"] == "resnet10t"
+    # the file alone names its architecture, for every layout (a DeiT main.py file through its args.model)
+    alone = DistillationTeacher.create(None, checkpoint_path=path, num_classes=7, precision="fp32")
+    assert alone.description["name"] == recorded
+
+
 def test_unsafe_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": _convnet().state_dict(), "payload": NotAWeight()}, path)

@@ -74,6 +74,25 @@ def test_a_random_teacher_is_refused_before_anything_is_written(data, tmp_path, 
     assert not (tmp_path / "random").exists()
 
 
+def test_a_student_run_named_as_a_resnet_teacher_is_refused_naming_its_architecture(data, tmp_path, capsys):
+    """A DeiT run's last.pth.tar given as --distill-teacher resnet10t: the TypeError of ResNet's constructor
+    (the file's img_size/depth passed to it) is now one line naming the architecture the file records."""
+    import argparse
+
+    import timm
+
+    kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2, "num_classes": 10}
+    model = timm.create_model("deit_tiny_distilled_patch4_32", **kwargs)
+    student_run = tmp_path / "student-last.pth.tar"
+    torch.save({"epoch": 0, "arch": "deit_tiny_distilled_patch4_32", "state_dict": model.state_dict(),
+                "args": argparse.Namespace(model="deit_tiny_distilled_patch4_32"),
+                "deit_distill": {"model": "deit_tiny_distilled_patch4_32", "model_kwargs": kwargs}}, student_run)
+    err = _refused(_argv(data, student_run, tmp_path, "--experiment", "wrong-arch"), capsys)
+    assert "records the architecture 'deit_tiny_distilled_patch4_32'" in err
+    assert "--distill-teacher deit_tiny_distilled_patch4_32" in err
+    assert not (tmp_path / "wrong-arch").exists()
+
+
 @pytest.mark.slow
 def test_no_teacher_check_skips_it_and_says_so_in_the_records(data, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO)

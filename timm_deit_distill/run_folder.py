@@ -415,16 +415,22 @@ def plan_run_folder(*, output: str | None, experiment: str | None, resume: str |
     return plan
 
 
-def resume_command(folder: str, *, world_size: int = 1) -> str:
+def resume_command(folder: str, *, world_size: int = 1, local_world_size: int | None = None) -> str:
     """The command that continues the run in ``folder`` from its ``last.pth.tar``, in that folder: its own
     ``args.yaml`` repeated with ``-c`` (resuming is checked against it) and the folder named by ``--output`` and
-    ``--experiment`` (a dated run's args.yaml names no experiment, which would start a new folder)."""
+    ``--experiment`` (a dated run's args.yaml names no experiment, which would start a new folder). Under
+    torchrun, ``local_world_size`` (processes per node) below ``world_size`` means several nodes."""
     import shlex
 
     q = shlex.quote
-    folder = os.path.normpath(folder)
-    prog = ("deit-distill train" if world_size <= 1
-            else f"torchrun --nproc_per_node={world_size} -m timm_deit_distill.train")
+    folder = os.path.normpath(os.path.abspath(folder))
+    local = world_size if local_world_size is None else local_world_size
+    if world_size <= 1:
+        prog = "deit-distill train"
+    elif local == world_size:
+        prog = f"torchrun --nproc_per_node={world_size} -m timm_deit_distill.train"
+    else:
+        prog = f"torchrun (on its {world_size // max(local, 1)} nodes, as before) -m timm_deit_distill.train"
     record = os.path.join(folder, "args.yaml")
     config = f" -c {q(record)}" if os.path.isfile(record) else ""
     return (f"{prog}{config} --resume {q(os.path.join(folder, 'last.pth.tar'))} --output "

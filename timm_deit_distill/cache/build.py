@@ -74,6 +74,8 @@ def check_cache_dir(out: str | os.PathLike[str]) -> None:
             raise CacheError(f"--out {out}: {', '.join(blocked[:5])} {'is a folder' if len(blocked) == 1 else 'are folders'}"
                              " where the cache writes its files; fix: remove "
                              f"{'it' if len(blocked) == 1 else 'them'} and rerun (only missing epochs are computed).")
+    if (out / MANIFEST).is_file():
+        _check_manifest_is_a_cache(out / MANIFEST)
     if out.is_dir() and not (out / MANIFEST).exists():
         # a killed first build leaves its chunks, lock and hidden partial files: that folder is this cache's,
         # resumed (hidden files, e.g. .DS_Store or .gitkeep, are nobody's data either)
@@ -93,6 +95,20 @@ def check_cache_dir(out: str | os.PathLike[str]) -> None:
     if reason is not None:
         raise CacheError(f"--out {out}: no file can be written in {parent} (creating one there failed: {reason}); "
                          "fix: give another --out.")
+
+
+def _check_manifest_is_a_cache(path: Path) -> None:
+    """Refuse, before any work, an ``--out`` whose manifest.json is another program's, or this format's but unusable
+    (another version, damaged): the build would otherwise refuse it only after building and checking the teacher."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = None  # unreadable or not JSON: load_manifest says so, with the fix
+    if found is not None and not (isinstance(found, dict) and found.get("format") == FORMAT):
+        raise CacheError(f"--out {path.parent} holds a {path.name} that is not a teacher target cache's (another "
+                         "program's file); a cache is built in a folder of its own. fix: give --out a new or empty "
+                         "folder (or the folder of an existing cache to resume or extend it).")
+    load_manifest(path)
 
 
 def rows_per_epoch(num_samples: int, group_size: int) -> int:

@@ -16,6 +16,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,8 @@ from ..cache.store import MANIFEST, chunk_name
 from ..errors import DeitDistillError, DiskFullError
 from ..run_folder import output_inside_data
 from .common import ArgumentParser, refuse
+from .stops import Stopped, run_stoppable
+from .stops import check as check_stop
 
 __all__ = ["main", "format_bytes"]
 
@@ -122,6 +126,7 @@ def _build(argv: list[str]) -> int:
     check = measured.as_dict() if measured is not None else None
 
     def run_teacher(x: torch.Tensor) -> torch.Tensor:
+        check_stop()  # a stop that arrived while an exception was being handled
         return teacher(x.to(device, non_blocking=True))
 
     if rank == 0:
@@ -226,8 +231,19 @@ def _info(argv: list[str]) -> int:
     return 1 if damaged else 0
 
 
+def _build_stopped(argv: list[str], stop: Stopped) -> str:
+    """Where a stopped build left its cache, and the command that resumes it."""
+    own, _ = _split_own_flags(argv)
+    done = sorted(Path(own.out).glob("epoch-*.json")) if own.out else []
+    cached = f"{len(done)} finished epoch(s) are kept in {own.out}" if done else "no epoch was finished"
+    again = ("the same torchrun command" if int(os.environ.get("WORLD_SIZE", "1")) > 1
+             else shlex.join(["deit-distill", "cache", "build", *argv]))
+    return f"stopped by {stop.name}; {cached}. Resume with (only missing epochs are computed): {again}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`deit-distill cache build|info ...`; returns the exit code (2 with a message for bad input)."""
+    """`deit-distill cache build|info ...`; returns the exit code (2 with a message for bad input, 130 / 143 when
+    SIGINT / SIGTERM stopped a build)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not argv:
@@ -240,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         if command == "build":
-            return _build(rest)
+            return run_stoppable("cache build", lambda: _build(rest), lambda stop: _build_stopped(rest, stop),
+                                 speaks=int(os.environ.get("RANK", "0")) == 0)
         if command == "info":
             return _info(rest)
     except (DeitDistillError, ValueError) as e:  # refusals name the fix (timm's ValueErrors too)

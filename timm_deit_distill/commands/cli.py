@@ -77,11 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     When whoever reads the output stops reading (``deit-distill cache info DIR | head -1``), the command stops
     quietly with :data:`BROKEN_PIPE_EXIT`, as command-line tools do, instead of a BrokenPipeError traceback.
+    A Ctrl-C that reaches no command's own stop handling (:mod:`.stops`: still starting, or push, pull,
+    models) ends it in one line too, exit 130.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = _main(argv)
         sys.stdout.flush()  # inside the try: buffered output meets the closed pipe here, not at exit
         return code
+    except KeyboardInterrupt as stop:
+        name = f"deit-distill {argv[0]}" if argv and argv[0] in (*SUBCOMMANDS, "models") else "deit-distill"
+        print(f"{name}: stopped by {getattr(stop, 'name', 'SIGINT')} before it finished; rerun the same command to "
+              "start it again.", file=sys.stderr)
+        return int(getattr(stop, "exit_code", 130))
     except BrokenPipeError:
         # Python would flush stdout again at exit and report the same error: point it at /dev/null first.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -26,6 +26,7 @@ from ..errors import DataError, DeitDistillError, DiskFullError, UsageError
 from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
 from .common import TEACHER_EMA, ArgumentParser, add_either_flag, refuse
+from .stops import Stopped, run_stoppable
 
 __all__ = ["main", "build_parser"]
 
@@ -401,7 +402,20 @@ def _output_problems(args: argparse.Namespace, default_out: str | None) -> list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback)."""
+    """`deit-distill eval`; returns the exit code (2 for bad input, with a message and no traceback; 130 / 143 when
+    SIGINT / SIGTERM stopped it: its files are written whole at the end, never in part)."""
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def stopped(stop: Stopped) -> str:
+        return (f"stopped by {stop.name}; eval writes its files whole once it has measured, so nothing partial was "
+                f"written. Rerun the same command: {shlex.join(['deit-distill', 'eval', *argv])}")
+
+    return run_stoppable("eval", lambda: _evaluate_command(argv), stopped)
+
+
+def _evaluate_command(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     problems = _input_problems(args)
     default_out = _default_results_path(args)

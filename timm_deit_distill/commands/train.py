@@ -47,6 +47,8 @@ from .args import (
     settings_from_args,
 )
 from .common import one_line, refuse, setup_logging
+from .stops import Stopped, deferred, stop_of, stop_signals
+from .stops import check as check_stop
 
 __all__ = ["main", "setup", "train", "NonFiniteLoss"]
 
@@ -89,6 +91,10 @@ class Run:
     lock: Any = None  # rank 0's RunLock on output_dir, held for the whole run
     last_saved_epoch: int | None = None  # the epoch output_dir/last.pth.tar holds
     dist_bn: str = ""  # --dist-bn, or '' when SyncBatchNorm already keeps the statistics in sync
+    fresh: bool = False  # output_dir held no run when claimed (not a --resume continuing in its own folder)
+    created: bool = False  # output_dir was created by this run
+    epoch_now: int | None = None  # where the loop is: the epoch, and the updates done in it
+    steps_done: int = 0
 
     @property
     def primary(self) -> bool:
@@ -245,9 +251,11 @@ def build_schedule(args: argparse.Namespace, optimizer: torch.optim.Optimizer, u
                          "schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
 
 
-def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Run:  # noqa: C901 - one linear recipe
+def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  # noqa: C901 - one linear recipe
+          started: list[Run] | None = None) -> Run:
     """Build data, student, teacher/cache, loss, optimizer, schedule, EMA; check everything; then claim the
-    run folder, write its first files and resume if asked. ``settings`` are ``settings_from_args(args)``.
+    run folder, write its first files and resume if asked. ``settings`` are ``settings_from_args(args)``;
+    ``started`` receives the Run as soon as its folder is claimed (a stop before setup returns tidies it).
 
     Nothing is written before every check has passed: the folder is created (or taken) and locked,
     and args.yaml written, only at the end.
@@ -466,13 +474,18 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None) -> Ru
         lock_box.append(lock)
         return str(lock.folder)
 
-    output_dir: str = _rank0_decides(rank, world_size, claim)
-    run = Run(args=args, device=device, rank=rank, world_size=world_size, model=model, student=student,
-              model_ema=model_ema, teacher=teacher, cache=cache, criterion=criterion, optimizer=optimizer,
-              loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
-              train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
-              updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata,
-              lock=lock_box[0] if lock_box else None, dist_bn=dist_bn)
+    existed = folder_plan.path is not None and os.path.isdir(folder_plan.path)
+    with deferred():  # a stop waits until the Run that knows the claimed folder is handed over
+        output_dir: str = _rank0_decides(rank, world_size, claim)
+        run = Run(args=args, device=device, rank=rank, world_size=world_size, model=model, student=student,
+                  model_ema=model_ema, teacher=teacher, cache=cache, criterion=criterion, optimizer=optimizer,
+                  loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
+                  train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
+                  updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata,
+                  lock=lock_box[0] if lock_box else None, dist_bn=dist_bn, fresh=not folder_plan.continuing,
+                  created=not existed)
+        if started is not None:
+            started.append(run)
     if rank == 0:
         removed, size = run.lock.remove_partial_files()
         run.saver = ckpt.CheckpointSaver(
@@ -632,6 +645,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
 
     args, model, optimizer = run.args, run.model, run.optimizer
     run.train_loader.set_epoch(epoch)
+    run.epoch_now, run.steps_done = epoch, 0
     model.train()
     if run.teacher is not None:
         run.teacher.eval()  # the teacher never trains
@@ -643,6 +657,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     started, samples_since_log = time.time(), 0
     batches = progress_bar(run.train_loader, f"train {epoch}", show=run.primary)
     for batch_idx, (inputs, targets, views) in enumerate(batches):
+        check_stop()  # a stop that arrived while an exception was being handled (e.g. a skipped image)
         inputs, targets = inputs.to(run.device, non_blocking=True), targets.to(run.device, non_blocking=True)
         if args.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -678,6 +693,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         if not need_update:
             continue
         run.num_updates += 1
+        run.steps_done += 1
         optimizer.zero_grad()
         if run.model_ema is not None:
             run.model_ema.update(run.student, step=run.num_updates)
@@ -789,15 +805,17 @@ def train(run: Run) -> int:
         run.rng_states = states
         if run.primary:
             _log_epoch(run, row)
-            # A skipped epoch is only unranked history: evaluated epochs are always saved so that
-            # model_best and the ranked checkpoints see every evaluation.
-            if metric is not None or last or (epoch + 1) % args.checkpoint_interval == 0:
-                best = run.saver.save_checkpoint(epoch, metric=metric)
-                run.last_saved_epoch = epoch
-            write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None)
-            if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
-                plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
-                            title=f"{args.model} ({args.distill_type} distillation)")
+            with deferred():  # a stop waits for the epoch's files: checkpoint, summary and curves agree
+                # A skipped epoch is only unranked history: evaluated epochs are always saved so that
+                # model_best and the ranked checkpoints see every evaluation.
+                if metric is not None or last or (epoch + 1) % args.checkpoint_interval == 0:
+                    best = run.saver.save_checkpoint(epoch, metric=metric)
+                    run.last_saved_epoch = epoch
+                write_summary(os.path.join(run.output_dir, "summary.csv"), run.history,
+                              ema=run.model_ema is not None)
+                if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
+                    plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
+                                title=f"{args.model} ({args.distill_type} distillation)")
     if run.primary:
         if best[0] is not None:
             _logger.info("Best %s %.4f at epoch %s; checkpoints in %s.", args.eval_metric, best[0], best[1],
@@ -837,10 +855,16 @@ def _kept(run: Run, fix: str) -> str:
     return f"The last good checkpoint is kept: {last}{epoch}. {fix}, then --resume."
 
 
-def _disk_full(run: Run, error: DiskFullError) -> str:
-    """A write that found the disk full: what it needed, that nothing is lost, and the command that resumes."""
+def _resume(run: Run) -> str:
+    """The command that resumes the run from its last.pth.tar, in its own folder, with its own settings."""
     from ..run_folder import resume_command
 
+    return resume_command(str(run.output_dir), world_size=run.world_size,
+                          local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", run.world_size)))
+
+
+def _disk_full(run: Run, error: DiskFullError) -> str:
+    """A write that found the disk full: what it needed, that nothing is lost, and the command that resumes."""
     last = os.path.join(run.output_dir or "", "last.pth.tar")
     if not (run.output_dir and os.path.exists(last)):
         return f"{error} {_kept(run, 'Free space there')}"
@@ -848,12 +872,65 @@ def _disk_full(run: Run, error: DiskFullError) -> str:
     epoch = saved if saved is not None else run.last_saved_epoch
     at = f" (epoch {epoch})" if epoch is not None else ""
     return (f"{error} Nothing is lost: {last}{at} is the last complete checkpoint and the partial file was removed. "
-            f"Free space there, then resume: {resume_command(run.output_dir, world_size=run.world_size)}")
+            f"Free space there, then resume: {_resume(run)}")
+
+
+def _where(run: Run) -> str:
+    """Where the loop stood, in the log's terms ("Train: EPOCH [STEP/STEPS]")."""
+    if run.epoch_now is None:
+        return "before its first step"
+    if run.steps_done < run.updates_per_epoch:
+        return f"in epoch {run.epoch_now} at step {run.steps_done}/{run.updates_per_epoch}"
+    return f"in epoch {run.epoch_now} after its {run.updates_per_epoch} steps"
+
+
+def _discard_unsaved(run: Run) -> str | None:
+    """Remove what a run that saved no checkpoint wrote into the folder it started (its folder too, when it
+    created it), under its lock; says what was removed, or None when nothing may be (no lock held)."""
+    from ..run_folder import LOCK_NAME, partial_files, run_files
+
+    if run.lock is None or not run.lock.held:
+        return None
+    folder = Path(str(run.output_dir))
+    names = run_files(folder)
+    for path in [*(folder / name for name in names), *partial_files(folder)]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if run.created:
+        with contextlib.suppress(OSError):
+            (folder / LOCK_NAME).unlink()  # ours while we hold it; nobody else's once the folder is gone
+            folder.rmdir()
+            return f"its folder {folder} is removed"
+    return f"its files are removed from {folder} ({', '.join(names)})" if names else f"{folder} holds none of its files"
+
+
+def _stop_line(run: Run | None, stop: Stopped) -> str:
+    """Where a stop by a signal left the run and how to go on; rank 0 first removes the files of a fresh run that
+    saved no checkpoint (nothing to resume there, and they would make its folder refuse the rerun)."""
+    if run is None or not run.output_dir:
+        return f"stopped by {stop.name} before the run started; nothing was written. Rerun the same command to start."
+    where = _where(run)
+    last = os.path.join(run.output_dir, "last.pth.tar")
+    if os.path.exists(last):
+        epoch = f" (epoch {run.last_saved_epoch})" if run.last_saved_epoch is not None else ""
+        return (f"stopped by {stop.name} {where}; the last checkpoint is kept: {last}{epoch}. Resume with: "
+                f"{_resume(run)}")
+    if not run.fresh:
+        return (f"stopped by {stop.name} {where}, before it saved a checkpoint; {run.output_dir} is as it was. "
+                "Rerun the same command to resume again.")
+    if run.epoch_now is not None:
+        where += ", before its first checkpoint"
+    removed = _discard_unsaved(run) if run.primary else "nothing"
+    if removed is None:
+        return (f"stopped by {stop.name} {where}: nothing to resume. Delete {run.output_dir} (it holds this run's "
+                "first files only) and rerun the same command.")
+    return f"stopped by {stop.name} {where}: nothing to resume, and {removed}. Rerun the same command to start again."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `deit-distill train`; returns 0 on success, 2 when the input is refused (also when a file it reads
-    turns bad during training), 1 when training diverged or the disk filled up."""
+    turns bad during training), 1 when training diverged or the disk filled up, 130 / 143 when SIGINT / SIGTERM
+    stopped it."""
     try:
         args = parse_args(argv)
         settings = settings_from_args(args)
@@ -863,10 +940,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_config(args, int(os.environ.get("WORLD_SIZE", "1"))), end="")
         return 0
     setup_logging()
+    with stop_signals() as owner:
+        return _main(args, settings, owner=owner)
+
+
+def _main(args: argparse.Namespace, settings: TrainSettings, *, owner: bool) -> int:
+    """The run, its refusals and failures in one line; a stop reported by rank 0 when this command owns the
+    process (``owner``), else tidied and passed on to the command that does (the demo)."""
+    started: list[Run] = []
     run = None
     try:
         try:
-            run = setup(args, settings)
+            run = setup(args, settings, started=started)
         except DeitDistillError as e:
             if _env_rank() == 0 and not getattr(e, "reported", False):
                 return refuse("train", e)
@@ -890,9 +975,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"deit-distill train: error{rank}: stopped in epoch {_current_epoch(run)}: {one_line(e)} "
                       f"{_kept(run, 'Fix the file')}", file=sys.stderr)
             return e.exit_code
+    except BaseException as e:
+        # A stop, or (several processes) a collective that failed because another process stopped first.
+        stop = stop_of(e)
+        if stop is None:
+            raise
+        run = run or (started[0] if started else None)
+        line = _stop_line(run, stop)
+        if not owner:
+            if stop is e:
+                raise
+            raise stop from e
+        if (run.primary if run is not None else _env_rank() == 0):
+            print(f"deit-distill train: {line}", file=sys.stderr)
+        return stop.exit_code
     finally:
+        run = run or (started[0] if started else None)
         if run is not None:
             run.close()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-

@@ -30,6 +30,7 @@ from .views import (
     view_seed,
     view_seeds,
 )
+from .workers import quiet_worker_init
 
 __all__ = ["LoaderSettings", "ViewLoader", "build_mixup", "build_train_loader", "build_eval_loader",
            "build_check_loader", "CHECK_IMAGES"]
@@ -256,6 +257,7 @@ def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings,
         collate_fn=collate,
         pin_memory=loader.pin_memory,
         persistent_workers=loader.workers > 0,
+        worker_init_fn=quiet_worker_init,
         generator=torch.Generator(),  # keeps the loader from drawing on the global generator
     )
     return ViewLoader(data_loader, batch_sampler, mixup)
@@ -297,6 +299,7 @@ def build_eval_loader(dataset: Any, data_config: dict[str, Any], loader: LoaderS
         drop_last=False,
         pin_memory=loader.pin_memory,
         persistent_workers=loader.workers > 0,
+        worker_init_fn=quiet_worker_init,
     )
 
 
@@ -333,4 +336,5 @@ def build_check_loader(
     subset = torch.utils.data.Subset(_EvalDataset(dataset, build_eval_transform(data_config)), indices)
     # Its own generator: checking the teacher must not move the global generator the student's training draws on.
     return torch.utils.data.DataLoader(subset, batch_size=int(batch_size), shuffle=False,
-                                       num_workers=int(workers), drop_last=False, generator=torch.Generator())
+                                       num_workers=int(workers), drop_last=False, generator=torch.Generator(),
+                                       worker_init_fn=quiet_worker_init)

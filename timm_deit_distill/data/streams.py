@@ -53,6 +53,7 @@ from .views import (
     view_seed,
     view_seeds,
 )
+from .workers import quiet_worker_init
 
 __all__ = ["StreamLoader", "build_stream_train_loader", "build_stream_eval_loader",
            "build_stream_check_loader", "BadSample", "epoch_coverage"]
@@ -215,7 +216,8 @@ def _loader(views: _StreamViews, *, batch_size: int, workers: int, pin_memory: b
 
     return torch.utils.data.DataLoader(
         views, batch_size=batch_size, num_workers=workers, drop_last=drop_last, pin_memory=pin_memory,
-        persistent_workers=workers > 0, worker_init_fn=functools.partial(_worker_init, worker_seeding="all"),
+        persistent_workers=workers > 0,
+        worker_init_fn=functools.partial(quiet_worker_init, then=functools.partial(_worker_init, worker_seeding="all")),
         # the workers' seeds (timm's in-worker shuffle uses them) from the run's seed and rank, as train.py's
         # global generator would give them, without drawing on the trainer's global generator
         generator=torch.Generator().manual_seed(view_seed(seed, 0, rank, STREAM_ORDER) & 0x7FFF_FFFF_FFFF_FFFF))

@@ -350,11 +350,15 @@ def check_output_folder(directory: str | os.PathLike[str], what: str, writes: Se
                         also: str = "") -> None:
     """Raise ``OutputExistsError`` when ``directory`` holds anything and ``overwrite`` is not set.
 
-    A folder the user names may hold their own files (a README.md of theirs); files of the names in ``writes``
-    would be replaced, so a non-empty folder is refused, naming them, before any work. With ``overwrite`` only
-    the files written are replaced; the others are kept. ``also``: more the writer may replace (a pulled
-    repo's own files, unknown before the download).
+    A folder the user names may hold their own files (a README.md of theirs, a training run): files of the names
+    in ``writes`` would be replaced, and the others would have the written files mixed in among them, so a
+    non-empty folder is refused before any work, saying which of the two it is. With ``overwrite`` only the
+    files written are replaced; the others are kept. ``also``: more the writer may replace (a pulled repo's own
+    files, unknown before the download).
     """
+    from ..atomic import next_free_name
+    from ..run_folder import run_files
+
     directory = Path(directory)
     if overwrite or not directory.is_dir():
         return
@@ -363,11 +367,18 @@ def check_output_folder(directory: str | os.PathLike[str], what: str, writes: Se
         return
     replaced = [name for name in present if name in writes]
     shown = ", ".join(present[:6]) + (f" and {len(present) - 6} more" if len(present) > 6 else "")
-    would = (f"writing there would replace {', '.join(replaced)}{also}" if replaced
-             else f"none of them would be replaced{also}")
+    holds = f"is a `deit-distill train` run folder (it holds {shown})" if run_files(directory) else \
+        f"is not empty (it holds {shown})"
+    written = ", ".join(sorted(writes)) + also
+    if replaced:
+        would = f"writing there would replace {', '.join(replaced)}{also}"
+    else:
+        would = f"no file there would be replaced, but the files written ({written}) would be mixed in among them"
+    elsewhere = next_free_name(f"{directory}-export")
     raise OutputExistsError(
-        f"{what} {directory} is not empty (it holds {shown}); {would}. Give a new or empty folder, or pass "
-        "--overwrite (overwrite=True) to replace the files written there (the others are kept).")
+        f"{what} {directory} {holds}; {would}. fix: give a new or empty folder (e.g. {elsewhere}), or pass "
+        "--overwrite (overwrite=True) to write there all the same, replacing only the files written (the others "
+        "are kept).")
 
 
 def _apply_umask(folder: Path) -> None:

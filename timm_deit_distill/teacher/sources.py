@@ -55,8 +55,10 @@ def load_teacher_checkpoint(
         if meta.get("label_names"):
             info["label_names"] = [str(n) for n in meta["label_names"]]
     elif isinstance(checkpoint.get("arch"), str):
-        info["arch"] = checkpoint["arch"]
+        info["arch"] = checkpoint["arch"]  # timm's train.py: its --model
     args = checkpoint.get("args")
+    if "arch" not in info and isinstance(args, argparse.Namespace) and isinstance(getattr(args, "model", None), str):
+        info["arch"] = args.model  # facebookresearch/deit's main.py records --model in its args only
     if isinstance(args, argparse.Namespace) and "pretrained_cfg" not in info:
         # timm's train.py records --mean/--std when they override the model's own.
         cfg = {k: getattr(args, k) for k in ("mean", "std") if getattr(args, k, None) is not None}
@@ -196,7 +198,7 @@ def build_model(
         if not arch:
             raise TeacherError(
                 f"{checkpoint_path} does not record its architecture: pass the teacher's timm model name "
-                "as well (e.g. --teacher-model regnety_160 --teacher-path FILE).")
+                "as well (e.g. --distill-teacher regnety_160 --distill-teacher-path FILE).")
         return _model_from_state(arch, state, info, checkpoint_path, model_kwargs)
 
     if not isinstance(source, str):
@@ -232,6 +234,7 @@ def build_model(
             "'hf-hub:ORG/NAME' or 'local-dir:PATH'. Plugin architectures need their module imported first.")
     if checkpoint_path is not None:
         state, info = load_teacher_checkpoint(checkpoint_path, use_ema=use_ema)
+        _check_recorded_arch(source, info.get("arch"), checkpoint_path)
         return _model_from_state(source, state, info, checkpoint_path, model_kwargs)
     if pretrained and "num_classes" in model_kwargs:
         raise TeacherError(
@@ -255,6 +258,28 @@ def build_model(
         _logger.warning("Teacher %s has random weights (pretrained=False): fine for timing, useless for training.",
                         source)
     return model, meta
+
+
+def _check_recorded_arch(source: str, recorded: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse a teacher name whose architecture is not the one its checkpoint records (a trainer's ``--model``).
+
+    The file's architecture arguments (a DeiT student's ``img_size``, ``depth``...) would otherwise be passed to
+    another architecture's constructor (a TypeError), or its weights fail to fit with a misleading reason. A
+    recorded name timm does not know here (a class name, a plugin not imported, an ``hf-hub:`` id) is not
+    compared: loading the weights checks those.
+    """
+    import timm
+    from timm.models import split_model_name_tag
+
+    if not isinstance(recorded, str) or not recorded:
+        return
+    recorded_arch, given_arch = split_model_name_tag(recorded)[0], split_model_name_tag(source)[0]
+    if recorded_arch == given_arch or not timm.is_model(recorded_arch):
+        return
+    raise TeacherError(
+        f"the teacher is named {source!r}, but its checkpoint {path} records the architecture {recorded!r} (the "
+        f"model it was trained as); fix: name that architecture (--distill-teacher {recorded}), or give the "
+        "checkpoint alone (--distill-teacher-path without --distill-teacher): it names its architecture itself.")
 
 
 def _model_from_state(

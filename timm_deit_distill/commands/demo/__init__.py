@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -42,8 +43,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import DemoError
+from ...errors import DeitDistillError, DemoError, UsageError
 from ..common import ArgumentParser
+from ..stops import run_stoppable
 from .regime import DEFAULT_REGIME, MODES, QUICK_REGIME, STUDENT, TEACHER, Regime, student_args, teacher_args
 from .report import aggregate, mean_std, paired_differences, plot_students, results_table
 from .runner import Job, Progress, duration, run_jobs, run_training
@@ -93,6 +95,30 @@ def _regime_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> R
         if args.epochs != regime.epochs:
             regime = replace(regime, name=f"{regime.name}-{args.epochs}ep", epochs=args.epochs)
     return regime
+
+
+def check_can_run(out: Path) -> None:
+    """Refuse, before anything is written, a demo that cannot run: scikit-learn (the ``[demo]`` extra, whose bundled
+    digits are the demo's data) not installed, or an ``--out`` that cannot be a folder."""
+    from ...atomic import unwritable_reason
+
+    try:
+        import sklearn.datasets  # noqa: F401
+        import sklearn.model_selection  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"the demo needs scikit-learn (its bundled digits are the demo's data), which cannot be "
+                         f"imported here ({e}); fix: pip install 'timm-deit-distill[demo]'.") from None
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; fix: give the folder the demo writes into (created "
+                         "if missing; a folder of an earlier demo is reused).")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {parent} is a file, not a folder; fix: give another --out.")
+    reason = unwritable_reason(parent)
+    if reason is not None:
+        raise UsageError(f"--out {out}: no file can be written in {parent} ({reason}); fix: give another --out.")
 
 
 def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
@@ -163,16 +189,30 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `deit-distill demo`; returns 0 on success, 2 for bad options, 1 when a step failed."""
+    """Run `deit-distill demo`; returns 0 on success, 2 for bad options, 1 when a step failed, 130 / 143 when
+    SIGINT / SIGTERM stopped it (a rerun goes on from there)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     regime = _regime_from(args, parser)
     out = Path(args.out)
     from ..common import refuse, setup_logging
 
-    setup_logging()
     try:
-        results = run_demo(regime, out, workers=args.jobs)
+        check_can_run(out)
+    except DeitDistillError as e:
+        return refuse("demo", e)
+    setup_logging()
+    command = shlex.join(["deit-distill", "demo", *(sys.argv[1:] if argv is None else argv)])
+    return run_stoppable("demo", lambda: _run(regime, out, args.jobs), lambda stop: (
+        f"stopped by {stop.name}; the finished runs are kept in {out / 'runs'} and a stopped one resumes from its "
+        f"last checkpoint. Rerun the same command to go on: {command}"))
+
+
+def _run(regime: Regime, out: Path, jobs: int) -> int:
+    from ..common import refuse
+
+    try:
+        results = run_demo(regime, out, workers=jobs)
     except (DemoError, FileExistsError) as e:  # a failed step: 1 (its log kept); a folder in the way: 2
         return refuse("demo", e)
     print()

@@ -16,6 +16,7 @@ from typing import Any
 
 from ...errors import DemoError
 from ..common import setup_logging
+from ..stops import pool_worker, spawning, stop_of, working
 from .regime import TEACHER, Regime, student_args, teacher_args
 from .report import student_record
 
@@ -214,6 +215,7 @@ def run_job(job: Job) -> dict[str, Any]:
 def _worker_init(threads: int) -> None:
     import torch
 
+    pool_worker()  # a stop reaches the runs through the demo's own process, which passes it on
     torch.set_num_threads(threads)
     sys.stderr = _NotATerminal(sys.stderr)
     setup_logging()
@@ -223,7 +225,8 @@ def _worker_run(job: Job) -> dict[str, Any]:
     # Every line a run logs names the run, since the runs of one pool share the screen.
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"[{job.label}] %(message)s"))
-    return run_job(job)
+    with working():
+        return run_job(job)
 
 
 def _describe(job: Job, record: dict[str, Any]) -> str:
@@ -350,7 +353,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress) -> list[dict
                     if not ready:
                         break
                     left.remove(ready[0])
-                    pending[pool.submit(_worker_run, jobs[ready[0]])] = ready[0]
+                    with spawning():  # a worker may start here: it must not see a Ctrl-C before it ignores it
+                        pending[pool.submit(_worker_run, jobs[ready[0]])] = ready[0]
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     i = pending.pop(future)
@@ -358,8 +362,12 @@ def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress) -> list[dict
                     done.add(i)
                     progress.done += 1
                     _logger.info("%s %s", _describe(jobs[i], records[i]), progress.status())
-        except BaseException:
+        except BaseException as error:
             for future in pending:
                 future.cancel()
+            if stop_of(error) is not None:
+                # the runs stop as a run stopped on its own does (whole files, lock released), then the pool ends
+                for worker in multiprocessing.active_children():
+                    worker.terminate()
             raise
     return records  # type: ignore[return-value]
