@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, split_model_name_tag
 
-from .data import DataSettings, LoaderSettings, build_check_loader, open_source
+from .data import DataSettings, LoaderSettings, build_check_loader, check_same_classes, open_source
 from .errors import CheckpointError, UsageError
 from .losses import DistillationLoss, DistillSettings
 from .teacher import DistillationTeacher, PathChoice, TeacherCheck, TeacherSettings
@@ -180,15 +180,19 @@ def architecture_kwargs(student: StudentSettings, num_classes: int) -> dict[str,
     return kwargs
 
 
-def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any]) -> nn.Module:
+def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any], *,
+                   label_names: Sequence[str] | None = None) -> nn.Module:
     """The student, built by timm with ``arch_kwargs`` (:func:`architecture_kwargs`) and the training-time
-    settings, starting from ``--pretrained``/``--pretrained-path`` or ``--initial-checkpoint`` weights."""
+    settings, starting from ``--pretrained``/``--pretrained-path`` or ``--initial-checkpoint`` weights.
+
+    ``label_names`` are the training data's classes: an ``--initial-checkpoint`` whose head records others (or the
+    same in another order) is refused, since its head rows would start on the wrong classes."""
     kwargs = dict(arch_kwargs)
     train_kwargs = dict(drop_rate=student.drop, drop_path_rate=student.drop_path if student.drop_path is not None
                         else student.drop_connect, drop_block_rate=student.drop_block,
                         bn_momentum=student.bn_momentum, bn_eps=student.bn_eps)
     kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
-    overlay, initial = _initial_weights(student)
+    overlay, initial = _initial_weights(student, label_names)
     try:
         model = timm.create_model(student.model, pretrained=student.pretrained, pretrained_cfg_overlay=overlay,
                                   checkpoint_path=initial if isinstance(initial, str) else None, **kwargs)
@@ -223,7 +227,8 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any]) -> 
     return model
 
 
-def _initial_weights(student: StudentSettings) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None]:
+def _initial_weights(student: StudentSettings, label_names: Sequence[str] | None = None,
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None]:
     """The student's starting weights from --pretrained-path / --initial-checkpoint, read by the package's
     reader and weights policy (timm's loaders would take a file's EMA weights silently).
 
@@ -252,6 +257,11 @@ def _initial_weights(student: StudentSettings) -> tuple[dict[str, Any] | None, d
             initial = student.initial_checkpoint
         else:
             checkpoint = read_checkpoint(student.initial_checkpoint, what="--initial-checkpoint")
+            check_same_classes(
+                (checkpoint.get("deit_distill") or {}).get("label_names"), label_names,
+                f"the classes of --initial-checkpoint {student.initial_checkpoint}", "the training data",
+                "train on data with the checkpoint's classes in their order (a --class-map listing them), or start "
+                f"from it with --pretrained --pretrained-path {student.initial_checkpoint} (its head replaced).")
             initial, _ = select_weights(checkpoint, use_ema=student.initial_ema,
                                         name=f"--initial-checkpoint {student.initial_checkpoint}", flags=flags)
     if student.initial_ema is not None and overlay is None and not isinstance(initial, dict):

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tarfile
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +33,10 @@ from .sources import (
     _TORCH_DOWNLOADS,
     DataSettings,
     SourceInfo,
+    check_same_classes,
     class_names,
     sample_name,
+    short_value,
 )
 
 __all__ = ["open_source", "open_split"]
@@ -87,13 +90,9 @@ def open_split(data: DataSettings, split: str, *, training: bool, num_classes: i
 
 def _check_same_classes(train: Any, val: Any, data: DataSettings) -> None:
     a, b = class_names(train), class_names(val)
-    if a is not None and b is not None and a != b:
-        only_train = [n for n in a if n not in b]
-        only_val = [n for n in b if n not in a]
-        detail = (f"only in train: {', '.join(only_train[:5]) or '-'}; only in validation: {', '.join(only_val[:5]) or '-'}"
-                  if only_train or only_val else "the same names in another order")
-        raise DataError(f"the {data.train_split} and {data.val_split} splits have different classes ({len(a)} vs "
-                        f"{len(b)}; {detail}); fix: give both splits the same classes, or pass --class-map FILE.")
+    check_same_classes(a, b, f"the {data.train_split} split", f"the {data.val_split} split",
+                       "give both splits the same classes in the same order, or pass --class-map FILE (the class "
+                       "names, one per line, in the order to train).")
     na = len(a) if a is not None else getattr(getattr(train, "source_info", None), "num_classes", None)
     nb = len(b) if b is not None else getattr(getattr(val, "source_info", None), "num_classes", None)
     if na is not None and nb is not None and na != nb:
@@ -242,22 +241,87 @@ def _scan(ds: Any, opener: Callable[[int], Any], *, threads: bool) -> None:
 
 # --- hfds/ ---------------------------------------------------------------------------------------------------
 
-def _hf_identity(name: str, split: str, cache_dir: str | None, dataset: Any) -> dict[str, Any]:
+def _hf_identity(name: str, split: str, dataset: Any, files: list[str]) -> dict[str, Any]:
     """A Hub dataset by the cache folder its version was prepared in (named by its revision); a local one by its
-    data files' names and sizes."""
-    local = os.path.exists(name)
+    data files' names and sizes (``files``: :func:`_local_data_files`)."""
     identity: dict[str, Any] = {"config": dataset.info.config_name}
-    if not local:
-        files = [f["filename"] for f in dataset.cache_files]
-        identity["revision"] = os.path.basename(os.path.dirname(files[0])) if files else None
+    if not os.path.exists(name):
+        cached = [f["filename"] for f in dataset.cache_files]
+        identity["revision"] = os.path.basename(os.path.dirname(cached[0])) if cached else None
         return identity
+    root = os.path.abspath(name)
+    identity["files"] = [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]
+    return identity
+
+
+def _local_data_files(name: str, split: str, cache_dir: str | None) -> list[str]:
+    """The data files datasets reads for ``split`` of a local folder (parquet shards, save_to_disk arrow files, ...);
+    [] for a Hub id."""
+    if not os.path.exists(name):
+        return []
     import datasets
 
     builder = datasets.load_dataset_builder(name, cache_dir=cache_dir)
-    data_files = (builder.config.data_files or {}).get(split) or []
-    root = os.path.abspath(name)
-    identity["files"] = [[os.path.relpath(os.fspath(f), root), os.path.getsize(f)] for f in data_files]
-    return identity
+    return [os.fspath(f) for f in (builder.config.data_files or {}).get(split) or []]
+
+
+def _file_schema(path: str) -> Any | None:
+    """The arrow schema of a parquet or arrow data file (its footer or stream header only); None for another
+    format or a file pyarrow cannot read (datasets names that one itself)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.endswith(".parquet"):
+            return pq.read_schema(path)
+        if path.endswith(".arrow"):
+            with pa.memory_map(path) as source:
+                return pa.ipc.open_stream(source).schema
+    except (OSError, pa.ArrowException):
+        return None
+    return None
+
+
+def _declared_classes(data: DataSettings, split: str, files: list[str], target_key: str) -> list[str] | None:
+    """The class names the split's own data files declare for ``target_key`` (a ClassLabel in the features datasets
+    wrote into each file), checked to be one list; None when no file declares any.
+
+    datasets reads every split with the features of the first file it prepares, so a split whose files name the
+    classes in another order (or more of them) would otherwise have its labels read with another split's names.
+    """
+    import datasets
+    from timm.data.readers._hfds import get_class_labels  # the rule timm's readers name classes by
+
+    found: list[str] | None = None
+    where = ""
+    for path in files:
+        schema = _file_schema(path)
+        if schema is None or b"huggingface" not in (schema.metadata or {}):
+            continue
+        features = datasets.Features.from_arrow_schema(schema)
+        mapping = get_class_labels(types.SimpleNamespace(features=features), target_key)
+        names = [n for n, _ in sorted(mapping.items(), key=lambda kv: kv[1])] or None
+        if names is None:
+            continue
+        if found is None:
+            found, where = names, path
+            continue
+        check_same_classes(found, names, where, path, "write every file of a split with one ClassLabel (the same "
+                           "names in the same order).")
+    return found
+
+
+def _read_with_declared_classes(reader: Any, declared: list[str] | None, data: DataSettings, split: str) -> None:
+    """Make timm's reader name ``split``'s labels as its own files do (see :func:`_declared_classes`): the names a
+    class map remaps by, and without one the split's classes."""
+    if declared is None or list(reader._source_names.values()) == declared:
+        return
+    if reader._source_names:  # else the files are the only place that names the classes (no dataset card)
+        _logger.info("--dataset %s split %s: its files name the classes otherwise than the features datasets "
+                     "reports (another split's); its labels are read with its own names.", data.dataset, split)
+    reader._source_names = dict(enumerate(declared))
+    if not reader.remap_class:
+        reader.class_to_idx = {name: i for i, name in enumerate(declared)}
 
 
 def _hf_error(data: DataSettings, split: str, e: Exception) -> DataError:
@@ -283,6 +347,62 @@ def _hf_error(data: DataSettings, split: str, e: Exception) -> DataError:
     return DataError(f"--dataset {data.dataset} split {split}: {type(e).__name__}: {text[:300]}")
 
 
+def _integer_class_count(data: DataSettings, column: Any, target_key: str, num_classes: int | None) -> int:
+    """The class count of a target column without class names: an integer column, counted by ``--num-classes``."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(column.type):
+        head = column.slice(0, 64).drop_null()
+        example = f", e.g. {short_value(head[0].as_py())}" if len(head) else ""
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label ({column.type}"
+                        f"{example}); fix: --target-key naming an integer or ClassLabel column.")
+    if num_classes is None:
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} holds integers with no class names (not "
+                        "a ClassLabel); fix: pass --num-classes N.")
+    return num_classes
+
+
+def _check_hfds_targets(data: DataSettings, split: str, reader: Any, count: int) -> None:
+    """Every label of ``split`` is a class index below ``count`` once timm's reader has read it (a class map
+    applied): refused naming the first row that is not, which training would meet as an index error (or a
+    class map's KeyError) in its first epoch. Read from the label column alone, one value per distinct label."""
+    import pyarrow.compute as pc
+
+    key = reader.label_key
+    column = reader.dataset.data.column(key)
+    where = f"--dataset {data.dataset} split {split}"
+    if column.null_count:
+        row = pc.index(pc.is_null(column), True).as_py()
+        raise DataError(f"{where} row {row} has no label (null in column {key!r}); fix: train and evaluate on "
+                        "labelled rows (filter the others out).")
+    values = sorted(pc.unique(column).to_pylist())
+    for value in values:
+        problem = _target_problem(data, reader, value, count, values[-1])
+        if problem is not None:
+            row = pc.index(column, value).as_py()
+            raise DataError(f"{where} row {row} {problem}")
+
+
+def _target_problem(data: DataSettings, reader: Any, value: Any, count: int, largest: Any) -> str | None:
+    """What is wrong with the raw label ``value`` as timm's hfds reader reads it ("has ...; fix: ..."), or None."""
+    if isinstance(value, int) and value < 0:
+        return (f"has label {value}, which datasets writes for an unlabelled row; fix: train and evaluate on "
+                "labelled splits (a Hub dataset's test split often has no labels), or filter these rows out.")
+    try:
+        target = reader._get_target({reader.label_key: value})
+    except (KeyError, IndexError):
+        name = reader._source_names.get(value, value)
+        return (f"has class {name!r}, which --class-map {data.class_map} does not list; fix: add the "
+                "class to the class map, or filter its rows out.")
+    if 0 <= target < count:
+        return None
+    if reader._source_names and not reader.remap_class:
+        return (f"has label {target}, outside the {count} classes its ClassLabel names; fix: correct the labels "
+                "or the ClassLabel's names.")
+    return (f"has label {target}, outside the {count} classes of --num-classes {count}; fix: set --num-classes "
+            f"above the largest label ({largest}).")
+
+
 def _open_hfds(data: DataSettings, split: str, *, num_classes: int | None) -> Any:
     from timm.data import create_dataset
 
@@ -306,25 +426,15 @@ def _open_hfds(data: DataSettings, split: str, *, num_classes: int | None) -> An
     if target_key not in reader.dataset.column_names:
         raise DataError(f"--dataset {data.dataset} has no target column {target_key!r} (columns: {', '.join(columns)}); "
                         "fix: --target-key COLUMN.")
+    files = _local_data_files(data.name, split, data.data_dir)
+    _read_with_declared_classes(reader, _declared_classes(data, split, files, target_key), data, split)
     names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
-    count = len(names) if names else None
-    if names is None:
-        targets = [t for t in table.column(target_key).to_pylist() if t is not None]
-        if targets and not all(isinstance(t, int) for t in targets):
-            raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label (e.g. "
-                            f"{targets[0]!r}); fix: --target-key naming an integer or ClassLabel column.")
-        if num_classes is None:
-            raise DataError(f"--dataset {data.dataset}: column {target_key!r} holds integers with no class names (not "
-                            "a ClassLabel); fix: pass --num-classes N.")
-        out_of_range = [t for t in targets if not 0 <= t < num_classes]
-        if out_of_range:
-            raise DataError(f"--dataset {data.dataset} split {split}: target {out_of_range[0]} is outside the "
-                            f"{num_classes} classes of --num-classes {num_classes}; fix: set --num-classes.")
-        count = num_classes
+    count = len(names) if names else _integer_class_count(data, table.column(target_key), target_key, num_classes)
+    _check_hfds_targets(data, split, reader, count)
     ds.source_info = SourceInfo(
         kind="hfds", spec=data.dataset, split=split, location=data.name, input_img_mode=data.input_img_mode,
         classes=names, num_classes=count, skip_bad_images=data.skip_bad_images,
-        identity=_hf_identity(data.name, split, data.data_dir, reader.dataset))
+        identity=_hf_identity(data.name, split, reader.dataset, files))
 
     def raw(i: int) -> Any:
         image = reader.dataset[i][input_key]
@@ -501,6 +611,20 @@ def _peek_wds(data: DataSettings, shard: str) -> None:
             have = ", ".join(sorted(meta)) if meta else "no .json sidecar"
             raise DataError(f"shard {shard}: sample {sample.get('__key__')} has no target field {data.target_key!r} "
                             f"({have}); fix: --target-key naming one of its fields.")
+        value = meta[data.target_key]
+        if not isinstance(value, list) and not _is_integer(value):
+            raise DataError(f"shard {shard}: sample {sample.get('__key__')}'s target field {data.target_key!r} is "
+                            f"not a class index ({short_value(value)}); fix: --target-key naming the field that "
+                            "holds the class index.")
+
+
+def _is_integer(value: Any) -> bool:
+    """Whether timm's wds decoder reads ``value`` as a class index (it calls ``int()`` on it)."""
+    try:
+        int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return not isinstance(value, float) or value.is_integer()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -541,8 +665,14 @@ def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: 
         if key not in columns:
             raise DataError(f"--dataset {data.dataset} has no column {key!r} (columns: {', '.join(columns)}); fix: "
                             f"{flag} COLUMN.")
+    files = [os.fspath(f) for f in (builder.config.data_files or {}).get(split) or []] if os.path.exists(data.name) else []
+    _read_with_declared_classes(reader, _declared_classes(data, split, files, target_key), data, split)
     names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
     count = len(names) if names else num_classes
+    feature = features.get(target_key) if features and names is None else None
+    if feature is not None and not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label ({feature!r}); "
+                        "fix: --target-key naming an integer or ClassLabel column.")
     if count is None:
         raise DataError(f"--dataset {data.dataset}: column {target_key!r} has no class names (no ClassLabel feature); "
                         "fix: pass --num-classes N.")
@@ -551,8 +681,7 @@ def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: 
                                 "config": builder.config.name}
     if os.path.exists(data.name):
         root = os.path.abspath(data.name)
-        files = (builder.config.data_files or {}).get(split) or []
-        identity["files"] = [[os.path.relpath(os.fspath(f), root), os.path.getsize(f)] for f in files]
+        identity["files"] = [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]
     else:
         identity["revision"] = getattr(builder, "hash", None)
     ds.source_info = SourceInfo(

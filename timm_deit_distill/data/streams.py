@@ -41,7 +41,7 @@ from timm.data.readers.reader_wds import WdsTargetKeyError
 from timm.data.readers.shared_count import SharedCount
 
 from ..errors import DataError
-from .sources import SourceInfo
+from .sources import SourceInfo, short_value
 from .transforms import build_eval_transform, build_train_transform
 from .views import (
     STREAM_MIX_BATCH,
@@ -202,7 +202,7 @@ class _StreamViews(torch.utils.data.IterableDataset):
             if self.kind == "hfids":
                 n = self.policy.num_classes
                 if not isinstance(target, int) or (n is not None and not 0 <= target < n):
-                    raise DataError(f"--dataset {self.spec} split {self.split}: target {target!r} at position {position} "
+                    raise DataError(f"--dataset {self.spec} split {self.split}: target {short_value(target)} at position {position} "
                                     f"of loader worker {gwid} is not a class index below {n}; fix: --target-key naming "
                                     "the class column, or --num-classes.")
             yield position, img, target
