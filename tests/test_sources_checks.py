@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 
 import pytest
-from source_fixtures import CLASS_NAMES, fake_hub_cache, records, write_hf_with_classes
+from source_fixtures import CLASS_NAMES, fake_hub_cache, records, write_hf_with_classes, write_mnist_raw
 from test_sources import opened, pixels, reference, refusal, settings
 
 REVERSED = CLASS_NAMES[::-1]
@@ -92,6 +92,15 @@ def test_unlabelled_rows_and_labels_beyond_the_classes_are_refused_naming_the_ro
             "classes of --num-classes 9", "largest label (9)")
     train, _ = opened(settings(f"hfds/{out}"), num_classes=10)
     assert len(train) == 20
+
+
+def test_a_torchvision_label_beyond_its_classes_is_refused_naming_the_sample(sources, tmp_path):
+    recs = records(sources["folder"], 2)
+    name, _, png = recs["validation"][3]
+    recs["validation"][3] = (name, 12, png)
+    out = write_mnist_raw(tmp_path / "mnist", recs)
+    refusal(lambda: opened(settings("torch/mnist", out)), "torch/mnist split validation: sample 3 has label 12, "
+            "outside its 10 classes")
 
 
 def test_a_class_map_that_leaves_out_a_class_of_a_hub_dataset_is_refused(sources, tmp_path):

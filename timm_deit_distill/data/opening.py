@@ -33,6 +33,7 @@ from .sources import (
     _TORCH_DOWNLOADS,
     DataSettings,
     SourceInfo,
+    _targets,
     check_same_classes,
     class_names,
     sample_name,
@@ -478,12 +479,25 @@ def _open_torch(data: DataSettings, split: str) -> Any:
         identity={"torchvision_split": ("train" if train_set else "test") if train_set is not None else split})
     if train_set is False and split in _SPLIT_SYNONYMS["validation"]:
         _logger.info("--dataset %s: split %s reads torchvision's test set (it has no other).", data.dataset, split)
+    if classes:
+        _check_torch_targets(data, split, ds, len(classes))
     samples = getattr(ds, "samples", None) or getattr(ds, "imgs", None)
     if samples:
         _scan(ds, lambda i: samples[i][0], threads=True)
     else:
         ds.skipped_files = []
     return ds
+
+
+def _check_torch_targets(data: DataSettings, split: str, ds: Any, count: int) -> None:
+    """Every target torchvision read (from its label files: MNIST's idx, ...) is a class index below ``count``;
+    refused naming the first sample that is not, which training would meet as an index error."""
+    targets = _targets(ds)
+    bad = np.flatnonzero((targets < 0) | (targets >= count)) if targets.size else []
+    if len(bad):
+        raise DataError(f"--dataset {data.dataset} split {split}: sample {int(bad[0])} has label {int(targets[bad[0]])}, "
+                        f"outside its {count} classes; fix: repair the label file under --data-dir "
+                        f"{data.data_dir}.")
 
 
 # ------------------------------------------------------------------------------------------------------------
