@@ -9,10 +9,14 @@ reference for what a split holds is the image folder they were written from.
 from __future__ import annotations
 
 import collections
+import json
+import shutil
 
 import pytest
 from source_fixtures import CLASS_NAMES, fake_hub_cache, records, write_hf_with_classes, write_mnist_raw
-from test_sources import opened, pixels, reference, refusal, settings
+from test_sources import DATA_CONFIG, opened, pixels, reference, refusal, settings
+
+from timm_deit_distill.data import open_source
 
 REVERSED = CLASS_NAMES[::-1]
 
@@ -165,3 +169,92 @@ def test_training_on_hub_splits_with_other_classes_is_refused_before_the_run_fol
                                 "--output", str(tmp_path / "runs"), "--experiment", "run"], capsys, "deit-distill train")
     assert "different classes: class " in err and "in the train split but" in err
     assert not (tmp_path / "runs" / "run").exists()
+
+
+# --- sample counts: an overstated one refused where the data can be counted, said after an epoch where not -----------
+
+def _wds_claiming(src, root, factor: int = 2):
+    """A copy of the wds fixture whose _info.json claims ``factor`` times the train split's samples."""
+    shutil.copytree(src, root)
+    info = json.loads((root / "_info.json").read_text())
+    train = info["splits"]["train"]
+    train["num_samples"] *= factor
+    train["shard_lengths"] = [n * factor for n in train["shard_lengths"]]
+    (root / "_info.json").write_text(json.dumps(info))
+    return root
+
+
+def test_an_overstated_wds_count_is_refused_counting_the_local_shards(sources, tmp_path):
+    root = _wds_claiming(sources["wds"], tmp_path / "wds")
+    refusal(lambda: opened(settings("wds/digits", root)), f"{root}/_info.json gives 320 samples but its 8 shard(s) "
+            f"under {root} (counted from the tar headers) hold 160", "--train-num-samples 160")
+    refusal(lambda: opened(settings("wds/digits", sources["wds"], train_num_samples=5000)),
+            "--train-num-samples asks for 5000 samples", "hold 160", "--train-num-samples 160 or fewer")
+    train, _ = opened(settings("wds/digits", sources["wds"], train_num_samples=100))  # fewer: timm's sub-sampling
+    assert train.source_info.counted == 160 and train.reader.num_samples == 100
+    # the right total, but one shard's length overstated (another's understated)
+    info = json.loads((root / "_info.json").read_text())
+    info["splits"]["train"].update(num_samples=160, shard_lengths=[30, 10, 20, 20, 20, 20, 20, 20])
+    (root / "_info.json").write_text(json.dumps(info))
+    refusal(lambda: opened(settings("wds/digits", root)), f"gives shard {root}/digits-train-0000.tar 30 samples but "
+            "it holds 20", "shard_lengths")
+
+
+def test_an_overstated_hfids_count_is_refused_from_the_parquet_row_counts(sources, tmp_path):
+    hfids = f"hfids/{sources['hf_parquet']}"
+    refusal(lambda: opened(settings(hfids, train_num_samples=5000)), "--train-num-samples asks for 5000 samples "
+            f"but its 4 data file(s) under {sources['hf_parquet']} (their row counts) hold 160")
+    train, _ = opened(settings(hfids, train_num_samples=100))
+    assert train.source_info.counted == 160 and train.reader.num_samples == 100
+    card = shutil.copytree(sources["hf_parquet"], tmp_path / "pq")
+    readme = (card / "README.md").read_text()
+    (card / "README.md").write_text(readme.replace("num_examples: 160", "num_examples: 400"))
+    refusal(lambda: opened(settings(f"hfids/{card}")), "its dataset card gives 400 samples", "hold 160",
+            "num_examples")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_count_that_could_not_be_checked_is_said_after_the_first_epoch(sources, tmp_path, monkeypatch, caplog,
+                                                                         workers):
+    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.data import ViewSettings, build_train_loader, opening
+
+    def first_epochs(root, factor):
+        settings = settings_from_args(parse_args(
+            ["--dataset", "wds/digits", "--data-dir", str(root), "-b", "8", "--workers", str(workers), "--in-chans",
+             "1", "--input-img-mode", "L"]))
+        train, _ = open_source(settings.data, num_classes=None, batch_size=8, seed=0)
+        loader = build_train_loader(train, ViewSettings.resolve(settings.augment, DATA_CONFIG, 10), settings.loader)
+        caplog.clear()
+        views = []
+        with caplog.at_level("WARNING"):
+            for epoch in (0, 1):
+                loader.set_epoch(epoch)
+                views.append(sum(len(y) for _, y, _ in loader))
+        assert views == [160 * factor] * 2
+        return [r.getMessage() for r in caplog.records if "distinct" in r.getMessage()]
+
+    # shards that cannot be counted before training (as remote ones): an _info.json claiming twice what they hold
+    monkeypatch.setattr(opening, "_check_wds_count", lambda *args, **kwargs: None, raising=False)
+    said = first_epochs(_wds_claiming(sources["wds"], tmp_path / "wds"), 2)
+    assert len(said) == 1, said  # after the first epoch only
+    assert ("wds/digits split train: epoch 0 read 160 distinct sample(s) but the epoch was sized for 320" in said[0]
+            and "160 of its 320 views were repeats" in said[0] and "--train-num-samples 160" in said[0])
+    assert first_epochs(sources["wds"], 1) == []  # the right count: nothing to say
+
+
+def test_a_streamed_local_dataset_that_cannot_be_counted_is_said_after_the_first_epoch(sources, caplog):
+    # datasets' image folder builder: one file per image, no row counts to read before training
+    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.data import ViewSettings, build_train_loader
+
+    settings = settings_from_args(parse_args(
+        ["--dataset", f"hfids/{sources['folder']}", "--train-num-samples", "5000", "--val-num-samples", "50", "-b",
+         "8", "--workers", "0", "--in-chans", "1", "--input-img-mode", "L", "--num-classes", "10"]))
+    train, _ = open_source(settings.data, num_classes=10, batch_size=8, seed=0)
+    assert getattr(train.source_info, "counted", None) is None
+    loader = build_train_loader(train, ViewSettings.resolve(settings.augment, DATA_CONFIG, 10), settings.loader)
+    loader.set_epoch(0)
+    with caplog.at_level("WARNING"):
+        assert sum(len(y) for _, y, _ in loader) == 5000
+    assert "epoch 0 read 160 distinct sample(s) but the epoch was sized for 5000" in caplog.text

@@ -18,9 +18,10 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ _logger = logging.getLogger(__name__)
 _EXTRAS = {"hfds": ("datasets", "hf"), "hfids": ("datasets", "hf"), "wds": ("webdataset", "wds")}
 _INFO_NAMES = ("_info.json", "info.json")
 _REMOTE = ("http://", "https://", "hf://", "s3://", "gs://")
+_WDS_META = re.compile(r"__[^/]*__($|/)")  # tar members webdataset skips (its tar_file_iterator's skip_meta)
 
 
 def _require_extra(prefix: str) -> None:
@@ -588,15 +590,81 @@ def _open_wds(data: DataSettings, split: str, *, training: bool, num_classes: in
     if count is None:
         raise DataError(f"--dataset {data.dataset} carries no class list (timm's _info.json has none); fix: pass "
                         "--num-classes N (or add \"num_classes\" or a \"classes\" list to _info.json).")
+    counted = None
     if not remote:
         _peek_wds(data, os.path.join(root, names[0]))
+        counted = _check_wds_count(data, split, root, names, lengths, int(reader.num_samples), training=training)
     ds.source_info = SourceInfo(
         kind="wds", spec=data.dataset, split=split, location=root, input_img_mode=data.input_img_mode,
-        classes=classes, num_classes=int(count), skip_bad_images=data.skip_bad_images,
+        classes=classes, num_classes=int(count), skip_bad_images=data.skip_bad_images, counted=counted,
         identity={"num_samples": int(reader.num_samples),
                   "shards": [[n, int(lengths[i]) if i < len(lengths) else None, sizes[i]] for i, n in enumerate(names)]},
         reopen=functools.partial(create_dataset, data.dataset, **kwargs))
     return ds
+
+
+def _shard_samples(path: str) -> int:
+    """The samples webdataset reads from the local shard ``path``: its members grouped by key as webdataset groups
+    them, read from the tar headers alone (tarfile seeks past each member's data)."""
+    from webdataset.tariterators import group_by_keys
+
+    def members() -> Iterator[dict[str, Any]]:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                if info.isreg() and not _WDS_META.match(info.name):
+                    yield {"fname": info.name, "data": b"", "__url__": path}
+        yield {}  # the end of a shard, as webdataset marks it
+
+    try:
+        return sum(1 for _ in group_by_keys(members()))
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"shard {path} cannot be read: {type(e).__name__}: {e}; fix: replace it.") from None
+    except ValueError as e:  # a member name twice in one sample
+        raise DataError(f"shard {path}: {' '.join(str(e).split())[:200]}; fix: give each sample's files one name "
+                        "each.") from None
+
+
+def _count_claim(data: DataSettings, split: str, root: str, *, training: bool) -> tuple[str, str]:
+    """Who claims a stream's sample count, and how to correct it: ``(words before the count, fix with {found})``."""
+    flag = "--train-num-samples" if training else "--val-num-samples"
+    if (data.train_num_samples if training else data.val_num_samples) is not None:
+        return f"{flag} asks for", f"{flag} {{found}} or fewer (a smaller count samples part of the split each epoch)"
+    if "|" in split:
+        return "the shard pattern's |N gives", "write |{found} (or less) after the shard pattern"
+    if data.prefix == "wds":
+        return (f"{root}/_info.json gives", f"correct num_samples and shard_lengths in {root}/_info.json, or pass "
+                f"{flag} {{found}}")
+    return ("its dataset card gives", f"correct the split's num_examples in the dataset card (README.md), or pass "
+            f"{flag} {{found}}")
+
+
+def _refuse_overstated(data: DataSettings, split: str, root: str, claimed: int, found: int, what: str, *,
+                       training: bool) -> None:
+    if claimed <= found:
+        return  # fewer is timm's sub-sampling
+    claim, fix = _count_claim(data, split, root, training=training)
+    raise DataError(f"--dataset {data.dataset} split {split}: {claim} {claimed} samples but {what} hold {found}; "
+                    f"each epoch would repeat {claimed - found} of them to make up the count. fix: "
+                    f"{fix.format(found=found)}.")
+
+
+def _check_wds_count(data: DataSettings, split: str, root: str, names: list[str], lengths: list[int],
+                     claimed: int, *, training: bool) -> int:
+    """The samples the split's local shards hold, counted (threads: header reads wait on the disk); a sample count
+    or shard length claimed above what they hold is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [os.path.join(root, n) for n in names]
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        found = list(pool.map(_shard_samples, paths))
+    _refuse_overstated(data, split, root, claimed, sum(found), f"its {len(paths)} shard(s) under {root} (counted "
+                       "from the tar headers)", training=training)
+    for path, length, count in zip(paths, lengths, found, strict=False):
+        if length > count:
+            raise DataError(f"--dataset {data.dataset} split {split}: {root}/_info.json gives shard {path} {length} "
+                            f"samples but it holds {count} (counted from its tar headers); fix: correct its "
+                            "shard_lengths entry.")
+    return sum(found)
 
 
 def _peek_wds(data: DataSettings, shard: str) -> None:
@@ -698,11 +766,36 @@ def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: 
         identity["files"] = [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]
     else:
         identity["revision"] = getattr(builder, "hash", None)
+    counted = _rows_in(files) if files else None
+    if counted is not None:
+        _refuse_overstated(data, split, data.name, int(reader.num_samples), counted, f"its {len(files)} data file(s) "
+                           f"under {data.name} (their row counts)", training=training)
     ds.source_info = SourceInfo(
         kind="hfids", spec=data.dataset, split=split, location=data.name, input_img_mode=data.input_img_mode,
-        classes=names, num_classes=int(count), identity=identity,
+        classes=names, num_classes=int(count), identity=identity, counted=counted,
         reopen=functools.partial(create_dataset, data.dataset, **kwargs))
     return ds
+
+
+def _rows_in(files: list[str]) -> int | None:
+    """The rows of local parquet / arrow data files, from their metadata (parquet footers, arrow batch headers);
+    None when a file is of another format or pyarrow cannot read it (datasets names that one itself)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    total = 0
+    try:
+        for path in files:
+            if path.endswith(".parquet"):
+                total += pq.ParquetFile(path).metadata.num_rows
+            elif path.endswith(".arrow"):
+                with pa.memory_map(path) as source:
+                    total += sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+            else:
+                return None
+    except (OSError, pa.ArrowException):
+        return None
+    return total
 
 
 def _peek_hfids(data: DataSettings, builder: Any, split: str) -> list[str]:

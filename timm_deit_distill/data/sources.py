@@ -296,6 +296,9 @@ class SourceInfo:
     identity: dict[str, Any] = field(default_factory=dict)  # what the fingerprint records beyond the samples
     reopen: Callable[..., Any] | None = None  # streams: a fresh dataset of the same split (overrides as kwargs)
     skip_bad_images: bool = False
+    # streams: the samples the split was found to hold before reading it (local shards' tar headers, local parquet
+    # metadata); None where that is not known (remote data), so an epoch says what it saw instead
+    counted: int | None = None
 
     @property
     def streamed(self) -> bool:
