@@ -320,7 +320,7 @@ def _read_with_declared_classes(reader: Any, declared: list[str] | None, data: D
     if declared is None or list(reader._source_names.values()) == declared:
         return
     if reader._source_names:  # else the files are the only place that names the classes (no dataset card)
-        _logger.info("--dataset %s split %s: its files name the classes otherwise than the features datasets "
+        _logger.debug("--dataset %s split %s: its files name the classes otherwise than the features datasets "
                      "reports (another split's); its labels are read with its own names.", data.dataset, split)
     reader._source_names = dict(enumerate(declared))
     if not reader.remap_class:
