@@ -3,10 +3,11 @@ check timm leaves out done first (see :mod:`.sources` for what each source is an
 
 Each check is one line naming the fix, made before any work where it can be known then: a missing split (timm
 reads a missing split folder as the whole root, ignores a tar's split, and gives torchvision's test set for any
-unknown name), flags a source ignores, a key the data lacks, a class list that differs between the splits, an
-unreadable image (named; ``--skip-bad-images`` skips it), a missing extra, and for streams the _info.json, every
-local shard, safe shard names and the sample count. What can only be known in flight (a corrupt sample inside a
-shard) is named by :mod:`.streams`.
+unknown name), flags a source ignores, a key the data lacks, class names that differ between the splits (for
+Hugging Face data, the names each split's own files declare), a label outside the classes, an unreadable image
+(named; ``--skip-bad-images`` skips it), a missing extra, and for streams the _info.json, every local shard, safe
+shard names and a sample count above what local data holds. What can only be known in flight (a corrupt sample
+inside a shard, the distinct samples of a remote stream) is named by :mod:`.streams`.
 """
 
 from __future__ import annotations
@@ -750,14 +751,8 @@ def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: 
     files = [os.fspath(f) for f in (builder.config.data_files or {}).get(split) or []] if os.path.exists(data.name) else []
     _read_with_declared_classes(reader, _declared_classes(data, split, files, target_key), data, split)
     names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
-    count = len(names) if names else num_classes
-    feature = features.get(target_key) if features and names is None else None
-    if feature is not None and not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
-        raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label ({feature!r}); "
-                        "fix: --target-key naming an integer or ClassLabel column.")
-    if count is None:
-        raise DataError(f"--dataset {data.dataset}: column {target_key!r} has no class names (no ClassLabel feature); "
-                        "fix: pass --num-classes N.")
+    count = len(names) if names else _unnamed_class_count(data, (features or {}).get(target_key), target_key,
+                                                          num_classes)
     stream = builder.as_streaming_dataset(split=split)
     identity: dict[str, Any] = {"num_samples": int(reader.num_samples), "shards": int(stream.num_shards or 1),
                                 "config": builder.config.name}
@@ -775,6 +770,18 @@ def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: 
         classes=names, num_classes=int(count), identity=identity, counted=counted,
         reopen=functools.partial(create_dataset, data.dataset, **kwargs))
     return ds
+
+
+def _unnamed_class_count(data: DataSettings, feature: Any, target_key: str, num_classes: int | None) -> int:
+    """The class count of a streamed target column without class names: an integer column (``feature``, None when
+    the features are not known before streaming), counted by ``--num-classes``."""
+    if feature is not None and not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label ({feature!r}); "
+                        "fix: --target-key naming an integer or ClassLabel column.")
+    if num_classes is None:
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} has no class names (no ClassLabel feature); "
+                        "fix: pass --num-classes N.")
+    return num_classes
 
 
 def _rows_in(files: list[str]) -> int | None:

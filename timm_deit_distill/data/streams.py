@@ -12,6 +12,9 @@ runs the same number of steps. What is added:
   for the workers, and what an epoch drops or repeats when shards do not divide evenly (said, with counts);
 * in flight: an unreadable ``wds`` sample or a target outside the classes is named by shard and key
   (``--skip-bad-images`` skips and counts unreadable ones); an ``hfids`` sample by its position in the stream;
+* where the split's sample count could not be checked before training (remote data), the distinct samples of the
+  first epoch (each worker's first pass over its shards) against the count the epoch was sized for, said in a
+  WARNING when fewer;
 * each view's augmentation seeded from ``(seed, epoch, worker, position in the worker's stream)`` with the
   caller's generator states restored (loader workers 0), so loading never perturbs the trainer's randomness;
   Mixup per batch, seeded by ``(seed, epoch, batch)``.
