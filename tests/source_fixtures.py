@@ -9,6 +9,7 @@ sources. Writers (each returns the path it wrote):
     write_hf_disk(out, recs)              datasets.DatasetDict.save_to_disk(out)   (image=Image(), label=ClassLabel)
     write_hf_parquet(out, recs, shards)   out/data/{split}-0000i-of-0000n.parquet  (HF features in the schema)
     write_hf_card(out, recs)              out/README.md: a Hub dataset card whose YAML gives split sizes
+    write_hf_with_classes(out, recs, ...) an HF dataset whose splits each declare their own ClassLabel names
     write_wds(out, recs, shards)          out/digits-{split}-{0000..}.tar + out/_info.json (timm's format)
     write_mnist_raw(out, recs)            out/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
     corrupt_wds_sample(dir, shard, i)     truncates one sample's .png inside a shard; returns its key
@@ -93,6 +94,31 @@ def _hf_dataset(rs):
          "file_name": [f"{n}.png" for n, _, _ in rs],
          "idx": list(range(len(rs)))},
         features=features)
+
+
+def write_hf_with_classes(out, recs, classes: dict[str, list[str]], *, form: str = "parquet") -> Path:
+    """``recs`` as a Hugging Face dataset whose splits each declare their own ClassLabel names (``classes``: split ->
+    names in index order). Every image keeps its class *name* (CLASS_NAMES[label]); its label is that name's index
+    in its split's list, and images of a class the list lacks are left out. ``form``: "parquet"
+    (``data/{split}-00000-of-00001.parquet``) or "disk" (``save_to_disk``)."""
+    import datasets
+
+    splits = {}
+    for split, rs in recs.items():
+        names = classes[split]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        kept = [(d, names.index(CLASS_NAMES[lab])) for _, lab, d in rs if CLASS_NAMES[lab] in names]
+        splits[split] = datasets.Dataset.from_dict(
+            {"image": [{"bytes": d, "path": None} for d, _ in kept], "label": [lab for _, lab in kept]},
+            features=features)
+    out = Path(out)
+    if form == "disk":
+        datasets.DatasetDict(splits).save_to_disk(str(out))
+        return out
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split, ds in splits.items():
+        ds.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    return out
 
 
 def write_hf_disk(out, recs) -> Path:

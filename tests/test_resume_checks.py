@@ -186,3 +186,35 @@ def test_a_resume_with_nothing_left_to_train_is_refused_before_writing(finished_
                            "--experiment", "late"))
     assert code == 2 and "--start-epoch 2 is at or past the end of the schedule" in capsys.readouterr().err
     assert not (tmp_path / "late").exists()
+
+
+def _renamed_class(src, dst):
+    """A copy of the image folder ``src`` whose class 9 is named 'x' in both splits."""
+    shutil.copytree(src, dst)
+    for split in ("train", "validation"):
+        (dst / split / "9").rename(dst / split / "x")
+    return dst
+
+
+def test_other_class_names_are_refused_naming_the_first_that_differs(finished_run, data, tmp_path, capsys):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    before = snapshot(run)
+    last = run / "last.pth.tar"
+    renamed = _renamed_class(data["small"], tmp_path / "renamed")
+    # --resume: one line naming the class, not the two whole lists (a thousand names on ImageNet)
+    code = train.main(argv(renamed, "--epochs", "3", "--resume", str(last)))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "classes: class 9 is '9' in the checkpoint but 'x' in this run's data (10 and 10 classes)" in err
+    assert snapshot(run) == before
+    # --initial-checkpoint: its head rows would start on the wrong classes
+    code = train.main(argv(renamed, "--epochs", "1", "--initial-checkpoint", str(last), "--output", str(tmp_path),
+                           "--experiment", "new"))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"class 9 is '9' in the classes of --initial-checkpoint {last} but 'x' in the training data" in err
+            and f"--pretrained --pretrained-path {last}" in err)
+    assert not (tmp_path / "new").exists()
+    # the same classes: it starts from those weights
+    assert train.main(argv(data["small"], "--epochs", "1", "--initial-checkpoint", str(last), "--output",
+                           str(tmp_path), "--experiment", "same")) == 0

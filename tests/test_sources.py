@@ -188,7 +188,8 @@ def test_train_and_validation_with_different_classes_are_refused(sources, tmp_pa
     recs = records(sources["folder"])
     recs["validation"] = [r for r in recs["validation"] if r[1] != 9]
     write_image_tar(tmp_path / "tar", recs)
-    refusal(lambda: opened(settings("", tmp_path / "tar")), "different classes", "only in train: 9")
+    refusal(lambda: opened(settings("", tmp_path / "tar")), "different classes",
+            "class 9 is '9' in the train split but missing in the validation split (10 and 9 classes)")
 
 
 def test_a_missing_shard_is_refused_before_training_naming_it(sources, tmp_path):
@@ -233,11 +234,18 @@ def test_hfids_without_split_sizes_needs_the_sample_counts(sources, tmp_path):
     refusal(lambda: opened(settings(f"hfids/{nocard}")), "size is unknown", "--train-num-samples")
     refusal(lambda: opened(settings(f"hfids/{nocard}", train_num_samples=160), num_classes=10), "size is unknown",
             "--val-num-samples")
-    # and without a card's ClassLabel, no class names: the count must be given
-    refusal(lambda: opened(settings(f"hfids/{nocard}", train_num_samples=160, val_num_samples=160)),
+    # without a card the class names are the ClassLabel the files' own features declare
+    train, _ = opened(settings(f"hfids/{nocard}", train_num_samples=160, val_num_samples=90))
+    assert label_names(train) == list(CLASS_NAMES) and dataset_fingerprint(train)["num_samples"] == 160
+    # and files that declare none have no class names: the count must be given
+    import pyarrow.parquet as pq
+
+    for path in (nocard / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+    refusal(lambda: opened(settings(f"hfids/{nocard}", train_num_samples=160, val_num_samples=90)),
             "no class names", "--num-classes")
-    train, _ = opened(settings(f"hfids/{nocard}", train_num_samples=160, val_num_samples=160), num_classes=10)
-    assert dataset_fingerprint(train)["num_samples"] == 160
+    train, _ = opened(settings(f"hfids/{nocard}", train_num_samples=160, val_num_samples=90), num_classes=10)
+    assert label_names(train) == [] and dataset_fingerprint(train)["num_samples"] == 160
 
 
 def test_a_save_to_disk_split_folder_names_its_parent(sources):

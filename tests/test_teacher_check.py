@@ -323,6 +323,12 @@ def test_recorded_label_names_in_another_order_are_refused_at_create(tmp_path, t
     with caplog.at_level(logging.WARNING, logger="timm_deit_distill.teacher"):
         create(None, 32, checkpoint_path=path, label_names=other)
     assert "other class names" in caplog.text
+    # some of the dataset's classes at other indices (one name more, one less, the rest shifted): refused too
+    shifted = [*LABELS[1:], "ten"]
+    with pytest.raises(TeacherError) as error:
+        create(None, 32, checkpoint_path=path, label_names=shifted)
+    message = str(error.value)
+    assert "with some of them at other indices" in message and "index 0: teacher '3', dataset '1'" in message
 
 
 def test_label_names_recorded_in_a_config_json_are_checked_too(tmp_path):

@@ -880,7 +880,11 @@ def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], meta
     if not old_meta and old_settings.get("model") not in (None, settings.get("model")):
         refuse("model", old_settings["model"], settings.get("model"))
     if old_meta.get("label_names") is not None and old_meta["label_names"] != metadata.get("label_names"):
-        refuse("classes", old_meta["label_names"], metadata.get("label_names"))
+        from .data.sources import class_difference
+
+        out.refused.append("classes: " + str(class_difference(old_meta["label_names"], metadata.get("label_names") or [],
+                                                              "the checkpoint", "this run's data")))
+        out.refused_what.append("classes")
     old_seed = old_meta.get("seed", old_settings.get("seed"))
     if old_seed is not None and old_seed != settings.get("seed"):
         refuse("seed", old_seed, settings.get("seed"))

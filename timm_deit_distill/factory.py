@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, split_model_name_tag
 
-from .data import DataSettings, LoaderSettings, build_check_loader, open_source
+from .data import DataSettings, LoaderSettings, build_check_loader, check_same_classes, open_source
 from .errors import CheckpointError, UsageError
 from .losses import DistillationLoss, DistillSettings
 from .teacher import DistillationTeacher, PathChoice, TeacherCheck, TeacherSettings
@@ -180,15 +180,19 @@ def architecture_kwargs(student: StudentSettings, num_classes: int) -> dict[str,
     return kwargs
 
 
-def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any]) -> nn.Module:
+def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any], *,
+                   label_names: Sequence[str] | None = None) -> nn.Module:
     """The student, built by timm with ``arch_kwargs`` (:func:`architecture_kwargs`) and the training-time
-    settings, starting from ``--pretrained``/``--pretrained-path`` or ``--initial-checkpoint`` weights."""
+    settings, starting from ``--pretrained``/``--pretrained-path`` or ``--initial-checkpoint`` weights.
+
+    ``label_names`` are the training data's classes: an ``--initial-checkpoint`` whose head records others (or the
+    same in another order) is refused, since its head rows would start on the wrong classes."""
     kwargs = dict(arch_kwargs)
     train_kwargs = dict(drop_rate=student.drop, drop_path_rate=student.drop_path if student.drop_path is not None
                         else student.drop_connect, drop_block_rate=student.drop_block,
                         bn_momentum=student.bn_momentum, bn_eps=student.bn_eps)
     kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
-    overlay, initial = _initial_weights(student)
+    overlay, initial, initial_classes = _initial_weights(student)
     try:
         model = timm.create_model(student.model, pretrained=student.pretrained, pretrained_cfg_overlay=overlay,
                                   checkpoint_path=initial if isinstance(initial, str) else None, **kwargs)
@@ -209,6 +213,10 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any]) -> 
                 f"with {kwargs}: {' '.join(str(e).split())[:400]}. It loads strictly (same architecture and "
                 "classes); to start from weights with another head or input size use --pretrained "
                 "--pretrained-path FILE (head replaced, position embedding resampled).") from None
+        check_same_classes(initial_classes, label_names, f"the classes of --initial-checkpoint "
+                           f"{student.initial_checkpoint}", "the training data", "train on data with the "
+                           "checkpoint's classes in their order (a --class-map listing them), or start from it with "
+                           f"--pretrained --pretrained-path {student.initial_checkpoint} (its head replaced).")
     if student.head_init_scale is not None or student.head_init_bias is not None:
         heads = model.get_classifier()
         for head in heads if isinstance(heads, tuple) else (heads,):
@@ -223,12 +231,14 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any]) -> 
     return model
 
 
-def _initial_weights(student: StudentSettings) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None]:
+def _initial_weights(student: StudentSettings,
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None, list[str] | None]:
     """The student's starting weights from --pretrained-path / --initial-checkpoint, read by the package's
     reader and weights policy (timm's loaders would take a file's EMA weights silently).
 
-    Returns (pretrained_cfg_overlay for timm.create_model, the --initial-checkpoint state dict); NumPy
-    .npz/.npy files stay with timm, whose models read them with their own load_pretrained.
+    Returns (pretrained_cfg_overlay for timm.create_model, the --initial-checkpoint state dict, the classes that
+    checkpoint records); NumPy .npz/.npy files stay with timm, whose models read them with their own
+    load_pretrained.
     """
     from .checkpoint import read_checkpoint, select_weights
 
@@ -247,17 +257,19 @@ def _initial_weights(student: StudentSettings) -> tuple[dict[str, Any] | None, d
             # num_classes=-1: timm replaces the head of --pretrained-path weights (timm train.py's behaviour)
             overlay = dict(state_dict=state_dict, num_classes=-1)
     initial: dict[str, Any] | str | None = None
+    initial_classes = None
     if student.initial_checkpoint:
         if student.initial_checkpoint.lower().endswith((".npz", ".npy")):
             initial = student.initial_checkpoint
         else:
             checkpoint = read_checkpoint(student.initial_checkpoint, what="--initial-checkpoint")
+            initial_classes = (checkpoint.get("deit_distill") or {}).get("label_names")
             initial, _ = select_weights(checkpoint, use_ema=student.initial_ema,
                                         name=f"--initial-checkpoint {student.initial_checkpoint}", flags=flags)
     if student.initial_ema is not None and overlay is None and not isinstance(initial, dict):
         raise UsageError("--initial-ema / --no-initial-ema choose between the raw and EMA weights of an "
                          "--initial-checkpoint or --pretrained-path file; pass one, or drop the flag.")
-    return overlay, initial
+    return overlay, initial, initial_classes
 
 
 def initial_weights_origin(student: StudentSettings, model: nn.Module, *,

@@ -428,7 +428,7 @@ def resume_command(folder: str, *, world_size: int = 1, local_world_size: int | 
     if world_size <= 1:
         prog = "deit-distill train"
     elif local == world_size:
-        prog = f"torchrun --nproc_per_node={world_size} -m timm_deit_distill.train"
+        prog = f"torchrun --nproc-per-node {world_size} -m timm_deit_distill.train"
     else:
         prog = f"torchrun (on its {world_size // max(local, 1)} nodes, as before) -m timm_deit_distill.train"
     record = os.path.join(folder, "args.yaml")

@@ -93,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
     from .. import factory
     from ..checkpoint import check_checkpoint_file
-    from ..data import DataSettings, build_eval_loader, check_num_classes, label_names, open_split
+    from ..data import (
+        DataSettings,
+        build_eval_loader,
+        check_num_classes,
+        check_same_classes,
+        label_names,
+        open_split,
+    )
     from ..data import resolve_input_img_mode as input_img_mode
     from .args import teacher_settings, validate_teacher_check_flags
 
@@ -117,10 +124,9 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     labels = label_names(dataset)
     trained = meta.get("label_names")
     where = f"--dataset {args.dataset} split {args.split}" if args.dataset else f"{args.data_dir}/{args.split}"
-    if trained and labels and list(trained) != labels:
-        raise UsageError(f"{args.checkpoint} was trained on classes {trained[:10]}{'...' if len(trained) > 10 else ''} "
-                         f"but {where} has {labels[:10]}{'...' if len(labels) > 10 else ''}; "
-                         "evaluate on data with the training classes (or pass the --class-map used in training).")
+    check_same_classes(trained, labels, f"the training classes of {args.checkpoint}", where,
+                       "evaluate on data with the training classes in their order (pass the --class-map used in "
+                       "training, or one listing the checkpoint's classes).")
     if check_num_classes(dataset, None) != model.num_classes:
         raise UsageError(f"{args.checkpoint} predicts {model.num_classes} classes but {where} has "
                          f"{check_num_classes(dataset, None)}; evaluate on data with the training classes.")

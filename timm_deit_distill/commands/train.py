@@ -321,7 +321,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
 
     # --- Student, teacher (or cache), loaders, loss, optimizer, schedule, EMA.
     arch_kwargs = factory.architecture_kwargs(settings.student, num_classes)
-    student = factory.create_student(settings.student, arch_kwargs)
+    student = factory.create_student(settings.student, arch_kwargs, label_names=labels or None)
     distilled = is_distilled(student)
     if args.distill_type in ("soft", "hard") and not distilled:
         raise UsageError(

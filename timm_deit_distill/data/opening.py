@@ -3,10 +3,11 @@ check timm leaves out done first (see :mod:`.sources` for what each source is an
 
 Each check is one line naming the fix, made before any work where it can be known then: a missing split (timm
 reads a missing split folder as the whole root, ignores a tar's split, and gives torchvision's test set for any
-unknown name), flags a source ignores, a key the data lacks, a class list that differs between the splits, an
-unreadable image (named; ``--skip-bad-images`` skips it), a missing extra, and for streams the _info.json, every
-local shard, safe shard names and the sample count. What can only be known in flight (a corrupt sample inside a
-shard) is named by :mod:`.streams`.
+unknown name), flags a source ignores, a key the data lacks, class names that differ between the splits (for
+Hugging Face data, the names each split's own files declare), a label outside the classes, an unreadable image
+(named; ``--skip-bad-images`` skips it), a missing extra, and for streams the _info.json, every local shard, safe
+shard names and a sample count above what local data holds. What can only be known in flight (a corrupt sample
+inside a shard, the distinct samples of a remote stream) is named by :mod:`.streams`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,8 +35,11 @@ from .sources import (
     _TORCH_DOWNLOADS,
     DataSettings,
     SourceInfo,
+    _targets,
+    check_same_classes,
     class_names,
     sample_name,
+    short_value,
 )
 
 __all__ = ["open_source", "open_split"]
@@ -43,6 +49,7 @@ _logger = logging.getLogger(__name__)
 _EXTRAS = {"hfds": ("datasets", "hf"), "hfids": ("datasets", "hf"), "wds": ("webdataset", "wds")}
 _INFO_NAMES = ("_info.json", "info.json")
 _REMOTE = ("http://", "https://", "hf://", "s3://", "gs://")
+_WDS_META = re.compile(r"__[^/]*__($|/)")  # tar members webdataset skips (its tar_file_iterator's skip_meta)
 
 
 def _require_extra(prefix: str) -> None:
@@ -87,13 +94,9 @@ def open_split(data: DataSettings, split: str, *, training: bool, num_classes: i
 
 def _check_same_classes(train: Any, val: Any, data: DataSettings) -> None:
     a, b = class_names(train), class_names(val)
-    if a is not None and b is not None and a != b:
-        only_train = [n for n in a if n not in b]
-        only_val = [n for n in b if n not in a]
-        detail = (f"only in train: {', '.join(only_train[:5]) or '-'}; only in validation: {', '.join(only_val[:5]) or '-'}"
-                  if only_train or only_val else "the same names in another order")
-        raise DataError(f"the {data.train_split} and {data.val_split} splits have different classes ({len(a)} vs "
-                        f"{len(b)}; {detail}); fix: give both splits the same classes, or pass --class-map FILE.")
+    check_same_classes(a, b, f"the {data.train_split} split", f"the {data.val_split} split",
+                       "give both splits the same classes in the same order, or pass --class-map FILE (the class "
+                       "names, one per line, in the order to train).")
     na = len(a) if a is not None else getattr(getattr(train, "source_info", None), "num_classes", None)
     nb = len(b) if b is not None else getattr(getattr(val, "source_info", None), "num_classes", None)
     if na is not None and nb is not None and na != nb:
@@ -242,22 +245,87 @@ def _scan(ds: Any, opener: Callable[[int], Any], *, threads: bool) -> None:
 
 # --- hfds/ ---------------------------------------------------------------------------------------------------
 
-def _hf_identity(name: str, split: str, cache_dir: str | None, dataset: Any) -> dict[str, Any]:
+def _hf_identity(name: str, split: str, dataset: Any, files: list[str]) -> dict[str, Any]:
     """A Hub dataset by the cache folder its version was prepared in (named by its revision); a local one by its
-    data files' names and sizes."""
-    local = os.path.exists(name)
+    data files' names and sizes (``files``: :func:`_local_data_files`)."""
     identity: dict[str, Any] = {"config": dataset.info.config_name}
-    if not local:
-        files = [f["filename"] for f in dataset.cache_files]
-        identity["revision"] = os.path.basename(os.path.dirname(files[0])) if files else None
+    if not os.path.exists(name):
+        cached = [f["filename"] for f in dataset.cache_files]
+        identity["revision"] = os.path.basename(os.path.dirname(cached[0])) if cached else None
         return identity
+    root = os.path.abspath(name)
+    identity["files"] = [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]
+    return identity
+
+
+def _local_data_files(name: str, split: str, cache_dir: str | None) -> list[str]:
+    """The data files datasets reads for ``split`` of a local folder (parquet shards, save_to_disk arrow files, ...);
+    [] for a Hub id."""
+    if not os.path.exists(name):
+        return []
     import datasets
 
     builder = datasets.load_dataset_builder(name, cache_dir=cache_dir)
-    data_files = (builder.config.data_files or {}).get(split) or []
-    root = os.path.abspath(name)
-    identity["files"] = [[os.path.relpath(os.fspath(f), root), os.path.getsize(f)] for f in data_files]
-    return identity
+    return [os.fspath(f) for f in (builder.config.data_files or {}).get(split) or []]
+
+
+def _file_schema(path: str) -> Any | None:
+    """The arrow schema of a parquet or arrow data file (its footer or stream header only); None for another
+    format or a file pyarrow cannot read (datasets names that one itself)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.endswith(".parquet"):
+            return pq.read_schema(path)
+        if path.endswith(".arrow"):
+            with pa.memory_map(path) as source:
+                return pa.ipc.open_stream(source).schema
+    except (OSError, pa.ArrowException):
+        return None
+    return None
+
+
+def _declared_classes(data: DataSettings, split: str, files: list[str], target_key: str) -> list[str] | None:
+    """The class names the split's own data files declare for ``target_key`` (a ClassLabel in the features datasets
+    wrote into each file), checked to be one list; None when no file declares any.
+
+    datasets reads every split with the features of the first file it prepares, so a split whose files name the
+    classes in another order (or more of them) would otherwise have its labels read with another split's names.
+    """
+    import datasets
+    from timm.data.readers._hfds import get_class_labels  # the rule timm's readers name classes by
+
+    found: list[str] | None = None
+    where = ""
+    for path in files:
+        schema = _file_schema(path)
+        if schema is None or b"huggingface" not in (schema.metadata or {}):
+            continue
+        features = datasets.Features.from_arrow_schema(schema)
+        mapping = get_class_labels(types.SimpleNamespace(features=features), target_key)
+        names = [n for n, _ in sorted(mapping.items(), key=lambda kv: kv[1])] or None
+        if names is None:
+            continue
+        if found is None:
+            found, where = names, path
+            continue
+        check_same_classes(found, names, where, path, "write every file of a split with one ClassLabel (the same "
+                           "names in the same order).")
+    return found
+
+
+def _read_with_declared_classes(reader: Any, declared: list[str] | None, data: DataSettings, split: str) -> None:
+    """Make timm's reader name ``split``'s labels as its own files do (see :func:`_declared_classes`): the names a
+    class map remaps by, and without one the split's classes."""
+    if declared is None or list(reader._source_names.values()) == declared:
+        return
+    if reader._source_names:  # else the files are the only place that names the classes (no dataset card)
+        _logger.debug("--dataset %s split %s: its files name the classes otherwise than the features datasets "
+                     "reports (another split's); its labels are read with its own names.", data.dataset, split)
+    reader._source_names = dict(enumerate(declared))
+    if not reader.remap_class:
+        reader.class_to_idx = {name: i for i, name in enumerate(declared)}
 
 
 def _hf_error(data: DataSettings, split: str, e: Exception) -> DataError:
@@ -283,6 +351,62 @@ def _hf_error(data: DataSettings, split: str, e: Exception) -> DataError:
     return DataError(f"--dataset {data.dataset} split {split}: {type(e).__name__}: {text[:300]}")
 
 
+def _integer_class_count(data: DataSettings, column: Any, target_key: str, num_classes: int | None) -> int:
+    """The class count of a target column without class names: an integer column, counted by ``--num-classes``."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(column.type):
+        head = column.slice(0, 64).drop_null()
+        example = f", e.g. {short_value(head[0].as_py())}" if len(head) else ""
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label ({column.type}"
+                        f"{example}); fix: --target-key naming an integer or ClassLabel column.")
+    if num_classes is None:
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} holds integers with no class names (not "
+                        "a ClassLabel); fix: pass --num-classes N.")
+    return num_classes
+
+
+def _check_hfds_targets(data: DataSettings, split: str, reader: Any, count: int) -> None:
+    """Every label of ``split`` is a class index below ``count`` once timm's reader has read it (a class map
+    applied): refused naming the first row that is not, which training would meet as an index error (or a
+    class map's KeyError) in its first epoch. Read from the label column alone, one value per distinct label."""
+    import pyarrow.compute as pc
+
+    key = reader.label_key
+    column = reader.dataset.data.column(key)
+    where = f"--dataset {data.dataset} split {split}"
+    if column.null_count:
+        row = pc.index(pc.is_null(column), True).as_py()
+        raise DataError(f"{where} row {row} has no label (null in column {key!r}); fix: train and evaluate on "
+                        "labelled rows (filter the others out).")
+    values = sorted(pc.unique(column).to_pylist())
+    for value in values:
+        problem = _target_problem(data, reader, value, count, values[-1])
+        if problem is not None:
+            row = pc.index(column, value).as_py()
+            raise DataError(f"{where} row {row} {problem}")
+
+
+def _target_problem(data: DataSettings, reader: Any, value: Any, count: int, largest: Any) -> str | None:
+    """What is wrong with the raw label ``value`` as timm's hfds reader reads it ("has ...; fix: ..."), or None."""
+    if isinstance(value, int) and value < 0:
+        return (f"has label {value}, which datasets writes for an unlabelled row; fix: train and evaluate on "
+                "labelled splits (a Hub dataset's test split often has no labels), or filter these rows out.")
+    try:
+        target = reader._get_target({reader.label_key: value})
+    except (KeyError, IndexError):
+        name = reader._source_names.get(value, value)
+        return (f"has class {name!r}, which --class-map {data.class_map} does not list; fix: add the "
+                "class to the class map, or filter its rows out.")
+    if 0 <= target < count:
+        return None
+    if reader._source_names and not reader.remap_class:
+        return (f"has label {target}, outside the {count} classes its ClassLabel names; fix: correct the labels "
+                "or the ClassLabel's names.")
+    return (f"has label {target}, outside the {count} classes of --num-classes {count}; fix: set --num-classes "
+            f"above the largest label ({largest}).")
+
+
 def _open_hfds(data: DataSettings, split: str, *, num_classes: int | None) -> Any:
     from timm.data import create_dataset
 
@@ -306,25 +430,15 @@ def _open_hfds(data: DataSettings, split: str, *, num_classes: int | None) -> An
     if target_key not in reader.dataset.column_names:
         raise DataError(f"--dataset {data.dataset} has no target column {target_key!r} (columns: {', '.join(columns)}); "
                         "fix: --target-key COLUMN.")
+    files = _local_data_files(data.name, split, data.data_dir)
+    _read_with_declared_classes(reader, _declared_classes(data, split, files, target_key), data, split)
     names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
-    count = len(names) if names else None
-    if names is None:
-        targets = [t for t in table.column(target_key).to_pylist() if t is not None]
-        if targets and not all(isinstance(t, int) for t in targets):
-            raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label (e.g. "
-                            f"{targets[0]!r}); fix: --target-key naming an integer or ClassLabel column.")
-        if num_classes is None:
-            raise DataError(f"--dataset {data.dataset}: column {target_key!r} holds integers with no class names (not "
-                            "a ClassLabel); fix: pass --num-classes N.")
-        out_of_range = [t for t in targets if not 0 <= t < num_classes]
-        if out_of_range:
-            raise DataError(f"--dataset {data.dataset} split {split}: target {out_of_range[0]} is outside the "
-                            f"{num_classes} classes of --num-classes {num_classes}; fix: set --num-classes.")
-        count = num_classes
+    count = len(names) if names else _integer_class_count(data, table.column(target_key), target_key, num_classes)
+    _check_hfds_targets(data, split, reader, count)
     ds.source_info = SourceInfo(
         kind="hfds", spec=data.dataset, split=split, location=data.name, input_img_mode=data.input_img_mode,
         classes=names, num_classes=count, skip_bad_images=data.skip_bad_images,
-        identity=_hf_identity(data.name, split, data.data_dir, reader.dataset))
+        identity=_hf_identity(data.name, split, reader.dataset, files))
 
     def raw(i: int) -> Any:
         image = reader.dataset[i][input_key]
@@ -368,12 +482,25 @@ def _open_torch(data: DataSettings, split: str) -> Any:
         identity={"torchvision_split": ("train" if train_set else "test") if train_set is not None else split})
     if train_set is False and split in _SPLIT_SYNONYMS["validation"]:
         _logger.info("--dataset %s: split %s reads torchvision's test set (it has no other).", data.dataset, split)
+    if classes:
+        _check_torch_targets(data, split, ds, len(classes))
     samples = getattr(ds, "samples", None) or getattr(ds, "imgs", None)
     if samples:
         _scan(ds, lambda i: samples[i][0], threads=True)
     else:
         ds.skipped_files = []
     return ds
+
+
+def _check_torch_targets(data: DataSettings, split: str, ds: Any, count: int) -> None:
+    """Every target torchvision read (from its label files: MNIST's idx, ...) is a class index below ``count``;
+    refused naming the first sample that is not, which training would meet as an index error."""
+    targets = _targets(ds)
+    bad = np.flatnonzero((targets < 0) | (targets >= count)) if targets.size else []
+    if len(bad):
+        raise DataError(f"--dataset {data.dataset} split {split}: sample {int(bad[0])} has label {int(targets[bad[0]])}, "
+                        f"outside its {count} classes; fix: repair the label file under --data-dir "
+                        f"{data.data_dir}.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -464,15 +591,81 @@ def _open_wds(data: DataSettings, split: str, *, training: bool, num_classes: in
     if count is None:
         raise DataError(f"--dataset {data.dataset} carries no class list (timm's _info.json has none); fix: pass "
                         "--num-classes N (or add \"num_classes\" or a \"classes\" list to _info.json).")
+    counted = None
     if not remote:
         _peek_wds(data, os.path.join(root, names[0]))
+        counted = _check_wds_count(data, split, root, names, lengths, int(reader.num_samples), training=training)
     ds.source_info = SourceInfo(
         kind="wds", spec=data.dataset, split=split, location=root, input_img_mode=data.input_img_mode,
-        classes=classes, num_classes=int(count), skip_bad_images=data.skip_bad_images,
+        classes=classes, num_classes=int(count), skip_bad_images=data.skip_bad_images, counted=counted,
         identity={"num_samples": int(reader.num_samples),
                   "shards": [[n, int(lengths[i]) if i < len(lengths) else None, sizes[i]] for i, n in enumerate(names)]},
         reopen=functools.partial(create_dataset, data.dataset, **kwargs))
     return ds
+
+
+def _shard_samples(path: str) -> int:
+    """The samples webdataset reads from the local shard ``path``: its members grouped by key as webdataset groups
+    them, read from the tar headers alone (tarfile seeks past each member's data)."""
+    from webdataset.tariterators import group_by_keys
+
+    def members() -> Iterator[dict[str, Any]]:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                if info.isreg() and not _WDS_META.match(info.name):
+                    yield {"fname": info.name, "data": b"", "__url__": path}
+        yield {}  # the end of a shard, as webdataset marks it
+
+    try:
+        return sum(1 for _ in group_by_keys(members()))
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"shard {path} cannot be read: {type(e).__name__}: {e}; fix: replace it.") from None
+    except ValueError as e:  # a member name twice in one sample
+        raise DataError(f"shard {path}: {' '.join(str(e).split())[:200]}; fix: give each sample's files one name "
+                        "each.") from None
+
+
+def _count_claim(data: DataSettings, split: str, root: str, *, training: bool) -> tuple[str, str]:
+    """Who claims a stream's sample count, and how to correct it: ``(words before the count, fix with {found})``."""
+    flag = "--train-num-samples" if training else "--val-num-samples"
+    if (data.train_num_samples if training else data.val_num_samples) is not None:
+        return f"{flag} asks for", f"{flag} {{found}} or fewer (a smaller count samples part of the split each epoch)"
+    if "|" in split:
+        return "the shard pattern's |N gives", "write |{found} (or less) after the shard pattern"
+    if data.prefix == "wds":
+        return (f"{root}/_info.json gives", f"correct num_samples and shard_lengths in {root}/_info.json, or pass "
+                f"{flag} {{found}}")
+    return ("its dataset card gives", f"correct the split's num_examples in the dataset card (README.md), or pass "
+            f"{flag} {{found}}")
+
+
+def _refuse_overstated(data: DataSettings, split: str, root: str, claimed: int, found: int, what: str, *,
+                       training: bool) -> None:
+    if claimed <= found:
+        return  # fewer is timm's sub-sampling
+    claim, fix = _count_claim(data, split, root, training=training)
+    raise DataError(f"--dataset {data.dataset} split {split}: {claim} {claimed} samples but {what} hold {found}; "
+                    f"each epoch would repeat {claimed - found} of them to make up the count. fix: "
+                    f"{fix.format(found=found)}.")
+
+
+def _check_wds_count(data: DataSettings, split: str, root: str, names: list[str], lengths: list[int],
+                     claimed: int, *, training: bool) -> int:
+    """The samples the split's local shards hold, counted (threads: header reads wait on the disk); a sample count
+    or shard length claimed above what they hold is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [os.path.join(root, n) for n in names]
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        found = list(pool.map(_shard_samples, paths))
+    _refuse_overstated(data, split, root, claimed, sum(found), f"its {len(paths)} shard(s) under {root} (counted "
+                       "from the tar headers)", training=training)
+    for path, length, count in zip(paths, lengths, found, strict=False):
+        if length > count:
+            raise DataError(f"--dataset {data.dataset} split {split}: {root}/_info.json gives shard {path} {length} "
+                            f"samples but it holds {count} (counted from its tar headers); fix: correct its "
+                            "shard_lengths entry.")
+    return sum(found)
 
 
 def _peek_wds(data: DataSettings, shard: str) -> None:
@@ -501,6 +694,20 @@ def _peek_wds(data: DataSettings, shard: str) -> None:
             have = ", ".join(sorted(meta)) if meta else "no .json sidecar"
             raise DataError(f"shard {shard}: sample {sample.get('__key__')} has no target field {data.target_key!r} "
                             f"({have}); fix: --target-key naming one of its fields.")
+        value = meta[data.target_key]
+        if not isinstance(value, list) and not _is_integer(value):
+            raise DataError(f"shard {shard}: sample {sample.get('__key__')}'s target field {data.target_key!r} is "
+                            f"not a class index ({short_value(value)}); fix: --target-key naming the field that "
+                            "holds the class index.")
+
+
+def _is_integer(value: Any) -> bool:
+    """Whether timm's wds decoder reads ``value`` as a class index (it calls ``int()`` on it)."""
+    try:
+        int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return not isinstance(value, float) or value.is_integer()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -541,25 +748,61 @@ def _open_hfids(data: DataSettings, split: str, *, training: bool, num_classes: 
         if key not in columns:
             raise DataError(f"--dataset {data.dataset} has no column {key!r} (columns: {', '.join(columns)}); fix: "
                             f"{flag} COLUMN.")
+    files = [os.fspath(f) for f in (builder.config.data_files or {}).get(split) or []] if os.path.exists(data.name) else []
+    _read_with_declared_classes(reader, _declared_classes(data, split, files, target_key), data, split)
     names = [n for n, _ in sorted(reader.class_to_idx.items(), key=lambda kv: kv[1])] or None
-    count = len(names) if names else num_classes
-    if count is None:
-        raise DataError(f"--dataset {data.dataset}: column {target_key!r} has no class names (no ClassLabel feature); "
-                        "fix: pass --num-classes N.")
+    count = len(names) if names else _unnamed_class_count(data, (features or {}).get(target_key), target_key,
+                                                          num_classes)
     stream = builder.as_streaming_dataset(split=split)
     identity: dict[str, Any] = {"num_samples": int(reader.num_samples), "shards": int(stream.num_shards or 1),
                                 "config": builder.config.name}
     if os.path.exists(data.name):
         root = os.path.abspath(data.name)
-        files = (builder.config.data_files or {}).get(split) or []
-        identity["files"] = [[os.path.relpath(os.fspath(f), root), os.path.getsize(f)] for f in files]
+        identity["files"] = [[os.path.relpath(f, root), os.path.getsize(f)] for f in files]
     else:
         identity["revision"] = getattr(builder, "hash", None)
+    counted = _rows_in(files) if files else None
+    if counted is not None:
+        _refuse_overstated(data, split, data.name, int(reader.num_samples), counted, f"its {len(files)} data file(s) "
+                           f"under {data.name} (their row counts)", training=training)
     ds.source_info = SourceInfo(
         kind="hfids", spec=data.dataset, split=split, location=data.name, input_img_mode=data.input_img_mode,
-        classes=names, num_classes=int(count), identity=identity,
+        classes=names, num_classes=int(count), identity=identity, counted=counted,
         reopen=functools.partial(create_dataset, data.dataset, **kwargs))
     return ds
+
+
+def _unnamed_class_count(data: DataSettings, feature: Any, target_key: str, num_classes: int | None) -> int:
+    """The class count of a streamed target column without class names: an integer column (``feature``, None when
+    the features are not known before streaming), counted by ``--num-classes``."""
+    if feature is not None and not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} is not a class label ({feature!r}); "
+                        "fix: --target-key naming an integer or ClassLabel column.")
+    if num_classes is None:
+        raise DataError(f"--dataset {data.dataset}: column {target_key!r} has no class names (no ClassLabel feature); "
+                        "fix: pass --num-classes N.")
+    return num_classes
+
+
+def _rows_in(files: list[str]) -> int | None:
+    """The rows of local parquet / arrow data files, from their metadata (parquet footers, arrow batch headers);
+    None when a file is of another format or pyarrow cannot read it (datasets names that one itself)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    total = 0
+    try:
+        for path in files:
+            if path.endswith(".parquet"):
+                total += pq.ParquetFile(path).metadata.num_rows
+            elif path.endswith(".arrow"):
+                with pa.memory_map(path) as source:
+                    total += sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+            else:
+                return None
+    except (OSError, pa.ArrowException):
+        return None
+    return total
 
 
 def _peek_hfids(data: DataSettings, builder: Any, split: str) -> list[str]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ __all__ = [
     "DataSettings", "SourceInfo", "SOURCE_PREFIXES", "STREAM_PREFIXES", "TFDS_REFUSAL", "split_dataset_name",
     "resolve_input_img_mode", "check_views_supported", "source_kind", "is_streamed",
     "load_image", "image_loader", "label_names", "check_num_classes", "dataset_fingerprint", "load_sample", "sample_name",
-    "class_names", "source_fingerprint", "source_size",
+    "class_names", "source_fingerprint", "source_size", "short_value", "class_difference", "check_same_classes",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ _TORCH_SAFE = ("mnist", "kmnist", "fashion_mnist", "qmnist", "places365", "inatu
 _TORCH_PICKLED = ("cifar10", "cifar100")
 _TORCH_DOWNLOADS = ("mnist", "kmnist", "fashion_mnist", "qmnist", "places365", "inaturalist", "inat")
 _SPLIT_SYNONYMS = _folders._SPLIT_SYNONYMS
+# How much of a sample value a message quotes: an image column's bytes would make a line of kilobytes.
+_VALUE_CHARS = 60
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -241,6 +243,41 @@ def check_views_supported(dataset: str, *, deterministic_aug: bool, distill_cach
                         "drop it, or read the data map-style (hfds/, an image folder or tar, torch/).")
 
 
+def short_value(value: Any) -> str:
+    """A sample value as a message quotes it: its type and a repr cut to about 60 characters."""
+    text = repr(value)
+    if len(text) > _VALUE_CHARS:
+        text = text[:_VALUE_CHARS - 3] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def class_difference(first: Sequence[str], second: Sequence[str], first_what: str, second_what: str) -> str | None:
+    """Where two class lists (names in index order) first differ, said in words; None when they are the same.
+
+    E.g. "class 0 is '0' in train but '9' in validation (10 and 10 classes, the same names in another order)".
+    """
+    first, second = [str(n) for n in first], [str(n) for n in second]
+    if first == second:
+        return None
+    i = next((i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), min(len(first), len(second)))
+    name_a = repr(first[i]) if i < len(first) else "missing"
+    name_b = repr(second[i]) if i < len(second) else "missing"
+    how = ", the same names in another order" if sorted(first) == sorted(second) else ""
+    return (f"class {i} is {name_a} in {first_what} but {name_b} in {second_what} ({len(first)} and {len(second)} "
+            f"classes{how})")
+
+
+def check_same_classes(first: Sequence[str] | None, second: Sequence[str] | None, first_what: str, second_what: str,
+                       fix: str) -> None:
+    """Refuse (:class:`DataError`) two class lists that differ, naming the first differing class and ``fix``;
+    nothing to compare when either is unknown (None or empty)."""
+    if not first or not second:
+        return
+    difference = class_difference(first, second, first_what, second_what)
+    if difference is not None:
+        raise DataError(f"different classes: {difference}; fix: {fix}")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # What an opened dataset carries
 
@@ -259,6 +296,9 @@ class SourceInfo:
     identity: dict[str, Any] = field(default_factory=dict)  # what the fingerprint records beyond the samples
     reopen: Callable[..., Any] | None = None  # streams: a fresh dataset of the same split (overrides as kwargs)
     skip_bad_images: bool = False
+    # streams: the samples the split was found to hold before reading it (local shards' tar headers, local parquet
+    # metadata); None where that is not known (remote data), so an epoch says what it saw instead
+    counted: int | None = None
 
     @property
     def streamed(self) -> bool:

@@ -12,6 +12,9 @@ runs the same number of steps. What is added:
   for the workers, and what an epoch drops or repeats when shards do not divide evenly (said, with counts);
 * in flight: an unreadable ``wds`` sample or a target outside the classes is named by shard and key
   (``--skip-bad-images`` skips and counts unreadable ones); an ``hfids`` sample by its position in the stream;
+* where the split's sample count could not be checked before training (remote data), the distinct samples of the
+  first epoch (each worker's first pass over its shards) against the count the epoch was sized for, said in a
+  WARNING when fewer;
 * each view's augmentation seeded from ``(seed, epoch, worker, position in the worker's stream)`` with the
   caller's generator states restored (loader workers 0), so loading never perturbs the trainer's randomness;
   Mixup per batch, seeded by ``(seed, epoch, batch)``.
@@ -41,7 +44,7 @@ from timm.data.readers.reader_wds import WdsTargetKeyError
 from timm.data.readers.shared_count import SharedCount
 
 from ..errors import DataError
-from .sources import SourceInfo
+from .sources import SourceInfo, short_value
 from .transforms import build_eval_transform, build_train_transform
 from .views import (
     STREAM_MIX_BATCH,
@@ -150,13 +153,15 @@ class _StreamViews(torch.utils.data.IterableDataset):
     bad samples named; runs in the main process (workers 0) or in each loader worker."""
 
     def __init__(self, dataset: Any, transform: Any, *, seed: int, epoch: SharedCount, rank: int,
-                 skipped: Any) -> None:
+                 skipped: Any, distinct: Any = None) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
         self.epoch = epoch
         self.rank = rank
         self.skipped = skipped
+        self.distinct = distinct  # a multiprocessing.Value: the samples of each worker's first pass, summed
+        self.passes = self.first_pass = 0
         info: SourceInfo = dataset.source_info
         self.policy = _Policy(skip=info.skip_bad_images, num_classes=info.num_classes, skipped=skipped)
         self.kind, self.spec, self.split = info.kind, info.spec, info.split
@@ -185,14 +190,38 @@ class _StreamViews(torch.utils.data.IterableDataset):
                     views.append((self.transform(img), target))
             yield from views
 
+    def _count_passes(self) -> None:
+        """Pass the reader's samples through :meth:`_count` (timm's readers start another pass over a worker's
+        shards to make up the epoch's count): what the first pass yields are the distinct samples it saw."""
+        self.passes = self.first_pass = 0
+        reader = self.dataset.reader
+        if reader.ds is None:
+            reader._lazy_init()  # what the reader's own __iter__ does first; its pipeline is built here
+        if self.kind == "wds":
+            if self._count not in reader.ds.pipeline:
+                reader.ds.append(self._count)  # one more webdataset stage, run anew each pass
+        elif not isinstance(reader.ds, _CountedPasses):
+            reader.ds = _CountedPasses(reader.ds, self._count)
+
+    def _count(self, samples: Iterator[Any]) -> Iterator[Any]:
+        self.passes += 1
+        for sample in samples:
+            self.first_pass += self.passes == 1
+            yield sample
+
     def _samples(self, gwid: int) -> Iterator[tuple[int, Any, int]]:
         """``(position, image, target)`` of this worker's share of the stream, each read checked."""
+        if self.distinct is not None:
+            self._count_passes()
         samples = iter(self.dataset)
         position = 0
         while True:
             try:
                 img, target = next(samples)
             except StopIteration:
+                if self.distinct is not None:
+                    with self.distinct.get_lock():
+                        self.distinct.value += self.first_pass
                 return
             except DataError:
                 raise
@@ -203,11 +232,25 @@ class _StreamViews(torch.utils.data.IterableDataset):
             if self.kind == "hfids":
                 n = self.policy.num_classes
                 if not isinstance(target, int) or (n is not None and not 0 <= target < n):
-                    raise DataError(f"--dataset {self.spec} split {self.split}: target {target!r} at position {position} "
+                    raise DataError(f"--dataset {self.spec} split {self.split}: target {short_value(target)} at position {position} "
                                     f"of loader worker {gwid} is not a class index below {n}; fix: --target-key naming "
                                     "the class column, or --num-classes.")
             yield position, img, target
             position += 1
+
+
+class _CountedPasses:
+    """A datasets IterableDataset whose every pass (timm's hfids reader iterates it once a pass) goes through
+    ``count``; anything else is the dataset's."""
+
+    def __init__(self, ds: Any, count: Any) -> None:
+        self.ds, self.count = ds, count
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ds, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.count(iter(self.ds))
 
 
 def _loader(views: _StreamViews, *, batch_size: int, workers: int, pin_memory: bool, drop_last: bool,
@@ -258,7 +301,12 @@ class StreamLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if self.views.skipped is not None:
             self.views.skipped.value = 0
+        distinct = self.views.distinct
+        if distinct is not None:
+            distinct.value = 0
+        views = 0
         for batch, (inputs, targets) in enumerate(self.loader):
+            views += len(inputs)
             targets = targets.to(torch.int64)
             if self.mixup is not None:
                 self.mixup.mixup_enabled = not (self.mixup_off_epoch and self.epoch >= self.mixup_off_epoch)
@@ -271,6 +319,25 @@ class StreamLoader:
         if skipped:
             _logger.warning("Skipped %d unreadable sample(s) of %s in epoch %d (--skip-bad-images).", skipped,
                             self.views.spec, self.epoch)
+        if distinct is not None:
+            self.views.distinct = None  # said once, after the first epoch this process trains
+            self._say_distinct(int(distinct.value), views)
+
+    def _say_distinct(self, distinct: int, views: int) -> None:
+        """Warn when the epoch saw fewer distinct samples than its count assumed (a count that could not be
+        checked before training: remote data)."""
+        reader = self.dataset.reader
+        replicas = max(1, int(getattr(reader, "dist_num_replicas", 1)))
+        assumed = math.ceil(int(reader.num_samples) / replicas)
+        if distinct >= assumed:
+            return
+        who = f"process {self.rank} of {replicas}" if replicas > 1 else "the epoch"
+        _logger.warning(
+            "%s split %s: epoch %d read %d distinct sample(s) but %s was sized for %d (the sample count given by "
+            "--train-num-samples, _info.json or the dataset card); %d of its %d views were repeats. If the split "
+            "holds %d, fix: pass --train-num-samples %d (or correct the count).", self.views.spec,
+            self.views.split, self.epoch, distinct, who, assumed, views - distinct, views, distinct * replicas,
+            distinct * replicas)
 
 
 def _check_topology(dataset: Any, *, workers: int, world_size: int, training: bool) -> None:
@@ -335,9 +402,12 @@ def build_stream_train_loader(dataset: Any, view: ViewSettings, loader: Any, mix
     _check_topology(dataset, workers=loader.workers, world_size=world_size, training=True)
     dataset.transform = None
     dataset.set_loader_cfg(num_workers=loader.workers)
-    skipped = multiprocessing.get_context().Value("i", 0) if info.skip_bad_images else None
+    context = multiprocessing.get_context()
+    skipped = context.Value("i", 0) if info.skip_bad_images else None
+    # a count that could not be checked before training is checked against what the first epoch saw
+    distinct = context.Value("q", 0) if info.counted is None else None
     views = _StreamViews(dataset, build_train_transform(view), seed=int(a.seed), epoch=SharedCount(),
-                         rank=rank, skipped=skipped)
+                         rank=rank, skipped=skipped, distinct=distinct)
     data_loader = _loader(views, batch_size=loader.batch_size, workers=loader.workers, pin_memory=loader.pin_memory,
                           drop_last=True, seed=int(a.seed), rank=rank)
     return StreamLoader(dataset, views, data_loader, mixup, seed=int(a.seed), rank=rank,

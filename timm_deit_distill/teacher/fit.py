@@ -108,17 +108,21 @@ def resolve_input_hw(
 
 
 def check_label_names(teacher_names: Sequence[str] | None, dataset_names: Sequence[str], name: str | None) -> None:
-    """Refuse a teacher whose recorded classes are the dataset's in another order; warn on other names."""
+    """Refuse a teacher whose recorded classes put a class of the dataset at another index (the dataset's classes
+    in another order, or some of them moved); warn on names the dataset does not have at all."""
     if not teacher_names or len(teacher_names) != len(dataset_names):
         return  # unknown, or a class-count mismatch (refused by check_classes)
     teacher_names, dataset_names = [str(n) for n in teacher_names], [str(n) for n in dataset_names]
     if teacher_names == dataset_names:
         return
-    if sorted(teacher_names) == sorted(dataset_names):
-        diffs = [i for i, (t, d) in enumerate(zip(teacher_names, dataset_names, strict=True)) if t != d]
+    known_t, known_d = set(teacher_names), set(dataset_names)
+    diffs = [i for i, (t, d) in enumerate(zip(teacher_names, dataset_names, strict=True))
+             if t != d and (t in known_d or d in known_t)]
+    if diffs:
+        how = "in another order" if known_t == known_d else "with some of them at other indices"
         shown = "; ".join(f"index {i}: teacher {teacher_names[i]!r}, dataset {dataset_names[i]!r}" for i in diffs[:4])
         raise TeacherError(
-            f"Teacher {name or ''} was trained on the dataset's classes in another order ({len(diffs)} of "
+            f"Teacher {name or ''} was trained on the dataset's classes {how} ({len(diffs)} of "
             f"{len(dataset_names)} indices differ; {shown}{'; ...' if len(diffs) > 4 else ''}): its head would "
             "teach the wrong class at those indices. Fix: give the dataset the teacher's class order with "
             "--class-map FILE (the teacher's names, one per line, in its order), or use a teacher trained "
