@@ -32,6 +32,7 @@ PYPROJECT = ROOT.parent / "pyproject.toml"
 # The extras a module may import from (module path relative to the package -> extras). Everything else
 # may import only the declared dependencies.
 EXTRAS_ALLOWED = {
+    "commands/demo/__init__.py": {"demo"},  # refuses in one line, before any work, when scikit-learn is missing
     "data/digits.py": {"demo"},  # scikit-learn's bundled digits
     "data/opening.py": {"hf", "wds"},  # hfds/, hfids/ and wds/ sources
     "data/streams.py": {"wds"},
