@@ -62,7 +62,8 @@ def _refusal_cases(data, tmp_path):
     return {
         "missing data dir": (["--data-dir", str(tmp_path / "nope"), *STUDENT], "does not exist"),
         "empty data dir": (["--data-dir", str(empty), *STUDENT], "no 'train' split folder"),
-        "class folders differ": (["--data-dir", str(differ), *STUDENT], "only in train: 9"),
+        "class folders differ": (["--data-dir", str(differ), *STUDENT],
+                                 "class 9 is '9' in the train split but missing in the validation split"),
         "non-distilled student": (["--data-dir", str(data["small"]), "--model", "resnet10t", *teacher],
                                   "--model resnet10t has none"),
         "teacher classes": (["--data-dir", str(data["small"]), *STUDENT, "--teacher-model", "resnet10t",
