@@ -125,6 +125,27 @@ def test_an_explicit_precision_is_compiled_only_when_the_run_repays_it(steps, ch
         assert next(m for m in choice.measurements if m.path == FP32_C).warmup_s == pytest.approx(30.004)
 
 
+def test_the_one_call_estimate_is_a_warm_call_on_the_processs_threads(teacher_timings):
+    """torch's Timer.timeit(1): its two warm-up calls absorb the one-time set-up; it runs on the threads the teacher
+    will run on (Timer's own default is one thread)."""
+    from timm_deit_distill.teacher.tuning import _time_once
+
+    costs, threads = iter([0.5, 0.5, 0.01]), []
+
+    def runner(x: torch.Tensor) -> torch.Tensor:
+        threads.append(torch.get_num_threads())
+        teacher_timings.now += next(costs)
+        return x
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ms = _time_once(runner, torch.zeros(1), torch.device("cpu"), teacher_timings)
+    finally:
+        torch.set_num_threads(before)
+    assert ms == pytest.approx(10.0) and threads == [2, 2, 2]
+
+
 @pytest.mark.real_teacher_timings
 def test_on_this_machines_own_timings_the_choice_follows_the_rule():
     """Whichever path this CPU runs fastest (bf16 is 2x faster on some, slower on others): the choice is the rule
