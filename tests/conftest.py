@@ -57,12 +57,13 @@ class TeacherTimings:
     choice stay real; only the timings are the test's. Which path is fastest flips between CPUs (bf16 is 2x faster
     on one AVX512-BF16 CPU, slower on another), so without this a test's outcome would depend on where it runs.
 
-    Default: eager fp32 costs 1 ms a batch, every other path 2 ms, so a teacher left to choose runs eager fp32
-    (measured, or unmeasured when the run is too short) and never compiles (a compile would need > 60,000
-    batches to repay its estimated warm-up). Tests of the choice set ``ms`` (e.g. ``{FP32: 10.0, BF16: 4.0}``),
-    ``warmup_s``, ``wrong`` (paths whose argmax is moved on every other row) and ``fail`` (paths that raise), and
-    read ``calls`` (the paths run, in order). ``@pytest.mark.real_teacher_timings`` leaves the real clock in place,
-    for the tests that check the rule on whatever this machine measures.
+    Default: eager fp32 costs 1 ms a batch, eager bf16 and fp16 2 ms, a compiled path what its eager twin costs, so
+    a teacher left to choose runs eager fp32 (measured, or unmeasured when the run is too short) and never
+    compiles (trying a compile would need > 60,000 batches to repay its estimated warm-up). Tests of the choice
+    set ``ms`` (e.g. ``{FP32: 10.0, BF16: 4.0}``), ``warmup_s``, ``wrong`` (paths whose argmax is moved on every
+    other row) and ``fail`` (paths that raise), and read ``calls`` (the paths run, in order).
+    ``@pytest.mark.real_teacher_timings`` leaves the real clock in place, for the tests that check the rule on
+    whatever this machine measures.
     """
 
     DEFAULT_MS = 2.0  # a path in neither ``ms`` nor (compiled) with its eager twin there
