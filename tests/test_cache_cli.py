@@ -35,6 +35,7 @@ def flags(data, teacher, *extra):
             "--epochs", "2", "--batch-size", "8", "--workers", "0", "--aa", "rand-m9-mstd0.5-inc1",
             "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0", "--aug-repeats", "3", "--deterministic-aug",
             "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0", "--teacher-precision", "fp32",
+            "--teacher-compile", "no",  # torchrun's processes time on this machine's clock: no compile by chance
             "--seed", "3", "--no-teacher-check", *extra]  # a random-weight teacher: these tests are about plumbing
 
 

@@ -1,6 +1,8 @@
 """The teacher's path (precision x eager/compiled) chosen by measurement: what is chosen, what never is, what is
-remembered, what is skipped. Timings come from a fake clock here (no wall-clock assertions): each path's runner
-advances it by a fixed cost, so "fastest" is decided by the test, not by the machine's load."""
+remembered, what is skipped. Timings come from a fake clock (conftest's ``teacher_timings``; no wall-clock
+assertions): each path's runner advances it by the cost the test gives, so "fastest" is decided by the test, not
+by the CPU or its load. The tests marked ``real_teacher_timings`` let this machine time the paths and check the
+rule, whichever path it finds fastest."""
 
 from __future__ import annotations
 
@@ -20,21 +22,6 @@ FP32, BF16 = TeacherPath("fp32"), TeacherPath("bf16")
 FP32_C, BF16_C = TeacherPath("fp32", True), TeacherPath("bf16", True)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(teacher_paths, "_clock", fake)
-    return fake
-
-
 def _teacher(precision: str = "auto", compile: str | bool = "auto", seed: int = 0) -> DistillationTeacher:
     torch.manual_seed(seed)
     model = timm.create_model("resnet10t", pretrained=False, num_classes=5)
@@ -47,43 +34,16 @@ def _images(n: int = 40) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i:i + 8], torch.zeros(len(x[i:i + 8]), dtype=torch.int64)) for i in range(0, n, 8)]
 
 
-def _fake_costs(teacher: DistillationTeacher, clock: FakeClock, costs_ms: dict[TeacherPath, float], *,
-                wrong: set[TeacherPath] = frozenset(), warmup_s: float = 0.0, fail: set[TeacherPath] = frozenset(),
-                calls: list[TeacherPath] | None = None) -> None:
-    """Each path's runner advances the clock by its cost (a compiled one by ``warmup_s`` more at its first call);
-    paths in ``wrong`` return logits whose argmax is off by one class on every other row; ``fail`` raise."""
-    teacher.compile_options = {"backend": "eager"}  # the compiled runners really compile, but cheaply
-    real = teacher._runner
-    first: set[TeacherPath] = set()
-
-    def runner(path: TeacherPath):
-        inner = real(path)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            if calls is not None:
-                calls.append(path)
-            if path in fail:
-                raise RuntimeError("C++ compile error: no compiler found\nsecond line")
-            clock.now += costs_ms[path] / 1000.0
-            if path.compiled and path not in first:
-                first.add(path)
-                clock.now += warmup_s
-            out = inner(x).float()
-            if path in wrong:
-                out = out.clone()
-                top = out.argmax(1)
-                rows = torch.arange(0, len(out), 2)
-                out[rows, (top[rows] + 1) % out.shape[1]] = out.max() + 10.0
-            return out
-
-        return run
-
-    teacher._runner = runner  # type: ignore[method-assign]
+def _fake_costs(teacher: DistillationTeacher, timings, costs_ms: dict[TeacherPath, float], **figures) -> None:
+    """The paths of ``teacher`` cost ``costs_ms`` (conftest's TeacherTimings: ``warmup_s``, ``wrong``, ``fail``);
+    its compiled runners really compile, but cheaply."""
+    teacher.compile_options = {"backend": "eager"}
+    timings.set(costs_ms, **figures)
 
 
-def test_the_cheapest_path_that_agrees_is_chosen(clock, tmp_path):
+def test_the_cheapest_path_that_agrees_is_chosen(teacher_timings, tmp_path):
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 4.0})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 4.0})
     choice = teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(tmp_path / "p.json"))
     assert teacher.path == BF16 and choice.path == BF16 and choice.how == "measured"
     assert teacher.compute_dtype == torch.bfloat16 and teacher.description["precision"] == "bf16"
@@ -93,9 +53,9 @@ def test_the_cheapest_path_that_agrees_is_chosen(clock, tmp_path):
     assert "<- chosen" in choice.table().splitlines()[2] and "2.50x" in choice.table()
 
 
-def test_a_faster_path_that_disagrees_with_fp32_is_never_chosen(clock, tmp_path, caplog):
+def test_a_faster_path_that_disagrees_with_fp32_is_never_chosen(teacher_timings, tmp_path, caplog):
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 1.0}, wrong={BF16})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 1.0}, wrong={BF16})
     with caplog.at_level(logging.INFO, logger="timm_deit_distill.teacher"):
         choice = teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(tmp_path / "p.json"))
     assert choice.path == FP32 and teacher.compute_dtype == torch.float32
@@ -104,9 +64,9 @@ def test_a_faster_path_that_disagrees_with_fp32_is_never_chosen(clock, tmp_path,
     assert "bf16 eager" in caplog.text and "fp32 eager" in caplog.text  # the table is logged
 
 
-def test_min_agreement_is_the_bar(clock, tmp_path):
+def test_min_agreement_is_the_bar(teacher_timings, tmp_path):
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 1.0}, wrong={BF16})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 1.0}, wrong={BF16})
     choice = teacher.select_path(_images(), batch_size=8, steps=10_000, min_agreement=0.5,
                                  memory=PathMemory(tmp_path / "p.json"))
     assert choice.path == BF16  # 50 % agreement clears a 0.5 bar
@@ -114,18 +74,100 @@ def test_min_agreement_is_the_bar(clock, tmp_path):
         teacher.select_path(_images(), steps=10, min_agreement=0.0, memory=PathMemory(None))
 
 
-def test_a_path_within_noise_of_fp32_loses_to_it(clock, tmp_path):
+def test_a_path_within_noise_of_fp32_loses_to_it(teacher_timings, tmp_path):
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 9.9})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 9.9})
     choice = teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(tmp_path / "p.json"))
     assert choice.path == FP32
 
 
-def test_compile_is_tried_only_where_it_can_repay_its_warm_up(clock, tmp_path):
-    calls: list[TeacherPath] = []
+@pytest.mark.parametrize("bf16_ms, chosen", [(4.0, BF16), (15.0, FP32), (9.8, FP32), (9.6, BF16)],
+                         ids=["bf16-faster", "bf16-slower", "bf16-within-noise", "bf16-beyond-noise"])
+def test_bf16_against_fp32_each_outcome(bf16_ms, chosen, teacher_timings):
+    """fp32 at 10 ms: bf16 wins only when it agrees and is more than NOISE_MARGIN (3 %) cheaper."""
+    teacher = _teacher(compile="no")
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: bf16_ms})
+    choice = teacher.select_path(_images(24), batch_size=8, steps=10_000, budget_s=0.0, memory=PathMemory(None))
+    assert (choice.path, choice.how, teacher.path) == (chosen, "measured", chosen)
+    rows = {m.path: m for m in choice.measurements}
+    assert rows[FP32].ms == pytest.approx(10.0) and rows[BF16].ms == pytest.approx(bf16_ms)
+    assert rows[BF16].agreement == 1.0 and teacher.description["precision"] == chosen.precision
+
+
+@pytest.mark.parametrize("fp32_ms", [0.5, 500.0], ids=["fast-machine", "slow-machine"])
+def test_a_run_is_measured_once_it_is_long_enough_to_repay_it(fp32_ms, teacher_timings):
+    """The measurement costs a few rounds of the batches the run serves, so whether a run repays it depends on its
+    length alone: the same threshold on a fast machine and a slow one."""
+    threshold = teacher_paths.MEASURE_PAYBACK * (1 + teacher_paths.MIN_ROUNDS) * 2  # 2 precisions timed on CPU
+    for steps, chosen, how in ((int(threshold) - 1, FP32, "default"), (int(threshold) + 1, BF16, "measured")):
+        teacher = _teacher(compile="no")
+        _fake_costs(teacher, teacher_timings, {FP32: fp32_ms, BF16: fp32_ms / 2})
+        choice = teacher.select_path(_images(24), batch_size=8, steps=steps, budget_s=0.0, memory=PathMemory(None))
+        assert (choice.path, choice.how) == (chosen, how), steps
+        if how == "default":
+            assert "too short to repay measuring" in choice.reason and set(teacher_timings.calls) == {FP32}
+        else:
+            assert BF16 in teacher_timings.calls
+
+
+@pytest.mark.parametrize("steps, chosen", [(1_000, FP32), (1_000_000, FP32_C)],
+                         ids=["compile-cannot-repay", "compile-repays"])
+def test_an_explicit_precision_is_compiled_only_when_the_run_repays_it(steps, chosen, teacher_timings):
+    teacher = _teacher(precision="fp32")  # compile 'auto'
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, FP32_C: 4.0}, warmup_s=30.0)
+    choice = teacher.select_path(_images(24), batch_size=8, steps=steps, budget_s=0.0, memory=PathMemory(None))
+    assert choice.path == teacher.path == chosen
+    compiled = [p for p in teacher_timings.calls if p.compiled]
+    if chosen == FP32:  # 30 s of compiling against 1,000 x 10 ms: not even tried
+        assert choice.how == "requested" and "cannot repay" in choice.reason and not compiled
+    else:  # 1,000,000 x 6 ms saved repays 30 s: compiled and timed (the warm-up is paid by now)
+        assert choice.how == "measured" and compiled and "its compile warm-up already paid" in choice.reason
+        assert next(m for m in choice.measurements if m.path == FP32_C).warmup_s == pytest.approx(30.004)
+
+
+def test_the_one_call_estimate_is_a_warm_call_on_the_processs_threads(teacher_timings):
+    """torch's Timer.timeit(1): its two warm-up calls absorb the one-time set-up; it runs on the threads the teacher
+    will run on (Timer's own default is one thread)."""
+    from timm_deit_distill.teacher.tuning import _time_once
+
+    costs, threads = iter([0.5, 0.5, 0.01]), []
+
+    def runner(x: torch.Tensor) -> torch.Tensor:
+        threads.append(torch.get_num_threads())
+        teacher_timings.now += next(costs)
+        return x
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ms = _time_once(runner, torch.zeros(1), torch.device("cpu"), teacher_timings)
+    finally:
+        torch.set_num_threads(before)
+    assert ms == pytest.approx(10.0) and threads == [2, 2, 2]
+
+
+@pytest.mark.real_teacher_timings
+def test_on_this_machines_own_timings_the_choice_follows_the_rule():
+    """Whichever path this CPU runs fastest (bf16 is 2x faster on some, slower on others): the choice is the rule
+    applied to the table it measured, and the teacher runs what it recorded."""
+    teacher = _teacher(compile="no")
+    choice = teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(None))
+    rows = {m.path: m for m in choice.measurements}
+    assert choice.how == "measured" and set(rows) == {FP32, BF16} and all(m.ms > 0 for m in rows.values())
+    rule, _ = teacher_paths.choose_path(choice.measurements, {FP32, BF16}, steps=10_000,
+                                        min_agreement=choice.min_agreement)
+    assert choice.path == rule == teacher.path and teacher.description["precision"] == rule.precision
+    bf16_earns_it = rows[BF16].agreement >= choice.min_agreement and \
+        rows[BF16].ms < (1 - teacher_paths.NOISE_MARGIN) * rows[FP32].ms
+    assert choice.path == (BF16 if bf16_earns_it else FP32) or \
+        rows[BF16].ms == pytest.approx((1 - teacher_paths.NOISE_MARGIN) * rows[FP32].ms)  # exactly at the margin
+
+
+def test_compile_is_tried_only_where_it_can_repay_its_warm_up(teacher_timings, tmp_path):
+    calls = teacher_timings.calls
     teacher = _teacher()
     costs = {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 2.0}
-    _fake_costs(teacher, clock, costs, warmup_s=30.0, calls=calls)
+    _fake_costs(teacher, teacher_timings, costs, warmup_s=30.0)
     # 100 batches x 5 ms = 0.5 s of teacher time: no 30 s compile can pay for itself; nothing is compiled.
     short = teacher.select_path(_images(), batch_size=8, steps=2_000, memory=PathMemory(tmp_path / "a.json"))
     assert short.path == BF16 and not any(p.compiled for p in calls)
@@ -134,7 +176,7 @@ def test_compile_is_tried_only_where_it_can_repay_its_warm_up(clock, tmp_path):
 
     calls.clear()
     teacher = _teacher()
-    _fake_costs(teacher, clock, costs, warmup_s=30.0, calls=calls)
+    _fake_costs(teacher, teacher_timings, costs, warmup_s=30.0)
     long = teacher.select_path(_images(), batch_size=8, steps=1_000_000, memory=PathMemory(tmp_path / "b.json"))
     # bf16 compiled could save 0.5 x 5 ms x 1e6 >> 30 s: tried and chosen. fp32 compiled could at best reach
     # 5 ms, no better than bf16 eager: never compiled.
@@ -142,64 +184,64 @@ def test_compile_is_tried_only_where_it_can_repay_its_warm_up(clock, tmp_path):
     assert next(m for m in long.measurements if m.path == BF16_C).warmup_s == pytest.approx(30.002)  # + 1st call
 
 
-def test_the_warm_up_counts_against_the_batches_it_serves(clock, tmp_path):
+def test_the_warm_up_counts_against_the_batches_it_serves(teacher_timings, tmp_path):
     memory = PathMemory(tmp_path / "p.json")
     teacher = _teacher()
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 4.0}, warmup_s=30.0)
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 4.0}, warmup_s=30.0)
     measured = teacher.select_path(_images(), batch_size=8, steps=200_000, memory=memory)
     assert measured.path == BF16_C  # already compiled here: only 4 ms vs 5 ms per batch counts
     # A rerun pays the warm-up again: over 20,000 batches 1 ms saved each (20 s) does not repay 30 s.
     rerun = _teacher()
-    _fake_costs(rerun, clock, {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 4.0}, warmup_s=30.0)
+    _fake_costs(rerun, teacher_timings, {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 4.0}, warmup_s=30.0)
     choice = rerun.select_path(_images(), batch_size=8, steps=20_000, memory=memory)
     assert choice.how == "remembered" and choice.path == BF16
     longer = _teacher()
-    _fake_costs(longer, clock, {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 4.0}, warmup_s=30.0)
+    _fake_costs(longer, teacher_timings, {FP32: 10.0, BF16: 5.0, FP32_C: 8.0, BF16_C: 4.0}, warmup_s=30.0)
     assert longer.select_path(_images(), batch_size=8, steps=60_000, memory=memory).path == BF16_C
 
 
-def test_a_compile_that_fails_is_reported_skipped_and_remembered(clock, tmp_path, caplog):
+def test_a_compile_that_fails_is_reported_skipped_and_remembered(teacher_timings, tmp_path, caplog):
     memory = PathMemory(tmp_path / "p.json")
     teacher = _teacher(compile="yes")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 5.0}, fail={FP32_C, BF16_C})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 5.0}, fail={FP32_C, BF16_C})
     with caplog.at_level(logging.WARNING, logger="timm_deit_distill.teacher"):
         choice = teacher.select_path(_images(), batch_size=8, steps=1_000, memory=memory)
     assert choice.path == FP32  # the safe fallback, said in a warning
     notes = {m.path: m.note for m in choice.measurements}
     assert notes[BF16_C] == "failed: RuntimeError: C++ compile error: no compiler found"
     assert "running eager fp32" in caplog.text
-    calls: list[TeacherPath] = []
+    calls = teacher_timings.calls
     again = _teacher(compile="yes")
-    _fake_costs(again, clock, {FP32: 10.0, BF16: 5.0}, fail={FP32_C, BF16_C}, calls=calls)
+    _fake_costs(again, teacher_timings, {FP32: 10.0, BF16: 5.0}, fail={FP32_C, BF16_C})
     assert again.select_path(_images(), batch_size=8, steps=1_000, memory=memory).how == "remembered"
     assert not any(p.compiled for p in calls)  # not compiled again to fail again
 
 
-def test_explicit_precision_and_compile_skip_measuring(clock):
-    calls: list[TeacherPath] = []
+def test_explicit_precision_and_compile_skip_measuring(teacher_timings):
+    calls = teacher_timings.calls
     teacher = _teacher(precision="bf16", compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 5.0}, calls=calls)
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 5.0})
     choice = teacher.select_path(_images(), batch_size=8, steps=1_000_000, memory=PathMemory(None))
     assert (choice.path, choice.how, calls) == (BF16, "requested", [])
     assert teacher.path == BF16  # fixed at creation already
     assert _teacher(precision="fp16", compile=True).path == TeacherPath("fp16", True)
 
 
-def test_a_run_too_short_to_repay_measuring_runs_fp32_unmeasured(clock, tmp_path):
-    calls: list[TeacherPath] = []
+def test_a_run_too_short_to_repay_measuring_runs_fp32_unmeasured(teacher_timings, tmp_path):
+    calls = teacher_timings.calls
     teacher = _teacher()
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 1.0}, calls=calls)
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 1.0})
     memory = PathMemory(tmp_path / "p.json")
     choice = teacher.select_path(_images(), batch_size=8, steps=20, memory=memory)
     assert (choice.path, choice.how) == (FP32, "default") and set(calls) == {FP32}
     assert not memory.file.exists()
 
 
-def test_the_first_batch_measures_when_no_run_chose(clock, tmp_path, monkeypatch):
+def test_the_first_batch_measures_when_no_run_chose(teacher_timings, tmp_path, monkeypatch):
     monkeypatch.setenv("DEIT_DISTILL_TEACHER_PATHS", str(tmp_path / "p.json"))
-    calls: list[TeacherPath] = []
+    calls = teacher_timings.calls
     teacher = _teacher()
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 4.0}, calls=calls)
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 4.0})
     assert teacher.path is None and teacher.description["precision"] == "auto"
     x = torch.randn(6, 3, 16, 16)
     out = teacher(x)
@@ -211,12 +253,12 @@ def test_the_first_batch_measures_when_no_run_chose(clock, tmp_path, monkeypatch
     assert calls == [BF16]  # measured once
 
 
-def test_remembered_per_machine_teacher_and_batch_shape(clock, tmp_path):
+def test_remembered_per_machine_teacher_and_batch_shape(teacher_timings, tmp_path):
     memory = PathMemory(tmp_path / "sub" / "paths.json")
-    calls: list[TeacherPath] = []
+    calls = teacher_timings.calls
     costs = {FP32: 10.0, BF16: 4.0}
     first = _teacher(compile="no")
-    _fake_costs(first, clock, costs, calls=calls)
+    _fake_costs(first, teacher_timings, costs)
     assert first.select_path(_images(), batch_size=8, steps=10_000, memory=memory).how == "measured"
     data = json.loads(memory.file.read_text())
     (entry,) = data["entries"].values()
@@ -225,26 +267,26 @@ def test_remembered_per_machine_teacher_and_batch_shape(clock, tmp_path):
 
     calls.clear()
     same = _teacher(compile="no")
-    _fake_costs(same, clock, costs, calls=calls)
+    _fake_costs(same, teacher_timings, costs)
     choice = same.select_path(_images(), batch_size=8, steps=10_000, memory=memory)
     assert (choice.how, choice.path, calls) == ("remembered", BF16, [])  # nothing run at all
 
     other_batch = _teacher(compile="no")
-    _fake_costs(other_batch, clock, costs)
+    _fake_costs(other_batch, teacher_timings, costs)
     assert other_batch.select_path(_images(), batch_size=4, steps=10_000, memory=memory).how == "measured"
     other_weights = _teacher(compile="no", seed=1)
-    _fake_costs(other_weights, clock, costs)
+    _fake_costs(other_weights, teacher_timings, costs)
     assert other_weights.select_path(_images(), batch_size=8, steps=10_000, memory=memory).how == "measured"
     assert len(json.loads(memory.file.read_text())["entries"]) == 3
 
 
 @pytest.mark.parametrize("damage", ["{not json", '{"format": "something else"}', '{"format": "timm-deit-distill '
                                     'teacher paths", "version": 1, "entries": {"x": {"key": 1, "rows": 2}}}'])
-def test_a_damaged_memory_file_is_ignored_with_a_warning(clock, tmp_path, caplog, damage):
+def test_a_damaged_memory_file_is_ignored_with_a_warning(teacher_timings, tmp_path, caplog, damage):
     file = tmp_path / "paths.json"
     file.write_text(damage)
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 4.0})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 4.0})
     with caplog.at_level(logging.WARNING, logger="timm_deit_distill.teacher"):
         choice = teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(file))
     assert choice.how == "measured" and choice.path == BF16
@@ -253,11 +295,11 @@ def test_a_damaged_memory_file_is_ignored_with_a_warning(clock, tmp_path, caplog
         assert "damaged" in caplog.text and (tmp_path / "paths.json.damaged").read_text() == damage
 
 
-def test_an_unwritable_memory_folder_only_warns(clock, tmp_path, caplog):
+def test_an_unwritable_memory_folder_only_warns(teacher_timings, tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 4.0})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 4.0})
     with caplog.at_level(logging.WARNING, logger="timm_deit_distill.teacher"):
         choice = teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(blocker / "p.json"))
     assert choice.path == BF16 and "Could not remember" in caplog.text
@@ -290,9 +332,9 @@ def test_a_compiled_path_runs_one_batch_shape(tmp_path):
     assert compiled.description["compiled"] is True and "compiled" not in eager.description
 
 
-def test_moving_the_teacher_forgets_compiled_runners_and_a_measured_choice(clock, tmp_path):
+def test_moving_the_teacher_forgets_compiled_runners_and_a_measured_choice(teacher_timings, tmp_path):
     teacher = _teacher(compile="no")
-    _fake_costs(teacher, clock, {FP32: 10.0, BF16: 4.0})
+    _fake_costs(teacher, teacher_timings, {FP32: 10.0, BF16: 4.0})
     teacher.select_path(_images(), batch_size=8, steps=10_000, memory=PathMemory(None))
     teacher.to(torch.float64)  # same device: the choice stands
     assert teacher.path == BF16
@@ -363,6 +405,7 @@ def test_path_flags_reach_the_teacher_settings():
 
 
 @pytest.mark.slow
+@pytest.mark.real_teacher_timings  # the road end to end, on whatever this machine measures fastest
 def test_train_records_the_path_its_teacher_ran_and_was_checked_on(trained_teacher, tmp_path, capsys, caplog,
                                                                  monkeypatch):
     from train_fixtures import FAST, STUDENT, load
@@ -377,7 +420,12 @@ def test_train_records_the_path_its_teacher_ran_and_was_checked_on(trained_teach
     assert train.main(argv) == 0, capsys.readouterr()
     distill = load(tmp_path / "auto" / "last.pth.tar")["deit_distill"]["distill"]
     recorded = distill["teacher_path"]
-    assert recorded["path"] in ("fp32 eager", "bf16 eager") and recorded["steps"] > 0
+    assert recorded["path"] in ("fp32 eager", "bf16 eager") and recorded["how"] == "measured"  # 90+ batches
+    # The rule, applied to the table the run recorded, gives the path it recorded.
+    rows = [teacher_paths.PathMeasurement.from_dict(row) for row in recorded["measurements"]]
+    rule, _ = teacher_paths.choose_path(rows, {FP32, BF16}, steps=recorded["steps"],
+                                        min_agreement=recorded["min_agreement"])
+    assert recorded["path"] == str(rule) and recorded["steps"] > 0
     assert recorded["batch_shape"][1:] == [3, 32, 32]  # the teacher's own size, not the student's 16
     # What the cache and the card read: the precision the teacher really ran at, not 'auto'.
     assert distill["teacher_description"]["precision"] == recorded["path"].split()[0]
@@ -386,21 +434,32 @@ def test_train_records_the_path_its_teacher_ran_and_was_checked_on(trained_teach
 
 
 @pytest.mark.slow
-def test_a_resumed_run_keeps_the_path_it_started_on(trained_teacher, tmp_path, capsys):
+@pytest.mark.parametrize("started, fresh", [(BF16, FP32), (FP32, BF16)], ids=["bf16-then-fp32", "fp32-then-bf16"])
+def test_a_resumed_run_keeps_the_path_it_started_on(started, fresh, trained_teacher, tmp_path, capsys,
+                                                    teacher_timings):
+    """The first leg measures and records its path; by the resume the timings say the other path is faster (a
+    fresh run of the same length chooses it), and the resumed leg still keeps the recorded one."""
     from train_fixtures import FAST, STUDENT, load
 
     from timm_deit_distill.commands import train
 
+    def recorded(name: str) -> dict:
+        return load(tmp_path / name / "last.pth.tar")["deit_distill"]["distill"]
+
     base = ["--data-dir", str(trained_teacher["data"]), *STUDENT, *FAST, "--img-size", "16", "--distill-teacher",
             "resnet10t", "--distill-teacher-path", str(trained_teacher["checkpoint"]), "--output", str(tmp_path)]
-    # The first leg ran bf16 (given); a fresh choice for so short a run would be eager fp32, unmeasured.
-    assert train.main([*base, "--epochs", "1", "--experiment", "first", "--teacher-precision", "bf16",
-                       "--teacher-compile", "no"]) == 0
+    teacher_timings.set({started: 4.0, fresh: 10.0})
+    assert train.main([*base, "--epochs", "1", "--experiment", "first"]) == 0, capsys.readouterr()
+    first = recorded("first")["teacher_path"]
+    assert (first["path"], first["how"]) == (str(started), "measured")  # long enough to measure (90+ batches)
+
+    teacher_timings.set({fresh: 4.0, started: 10.0})
     assert train.main([*base, "--epochs", "2", "--experiment", "second",
                        "--resume", str(tmp_path / "first" / "last.pth.tar")]) == 0, capsys.readouterr()
-    distill = load(tmp_path / "second" / "last.pth.tar")["deit_distill"]["distill"]
-    assert distill["teacher_path"]["path"] == "bf16 eager" and "before --resume" in distill["teacher_path"]["reason"]
-    assert distill["teacher_description"]["precision"] == "bf16"
-    fresh = tmp_path / "fresh"
-    assert train.main([*base, "--epochs", "1", "--experiment", "fresh"]) == 0
-    assert load(fresh / "last.pth.tar")["deit_distill"]["distill"]["teacher_path"]["path"] == "fp32 eager"
+    distill = recorded("second")
+    assert distill["teacher_path"]["path"] == str(started) and "before --resume" in distill["teacher_path"]["reason"]
+    assert distill["teacher_description"]["precision"] == started.precision
+    assert set(teacher_timings.calls) == {started}  # not measured again: every batch ran on the recorded path
+
+    assert train.main([*base, "--epochs", "1", "--experiment", "fresh"]) == 0, capsys.readouterr()
+    assert recorded("fresh")["teacher_path"]["path"] == str(fresh)  # what the resume would have chosen afresh

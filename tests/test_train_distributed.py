@@ -38,7 +38,12 @@ def test_torchrun_two_processes_matches_one(tmp_path, capsys):
          "-m", "timm_deit_distill.train", *_argv(data, teacher, tmp_path, "ddp", 8)],
         capture_output=True, text=True, timeout=600, env=env)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
-    single = run_cli(_argv(data, teacher, tmp_path, "single", 16))
+    # torchrun's rank 0 chose the teacher's path on this machine's clock (every rank took it); the one-process
+    # run is given that path, so both teach the same targets whatever this CPU finds fastest.
+    chosen = load(tmp_path / "ddp" / "last.pth.tar")["deit_distill"]["distill"]["teacher_path"]["path"]
+    precision, _, how = chosen.partition(" ")
+    single = run_cli([*_argv(data, teacher, tmp_path, "single", 16), "--teacher-precision", precision,
+                      "--teacher-compile", "yes" if how == "compiled" else "no"])
     assert single.returncode == 0, single.stdout + single.stderr
 
     # Rank 0 alone logs; the log says two processes.

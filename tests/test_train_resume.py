@@ -25,6 +25,8 @@ def _argv(data, teacher, out, name):
             "--mixup", "0.8", "--cutmix", "1.0", "--aug-repeats", "3", "--drop-path", "0.1", "--model-ema",
             "--model-ema-decay", "0.9", "--distill-teacher", "resnet10t", "--distill-teacher-path", str(teacher),
             "--no-teacher-check",
+            # The legs are separate processes that this machine's clock would time: one path for all, given.
+            "--teacher-precision", "fp32", "--teacher-compile", "no",
             "--distill-type", "soft", "--seed", "7", "--log-interval", "100", "--output", str(out),
             "--experiment", name]
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch.utils.benchmark import Timer
 
 from . import paths as P
 from .path_memory import PathMemory, describe_machine, machine_identity
@@ -199,12 +200,16 @@ def select_path(
     return teacher._use_path(choice)
 
 
-def _time_once(runner: Any, x: torch.Tensor, device: torch.device, clock: Any) -> float:
-    """ms of one call of ``runner`` after a warm-up call (the first call also pays one-time set-up)."""
+def _time_once(runner: Any, x: torch.Tensor, device: torch.device, clock: Callable[[], float]) -> float:
+    """ms of one call of ``runner`` on ``x``: ``torch.utils.benchmark.Timer.timeit(1)``, whose two warm-up calls pay
+    the one-time set-up first, on this process's threads (Timer's default is one) and on ``clock``, synchronised
+    with ``device``."""
+
+    def timer() -> float:
+        P._sync(device)
+        return clock()
+
     with torch.inference_mode():
-        runner(x)
-        P._sync(device)
-        start = clock()
-        runner(x)
-        P._sync(device)
-    return 1000.0 * (clock() - start)
+        measured = Timer("run(x)", globals={"run": runner, "x": x}, timer=timer,
+                         num_threads=torch.get_num_threads()).timeit(1)
+    return 1000.0 * measured.median
