@@ -11,7 +11,9 @@ does not depend on what the machine measures fastest.
 
 What is recorded, per file: checkpoints as the sha256 of every tensor (state_dict, EMA, optimizer, ...) and the
 rest of their contents as plain values; safetensors per tensor; JSON, YAML and CSV files as their parsed values;
-everything else (curves.png, cache chunks) as its sha256. Values that measure time are blanked.
+everything else (curves.png, cache chunks) as its sha256. Values that measure time are blanked. A mapping whose
+keys are not in sorted order also records that order (under ``__order__``): the record is written with sorted keys,
+and a checkpoint's metadata, args.yaml or eval.json written in another order is a different file.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ PATH = ["--teacher-precision", "fp32", "--teacher-compile", "no"]
 VOLATILE = {"seconds", "elapsed", "elapsed_s", "wall_s", "time", "ms", "warmup_s", "created", "date"}
 # Keys of a teacher-path record that quote measured times or name the machine.
 PATH_VOLATILE = {"reason", "machine"}
+# The key under which a mapping's key order is recorded (when it is not sorted).
+ORDER = "__order__"
 
 
 def commands(work: Path) -> list[list[str]]:
@@ -94,6 +98,8 @@ def _plain(value: Any) -> Any:
         return {"tensor": list(t.shape), "dtype": str(t.dtype), "sha256": digest}
     if isinstance(value, dict):
         out = {str(k): (None if str(k) in VOLATILE else _plain(v)) for k, v in value.items()}
+        if list(out) != sorted(out):
+            out[ORDER] = list(out)
         if isinstance(out.get("teacher_path"), dict):
             out["teacher_path"] = {k: (None if k in PATH_VOLATILE else v) for k, v in out["teacher_path"].items()}
         return out
