@@ -6,7 +6,8 @@ Each file holds timm's keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
 
 * ``deit_distill``: plain-JSON metadata to rebuild and describe the student (model, model_kwargs,
   pretrained_cfg, label_names, distill settings, recipe, ema) and to check a resume against the run
-  (seed, data: the training set's fingerprint, world_size, resumed: the settings each resume changed);
+  (seed, data: the training set's fingerprint, world_size, resumed: the settings each resume changed), written
+  and read as a :class:`RunMetadata`;
 * ``scheduler``, ``num_updates``, ``rng`` (every rank's Python/NumPy/torch/CUDA generator states) and
   ``summary`` (the per-epoch rows so far): what ``--resume`` needs to continue bit for bit;
 * ``deit_distill_digest``: the sha256 of the tensors of each entry that holds any (``state_dict``,
@@ -16,12 +17,15 @@ Each file holds timm's keys (``epoch``, ``arch``, ``state_dict``, ``optimizer``,
 The student only: the teacher is never saved.
 
 The modules: ``reader`` (reading any checkpoint file, its damage checks), ``weights`` (the raw/EMA rule),
-``saver`` (writing, RNG states), ``resume`` (resuming, comparing runs), ``rebuild`` (the student back as a model).
+``metadata`` (:class:`RunMetadata`: the ``deit_distill`` record, and the one reader of what a checkpoint of this
+package, of timm's train.py or of facebookresearch/deit says about its run), ``saver`` (writing, RNG states),
+``resume`` (resuming, comparing runs), ``rebuild`` (the student back as a model).
 """
 
 from __future__ import annotations
 
 from ..errors import CheckpointError
+from .metadata import NOT_RECORDED, Distillation, RunMetadata, read_run_metadata
 from .reader import (
     DIGEST_KEY,
     check_checkpoint_file,
@@ -47,4 +51,5 @@ __all__ = [
     "checkpoint_epoch", "compare_resume", "ResumeComparison", "create_model_from_checkpoint",
     "model_from_checkpoint", "CheckpointError", "read_checkpoint", "check_checkpoint_file", "select_weights",
     "RAW_KEYS", "EMA_KEYS", "scheduler_state", "load_scheduler_state", "DIGEST_KEY", "tensor_digests",
+    "RunMetadata", "Distillation", "NOT_RECORDED", "read_run_metadata",
 ]
