@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from .metadata import RunMetadata
 from .reader import _first_line, read_checkpoint
 from .weights import select_weights
 
@@ -19,32 +20,33 @@ __all__ = ["model_from_checkpoint", "create_model_from_checkpoint"]
 
 def model_from_checkpoint(checkpoint: Mapping[str, Any], state_dict: dict[str, torch.Tensor], *,
                           name: str = "the checkpoint") -> nn.Module:
-    """Rebuild the student ``checkpoint`` describes (its ``deit_distill`` metadata, else timm's ``args``/``arch``)
-    and load ``state_dict`` strictly (one of its weight sets, from :func:`select_weights`). In eval mode."""
+    """Rebuild the student ``checkpoint`` describes (its :class:`RunMetadata`: this package's ``deit_distill``
+    metadata, timm train.py's ``args`` with its ``--model-kwargs``, or DeiT main.py's) and load ``state_dict``
+    strictly (one of its weight sets, from :func:`select_weights`). In eval mode, its ``pretrained_cfg`` carrying
+    the data config the checkpoint records (input size, mean, std, crop, interpolation)."""
     import timm
 
-    meta = checkpoint.get("deit_distill")
-    if meta is None:
-        args = checkpoint.get("args")
-        arch = getattr(args, "model", None) or checkpoint.get("arch")
-        if not arch:
-            raise CheckpointError(f"{name} has neither 'deit_distill' metadata nor timm's 'args'; cannot tell "
-                                  "which model it holds. Pass a checkpoint written by deit-distill train (or "
-                                  "timm's train.py).")
-        meta = {"model": arch, "model_kwargs": {"num_classes": getattr(args, "num_classes", None)}}
-    kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if v is not None}
+    metadata = RunMetadata.from_checkpoint(checkpoint)
+    if not metadata.model:
+        raise CheckpointError(f"{name} has neither 'deit_distill' metadata nor timm's 'args'; cannot tell "
+                              "which model it holds. Pass a checkpoint written by deit-distill train (or "
+                              "timm's train.py).")
+    kwargs = {k: v for k, v in (metadata.model_kwargs or {}).items() if v is not None}
     try:
-        model = timm.create_model(meta["model"], **kwargs)
+        model = timm.create_model(metadata.model, **kwargs)
     except RuntimeError as e:  # an architecture timm does not know in this process
-        raise CheckpointError(f"{name} holds a {meta['model']!r}, which cannot be built here ({_first_line(e)}); "
+        raise CheckpointError(f"{name} holds a {metadata.model!r}, which cannot be built here ({_first_line(e)}); "
                               "import the module that registers it.") from None
+    except (TypeError, ValueError, AssertionError) as e:  # kwargs the architecture does not take
+        raise CheckpointError(f"{name} holds a {metadata.model!r} with the architecture kwargs {kwargs}, which "
+                              f"timm cannot build ({_first_line(e)}); the file is inconsistent.") from None
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise CheckpointError(f"{name}: its weights do not fit the {meta['model']} its metadata describes "
+        raise CheckpointError(f"{name}: its weights do not fit the {metadata.model} its metadata describes "
                               f"({' '.join(str(e).split())[:300]}); the file is inconsistent.") from None
-    if meta.get("pretrained_cfg"):
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["pretrained_cfg"].items()}
+    if metadata.pretrained_cfg:
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in metadata.pretrained_cfg.items()}
         model.pretrained_cfg = {**model.pretrained_cfg, **cfg}
     return model.eval()
 

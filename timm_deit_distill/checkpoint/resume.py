@@ -3,9 +3,8 @@ checkpoint's run with the run about to continue it."""
 
 from __future__ import annotations
 
-import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from timm.models import clean_state_dict
 from timm.utils.model import unwrap_model
 
 from ..errors import CheckpointError
+from .metadata import RunMetadata
 from .reader import load_training_checkpoint
 from .saver import set_rng_state
 
@@ -181,85 +181,103 @@ class ResumeComparison:
     notes: list[str] = field(default_factory=list)  # what could not be compared, and why
 
 
-def _teacher_identity(description: dict[str, Any] | None) -> tuple[Any, Any] | None:
+def _teacher_identity(description: Mapping[str, Any] | None) -> tuple[Any, Any] | None:
     return None if not description else (description.get("name"), description.get("sha256"))
 
 
-def _describe_teacher(description: dict[str, Any] | None) -> str:
+def _describe_teacher(description: Mapping[str, Any] | None) -> str:
     if not description:
         return "none"
     return f"{description.get('name')} (weights sha256 {str(description.get('sha256'))[:12]})"
 
 
-def _describe_data(fingerprint: dict[str, Any]) -> str:
+def _describe_data(fingerprint: Mapping[str, Any]) -> str:
     return (f"{fingerprint.get('num_samples')} images in {fingerprint.get('num_classes')} classes "
             f"(files sha256 {str(fingerprint.get('files_sha256'))[:12]})")
 
 
-def compare_resume(checkpoint: dict[str, Any], *, settings: dict[str, Any], metadata: dict[str, Any]) -> ResumeComparison:
+def compare_resume(checkpoint: Mapping[str, Any], *, settings: Mapping[str, Any],
+                   metadata: RunMetadata | Mapping[str, Any]) -> ResumeComparison:
     """Compare a checkpoint's run with the run about to resume from it.
 
     ``settings`` are the resumed run's resolved settings (the ``args`` it saves), ``metadata`` its
-    ``deit_distill`` metadata. Refused (an exact resume needs them unchanged): the student (model,
-    architecture kwargs, classes), the training data (its fingerprint), the seed and the teacher
+    :class:`RunMetadata` (or its ``deit_distill`` dict). Refused (an exact resume needs them unchanged): the
+    student (model, architecture kwargs, classes), the training data (its fingerprint), the seed and the teacher
     (name and weights sha256; none -> some and some -> none included); for a streamed source (metadata
     ``stream``) also what fixes its shard order: world size, loader workers, batch size, sample count and shard
-    list. Every other setting that differs is listed in ``changed``.
+    list. Every other setting that differs is listed in ``changed``. A checkpoint of another program (timm's
+    train.py, DeiT's main.py) is compared on what its settings record: model, seed, the other settings.
     """
     out = ResumeComparison()
-    old_meta = checkpoint.get("deit_distill") or {}
-    old_args = checkpoint.get("args")
-    old_settings = dict(vars(old_args)) if isinstance(old_args, argparse.Namespace) else dict(old_args or {})
+    old = RunMetadata.from_checkpoint(checkpoint)
+    new = metadata if isinstance(metadata, RunMetadata) else RunMetadata.from_dict(metadata)
+    old_settings = dict(old.args or {})
 
-    def refuse(what: str, old: Any, new: Any) -> None:
-        out.refused.append(f"{what} {old} -> {new}")
+    def refuse(what: str, before: Any, after: Any) -> None:
+        out.refused.append(f"{what} {before} -> {after}")
         out.refused_what.append(what)
 
-    if not old_meta:
+    own = old.layout == "deit-distill"
+    if own:
+        _compare_student(old, new, out, refuse)
+    else:
         out.notes.append("the checkpoint has no deit_distill metadata (not written by deit-distill train): its "
                          "student, training data and teacher could not be compared")
-    for key, what in (("model", "model"), ("model_kwargs", "architecture")):
-        if key in old_meta and old_meta[key] != metadata.get(key):
-            refuse(what, old_meta[key], metadata.get(key))
-    if not old_meta and old_settings.get("model") not in (None, settings.get("model")):
-        refuse("model", old_settings["model"], settings.get("model"))
-    if old_meta.get("label_names") is not None and old_meta["label_names"] != metadata.get("label_names"):
-        from ..data.sources import class_difference
+        if old_settings.get("model") not in (None, settings.get("model")):
+            refuse("model", old_settings["model"], settings.get("model"))
+    if old.seed is not None and old.seed != settings.get("seed"):
+        refuse("seed", old.seed, settings.get("seed"))
+    if own:
+        _compare_data_and_teacher(old, new, out, refuse)
+    else:
+        _compare_stream(None, new.stream, refuse)
 
-        out.refused.append("classes: " + str(class_difference(old_meta["label_names"], metadata.get("label_names") or [],
-                                                              "the checkpoint", "this run's data")))
-        out.refused_what.append("classes")
-    old_seed = old_meta.get("seed", old_settings.get("seed"))
-    if old_seed is not None and old_seed != settings.get("seed"):
-        refuse("seed", old_seed, settings.get("seed"))
-    if "data" in old_meta:
-        if old_meta["data"] != metadata.get("data"):
-            refuse("training data", _describe_data(old_meta["data"]), _describe_data(metadata.get("data") or {}))
-    elif old_meta:
-        out.notes.append("the checkpoint records no fingerprint of its training data (written before "
-                         "deit-distill recorded one): the training data could not be compared")
-    _compare_stream(old_meta.get("stream"), metadata.get("stream"), refuse)
-    if old_meta:
-        old_teacher = (old_meta.get("distill") or {}).get("teacher_description")
-        new_teacher = (metadata.get("distill") or {}).get("teacher_description")
-        if _teacher_identity(old_teacher) != _teacher_identity(new_teacher):
-            refuse("teacher", _describe_teacher(old_teacher), _describe_teacher(new_teacher))
-
-    for key, new in settings.items():
+    for key, value in settings.items():
         if key in _NOT_A_CHANGE or key in _IDENTITY_SETTINGS or key not in old_settings:
             continue
-        old = old_settings[key]
-        if (list(old) if isinstance(old, tuple) else old) != new:
-            out.changed[key] = [old, new]
-    if "world_size" in old_meta and old_meta["world_size"] != metadata.get("world_size"):
-        out.changed["world_size"] = [old_meta["world_size"], metadata.get("world_size")]
+        before = old_settings[key]
+        if (list(before) if isinstance(before, tuple) else before) != value:
+            out.changed[key] = [before, value]
+    if own and old.world_size is not None and old.world_size != new.world_size:
+        out.changed["world_size"] = [old.world_size, new.world_size]
     return out
+
+
+def _compare_student(old: RunMetadata, new: RunMetadata, out: ResumeComparison,
+                     refuse: Callable[[str, Any, Any], None]) -> None:
+    """The model, its architecture kwargs and its classes, as this package's metadata records them."""
+    if old.model is not None and old.model != new.model:
+        refuse("model", old.model, new.model)
+    if old.model_kwargs is not None and old.model_kwargs != new.model_kwargs:
+        refuse("architecture", old.model_kwargs, new.model_kwargs)
+    if old.label_names is not None and old.label_names != new.label_names:
+        from ..data.sources import class_difference
+
+        out.refused.append("classes: " + str(class_difference(old.label_names, new.label_names or [],
+                                                              "the checkpoint", "this run's data")))
+        out.refused_what.append("classes")
+
+
+def _compare_data_and_teacher(old: RunMetadata, new: RunMetadata, out: ResumeComparison,
+                              refuse: Callable[[str, Any, Any], None]) -> None:
+    """The training data's fingerprint, a streamed source's shard order and the teacher's identity."""
+    if old.data is not None:
+        if old.data != new.data:
+            refuse("training data", _describe_data(old.data), _describe_data(new.data or {}))
+    else:
+        out.notes.append("the checkpoint records no fingerprint of its training data (written before "
+                         "deit-distill recorded one): the training data could not be compared")
+    _compare_stream(old.stream, new.stream, refuse)
+    old_teacher = old.distill.teacher_description if old.distill is not None else None
+    new_teacher = new.distill.teacher_description if new.distill is not None else None
+    if _teacher_identity(old_teacher) != _teacher_identity(new_teacher):
+        refuse("teacher", _describe_teacher(old_teacher), _describe_teacher(new_teacher))
 
 
 _STREAM_KEYS = ("seed", "world_size", "workers", "batch_size", "num_samples", "shards")
 
 
-def _compare_stream(old: dict[str, Any] | None, new: dict[str, Any] | None, refuse: Callable[[str, Any, Any], None]) -> None:
+def _compare_stream(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, refuse: Callable[[str, Any, Any], None]) -> None:
     """A streamed source's epoch is dealt by timm from (seed, epoch) to world x workers, each worker's share sized
     by the batch and the sample count: a resume that changes any of them cannot reproduce the shard order."""
     if old is None and new is None:
