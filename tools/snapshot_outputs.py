@@ -13,7 +13,9 @@ What is recorded, per file: checkpoints as the sha256 of every tensor (state_dic
 rest of their contents as plain values; safetensors per tensor; JSON, YAML and CSV files as their parsed values;
 everything else (curves.png, cache chunks) as its sha256. Values that measure time are blanked. A mapping whose
 keys are not in sorted order also records that order (under ``__order__``): the record is written with sorted keys,
-and a checkpoint's metadata, args.yaml or eval.json written in another order is a different file.
+and a checkpoint's metadata, args.yaml or eval.json written in another order is a different file. The sha256 of the
+checkpoint a Hub folder was exported from (config.json's ``deit_distill.source.sha256``, the card's "source
+checkpoint" row) is blanked: it hashes the whole file, measured times included.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,8 +115,21 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
+# The card's "source checkpoint" row: the exported file's sha256 (see the module docstring).
+SOURCE_SHA256 = re.compile(r"(source checkpoint \| `[^`]*` \(sha256 `)[0-9a-f]{64}")
+
+
 def record_file(path: Path) -> Any:
     name = path.name
+    if name == "README.md":
+        text = SOURCE_SHA256.sub(r"\1(sha256 of a file holding measured times)", path.read_text())
+        return {"sha256 (source checkpoint's blanked)": hashlib.sha256(text.encode()).hexdigest()}
+    if name == "config.json":
+        config = json.loads(path.read_text())
+        source = (config.get("deit_distill") or {}).get("source")
+        if isinstance(source, dict) and source.get("sha256"):
+            source["sha256"] = None
+        return _plain(config)
     if name.endswith((".pth.tar", ".pth", ".pt")):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return _plain(torch.load(path, map_location="cpu", weights_only=True))
