@@ -26,6 +26,7 @@ import timm
 import torch
 
 from timm_deit_distill import checkpoint as ckpt
+from timm_deit_distill.checkpoint import reader as ckpt_reader
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:
@@ -73,9 +74,9 @@ def main() -> None:
         loaded = load()
         times = {
             "load (torch.load)": _median(load, args.repeats),
-            "digest (sha256 of the tensors)": _median(lambda: ckpt._verify_digests(loaded, "x"), args.repeats),
-            "zip CRC32, pickle": _median(lambda: ckpt._zip_crc_failure(path, tensors=False), args.repeats),
-            "zip CRC32, tensors": _median(lambda: ckpt._zip_crc_failure(path, tensors=True), args.repeats),
+            "digest (sha256 of the tensors)": _median(lambda: ckpt_reader._verify_digests(loaded, "x"), args.repeats),
+            "zip CRC32, pickle": _median(lambda: ckpt_reader._zip_crc_failure(path, tensors=False), args.repeats),
+            "zip CRC32, tensors": _median(lambda: ckpt_reader._zip_crc_failure(path, tensors=True), args.repeats),
             "read_checkpoint (all)": _median(lambda: ckpt.read_checkpoint(path), args.repeats),
         }
     base = times["load (torch.load)"]

@@ -21,6 +21,7 @@ from train_fixtures import load
 
 from timm_deit_distill import checkpoint as ckpt
 from timm_deit_distill.checkpoint import DIGEST_KEY, CheckpointError, read_checkpoint
+from timm_deit_distill.checkpoint import reader as ckpt_reader
 
 
 def _saved(folder, *, saver_class=ckpt.CheckpointSaver, **extra):
@@ -82,13 +83,13 @@ def test_a_flipped_bit_in_any_entry_is_refused_naming_the_entry_the_file_and_the
 def test_the_digest_covers_every_entry_that_holds_tensors_and_is_plain_data(tmp_path):
     path = _saved(tmp_path / "run", extra_state=lambda: {"rng": [ckpt.rng_state()], "summary": [{"epoch": 0}]})
     saved = load(path)
-    holding = {k for k, v in saved.items() if k != DIGEST_KEY and any(True for _ in ckpt._tensors_in(v))}
+    holding = {k for k, v in saved.items() if k != DIGEST_KEY and any(True for _ in ckpt_reader._tensors_in(v))}
     assert holding == {"state_dict", "state_dict_ema", "optimizer", "rng"}
     recorded = saved[DIGEST_KEY]["sha256"]
     assert recorded.keys() == holding and all(re.fullmatch(r"[0-9a-f]{64}", d) for d in recorded.values())
     assert recorded == ckpt.tensor_digests(saved)  # what was saved is what is read back
     with pytest.raises(CheckpointError, match="'optimizer' \\(the optimizer state\\)"):  # an entry gone is refused
-        ckpt._verify_digests({k: v for k, v in saved.items() if k != "optimizer"}, "x")
+        ckpt_reader._verify_digests({k: v for k, v in saved.items() if k != "optimizer"}, "x")
 
 
 def test_a_timm_checkpoint_has_no_digest_but_its_zip_checksums_catch_a_flipped_weight(tmp_path, caplog):

@@ -102,7 +102,7 @@ IMPORTS = _imports_by_file()
 
 def test_the_scan_sees_the_packages_imports():
     """The reader itself: it finds the imports that are known to be there, top level and lazy."""
-    assert IMPORTS["checkpoint.py"]["torch"] is True
+    assert IMPORTS["checkpoint/reader.py"]["torch"] is True
     assert IMPORTS["data/digits.py"]["sklearn"] is False  # inside a function
     assert "argparse" not in IMPORTS["commands/args.py"]  # the standard library is not a dependency
 

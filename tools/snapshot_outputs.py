@@ -11,7 +11,11 @@ does not depend on what the machine measures fastest.
 
 What is recorded, per file: checkpoints as the sha256 of every tensor (state_dict, EMA, optimizer, ...) and the
 rest of their contents as plain values; safetensors per tensor; JSON, YAML and CSV files as their parsed values;
-everything else (curves.png, cache chunks) as its sha256. Values that measure time are blanked.
+everything else (curves.png, cache chunks) as its sha256. Values that measure time are blanked. A mapping whose
+keys are not in sorted order also records that order (under ``__order__``): the record is written with sorted keys,
+and a checkpoint's metadata, args.yaml or eval.json written in another order is a different file. The sha256 of the
+checkpoint a Hub folder was exported from (config.json's ``deit_distill.source.sha256``, the card's "source
+checkpoint" row) is blanked: it hashes the whole file, measured times included.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +45,8 @@ PATH = ["--teacher-precision", "fp32", "--teacher-compile", "no"]
 VOLATILE = {"seconds", "elapsed", "elapsed_s", "wall_s", "time", "ms", "warmup_s", "created", "date"}
 # Keys of a teacher-path record that quote measured times or name the machine.
 PATH_VOLATILE = {"reason", "machine"}
+# The key under which a mapping's key order is recorded (when it is not sorted).
+ORDER = "__order__"
 
 
 def commands(work: Path) -> list[list[str]]:
@@ -94,6 +101,8 @@ def _plain(value: Any) -> Any:
         return {"tensor": list(t.shape), "dtype": str(t.dtype), "sha256": digest}
     if isinstance(value, dict):
         out = {str(k): (None if str(k) in VOLATILE else _plain(v)) for k, v in value.items()}
+        if list(out) != sorted(out):
+            out[ORDER] = list(out)
         if isinstance(out.get("teacher_path"), dict):
             out["teacher_path"] = {k: (None if k in PATH_VOLATILE else v) for k, v in out["teacher_path"].items()}
         return out
@@ -106,8 +115,21 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
+# The card's "source checkpoint" row: the exported file's sha256 (see the module docstring).
+SOURCE_SHA256 = re.compile(r"(source checkpoint \| `[^`]*` \(sha256 `)[0-9a-f]{64}")
+
+
 def record_file(path: Path) -> Any:
     name = path.name
+    if name == "README.md":
+        text = SOURCE_SHA256.sub(r"\1(sha256 of a file holding measured times)", path.read_text())
+        return {"sha256 (source checkpoint's blanked)": hashlib.sha256(text.encode()).hexdigest()}
+    if name == "config.json":
+        config = json.loads(path.read_text())
+        source = (config.get("deit_distill") or {}).get("source")
+        if isinstance(source, dict) and source.get("sha256"):
+            source["sha256"] = None
+        return _plain(config)
     if name.endswith((".pth.tar", ".pth", ".pt")):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return _plain(torch.load(path, map_location="cpu", weights_only=True))

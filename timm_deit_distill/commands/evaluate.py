@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,9 @@ from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
 from .common import TEACHER_EMA, ArgumentParser, add_either_flag, refuse
 from .stops import Stopped, run_stoppable
+
+if TYPE_CHECKING:
+    from ..checkpoint import RunMetadata
 
 __all__ = ["main", "build_parser"]
 
@@ -110,7 +113,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     device = torch.device(factory.select_device(args.device))
     model, meta, weights, epoch = _load_student(args)
     if args.head != "fused" and not is_distilled(model):
-        raise UsageError(f"--head {args.head} needs a distilled student; {meta.get('model')} has one head. "
+        raise UsageError(f"--head {args.head} needs a distilled student; {meta.model} has one head. "
                          "Use --head fused.")
     data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
     # One split of any source the trainer reads, checked and opened by the data pipeline.
@@ -122,7 +125,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     dataset = open_split(data, args.split, training=False, num_classes=model.num_classes,
                          batch_size=args.batch_size, seed=0)
     labels = label_names(dataset)
-    trained = meta.get("label_names")
+    trained = meta.label_names
     where = f"--dataset {args.dataset} split {args.split}" if args.dataset else f"{args.data_dir}/{args.split}"
     check_same_classes(trained, labels, f"the training classes of {args.checkpoint}", where,
                        "evaluate on data with the training classes in their order (pass the --class-map used in "
@@ -134,8 +137,8 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     loader = build_eval_loader(dataset, data_config, loader_settings)
     teacher = check = None
     if args.distill_teacher or args.distill_teacher_path:
-        distill = meta.get("distill") or {}
-        source = args.distill_teacher or (None if args.distill_teacher_path else distill.get("teacher"))
+        recorded = meta.distill.teacher if meta.distill is not None else None
+        source = args.distill_teacher or (None if args.distill_teacher_path else recorded)
         settings = teacher_settings(args, source=source, checkpoint_path=args.distill_teacher_path,
                                     use_ema=args.teacher_ema, channels_last=None)
         teacher = factory.create_teacher(settings, model.num_classes, data_config, device, label_names=labels or None)
@@ -152,7 +155,7 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     chosen = {"fused": ("top1", "top5"), "cls": ("top1_cls", "top5_cls"), "dist": ("top1_dist", "top5_dist")}
     k1, k5 = chosen[args.head]
     result: dict[str, Any] = {
-        "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None, "model": meta.get("model"),
+        "checkpoint": os.path.abspath(args.checkpoint) if args.checkpoint else None, "model": meta.model,
         "epoch": epoch, "weights": weights, "ema": weights == "ema",
         "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None, "dataset": args.dataset,
         "split": args.split, "count": metrics["count"], "head": args.head,
@@ -176,20 +179,19 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
     return result
 
 
-def _load_student(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str, int | None]:
-    """The model to evaluate, its ``deit_distill`` metadata, which weights (``raw``, ``ema``, ``plain`` or
+def _load_student(args: argparse.Namespace) -> tuple[nn.Module, RunMetadata, str, int | None]:
+    """The model to evaluate, its :class:`RunMetadata`, which weights (``raw``, ``ema``, ``plain`` or
     ``pretrained``) and the epoch they are from: the --checkpoint's, else --model's pretrained weights."""
-    from ..checkpoint import model_from_checkpoint, read_checkpoint, select_weights
+    from ..checkpoint import RunMetadata, model_from_checkpoint, read_checkpoint, select_weights
 
     if not args.checkpoint:
         model = _pretrained_model(args.model)
         labels = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-        return model, {"model": args.model, "label_names": labels}, "pretrained", None
+        return model, RunMetadata(model=args.model, label_names=labels, layout="weights"), "pretrained", None
     checkpoint = read_checkpoint(args.checkpoint, what="--checkpoint")
-    meta = dict(checkpoint.get("deit_distill") or {})
-    meta["model"] = meta.get("model") or checkpoint.get("arch")
+    meta = RunMetadata.from_checkpoint(checkpoint)
     if args.model:
-        _check_model_name(args.model, meta["model"], args.checkpoint)
+        _check_model_name(args.model, meta.model, args.checkpoint)
     name = f"--checkpoint {args.checkpoint}"
     state_dict, weights = select_weights(checkpoint, use_ema=args.use_ema, name=name, flags=("--use-ema", "--no-ema"))
     model = model_from_checkpoint(checkpoint, state_dict, name=name)

@@ -27,10 +27,10 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -49,6 +49,9 @@ from .args import (
 from .common import one_line, refuse, setup_logging
 from .stops import Stopped, deferred, stop_of, stop_signals
 from .stops import check as check_stop
+
+if TYPE_CHECKING:
+    from ..checkpoint import RunMetadata
 
 __all__ = ["main", "setup", "train", "NonFiniteLoss"]
 
@@ -168,7 +171,7 @@ def _teacher_source(args: argparse.Namespace, teacher: Any, cache: Any) -> str:
 
 
 def _identity_refusal(args: argparse.Namespace, comparison: Any, checkpoint: dict[str, Any],
-                      metadata: dict[str, Any], plan: Any) -> str:
+                      metadata: RunMetadata, plan: Any) -> str:
     """The refusal of a resume that changes what an exact resume needs, with ways out that work.
 
     Keeping the run: its args.yaml with this command's run folder (the folder already passed its checks; the
@@ -179,6 +182,8 @@ def _identity_refusal(args: argparse.Namespace, comparison: Any, checkpoint: dic
     import shlex
 
     import yaml
+
+    from ..checkpoint import read_run_metadata
 
     ckpt, q = args.resume, shlex.quote
     run_dir = os.path.dirname(os.path.abspath(ckpt))
@@ -202,8 +207,8 @@ def _identity_refusal(args: argparse.Namespace, comparison: Any, checkpoint: dic
         new = f"a NEW run of --model {args.model} cannot start from these weights (another architecture): start it " \
               "from scratch, with another --experiment"
     elif what & {"architecture", "classes"}:
-        old_kwargs = dict((checkpoint.get("deit_distill") or {}).get("model_kwargs") or {})
-        new_kwargs = dict(metadata.get("model_kwargs") or {})
+        old_kwargs = dict(read_run_metadata(checkpoint).model_kwargs or {})
+        new_kwargs = dict(metadata.model_kwargs or {})
         fits = ({k: v for k, v in old_kwargs.items() if k not in ("img_size", "num_classes")}
                 == {k: v for k, v in new_kwargs.items() if k not in ("img_size", "num_classes")})
         new = (f"start a NEW run from these weights with --pretrained --pretrained-path {q(ckpt)} (head replaced, "
@@ -387,36 +392,37 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
     decreasing = args.eval_metric == "loss"
     lr_scheduler, num_epochs = build_schedule(args, optimizer, updates_per_epoch)
 
-    metadata = {
-        "model": args.model,
-        "model_kwargs": arch_kwargs,
-        "pretrained_cfg": {"input_size": [int(v) for v in data_config["input_size"]],
-                           "mean": [float(v) for v in data_config["mean"]],
-                           "std": [float(v) for v in data_config["std"]],
-                           "crop_pct": float(data_config["crop_pct"]),
-                           "interpolation": str(data_config["interpolation"])},
-        "label_names": labels,
-        "initial_weights": factory.initial_weights_origin(settings.student, student, resumed=resume_from),
-        "distill": {"teacher": args.distill_teacher or getattr(teacher, "name", None),
-                    "teacher_description": (getattr(teacher, "description", None)
-                                            or getattr(cache, "teacher_description", None)),
-                    "type": args.distill_type, "alpha": args.distill_alpha, "tau": args.distill_tau,
-                    "soft_reduction": args.distill_soft_reduction},
-        "recipe": args.recipe,
-        "ema": bool(args.model_ema),
+    metadata = ckpt.RunMetadata(
+        model=args.model,
+        model_kwargs=arch_kwargs,
+        pretrained_cfg={"input_size": [int(v) for v in data_config["input_size"]],
+                        "mean": [float(v) for v in data_config["mean"]],
+                        "std": [float(v) for v in data_config["std"]],
+                        "crop_pct": float(data_config["crop_pct"]),
+                        "interpolation": str(data_config["interpolation"])},
+        label_names=labels,
+        initial_weights=factory.initial_weights_origin(settings.student, student, resumed=resume_from),
+        distill=ckpt.Distillation(teacher=args.distill_teacher or getattr(teacher, "name", None),
+                                  teacher_description=(getattr(teacher, "description", None)
+                                                       or getattr(cache, "teacher_description", None)),
+                                  type=args.distill_type, alpha=args.distill_alpha, tau=args.distill_tau,
+                                  soft_reduction=args.distill_soft_reduction),
+        recipe=args.recipe,
+        ema=bool(args.model_ema),
         # What a later --resume is checked against (see checkpoint.compare_resume).
-        "seed": args.seed,
-        "data": dataset_fingerprint(train_ds),
-        "world_size": world_size,
-        "resumed": [],
-    }
+        seed=args.seed,
+        data=dataset_fingerprint(train_ds),
+        world_size=world_size,
+        resumed=[],
+    )
     if is_streamed(train_ds):
         # What reproduces a stream's shard order at an epoch boundary (timm deals shards by seed + epoch to
         # world x workers, each worker's epoch sized by the batch): a resume must keep all of it.
-        metadata["stream"] = {"seed": args.seed, "world_size": world_size, "workers": settings.loader.workers,
-                              "batch_size": settings.loader.batch_size,
-                              "num_samples": source_size(train_ds),
-                              "shards": train_ds.source_info.identity.get("shards")}
+        metadata = replace(metadata, stream={"seed": args.seed, "world_size": world_size,
+                                             "workers": settings.loader.workers,
+                                             "batch_size": settings.loader.batch_size,
+                                             "num_samples": source_size(train_ds),
+                                             "shards": train_ds.source_info.identity.get("shards")})
     # plain values (weights_only-loadable): the settings with what the run resolved (classes, lr, dist_bn)
     saved_args = argparse.Namespace(**{**config_dict(args), "num_classes": num_classes, "lr": lr, "dist_bn": dist_bn})
 
@@ -443,7 +449,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
                               rank=rank, world_size=world_size, checkpoint=resume_from, restore_rng=False)
         assert comparison is not None
         entry = {"epoch": start_epoch, "checkpoint": os.path.abspath(args.resume), "changed": comparison.changed}
-        metadata["resumed"] = [*(resume_from.get("deit_distill") or {}).get("resumed", []), entry]
+        metadata = replace(metadata, resumed=[*(ckpt.RunMetadata.from_checkpoint(resume_from).resumed or []), entry])
 
     # --- The teacher's path (precision, compiled or not), measured here for this run; then the teacher is
     # measured through exactly that path, the loss's own, before it teaches (refused near chance).
@@ -452,19 +458,19 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
         # A resumed run keeps the path its targets so far came from: the rest of the run teaches the same
         # targets as an uninterrupted one (a fresh measurement over the epochs left could choose another).
         teacher.use_path(resumed_path, reason=f"the path the run ran on before --resume ({args.resume})")
-        metadata["distill"]["teacher_path"] = teacher.path_choice.as_dict()
+        metadata = metadata.with_distill(teacher_path=teacher.path_choice.as_dict())
     elif teacher is not None:
         steps = _teacher_batches(args, settings, start_epoch, num_epochs, len(train_loader), len(eval_ds), world_size)
-        metadata["distill"]["teacher_path"] = factory.select_teacher_path(
+        metadata = metadata.with_distill(teacher_path=factory.select_teacher_path(
             teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed,
-            batch_size=args.batch_size, steps=steps, rank=rank, world_size=world_size).as_dict()
+            batch_size=args.batch_size, steps=steps, rank=rank, world_size=world_size).as_dict())
     if teacher is not None:
-        metadata["distill"]["teacher_description"] = teacher.description  # its precision is now the chosen one
+        metadata = metadata.with_distill(teacher_description=teacher.description)  # its precision is now chosen
     if teacher is not None:  # None when skipped with --no-teacher-check (with a warning): the card says so
         check = factory.check_teacher(teacher, settings.teacher, eval_ds, data_config, settings.loader, seed=args.seed)
-        metadata["distill"]["teacher_check"] = check.as_dict() if check is not None else None
+        metadata = metadata.with_distill(teacher_check=check.as_dict() if check is not None else None)
     elif cache is not None:  # measured when it was built (held against these settings by check_training)
-        metadata["distill"]["teacher_check"] = cache.teacher_check
+        metadata = metadata.with_distill(teacher_check=cache.teacher_check)
 
     # --- Claim the run folder (create or take it, lock it) and write: the first writes of the run.
     lock_box: list[Any] = []
@@ -481,7 +487,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
                   model_ema=model_ema, teacher=teacher, cache=cache, criterion=criterion, optimizer=optimizer,
                   loss_scaler=loss_scaler, lr_scheduler=lr_scheduler, amp_autocast=amp_autocast,
                   train_loader=train_loader, eval_loader=eval_loader, num_epochs=num_epochs,
-                  updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata,
+                  updates_per_epoch=updates_per_epoch, output_dir=output_dir, saver=None, metadata=metadata.as_dict(),
                   lock=lock_box[0] if lock_box else None, dist_bn=dist_bn, fresh=not folder_plan.continuing,
                   created=not existed)
         if started is not None:
@@ -494,10 +500,10 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
             max_history=args.checkpoint_hist, extra_state=lambda: _extra_state(run))
         # Settings only: `-c args.yaml` repeats the run. Where it resumed from is history, kept under `resumed`.
         record = {k: v for k, v in user_config.items() if k not in ("resume", "no_resume_opt", "start_epoch")}
-        if metadata["resumed"]:
-            record["resumed"] = metadata["resumed"]
-        if "teacher_check" in metadata["distill"]:
-            record["teacher_check"] = metadata["distill"]["teacher_check"]
+        if metadata.resumed:
+            record["resumed"] = metadata.resumed
+        if metadata.distill is not None and metadata.distill.teacher_check is not ckpt.NOT_RECORDED:
+            record["teacher_check"] = metadata.distill.teacher_check
         write_args_yaml(os.path.join(output_dir, "args.yaml"), record)
 
         params = sum(p.numel() for p in student.parameters()) / 1e6
@@ -592,7 +598,10 @@ def _resumed_teacher_path(resume_from: dict[str, Any] | None, settings: TrainSet
     """The teacher path a resumed checkpoint's run used, when this run leaves the path to measurement."""
     if resume_from is None or settings.teacher.precision != "auto" or settings.teacher.compile != "auto":
         return None
-    recorded = ((resume_from.get("deit_distill") or {}).get("distill") or {}).get("teacher_path") or {}
+    from ..checkpoint import read_run_metadata
+
+    distill = read_run_metadata(resume_from).distill
+    recorded = (distill.teacher_path if distill is not None else None) or {}
     path = recorded.get("path")
     return path if isinstance(path, str) and path.split(" ")[0] in ("fp32", "bf16", "fp16") else None
 

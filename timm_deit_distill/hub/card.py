@@ -183,6 +183,19 @@ def _teacher_section(distill: Mapping[str, Any], published: Mapping[str, str] | 
     return rows
 
 
+def _loss_rows(distill: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The distillation loss: its type, alpha, tau and soft reduction; for a student of timm's train.py also the
+    weights it gave the two terms (``n/a`` for what its loss does not use)."""
+    def value(key: str) -> str:
+        return "n/a" if distill.get(key) is None else _fmt(distill[key])
+
+    rows: list[tuple[str, Any]] = [("distillation type", distill.get("type"))]
+    if "task_loss_weight" in distill:
+        rows.append(("loss weights (timm's train.py)",
+                     f"{value('task_loss_weight')} x task loss + {value('distill_loss_weight')} x distillation loss"))
+    return rows + [("alpha", value("alpha")), ("tau", value("tau")), ("soft-loss reduction", value("soft_reduction"))]
+
+
 def _teacher_id(distill: Mapping[str, Any]) -> str | None:
     """The teacher as one identifier: its Hub repo when known, else its timm name (with its tag)."""
     desc = distill.get("teacher_description") or {}
@@ -270,9 +283,12 @@ def build_model_card(facts: CardFacts) -> str:
     out: list[str] = [f"---\n{data.to_yaml()}\n---", f"# {name}", ""]
 
     teacher = distill.get("teacher") or (distill.get("teacher_description") or {}).get("name")
-    if dtype and dtype != "none":
+    if dtype in ("hard", "soft"):
         out.append(f"A DeiT student (`{facts.variant}`) trained with **{dtype}** distillation through attention "
                    f"from the teacher `{teacher}`, published by timm-deit-distill. It loads with plain timm.")
+    elif dtype and dtype != "none":  # timm's train.py's other distillation tasks
+        out.append(f"A student (`{facts.variant}`) trained with timm's **{dtype}** distillation from the teacher "
+                   f"`{teacher}`, published by timm-deit-distill. It loads with plain timm.")
     else:
         out.append(f"A DeiT model (`{facts.variant}`) trained without a teacher, published by timm-deit-distill. "
                    "It loads with plain timm.")
@@ -305,10 +321,7 @@ def build_model_card(facts: CardFacts) -> str:
 
     out += ["", "## Distillation", ""]
     if dtype and dtype != "none":
-        rows = _teacher_section(distill, published)
-        rows += [("distillation type", dtype), ("alpha", _fmt(distill.get("alpha"))),
-                 ("tau", _fmt(distill.get("tau"))), ("soft-loss reduction", distill.get("soft_reduction", "n/a"))]
-        out.append(_table(rows))
+        out.append(_table(_teacher_section(distill, published) + _loss_rows(distill)))
     else:
         out.append("None: trained on labels only.")
 

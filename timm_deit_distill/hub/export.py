@@ -11,7 +11,6 @@ fields it carries over from the registry cfg (a stale ``tag``, ``notes``) are re
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +30,9 @@ from ..errors import HubExportError, OutputExistsError
 from ..records import read_summary_text
 from ..version import __version__
 from .card import CardFacts, build_model_card
+
+if TYPE_CHECKING:
+    from ..checkpoint import RunMetadata
 
 _logger = logging.getLogger(__name__)
 
@@ -108,6 +110,19 @@ def _pick_weights(ckpt: Mapping[str, Any], use_ema: bool | None, name: str) -> t
     return state_dict, "raw" if weights == "plain" else weights  # a bare state dict is published as given
 
 
+def _beside_args(source: Path | None) -> dict[str, Any] | None:
+    """The args.yaml beside a checkpoint file (its run's settings), when there is a readable one."""
+    if source is None or not (source.parent / "args.yaml").is_file():
+        return None
+    import yaml
+
+    try:
+        loaded = yaml.safe_load((source.parent / "args.yaml").read_text())
+    except yaml.YAMLError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
 def _student_from_checkpoint(
     ckpt: Mapping[str, Any],
     *,
@@ -119,64 +134,29 @@ def _student_from_checkpoint(
 ) -> _Student:
     from timm.models import is_model
 
+    from ..checkpoint import RunMetadata
+
     name = f"checkpoint {source}" if source is not None else "the checkpoint"
     state_dict, weights = _pick_weights(ckpt, use_ema, name)
-    meta = ckpt.get("deit_distill") or {}
-    args = ckpt.get("args")
-    train_args: dict[str, Any] = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
-    beside_args: dict[str, Any] | None = None
-    if source is not None and (source.parent / "args.yaml").is_file():
-        import yaml
+    meta = saved = RunMetadata.from_checkpoint(ckpt)
+    beside_args = _beside_args(source)
+    if meta.args is None and meta.layout != "deit-distill" and beside_args:
+        meta = RunMetadata.from_timm_args(beside_args)  # weights alone in a run folder: its settings describe them
+    train_args: dict[str, Any] = dict(meta.args or beside_args or {})
 
-        try:
-            loaded = yaml.safe_load((source.parent / "args.yaml").read_text())
-        except yaml.YAMLError:
-            loaded = None
-        beside_args = loaded if isinstance(loaded, dict) else None
-    if not train_args and beside_args:
-        train_args = dict(beside_args)
-
-    arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), str) and is_model(ckpt.get("arch")) else None
-    variant = model_name or meta.get("model") or arch or train_args.get("model")
+    recorded = meta.model if meta.layout == "deit-distill" or (meta.model and is_model(meta.model)) else None
+    variant = model_name or recorded or train_args.get("model")
     if not variant:
         raise HubExportError(f"{name} does not name its architecture; pass --model NAME (model_name=...)")
-
-    if meta:
-        model_kwargs = dict(meta.get("model_kwargs") or {})
-        data_config = {k: v for k, v in (meta.get("pretrained_cfg") or {}).items() if k in _DATA_KEYS}
-    else:  # a plain timm checkpoint: its args are what train.py passed to create_model / the data pipeline
-        model_kwargs = dict(train_args.get("model_kwargs") or {})
-        for key in ("num_classes", "in_chans"):
-            if train_args.get(key) is not None:
-                model_kwargs[key] = train_args[key]
-        data_config = {k: train_args[k] for k in ("mean", "std", "crop_pct", "interpolation") if train_args.get(k)}
+    model_kwargs = dict(meta.model_kwargs or {})
+    data_config = {k: v for k, v in (meta.pretrained_cfg or {}).items() if k in _DATA_KEYS}
     if num_classes is not None:
         model_kwargs["num_classes"] = num_classes
     if img_size is not None:
         model_kwargs["img_size"] = img_size
         data_config.pop("input_size", None)
-
-    # The trainer stores the rows so far in each checkpoint; the summary.csv beside it also holds the epochs
-    # after it (the run's best), but only if it is the same run's: a copied checkpoint may sit in another's.
-    own_rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in ckpt.get("summary") or []]
-    summary = source.parent / "summary.csv" if source is not None else None
-    summary_rows, source_kind = own_rows, "checkpoint"
-    if summary is not None and summary.is_file():
-        beside = read_summary_text(summary)
-        # Rows alone cannot tell runs apart whose first epochs are identical (same seed and settings, another
-        # --epochs): the settings the checkpoint was saved with must also be those of the args.yaml beside it.
-        changed = _changed_settings(train_args, beside_args) if args and beside_args is not None else []
-        if changed:
-            source_kind = "checkpoint, not the other run's csv"
-            _logger.warning("%s was saved with other settings than the %s beside it (%s; another run's?); the "
-                            "card uses the checkpoint's own rows.", source.name, source.parent / "args.yaml",
-                            ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else ""))
-        elif not own_rows or _same_run(own_rows, beside):
-            summary_rows, source_kind = beside, "csv"
-        else:
-            source_kind = "checkpoint, not the other run's csv"
-            _logger.warning("%s does not hold the rows %s was saved with (another run's?); the card uses the "
-                            "checkpoint's own.", summary, source.name)
+    summary_rows, source_kind = _summary_rows(ckpt, source, train_args, beside_args,
+                                              saved_args=bool(saved.args))
     epoch = ckpt.get("epoch")
     return _Student(
         state_dict=state_dict,
@@ -184,17 +164,43 @@ def _student_from_checkpoint(
         model_kwargs=model_kwargs,
         weights=weights,
         data_config=data_config,
-        label_names=list(meta["label_names"]) if meta.get("label_names") else None,
-        distill=_public_distill(meta.get("distill")),
-        recipe=meta.get("recipe"),
+        label_names=list(meta.label_names) if meta.label_names else None,
+        distill=_public_distill(meta.distill.as_dict() if meta.distill is not None else None),
+        recipe=meta.recipe,
         train_args=_jsonable(train_args),
         epoch=int(epoch) if isinstance(epoch, int) else None,
         source_file=source.name if source is not None else None,
         source_sha256=sha256_file(source) if source is not None else None,
         summary_rows=summary_rows,
         summary_source=source_kind,
-        initial_weights=_jsonable(meta.get("initial_weights")) or None,
+        initial_weights=_jsonable(meta.initial_weights) or None,
     )
+
+
+def _summary_rows(ckpt: Mapping[str, Any], source: Path | None, train_args: Mapping[str, Any],
+                  beside_args: Mapping[str, Any] | None, *, saved_args: bool) -> tuple[list[dict[str, str]], str]:
+    """The epochs the card reports, and where they come from (see ``CardFacts.summary_source``).
+
+    The trainer stores the rows so far in each checkpoint; the summary.csv beside it also holds the epochs
+    after it (the run's best), but only if it is the same run's: a copied checkpoint may sit in another's."""
+    own_rows = [{k: "" if v is None else str(v) for k, v in row.items()} for row in ckpt.get("summary") or []]
+    summary = source.parent / "summary.csv" if source is not None else None
+    if summary is None or not summary.is_file():
+        return own_rows, "checkpoint"
+    beside = read_summary_text(summary)
+    # Rows alone cannot tell runs apart whose first epochs are identical (same seed and settings, another
+    # --epochs): the settings the checkpoint was saved with must also be those of the args.yaml beside it.
+    changed = _changed_settings(train_args, beside_args) if saved_args and beside_args is not None else []
+    if changed:
+        _logger.warning("%s was saved with other settings than the %s beside it (%s; another run's?); the "
+                        "card uses the checkpoint's own rows.", source.name, source.parent / "args.yaml",
+                        ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else ""))
+        return own_rows, "checkpoint, not the other run's csv"
+    if not own_rows or _same_run(own_rows, beside):
+        return beside, "csv"
+    _logger.warning("%s does not hold the rows %s was saved with (another run's?); the card uses the "
+                    "checkpoint's own.", summary, source.name)
+    return own_rows, "checkpoint, not the other run's csv"
 
 
 # Settings a checkpoint records resolved (the learning rate, the class count) or as history (a resume), while
@@ -223,9 +229,12 @@ def _same_run(own: list[dict[str, str]], rows: list[dict[str, str]]) -> bool:
     return True
 
 
-def _student_from_module(model: nn.Module, *, use_ema: bool | None, metadata: Mapping[str, Any] | None) -> _Student:
+def _student_from_module(model: nn.Module, *, use_ema: bool | None,
+                         metadata: RunMetadata | Mapping[str, Any] | None) -> _Student:
     from timm.models import get_model_args, get_model_input_config
     from timm.utils import unwrap_model
+
+    from ..checkpoint import RunMetadata
 
     if use_ema is not None:
         raise HubExportError(
@@ -237,21 +246,21 @@ def _student_from_module(model: nn.Module, *, use_ema: bool | None, metadata: Ma
         raise HubExportError(
             f"{type(model).__name__} has no pretrained_cfg['architecture']: build it with timm.create_model, "
             "or export a checkpoint file instead")
-    meta = dict(metadata or {})
+    meta = metadata if isinstance(metadata, RunMetadata) else RunMetadata.from_dict(metadata or {})
     data_config = {k: cfg[k] for k in _DATA_KEYS if cfg.get(k) is not None}
     data_config["input_size"] = get_model_input_config(model)["input_size"]
-    data_config.update({k: v for k, v in (meta.get("pretrained_cfg") or {}).items() if k in _DATA_KEYS})
-    labels = meta.get("label_names") or cfg.get("label_names")
+    data_config.update({k: v for k, v in (meta.pretrained_cfg or {}).items() if k in _DATA_KEYS})
+    labels = meta.label_names or cfg.get("label_names")
     return _Student(
         state_dict=dict(model.state_dict()),
-        variant=meta.get("model") or cfg["architecture"],
-        model_kwargs=dict(get_model_args(model), **(meta.get("model_kwargs") or {})),
+        variant=meta.model or cfg["architecture"],
+        model_kwargs=dict(get_model_args(model), **(meta.model_kwargs or {})),
         weights="module",
         data_config=data_config,
         label_names=list(labels) if labels else None,
-        distill=_public_distill(meta.get("distill")),
-        recipe=meta.get("recipe"),
-        initial_weights=_jsonable(meta.get("initial_weights")) or None,
+        distill=_public_distill(meta.distill.as_dict() if meta.distill is not None else None),
+        recipe=meta.recipe,
+        initial_weights=_jsonable(meta.initial_weights) or None,
     )
 
 
@@ -262,7 +271,7 @@ def _read_student(
     model_name: str | None,
     num_classes: int | None,
     img_size: int | None,
-    metadata: Mapping[str, Any] | None,
+    metadata: RunMetadata | Mapping[str, Any] | None,
 ) -> _Student:
     if isinstance(model_or_checkpoint, nn.Module):
         return _student_from_module(model_or_checkpoint, use_ema=use_ema, metadata=metadata)
@@ -417,7 +426,7 @@ def _export(
     img_size: int | None,
     license: str,
     datasets: Sequence[str],
-    metadata: Mapping[str, Any] | None,
+    metadata: RunMetadata | Mapping[str, Any] | None,
     overwrite: bool,
 ) -> tuple[Path, _Student]:
     from timm.models import save_for_hf
@@ -486,17 +495,18 @@ def save_pretrained(
     img_size: int | None = None,
     license: str = "apache-2.0",
     datasets: Sequence[str] = (),
-    metadata: Mapping[str, Any] | None = None,
+    metadata: RunMetadata | Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for a student into ``directory``.
 
     ``model_or_checkpoint`` is a checkpoint file the trainer wrote (timm format with ``deit_distill``
-    metadata; ``summary.csv`` and ``args.yaml`` beside it feed the card), a bare state dict file
-    (``.pth`` or ``.safetensors``; give ``model_name`` and, if not the variant's defaults, ``num_classes`` /
-    ``img_size``), a loaded checkpoint dict, or a timm model (``metadata`` may carry the ``deit_distill``
-    facts). ``use_ema`` must be given when the checkpoint holds both raw and EMA weights. ``repo_id`` only
-    names the model in the card. Files are written into a staging folder and moved in atomically. A
+    metadata; ``summary.csv`` and ``args.yaml`` beside it feed the card), one timm's train.py or DeiT's main.py
+    wrote (their ``args`` describe the model and its distillation), a bare state dict file (``.pth`` or
+    ``.safetensors``; give ``model_name`` and, if not the variant's defaults, ``num_classes`` / ``img_size``), a
+    loaded checkpoint dict, or a timm model (``metadata`` may carry the ``deit_distill`` facts: a
+    ``RunMetadata`` or its dict). ``use_ema`` must be given when the checkpoint holds both raw and EMA weights.
+    ``repo_id`` only names the model in the card. Files are written into a staging folder and moved in atomically. A
     ``directory`` that already holds files is refused (``OutputExistsError``, naming those that would be
     replaced) unless ``overwrite``; then only the three files above are replaced, anything else is kept.
     """

@@ -4,7 +4,6 @@ weights record about themselves (the input size they were trained at, their clas
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -12,12 +11,15 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import TeacherError
+
+if TYPE_CHECKING:
+    from ..checkpoint import RunMetadata
 
 __all__ = ["load_teacher_checkpoint", "build_model", "state_dict_sha256"]
 
@@ -33,41 +35,35 @@ def load_teacher_checkpoint(
     path: str | os.PathLike[str], *, use_ema: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights from a timm training checkpoint, a facebookresearch/deit checkpoint (``{'model': ...}``),
-    a plain state dict or a safetensors file, through the package's one reader and weights policy
-    (:func:`timm_deit_distill.checkpoint.read_checkpoint` / ``select_weights``).
+    a plain state dict or a safetensors file, through the package's one reader, weights policy and metadata
+    reader (:func:`timm_deit_distill.checkpoint.read_checkpoint` / ``select_weights`` / ``RunMetadata``).
 
     Returns ``(state_dict, info)``; ``info`` has ``weights`` ('raw', 'ema' or 'plain') and, when the
-    checkpoint records them, ``arch``, ``model_kwargs`` and ``pretrained_cfg``. When the checkpoint holds
-    both raw and EMA weights, ``use_ema`` must say which. A file that cannot be used raises
-    :class:`~timm_deit_distill.checkpoint.CheckpointError` saying what is wrong with it.
+    checkpoint records them, ``arch``, ``model_kwargs`` (this package's, or timm train.py's ``--model-kwargs``
+    with its classes, channels and pooling), ``pretrained_cfg``, ``label_names`` and ``input_hw`` (with
+    ``input_hw_source``). When the checkpoint holds both raw and EMA weights, ``use_ema`` must say which. A file
+    that cannot be used raises :class:`~timm_deit_distill.checkpoint.CheckpointError` saying what is wrong with it.
     """
-    from ..checkpoint import read_checkpoint, select_weights
+    from ..checkpoint import RunMetadata, read_checkpoint, select_weights
 
     checkpoint = read_checkpoint(path, what="teacher checkpoint")
     state, weights = select_weights(checkpoint, use_ema=use_ema, name=f"teacher checkpoint {Path(path)}",
                                     flags=("--teacher-ema", "--no-teacher-ema"))
     info: dict[str, Any] = {"weights": weights}
-    meta = checkpoint.get("deit_distill") if weights != "plain" else None
-    if isinstance(meta, Mapping):
-        info["arch"] = meta.get("model")
-        info["model_kwargs"] = dict(meta.get("model_kwargs") or {})
-        info["pretrained_cfg"] = dict(meta.get("pretrained_cfg") or {})
-        if meta.get("label_names"):
-            info["label_names"] = [str(n) for n in meta["label_names"]]
-    elif isinstance(checkpoint.get("arch"), str):
-        info["arch"] = checkpoint["arch"]  # timm's train.py: its --model
-    args = checkpoint.get("args")
-    if "arch" not in info and isinstance(args, argparse.Namespace) and isinstance(getattr(args, "model", None), str):
-        info["arch"] = args.model  # facebookresearch/deit's main.py records --model in its args only
-    if isinstance(args, argparse.Namespace) and "pretrained_cfg" not in info:
-        # timm's train.py records --mean/--std when they override the model's own.
-        cfg = {k: getattr(args, k) for k in ("mean", "std") if getattr(args, k, None) is not None}
-        if cfg:
-            info["pretrained_cfg"] = cfg
-    if weights != "plain":
-        hw, where = _recorded_input_hw(checkpoint)
-        if hw is not None:
-            info["input_hw"], info["input_hw_source"] = list(hw), f"recorded in its checkpoint ({where})"
+    if weights == "plain":
+        return state, info
+    metadata = RunMetadata.from_checkpoint(checkpoint)
+    if metadata.model:
+        info["arch"] = metadata.model
+    if metadata.model_kwargs:
+        info["model_kwargs"] = dict(metadata.model_kwargs)
+    if metadata.pretrained_cfg:
+        info["pretrained_cfg"] = dict(metadata.pretrained_cfg)
+    if metadata.label_names:
+        info["label_names"] = [str(n) for n in metadata.label_names]
+    hw, where = _recorded_input_hw(metadata)
+    if hw is not None:
+        info["input_hw"], info["input_hw_source"] = list(hw), f"recorded in its checkpoint ({where})"
     return state, info
 
 
@@ -82,30 +78,17 @@ def _hw(size: Any) -> tuple[int, int] | None:
     return None
 
 
-def _recorded_input_hw(checkpoint: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str | None]:
+def _recorded_input_hw(metadata: RunMetadata) -> tuple[tuple[int, int] | None, str | None]:
     """The input size a training checkpoint's weights were trained at, and where it was read.
 
-    This package's trainer: ``deit_distill.pretrained_cfg.input_size``. timm's train.py (``args`` is a
-    Namespace): ``args.input_size`` (C, H, W), else ``args.img_size``, else the default pretrained config
-    of ``args.model``, which is what timm's ``resolve_data_config`` trained at. facebookresearch/deit:
-    ``args.input_size``, an int.
+    What its :class:`~timm_deit_distill.checkpoint.RunMetadata` records: this package's
+    ``deit_distill.pretrained_cfg.input_size``; timm train.py's ``args.input_size`` (C, H, W), else
+    ``args.img_size``; facebookresearch/deit's ``args.input_size``, an int. Else the default pretrained config
+    of the model it names, which is what timm's ``resolve_data_config`` trained at.
     """
-    meta = checkpoint.get("deit_distill")
-    if isinstance(meta, Mapping):
-        hw = _hw((meta.get("pretrained_cfg") or {}).get("input_size"))
-        if hw is not None:
-            return hw, "deit_distill.pretrained_cfg.input_size"
-    args = checkpoint.get("args")
-    if not isinstance(args, argparse.Namespace):
-        return None, None
-    size = getattr(args, "input_size", None)
-    if isinstance(size, int) and not isinstance(size, bool):
-        return _hw(size), "args.input_size"  # facebookresearch/deit's --input-size N
-    if isinstance(size, (list, tuple)) and len(size) == 3 and _hw(size):
-        return _hw(size), "args.input_size"  # timm's --input-size C H W
-    if _hw(getattr(args, "img_size", None)):
-        return _hw(args.img_size), "args.img_size"
-    arch = getattr(args, "model", None) or checkpoint.get("arch")
+    if metadata.input_hw is not None:
+        return metadata.input_hw, metadata.input_hw_source
+    arch = metadata.model
     if isinstance(arch, str) and arch:
         from timm.models import get_pretrained_cfg
 
