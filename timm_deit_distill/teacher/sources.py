@@ -21,7 +21,12 @@ from ..errors import TeacherError
 if TYPE_CHECKING:
     from ..checkpoint import RunMetadata
 
-__all__ = ["load_teacher_checkpoint", "build_model", "state_dict_sha256"]
+__all__ = ["load_teacher_checkpoint", "build_model", "state_dict_sha256", "SOURCE_PREFIXES"]
+
+#: Teacher (and model) sources that are not a timm model name, by prefix: timm resolves each one itself
+#: (``hf-hub:ORG/NAME``, ``local-dir:PATH``, the legacy ``hf_hub:``, and ``timm/NAME`` Hub ids). A name with
+#: one of them is not checked against timm's registry; a new source is one entry here.
+SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
 
 _logger = logging.getLogger(__name__)
 

@@ -1,10 +1,9 @@
-"""The middle floor: what `deit-distill train`, `eval`, `cache build` and the demo build alike, from typed settings.
+"""The builders: what `deit-distill train`, `eval`, `cache build` and the Python API build alike, from typed settings.
 
 Each builder takes the settings it needs (:class:`StudentSettings`, :class:`DataSettings`, the library's
-:class:`~timm_deit_distill.teacher.TeacherSettings`, :class:`~timm_deit_distill.losses.DistillSettings`, the
-data pipeline's settings), never the command line's namespace, so the commands above share one way of
-building the student, its data config, the teacher (and its check), the loss, the datasets and the device,
-and a refusal reads the same whichever command hits it.
+:class:`~timm_deit_distill.losses.DistillSettings`, the data pipeline's settings), never an options namespace, so
+every road into a run shares one way of building the student, its data config, the loss, the datasets and the
+device, and a refusal reads the same whichever road hits it. The teacher has its own module, :mod:`.teacher`.
 """
 
 from __future__ import annotations
@@ -21,19 +20,16 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, split_model_name_tag
 
-from .data import DataSettings, LoaderSettings, build_check_loader, check_same_classes, open_source
-from .errors import CheckpointError, UsageError
-from .losses import DistillationLoss, DistillSettings
-from .teacher import DistillationTeacher, PathChoice, TeacherCheck, TeacherSettings
-from .teacher.tuning import agree_on_path
+from ..data import DataSettings, LoaderSettings, check_same_classes, open_source
+from ..errors import CheckpointError, UsageError
+from ..losses import DistillationLoss, DistillSettings
+from ..teacher.sources import SOURCE_PREFIXES
 
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
     "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_teacher", "select_teacher_path", "check_teacher", "create_criterion", "initial_weights_origin",
+    "create_criterion", "initial_weights_origin",
 ]
-
-_SOURCE_PREFIXES = ("hf-hub:", "local-dir:", "hf_hub:", "timm/")
 
 _logger = logging.getLogger(__name__)
 
@@ -122,9 +118,10 @@ def _suggest(name: str, candidates: list[str]) -> str:
 def check_model_name(name: str, flag: str) -> None:
     """Refuse a timm model name (optionally ``arch.tag``) that timm does not know, suggesting close matches.
 
-    ``hf-hub:`` and ``local-dir:`` sources are not names and are left to the loader.
+    Model sources that are not names (``hf-hub:``, ``local-dir:``, ...: the teacher module's
+    :data:`~timm_deit_distill.teacher.sources.SOURCE_PREFIXES`) are left to the loader.
     """
-    if name.startswith(_SOURCE_PREFIXES):
+    if name.startswith(SOURCE_PREFIXES):
         return
     arch, tag = split_model_name_tag(name)
     if not is_model(arch):
@@ -141,7 +138,7 @@ def check_model_name(name: str, flag: str) -> None:
 
 def fixed_input_size(name: str) -> bool:
     """Whether the architecture is built for one input size (ViTs), so ``--img-size`` must reach the model."""
-    if name.startswith(_SOURCE_PREFIXES):
+    if name.startswith(SOURCE_PREFIXES):
         return False
     try:
         return bool(get_pretrained_cfg_value(name, "fixed_input_size"))
@@ -232,7 +229,7 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any], *,
 
 
 def _initial_weights(student: StudentSettings,
-                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None, list[str] | None]:
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None, Sequence[str] | None]:
     """The student's starting weights from --pretrained-path / --initial-checkpoint, read by the package's
     reader and weights policy (timm's loaders would take a file's EMA weights silently).
 
@@ -240,7 +237,7 @@ def _initial_weights(student: StudentSettings,
     checkpoint records); NumPy .npz/.npy files stay with timm, whose models read them with their own
     load_pretrained.
     """
-    from .checkpoint import read_checkpoint, select_weights
+    from ..checkpoint import read_checkpoint, read_run_metadata, select_weights
 
     flags = ("--initial-ema", "--no-initial-ema")
     overlay = None
@@ -257,13 +254,13 @@ def _initial_weights(student: StudentSettings,
             # num_classes=-1: timm replaces the head of --pretrained-path weights (timm train.py's behaviour)
             overlay = dict(state_dict=state_dict, num_classes=-1)
     initial: dict[str, Any] | str | None = None
-    initial_classes = None
+    initial_classes: Sequence[str] | None = None
     if student.initial_checkpoint:
         if student.initial_checkpoint.lower().endswith((".npz", ".npy")):
             initial = student.initial_checkpoint
         else:
             checkpoint = read_checkpoint(student.initial_checkpoint, what="--initial-checkpoint")
-            initial_classes = (checkpoint.get("deit_distill") or {}).get("label_names")
+            initial_classes = read_run_metadata(checkpoint).label_names
             initial, _ = select_weights(checkpoint, use_ema=student.initial_ema,
                                         name=f"--initial-checkpoint {student.initial_checkpoint}", flags=flags)
     if student.initial_ema is not None and overlay is None and not isinstance(initial, dict):
@@ -282,7 +279,9 @@ def initial_weights_origin(student: StudentSettings, model: nn.Module, *,
     the Hugging Face cache (its path names the repo), or a checkpoint that records a Hub start of its own.
     """
     if resumed is not None:
-        return (resumed.get("deit_distill") or {}).get("initial_weights")
+        from ..checkpoint import read_run_metadata
+
+        return read_run_metadata(resumed).initial_weights
     path = student.initial_checkpoint or (student.pretrained_path if student.pretrained else None)
     if path:
         flag = "--initial-checkpoint" if student.initial_checkpoint else "--pretrained-path"
@@ -296,17 +295,17 @@ def initial_weights_origin(student: StudentSettings, model: nn.Module, *,
 def _file_hub_id(path: str) -> str | None:
     """The Hub model a weights file is from: its Hugging Face cache path says, or (a checkpoint this package
     wrote) the start it records."""
-    from .checkpoint import CheckpointError, read_checkpoint
-    from .hub.transfer import cached_repo_id
+    from ..checkpoint import read_checkpoint, read_run_metadata
+    from ..hub.transfer import cached_repo_id
 
     repo_id = cached_repo_id(path)
     if repo_id is not None or path.lower().endswith((".npz", ".npy", ".safetensors")):
         return repo_id
     try:  # read once more (cached by the OS): only the metadata is wanted here
-        recorded = read_checkpoint(path).get("deit_distill") or {}
+        recorded = read_run_metadata(read_checkpoint(path))
     except CheckpointError:
         return None
-    return (recorded.get("initial_weights") or {}).get("hub_id")
+    return (recorded.initial_weights or {}).get("hub_id")
 
 
 def student_data_config(student: StudentSettings, num_classes: int, *, model: nn.Module | None = None,
@@ -328,51 +327,7 @@ def student_data_config(student: StudentSettings, num_classes: int, *, model: nn
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The teacher and the loss
-
-
-def create_teacher(teacher: TeacherSettings, num_classes: int, data_config: Mapping[str, Any],
-                   device: torch.device | str, label_names: Sequence[str] | None = None) -> DistillationTeacher:
-    """The run's DistillationTeacher, adapted to the data pipeline (``data_config``: the student's)."""
-    return DistillationTeacher.create(
-        teacher.source, checkpoint_path=teacher.checkpoint_path, use_ema=teacher.use_ema,
-        num_classes=num_classes, label_names=label_names,
-        data_mean=data_config["mean"], data_std=data_config["std"], input_size=data_config["input_size"],
-        teacher_input_size=teacher.input_size, precision=teacher.precision, compile=teacher.compile,
-        channels_last=teacher.channels_last, device=device, teacher_mean=teacher.mean, teacher_std=teacher.std)
-
-
-def select_teacher_path(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,
-                        data_config: Mapping[str, Any], loader: LoaderSettings, *, seed: int, batch_size: int,
-                        steps: int, rank: int = 0, world_size: int = 1) -> PathChoice:
-    """Choose the teacher's path (:meth:`~timm_deit_distill.teacher.DistillationTeacher.select_path`) for a run of
-    ``steps`` teacher batches of ``batch_size``, its agreement measured on the teacher check's seeded validation
-    images (also with ``--no-teacher-check``).
-
-    Under torchrun rank 0 measures and every process takes its choice: the processes of one run compute their
-    targets on one path (measuring on each would compete for the same machine and could pick different paths).
-    """
-    def choose() -> PathChoice:
-        check_loader = build_check_loader(dataset, dict(data_config), max_images=teacher.check_images,
-                                          batch_size=loader.eval_batch_size, workers=loader.workers, seed=seed)
-        return model.select_path(check_loader, batch_size=batch_size, steps=steps, min_agreement=teacher.min_agreement)
-
-    return agree_on_path(model, choose, rank=rank, world_size=world_size)
-
-
-def check_teacher(model: DistillationTeacher, teacher: TeacherSettings, dataset: Any,
-                  data_config: Mapping[str, Any], loader: LoaderSettings, *, seed: int) -> TeacherCheck | None:
-    """``model.check`` on a seeded subset of ``dataset`` (``teacher.check_images`` images, threshold
-    ``teacher.min_top1`` or automatic); raises TeacherError below the threshold. With ``teacher.check`` off
-    (``--no-teacher-check``) nothing is measured: a warning says so, and None is returned."""
-    if not teacher.check:
-        _logger.warning("Teacher check skipped (--no-teacher-check): teacher %s is not measured on validation images "
-                        "before it teaches; a teacher near chance would distil noise without a word.", model.name)
-        return None
-    check_loader = build_check_loader(dataset, dict(data_config), max_images=teacher.check_images,
-                                      batch_size=loader.eval_batch_size, workers=loader.workers, seed=seed)
-    min_top1 = "auto" if teacher.min_top1 is None else teacher.min_top1
-    return model.check(check_loader, max_images=teacher.check_images, min_top1=min_top1)
+# The loss
 
 
 def create_criterion(distill: DistillSettings, *, smoothing: float, mixup_active: bool) -> DistillationLoss:
