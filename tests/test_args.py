@@ -15,16 +15,13 @@ import pytest
 import yaml
 
 from timm_deit_distill.commands import train
-from timm_deit_distill.commands.args import (
-    UNSUPPORTED_TIMM_FLAGS,
-    UsageError,
-    build_parser,
-    config_dict,
-    format_config,
-    list_recipes,
-    parse_args,
-    resolve_lr,
-)
+from timm_deit_distill.commands.args import UsageError, build_parser, format_config, parse_args
+from timm_deit_distill.factory import options
+from timm_deit_distill.factory.options import UNSUPPORTED_TIMM_FLAGS, list_recipes, resolve_lr
+
+
+def config_dict(args):
+    return options.config_dict(build_parser(), args)
 
 # (flag, timm's default, kind) for all 171 options of timm train.py besides -c.
 TIMM_TRAIN_FLAGS = [

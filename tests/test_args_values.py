@@ -157,7 +157,7 @@ def test_the_scheduler_names_are_timms():
     import torch
     from timm.scheduler import create_scheduler_v2, scheduler_factory
 
-    from timm_deit_distill.commands.args import TIMM_SCHEDULERS
+    from timm_deit_distill.factory.options import TIMM_SCHEDULERS
 
     in_timm = set(re.findall(r"sched == '(\w+)'", inspect.getsource(scheduler_factory.create_scheduler_v2)))
     for group in re.findall(r"sched in \(([^)]*)\)", inspect.getsource(scheduler_factory.create_scheduler_v2)):

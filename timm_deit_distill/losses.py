@@ -27,9 +27,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DistillationLoss", "DistillSettings", "DISTILLATION_TYPES", "SOFT_REDUCTIONS"]
+__all__ = ["DistillationLoss", "DistillSettings", "DISTILLATION_TYPES", "TEACHER_TYPES", "LOGIT_TYPES",
+           "SOFT_REDUCTIONS"]
 
+#: Every distillation type: the one list the options, the trainer, the Task and the cache read.
 DISTILLATION_TYPES = ("none", "soft", "hard")
+#: The types with a distillation term, which need a teacher (or its cached targets): all but 'none'.
+TEACHER_TYPES = tuple(t for t in DISTILLATION_TYPES if t != "none")
+#: The types whose term needs the teacher's logits, not only its argmax (a cache of labels cannot replay them).
+LOGIT_TYPES = ("soft",)
 SOFT_REDUCTIONS = ("deit", "batchmean")
 
 _NOT_DISTILLED = (

@@ -70,16 +70,14 @@ def _build(argv: list[str]) -> int:
               "  --out     the cache directory (rerun on it to resume or extend)\n"
               "  --epochs  epochs to cache (training may use up to this many)")
         return 0
-    # The training flags through the trainer's own parser, named as this command: a bad flag prints
-    # `usage: deit-distill cache build ...`, not the trainer's name (parse_args below builds its own).
-    check = train_args.build_parser()
-    check.prog = "deit-distill cache build"
-    check.parse_args(rest)
+    # The training flags through the trainer's own declaration, named as this command: a bad flag prints
+    # `deit-distill cache build: error: ...`, not the trainer's name.
+    given = train_args.given_flags(rest, prog="deit-distill cache build")
     if not own.out:
         raise CacheError("no --out DIR given; fix: add --out DIR, the directory the cache is written to.")
     check_cache_dir(own.out)  # before the data scan and the teacher: a file in the way is the cheapest refusal
     store = CacheStore.parse(own.store)
-    args = train_args.parse_args(rest)
+    args = train_args.resolve_given(given, prog="deit-distill cache build")
     settings = train_args.settings_from_args(args)
     inside = output_inside_data("--out", own.out, args.data_dir)  # the rest of --out was checked above
     if inside is not None:

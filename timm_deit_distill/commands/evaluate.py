@@ -25,7 +25,7 @@ from ..data import LoaderSettings
 from ..errors import DataError, DeitDistillError, DiskFullError, UsageError
 from ..evaluation import evaluate, head_logits, is_distilled
 from ..progress import progress_bar
-from .common import TEACHER_EMA, ArgumentParser, add_either_flag, refuse
+from .common import ArgumentParser, refuse
 from .stops import Stopped, run_stoppable
 
 if TYPE_CHECKING:
@@ -37,60 +37,11 @@ _logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `deit-distill eval` parser."""
-    from .args import HelpFormatter, add_dataset_flags, add_teacher_check_flags, add_teacher_path_flags
+    """The `deit-distill eval` parser of the command line (declared in :mod:`timm_deit_distill.factory.options`)."""
+    from ..factory.options import EVAL_PROG, eval_parser
+    from .args import HelpFormatter
 
-    p = ArgumentParser(
-        prog="deit-distill eval",
-        description="Top-1/top-5 of a checkpoint's class, distillation and fused heads, and with a teacher its "
-                    "top-1 and agreement. Printed and written as JSON.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("data", nargs="?", metavar="DIR", default=None,
-                   help="dataset root, as timm validate.py's positional (same as --data-dir)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="a checkpoint written by deit-distill train (or timm's train.py); the model is the one it records")
-    p.add_argument("--model", "-m", default=None, metavar="NAME",
-                   help="as timm validate.py's --model. With --checkpoint: the architecture the checkpoint records "
-                        "(checked). Without: a model with pretrained weights: local-dir:DIR (push --to-dir, pull "
-                        "--out), hf-hub:ORG/NAME[@REV] (pulled, every file checked against the Hub's checksums), or a "
-                        "timm name with a pretrained tag (timm downloads it)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="evaluate --model's pretrained weights (validate.py's flag; implied without --checkpoint, "
-                        "and with one the checkpoint's weights are evaluated, as in validate.py)")
-    add_dataset_flags(p, lambda value: value, training=False)  # --data-dir, --dataset, ... as the trainer's
-    p.add_argument("--split", default="validation", metavar="NAME",
-                   help="split to evaluate (a folder or tar name, a dataset split, a wds shard pattern)")
-    p.add_argument("--head", default="fused", choices=("fused", "cls", "dist"),
-                   help="head whose predictions are reported as top1/top5 and written by --predict")
-    p.add_argument("--predict", default=None, metavar="CSV",
-                   help="also write per-image predictions of --head (path, label, top-5 classes and probabilities)")
-    add_either_flag(p, "use_ema",
-                    yes=("--use-ema", "evaluate the EMA weights (one of the two is required when the checkpoint holds both)"),
-                    no=("--no-ema", "evaluate the raw weights (one of the two is required when the checkpoint holds both)"))
-    p.add_argument("--distill-teacher", "--teacher-model", default=None, metavar="SOURCE",
-                   help="teacher for teacher_top1 and agreement: timm name, hf-hub:ORG/NAME or local-dir:PATH")
-    p.add_argument("--distill-teacher-path", "--teacher-path", default=None, metavar="FILE", help="teacher checkpoint")
-    add_teacher_path_flags(p)
-    add_either_flag(p, "teacher_ema", yes=TEACHER_EMA[0], no=TEACHER_EMA[1])
-    add_teacher_check_flags(p)  # the teacher is checked on --split before the full evaluation
-    p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N", help="evaluation batch size")
-    p.add_argument("-j", "--workers", type=int, default=2, metavar="N", help="data loading processes")
-    p.add_argument("--device", default=None, help="device (default: cuda when available, else cpu)")
-    p.add_argument("--amp", action="store_true", help="autocast the student")
-    p.add_argument("--amp-dtype", default="bfloat16", choices=("float16", "bfloat16"), help="autocast dtype")
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="where to write the results (default: RUN_DIR/eval-<checkpoint>-<split>.json; when that "
-                        "exists, the next free name: ...-1.json, -2.json, ...)")
-    p.add_argument("--results-file", default=None, metavar="FILENAME",
-                   help="also write timm validate.py's summary (model, top1, top1_err, top5, top5_err, param_count, "
-                        "img_size, crop_pct, interpolation; top-1/top-5 of --head) to this file, as validate.py does")
-    p.add_argument("--results-format", default="csv", choices=("csv", "json"),
-                   help="format of --results-file, as validate.py's")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --json / --predict / --results-file (and the default results file); "
-                        "without it an existing one is refused")
-    return p
+    return eval_parser(EVAL_PROG, ArgumentParser, HelpFormatter)
 
 
 def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict[str, Any]:
@@ -105,7 +56,8 @@ def _run_eval(args: argparse.Namespace, loader_settings: LoaderSettings) -> dict
         open_split,
     )
     from ..data import resolve_input_img_mode as input_img_mode
-    from .args import teacher_settings, validate_teacher_check_flags
+    from ..factory.options import validate_teacher_check_flags
+    from .args import teacher_settings
 
     validate_teacher_check_flags(args, has_teacher=bool(args.distill_teacher or args.distill_teacher_path))
     if args.distill_teacher_path:  # a damaged teacher file is refused before any work, like the checkpoint

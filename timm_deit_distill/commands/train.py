@@ -36,14 +36,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import DataError, DeitDistillError, DiskFullError, NonFiniteLoss, RunFolderError
+from ..factory.options import config_dict, resolve_lr
 from ..progress import is_progress_bar, progress_bar
 from .args import (
     TrainSettings,
     UsageError,  # re-exported: the refusal raised for a setting that cannot work
-    config_dict,
+    build_parser,
     format_config,
     parse_args,
-    resolve_lr,
     settings_from_args,
 )
 from .common import one_line, refuse, setup_logging
@@ -288,7 +288,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
     settings = settings or settings_from_args(args)
 
     # --- Cheap checks first: names, the checkpoint to resume from, the run folder.
-    user_config = config_dict(args)  # args.yaml records the settings as given (lr still scales on reload)
+    user_config = config_dict(build_parser(), args)  # args.yaml records the settings as given (lr still scales on reload)
     for module in args.device_modules or []:
         importlib.import_module(module)
     factory.check_model_name(args.model, "--model")
@@ -424,7 +424,7 @@ def setup(args: argparse.Namespace, settings: TrainSettings | None = None, *,  #
                                              "num_samples": source_size(train_ds),
                                              "shards": train_ds.source_info.identity.get("shards")})
     # plain values (weights_only-loadable): the settings with what the run resolved (classes, lr, dist_bn)
-    saved_args = argparse.Namespace(**{**config_dict(args), "num_classes": num_classes, "lr": lr, "dist_bn": dist_bn})
+    saved_args = argparse.Namespace(**{**config_dict(build_parser(), args), "num_classes": num_classes, "lr": lr, "dist_bn": dist_bn})
 
     # --- Every remaining check, still before anything is written.
     comparison = None

@@ -5,31 +5,28 @@
     (``timm_deit_distill.train`` / ``build_cache`` / ``evaluate``), which the commands call.
 
 Below this floor the library takes typed arguments only; above it the commands parse argv, print refusals and own
-the process. The builders' names are importable from here, as they were when this was one module.
+the process. The builders' names are importable from here, as they were when this was one module; they load on
+first use, so a command that only parses (``deit-distill push --help``) does not import torch for them.
 """
 
 from __future__ import annotations
 
-from .builders import (
-    DataSettings,
-    DeviceInfo,
-    StudentSettings,
-    architecture_kwargs,
-    check_model_name,
-    create_criterion,
-    create_student,
-    fixed_input_size,
-    init_device,
-    initial_weights_origin,
-    open_datasets,
-    select_device,
-    student_data_config,
-)
-from .teacher import check_teacher, create_teacher, get_teacher, ready_teacher, select_teacher_path
+import importlib
+from typing import Any
 
-__all__ = [
-    "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
-    "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_teacher", "select_teacher_path", "check_teacher", "ready_teacher", "get_teacher", "create_criterion",
-    "initial_weights_origin",
-]
+# Public names that live in the submodules, imported on first access.
+_LAZY = {
+    **dict.fromkeys(("DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device",
+                     "check_model_name", "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student",
+                     "student_data_config", "create_criterion", "initial_weights_origin"), "builders"),
+    **dict.fromkeys(("create_teacher", "select_teacher_path", "check_teacher", "ready_teacher", "get_teacher"),
+                    "teacher"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
