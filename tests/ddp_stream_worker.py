@@ -13,8 +13,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from timm_deit_distill.commands.args import parse_args, settings_from_args
+from timm_deit_distill.commands.args import parse_args
 from timm_deit_distill.data import ViewSettings, build_eval_loader, build_train_loader, open_source
+from timm_deit_distill.factory.settings import settings_from_options
 
 DATA_CONFIG = dict(input_size=(1, 8, 8), mean=(0.0,), std=(1.0,), interpolation="nearest", crop_pct=1.0,
                    crop_mode="center")
@@ -30,7 +31,7 @@ def main() -> None:
         args = parse_args(["--dataset", "wds/digits", "--data-dir", shard_dir, "--target-key", "idx", "-b", "8",
                            "--workers", str(workers), "--seed", "3", "--num-classes", "160", "--in-chans", "1",
                            "--input-img-mode", "L"])
-        settings = settings_from_args(args)
+        settings = settings_from_options(args)
         train, val = open_source(settings.data, num_classes=160, batch_size=8, seed=3)
         view = ViewSettings.resolve(settings.augment, DATA_CONFIG, 160)
         loader = build_train_loader(train, view, settings.loader, rank=rank, world_size=world)

@@ -1,5 +1,5 @@
 """Run by tests/test_task.py under ``torch.distributed.run --nproc_per_node=2`` (gloo): DeiTDistillationTask after
-``prepare_distributed`` with a teacher whose path is measured (precision 'auto').
+``prepare_distributed`` with a teacher whose path is measured (precision 'auto') by ``select_teacher_path``.
 
 Process 0 measures for real; process 1's ``select_path`` raises if called. argv: OUT_JSON; process 0 writes
 ``{"paths": [path of process 0, path of process 1], "reasons": [...]}``.
@@ -33,6 +33,7 @@ def main() -> None:
         task.teacher.select_path = measured_here
     g = torch.Generator().manual_seed(rank)
     x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    task.select_teacher_path([(x, y)], steps=2)  # the explicit measurement: process 0's, followed by process 1
     task.train()
     for _ in range(2):
         task(x, y)["loss"].backward()

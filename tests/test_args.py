@@ -17,7 +17,8 @@ import yaml
 from timm_deit_distill.commands import train
 from timm_deit_distill.commands.args import UsageError, build_parser, format_config, parse_args
 from timm_deit_distill.factory import options
-from timm_deit_distill.factory.options import UNSUPPORTED_TIMM_FLAGS, list_recipes, resolve_lr
+from timm_deit_distill.factory.options import UNSUPPORTED_TIMM_FLAGS, list_recipes
+from timm_deit_distill.factory.settings import settings_from_options
 
 
 def config_dict(args):
@@ -295,7 +296,7 @@ def test_recipe_has_the_papers_settings(recipe, model, epochs, wd, lr_base, min_
     # lr = base x global batch / 512, linear: DeiT's linear_scaled_lr for any batch and world size.
     for batch, world in ((64, 16), (128, 1), (32, 2)):
         args.batch_size = batch
-        assert resolve_lr(args, world)[0] == pytest.approx(lr_base * batch * world / 512)
+        assert settings_from_options(args).learning_rate(world)[0] == pytest.approx(lr_base * batch * world / 512)
     if recipe == "deit_base_384":
         assert args.img_size == 384 and args.pretrained  # fine-tuning, with distillation allowed
 
@@ -428,7 +429,7 @@ def test_invalid_values_are_refused_before_anything_runs(argv, needle, capsys):
 
 
 def test_refusal_from_the_real_command_has_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "timm_deit_distill.train", "--distill-tau", "0"],
+    proc = subprocess.run([sys.executable, "-m", "timm_deit_distill", "train", "--distill-tau", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--distill-tau 0.0 must be > 0" in proc.stderr and "Traceback" not in proc.stderr

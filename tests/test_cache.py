@@ -141,6 +141,40 @@ def test_cached_teaching_equals_online_teaching(tmp_path, digits, teacher, store
     np.testing.assert_allclose(cached_losses, online_losses, rtol=1e-5, atol=1e-6)
 
 
+def test_the_task_api_replays_a_cache_as_it_teaches_online(tmp_path, digits, teacher):
+    """DeiTDistillationTask with a target source: the cache's rows for the batch's views of the task's epoch give
+    the losses the online teacher gives (the Task does not know which it has)."""
+    from timm.loss import SoftTargetCrossEntropy
+
+    from timm_deit_distill.targets import CachedTargets, OnlineTargets
+    from timm_deit_distill.task import DeiTDistillationTask
+
+    train_ds, _ = digits
+    args = make_args(distill_type="soft")
+    build(tmp_path / "c", train_ds, teacher, epochs=2, store="full", args=args)
+    cache = opened(tmp_path / "c", args, train_ds, 2)
+    loader = build_train_loader(train_ds, args.view, args.loader)
+    losses = {}
+    for name, source in (("online", OnlineTargets(teacher)), ("cached", CachedTargets(cache))):
+        task = DeiTDistillationTask(_student(), source, SoftTargetCrossEntropy(), distillation_type="soft",
+                                    verbose=False).train()
+        opt = torch.optim.SGD(task.trainable_module.parameters(), lr=0.05)
+        losses[name] = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            task.set_epoch(epoch)
+            for inputs, labels, views in loader:
+                out = task(inputs, labels, views=views)
+                opt.zero_grad()
+                out["loss"].backward()
+                opt.step()
+                losses[name].append([out["loss"].item(), out["task_loss"].item(), out["distill_loss"].item()])
+    assert len(losses["cached"]) == len(losses["online"]) > 2
+    np.testing.assert_allclose(losses["cached"], losses["online"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="views"):
+        DeiTDistillationTask(_student(), CachedTargets(cache), distillation_type="soft")(inputs, labels)
+
+
 def test_topk_renormalises_over_the_stored_classes(tmp_path, digits, teacher):
     train_ds, _ = digits
     args = make_args(distill_type="soft")

@@ -34,7 +34,8 @@ from timm_deit_distill.checkpoint import (
 )
 from timm_deit_distill.commands import evaluate, train
 from timm_deit_distill.commands import hub as hub_cli
-from timm_deit_distill.commands.args import parse_args, settings_from_args
+from timm_deit_distill.commands.args import parse_args
+from timm_deit_distill.factory.settings import settings_from_options
 from timm_deit_distill.hub import save_pretrained
 from timm_deit_distill.teacher import DistillationTeacher
 
@@ -368,7 +369,7 @@ def test_eval_needs_a_choice_for_both_and_records_the_weights_it_used(both, tmp_
 
 
 def _student_from(argv: list[str]) -> torch.nn.Module:
-    student = settings_from_args(parse_args(["--data-dir", "unused", *argv])).student
+    student = settings_from_options(parse_args(["--data-dir", "unused", *argv])).student
     return factory.create_student(student, factory.architecture_kwargs(student, 10))
 
 

@@ -11,15 +11,21 @@ from pathlib import Path
 import pytest
 
 from timm_deit_distill.commands import demo
-from timm_deit_distill.commands.args import parse_args
+from timm_deit_distill.factory.options import options_from_keywords, train_parser
+
+
+def _resolved(options: dict) -> dict:
+    """The options a demo run gives `deit-distill train`, resolved as the trainer resolves them."""
+    return vars(options_from_keywords(train_parser(), options, what="the demo"))
 
 _DISTILL_FLAGS = {"distill_type", "distill_teacher", "distill_teacher_path", "distill_alpha", "distill_tau",
                   "distill_soft_reduction", "teacher_precision", "distill_teacher_ema", "experiment", "seed", "_layers"}
 
 
 def _student_config(mode: str, seed: int = 0) -> dict:
-    argv = demo.student_args(demo.DEFAULT_REGIME, Path("/data"), Path("/runs"), mode, seed, Path("/t/last.pth.tar"))
-    return vars(parse_args(argv))
+    options = demo.student_options(demo.DEFAULT_REGIME, Path("/data"), Path("/runs"), mode, seed,
+                                   Path("/t/last.pth.tar"))
+    return _resolved(options)
 
 
 def test_students_get_the_same_budget_and_differ_only_in_distillation():
@@ -43,7 +49,7 @@ def test_students_use_deits_loss_definitions():
 
 def test_teacher_is_trained_with_the_students_augmentation():
     regime = demo.DEFAULT_REGIME
-    teacher = vars(parse_args(demo.teacher_args(regime, Path("/data"), Path("/runs"))))
+    teacher = _resolved(demo.teacher_options(regime, Path("/data"), Path("/runs")))
     student = _student_config("hard")
     for key in ("scale", "ratio", "hflip", "color_jitter", "aa", "mixup", "cutmix", "reprob", "smoothing", "img_size",
                 "train_interpolation"):
@@ -95,15 +101,16 @@ def test_a_seed_gives_every_mode_the_same_initial_student_and_views(tmp_path):
     import torch
     from train_fixtures import digits, teacher_checkpoint
 
-    from timm_deit_distill.commands import train
+    from timm_deit_distill.factory.api import train_settings
+    from timm_deit_distill.factory.run import build_run
 
     data = digits(tmp_path / "digits", train_per_class=2)
     teacher = teacher_checkpoint(tmp_path / "teacher.pth")
     regime = dataclasses.replace(demo.QUICK_REGIME, batch_size=4)
     runs = {}
     for mode in demo.MODES:
-        argv = demo.student_args(regime, data, tmp_path / "runs", mode, 5, teacher)
-        run = train.setup(parse_args([*argv, "--model-kwargs", "depth=1", "embed_dim=32", "num_heads=2"]))
+        options = demo.student_options(regime, data, tmp_path / "runs", mode, 5, teacher)
+        run = build_run(train_settings(**options, model_kwargs=dict(depth=1, embed_dim=32, num_heads=2)))
         run.train_loader.set_epoch(1)
         runs[mode] = (run.student.state_dict(), next(iter(run.train_loader))[0])
     weights, views = runs["none"]
@@ -154,10 +161,10 @@ def test_without_the_demo_extra_it_says_so_in_one_line_and_creates_nothing(tmp_p
 def test_a_folder_holding_another_run_is_refused_not_overwritten(tmp_path):
     run_dir = tmp_path / "hard-seed0"
     run_dir.mkdir()
-    (run_dir / "demo_run.json").write_text(json.dumps({"argv": ["--epochs", "5"]}))
+    (run_dir / "demo_run.json").write_text(json.dumps({"options": {"epochs": 5}}))
     (run_dir / "last.pth.tar").write_bytes(b"kept")
     with pytest.raises(demo.DemoError, match="holds a different run"):
-        demo.run_training(["--epochs", "6"], run_dir, 6, "student hard-seed0")
+        demo.run_training({"epochs": 6}, run_dir, 6, "student hard-seed0")
     assert (run_dir / "last.pth.tar").read_bytes() == b"kept"
 
 

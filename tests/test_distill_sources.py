@@ -15,6 +15,9 @@ from train_fixtures import FAST, STUDENT, digits, load
 from timm_deit_distill.commands import cache as cache_cli
 from timm_deit_distill.commands import train
 from timm_deit_distill.commands.args import format_config, parse_args
+from timm_deit_distill.factory import loop
+from timm_deit_distill.factory.run import build_run
+from timm_deit_distill.factory.settings import settings_from_options
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +121,14 @@ def test_a_truncated_chunk_beyond_the_hashing_budget_is_refused_up_front(data, t
 def test_a_chunk_that_changes_mid_run_stops_it_in_one_line_keeping_the_last_checkpoint(
         data, trained_teacher, cache_dir, tmp_path, capsys, monkeypatch):
     cache = shutil.copytree(cache_dir, tmp_path / "c")
-    original = train.train_one_epoch
+    original = loop.train_one_epoch
 
     def tamper_before_epoch_1(run, epoch):
         if epoch == 1:
             flip_a_byte(cache / "epoch-0001.safetensors")
         return original(run, epoch)
 
-    monkeypatch.setattr(train, "train_one_epoch", tamper_before_epoch_1)
+    monkeypatch.setattr(loop, "train_one_epoch", tamper_before_epoch_1)
     err = refused([*flags(data, trained_teacher["checkpoint"]), "--deterministic-aug", "--distill-cache", str(cache), "--output",
                    str(tmp_path), "--experiment", "run"], capsys)
     run = tmp_path / "run"
@@ -139,7 +142,8 @@ def test_a_chunk_that_changes_mid_run_stops_it_in_one_line_keeping_the_last_chec
 def test_a_teacher_given_by_its_file_alone_is_named_in_the_log(data, trained_teacher, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     teacher = trained_teacher["checkpoint"]
-    run = train.setup(parse_args([*flags(data, teacher), "--output", str(tmp_path), "--experiment", "run"]))
+    run = build_run(settings_from_options(parse_args([*flags(data, teacher), "--output", str(tmp_path), "--experiment",
+                                                      "run"])))
     getattr(run, "close", lambda: None)()
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Distillation: "))
     assert line.endswith(f"teacher: resnet10t ({teacher}).")

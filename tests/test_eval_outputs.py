@@ -13,6 +13,7 @@ from train_fixtures import STUDENT_KWARGS, digits
 import timm_deit_distill  # noqa: F401  (registers the variants)
 from timm_deit_distill.checkpoint import CheckpointSaver
 from timm_deit_distill.commands import evaluate
+from timm_deit_distill.factory import evaluating
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,10 @@ def run(tmp_path_factory):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fails the test if the evaluation starts."""
-    def refuse(args):
+    def refuse(settings):
         raise AssertionError("the evaluation ran before the output path was checked")
 
-    monkeypatch.setattr(evaluate, "_run_eval", refuse)
+    monkeypatch.setattr(evaluating, "run_evaluation", refuse)
 
 
 @pytest.mark.parametrize("flag", ["--json", "--predict"])
@@ -83,7 +84,7 @@ def test_default_results_file_that_is_a_folder_is_refused(run, capsys, monkeypat
     default = run["ckpt"].parent / "eval-last-validation.json"
     default.mkdir()
     try:
-        monkeypatch.setattr(evaluate, "_run_eval", lambda args: pytest.fail("evaluated before checking"))
+        monkeypatch.setattr(evaluating, "run_evaluation", lambda settings: pytest.fail("evaluated before checking"))
         assert evaluate.main(["--checkpoint", str(run["ckpt"]), "--data-dir", str(run["data"])]) == 2
         assert f"{default} is a folder" in capsys.readouterr().err
     finally:
@@ -113,7 +114,7 @@ def test_end_to_end_refusal_then_success(run, tmp_path, capsys):
 @pytest.mark.parametrize("flag, value, needle", [("-b", "0", "--batch-size 0 must be >= 1"),
                                                  ("-j", "-1", "--workers -1 must be >= 0")])
 def test_loader_values_are_refused_before_the_checkpoint_is_read(flag, value, needle, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(evaluate, "_run_eval", lambda args: pytest.fail("the evaluation started"))
+    monkeypatch.setattr(evaluating, "run_evaluation", lambda settings: pytest.fail("the evaluation started"))
     assert evaluate.main(["--checkpoint", str(tmp_path / "c.pth.tar"), "--data-dir", str(tmp_path), flag, value]) == 2
     assert needle in capsys.readouterr().err
 

@@ -31,7 +31,7 @@ def test_trained_student_published_and_loaded_by_plain_timm(tmp_path, monkeypatc
     data = write_digits_imagefolder(tmp_path / "digits", train_per_class=5)
     torch.manual_seed(0)
     save_file(timm.create_model("resnet10t", num_classes=10).state_dict(), tmp_path / "teacher.safetensors")
-    train = [sys.executable, "-m", "timm_deit_distill.train", str(data), "--model", "deit_tiny_distilled_patch4_32",
+    train = [sys.executable, "-m", "timm_deit_distill", "train", str(data), "--model", "deit_tiny_distilled_patch4_32",
              "--num-classes", "10", "--epochs", "1", "-b", "50", "--workers", "0", "--model-ema",
              "--distill-type", "hard", "--distill-teacher", "resnet10t",
              "--distill-teacher-path", str(tmp_path / "teacher.safetensors"),

@@ -17,10 +17,13 @@ import threading
 import time
 
 import pytest
-from train_fixtures import FAST, STUDENT, digits, load
+from train_fixtures import FAST, STUDENT, digits, keywords, load
 
 from timm_deit_distill.commands import demo, train
 from timm_deit_distill.commands.args import parse_args
+from timm_deit_distill.factory import run as run_module
+from timm_deit_distill.factory.run import build_run
+from timm_deit_distill.factory.settings import settings_from_options
 from timm_deit_distill.records import read_summary
 
 # The new API is imported inside the tests that use it, so that the end-to-end tests also run (and fail)
@@ -143,10 +146,10 @@ class _FrozenClock(datetime.datetime):
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train.datetime, "datetime", _FrozenClock)
+    monkeypatch.setattr(run_module.datetime, "datetime", _FrozenClock)
     argv = base_argv(data, "--epochs", "1", "--output", str(tmp_path))
-    first = train.setup(parse_args(argv))
-    second = train.setup(parse_args(argv))
+    first = build_run(settings_from_options(parse_args(argv)))
+    second = build_run(settings_from_options(parse_args(argv)))
     for run in (first, second):
         getattr(run, "close", lambda: None)()
     assert os.path.basename(first.output_dir) == "20240506-070809-deit_tiny_distilled_patch4_32-32"
@@ -274,7 +277,7 @@ def test_resume_removes_the_partial_files_a_killed_save_left(finished_run, data,
 @pytest.mark.slow
 def test_a_second_trainer_into_a_folder_a_live_trainer_writes_is_refused(data, tmp_path, capsys):
     argv = base_argv(data, "--epochs", "200", "--output", str(tmp_path), "--experiment", "live")
-    live = subprocess.Popen([sys.executable, "-m", "timm_deit_distill.train", *argv], stdout=subprocess.DEVNULL,
+    live = subprocess.Popen([sys.executable, "-m", "timm_deit_distill", "train", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     last = tmp_path / "live" / "last.pth.tar"
     try:
@@ -302,7 +305,7 @@ def test_every_process_of_a_torchrun_refuses_together(finished_run, data, tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "timm_deit_distill.train", *base_argv(data, "--epochs", "2", "-b", "8", "--output", str(tmp_path),
+         "timm_deit_distill", "train", *base_argv(data, "--epochs", "2", "-b", "8", "--output", str(tmp_path),
                                                "--experiment", "run")],
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0
@@ -315,33 +318,34 @@ def test_every_process_of_a_torchrun_refuses_together(finished_run, data, tmp_pa
 
 # --- the demo's run manager ------------------------------------------------------------------------------------
 
-def _demo_argv(data, run_dir, epochs):
-    return base_argv(data, "--epochs", str(epochs), "--output", str(run_dir.parent), "--experiment", run_dir.name)
+def _demo_options(data, run_dir, epochs):
+    return keywords(base_argv(data, "--epochs", str(epochs), "--output", str(run_dir.parent), "--experiment",
+                              run_dir.name))
 
 
 @pytest.mark.slow
 def test_demo_starts_over_a_run_killed_before_its_first_checkpoint(data, tmp_path):
     run_dir = tmp_path / "runs" / "none-seed0"
     run_dir.mkdir(parents=True)
-    argv = _demo_argv(data, run_dir, 1)
-    (run_dir / "demo_run.json").write_text(json.dumps({"argv": argv}))
+    options = _demo_options(data, run_dir, 1)
+    (run_dir / "demo_run.json").write_text(json.dumps({"options": options}))
     (run_dir / "args.yaml").write_text("left: by the killed run\n")
     (run_dir / "summary.csv").write_text("epoch,train_loss\n0,9.9\n")
     (run_dir / ".tmp.pth.tar.abcd1234.deit-distill.tmp").write_bytes(b"half")
-    last = demo.run_training(argv, run_dir, 1, "student none-seed0")
+    last = demo.run_training(options, run_dir, 1, "student none-seed0")
     assert load(last)["epoch"] == 0
     assert "left" not in (run_dir / "args.yaml").read_text()
     assert [r["train_loss"] for r in read_summary(run_dir / "summary.csv")] != [9.9]
-    assert json.loads((run_dir / "demo_run.json").read_text()) == {"argv": argv}
+    assert json.loads((run_dir / "demo_run.json").read_text()) == {"options": options}
     assert not list(run_dir.glob(".*.tmp"))
 
 
 @pytest.mark.slow
 def test_demo_resumes_a_killed_run_in_its_folder(finished_run, data, tmp_path):
     run_dir = copy_run(finished_run, tmp_path / "runs" / "hard-seed0")
-    argv = _demo_argv(data, run_dir, 3)
-    (run_dir / "demo_run.json").write_text(json.dumps({"argv": argv}))
-    last = demo.run_training(argv, run_dir, 3, "student hard-seed0")
+    options = _demo_options(data, run_dir, 3)
+    (run_dir / "demo_run.json").write_text(json.dumps({"options": options}))
+    last = demo.run_training(options, run_dir, 3, "student hard-seed0")
     assert load(last)["epoch"] == 2
     assert [r["epoch"] for r in read_summary(run_dir / "summary.csv")] == [0, 1, 2]
     assert re.fullmatch(r"\d+\n", (run_dir / LOCK_NAME).read_text())  # the trainer locked the folder it trained in
@@ -365,12 +369,12 @@ def test_an_experiment_that_is_not_a_name_under_output_is_refused(experiment, da
 def test_the_demo_reuses_a_run_killed_between_its_last_checkpoint_and_its_summary(finished_run, data, tmp_path):
     """The trainer refuses a resume with nothing left to train; the demo must see such a run as finished."""
     run_dir = copy_run(finished_run, tmp_path / "runs" / "none-seed0")
-    argv = _demo_argv(data, run_dir, 2)
-    (run_dir / "demo_run.json").write_text(json.dumps({"argv": argv}))
+    options = _demo_options(data, run_dir, 2)
+    (run_dir / "demo_run.json").write_text(json.dumps({"options": options}))
     summary = run_dir / "summary.csv"
     summary.write_text("".join(summary.read_text().splitlines(keepends=True)[:-1]))  # the last row not yet written
     before = (run_dir / "last.pth.tar").read_bytes()
-    assert demo.run_training(argv, run_dir, 2, "student none-seed0") == run_dir / "last.pth.tar"
+    assert demo.run_training(options, run_dir, 2, "student none-seed0") == run_dir / "last.pth.tar"
     assert (run_dir / "last.pth.tar").read_bytes() == before
 
 

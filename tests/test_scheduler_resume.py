@@ -135,7 +135,8 @@ def test_the_trainer_builds_the_plateau_schedule_without_timms_warning_that_its_
     from timm.scheduler import scheduler_kwargs
 
     from timm_deit_distill.commands.args import parse_args
-    from timm_deit_distill.commands.train import build_schedule
+    from timm_deit_distill.factory.run import build_schedule
+    from timm_deit_distill.factory.settings import settings_from_options
 
     args = parse_args(["--sched", "plateau", "--epochs", "5"])
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -145,7 +146,7 @@ def test_the_trainer_builds_the_plateau_schedule_without_timms_warning_that_its_
     assert any(issubclass(w.category, FutureWarning) and "not saved in checkpoints" in str(w.message) for w in timms)
     with warnings.catch_warnings(record=True) as ours:
         warnings.simplefilter("always")
-        scheduler, epochs = build_schedule(args, optimizer, 3)
+        scheduler, epochs = build_schedule(settings_from_options(args), optimizer, 3)
         warnings.warn("a later FutureWarning", FutureWarning, stacklevel=1)  # the filter does not outlive the build
     assert [str(w.message) for w in ours] == ["a later FutureWarning"]
     assert type(scheduler).__name__ == "PlateauLRScheduler" and epochs == 5
@@ -160,15 +161,17 @@ def test_the_trainer_builds_the_plateau_schedule_without_timms_warning_that_its_
 ])
 def test_a_changed_lr_on_a_plateau_resume_is_said_to_have_no_effect(argv, start_epoch, changed, says):
     from timm_deit_distill.commands.args import parse_args
-    from timm_deit_distill.commands.train import _plateau_keeps_lr, build_schedule
+    from timm_deit_distill.factory.resuming import plateau_keeps_lr
+    from timm_deit_distill.factory.run import build_schedule
+    from timm_deit_distill.factory.settings import settings_from_options
 
-    args = parse_args([*argv, "--lr", "5e-3", "--epochs", "9"])
+    settings = settings_from_options(parse_args([*argv, "--lr", "5e-3", "--epochs", "9"]))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-3)
-    scheduler, _ = build_schedule(args, optimizer, 3)
+    scheduler, _ = build_schedule(settings, optimizer, 3)
     optimizer.param_groups[0]["lr"] = 2.5e-4  # as the checkpoint's optimizer state restores it: cut twice
     scheduler.step(start_epoch)
-    warning = _plateau_keeps_lr(args, changed, optimizer_restored=True, lr_scheduler=scheduler, optimizer=optimizer,
-                                start_epoch=start_epoch)
+    warning = plateau_keeps_lr(settings, changed, optimizer_restored=True, lr_scheduler=scheduler, optimizer=optimizer,
+                               start_epoch=start_epoch)
     if not says:
         assert warning is None
         return
@@ -181,7 +184,7 @@ def test_a_changed_lr_on_a_plateau_resume_is_said_to_have_no_effect(argv, start_
 def test_a_plateau_resume_with_changed_settings_says_what_starts_anew_and_what_lr_it_keeps(tmp_path):
     from train_fixtures import FAST, STUDENT, digits, load, run_cli
 
-    from timm_deit_distill.commands.train import PLATEAU_NOTE
+    from timm_deit_distill.factory.run import PLATEAU_NOTE
 
     data = digits(tmp_path / "digits", train_per_class=2, val_fraction=0.3)
     # as above: a rate too small to move top-1, so patience 1 cuts it at epoch 2

@@ -332,8 +332,9 @@ def test_a_corrupt_wds_sample_stays_named_by_its_shard(sources, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_skip_bad_images_skips_and_counts_a_corrupt_wds_sample(sources, tmp_path, caplog, workers):
-    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.commands.args import parse_args
     from timm_deit_distill.data import ViewSettings, build_train_loader
+    from timm_deit_distill.factory.settings import settings_from_options
 
     root = tmp_path / "wds"
     shutil.copytree(sources["wds"], root)
@@ -343,7 +344,7 @@ def test_skip_bad_images_skips_and_counts_a_corrupt_wds_sample(sources, tmp_path
     info = json.loads((root / "_info.json").read_text())
     del info["classes"], info["num_classes"]  # the sample id (json idx) is the target
     (root / "_info.json").write_text(json.dumps(info))
-    settings = settings_from_args(parse_args(argv))
+    settings = settings_from_options(parse_args(argv))
     train, _ = open_source(settings.data, num_classes=160, batch_size=8, seed=0)
     loader = build_train_loader(train, ViewSettings.resolve(settings.augment, DATA_CONFIG, 160), settings.loader)
     with tarfile.open(root / "digits-train-0005.tar") as tf:
@@ -362,10 +363,11 @@ def test_a_stream_without_workers_transforms_in_chunks_with_the_views_of_one_sam
 
     import torch
 
-    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.commands.args import parse_args
     from timm_deit_distill.data import ViewSettings, build_train_loader, streams
+    from timm_deit_distill.factory.settings import settings_from_options
 
-    settings = settings_from_args(parse_args(
+    settings = settings_from_options(parse_args(
         ["--dataset", "wds/digits", "--data-dir", str(sources["wds"]), "-b", "10", "--workers", "0",
          "--in-chans", "1", "--input-img-mode", "L", "--seed", "3", "--aa", "rand-m9-mstd0.5-inc1",
          "--reprob", "0.25", "--mixup", "0", "--cutmix", "0"]))
@@ -396,15 +398,16 @@ def test_a_stream_without_workers_transforms_in_chunks_with_the_views_of_one_sam
 
 def test_a_resumed_stream_epoch_deals_the_shards_of_the_uninterrupted_one(sources, tmp_path):
     # process 0 of 2: which shards it reads in epoch 1 depends on (seed, epoch) only, not on epoch 0 having run
-    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.commands.args import parse_args
     from timm_deit_distill.data import ViewSettings, build_train_loader
+    from timm_deit_distill.factory.settings import settings_from_options
 
     root = tmp_path / "wds"
     shutil.copytree(sources["wds"], root)
     info = json.loads((root / "_info.json").read_text())
     del info["classes"], info["num_classes"]  # the sample id (json idx) is the target
     (root / "_info.json").write_text(json.dumps(info))
-    settings = settings_from_args(parse_args(
+    settings = settings_from_options(parse_args(
         ["--dataset", "wds/digits", "--data-dir", str(root), "--target-key", "idx", "-b", "8", "--workers", "0",
          "--num-classes", "160", "--in-chans", "1", "--input-img-mode", "L", "--seed", "3"]))
 

@@ -216,11 +216,12 @@ def test_an_overstated_hfids_count_is_refused_from_the_parquet_row_counts(source
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_count_that_could_not_be_checked_is_said_after_the_first_epoch(sources, tmp_path, monkeypatch, caplog,
                                                                          workers):
-    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.commands.args import parse_args
     from timm_deit_distill.data import ViewSettings, build_train_loader, opening
+    from timm_deit_distill.factory.settings import settings_from_options
 
     def first_epochs(root, factor):
-        settings = settings_from_args(parse_args(
+        settings = settings_from_options(parse_args(
             ["--dataset", "wds/digits", "--data-dir", str(root), "-b", "8", "--workers", str(workers), "--in-chans",
              "1", "--input-img-mode", "L"]))
         train, _ = open_source(settings.data, num_classes=None, batch_size=8, seed=0)
@@ -245,10 +246,11 @@ def test_a_count_that_could_not_be_checked_is_said_after_the_first_epoch(sources
 
 def test_a_streamed_local_dataset_that_cannot_be_counted_is_said_after_the_first_epoch(sources, caplog):
     # datasets' image folder builder: one file per image, no row counts to read before training
-    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.commands.args import parse_args
     from timm_deit_distill.data import ViewSettings, build_train_loader
+    from timm_deit_distill.factory.settings import settings_from_options
 
-    settings = settings_from_args(parse_args(
+    settings = settings_from_options(parse_args(
         ["--dataset", f"hfids/{sources['folder']}", "--train-num-samples", "5000", "--val-num-samples", "50", "-b",
          "8", "--workers", "0", "--in-chans", "1", "--input-img-mode", "L", "--num-classes", "10"]))
     train, _ = open_source(settings.data, num_classes=10, batch_size=8, seed=0)

@@ -64,7 +64,7 @@ def test_torchrun_distils_on_wds_shards_and_reduces_the_evaluation_across_proces
             "--experiment", "ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "timm_deit_distill.train", *argv], capture_output=True, text=True, timeout=600, env=env)
+                           "-m", "timm_deit_distill", "train", *argv], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes on cpu" in proc.stdout and "Teacher check: resnet10t" in proc.stdout
     (row,) = read_summary(tmp_path / "ddp" / "summary.csv")

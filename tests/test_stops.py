@@ -175,13 +175,13 @@ def test_under_torchrun_every_process_stops_and_only_rank_0_speaks(data, tmp_pat
     torchrun command resumes the run."""
     folder = tmp_path / "run"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "timm_deit_distill.train", *_train_argv(data, tmp_path, "--experiment", "run", "-b", "4")[len(CLI) + 1:]]
+            "-m", "timm_deit_distill", "train", *_train_argv(data, tmp_path, "--experiment", "run", "-b", "4")[len(CLI) + 1:]]
     stopped = _stop(argv, "train:1:2", signal.SIGINT, paused=2)
     ours = [line for line in stopped.stderr.splitlines() if line.startswith("deit-distill")]
     assert len(ours) == 1, stopped.stderr
     assert ours[0].startswith(f"deit-distill train: stopped by SIGINT in epoch 1 at step 2/5; the last checkpoint is "
                               f"kept: {folder / 'last.pth.tar'} (epoch 0). Resume with: torchrun --nproc-per-node 2 "
-                              "-m timm_deit_distill.train -c "), ours[0]
+                              "-m timm_deit_distill train -c "), ours[0]
     assert "timm_deit_distill" not in "".join(line for line in stopped.stderr.splitlines() if 'File "' in line)
     assert "KeyboardInterrupt" not in stopped.stderr and "DataLoader worker" not in stopped.stderr
     _no_debris(folder)
@@ -253,7 +253,7 @@ def test_a_stopped_demo_says_so_once_and_goes_on_when_rerun(tmp_path):
 # ---- the mechanism, in this process ----------------------------------------------------------------------------
 
 def test_stopped_keeps_its_signal_across_processes_and_gives_the_shells_exit_code():
-    from timm_deit_distill.commands.stops import Stopped
+    from timm_deit_distill.stops import Stopped
 
     for signum, code, name in ((signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")):
         stop = pickle.loads(pickle.dumps(Stopped(signum)))  # as a process pool sends it back
@@ -264,7 +264,7 @@ def test_stopped_keeps_its_signal_across_processes_and_gives_the_shells_exit_cod
 def test_sigterm_inside_an_atomic_write_removes_its_temporary(tmp_path):
     """SIGTERM's default ends the process mid-write; as a Stopped it unwinds, and the write removes its temporary."""
     from timm_deit_distill.atomic import atomic_path
-    from timm_deit_distill.commands.stops import Stopped, stop_signals
+    from timm_deit_distill.stops import Stopped, stop_signals
 
     with stop_signals() as owner, pytest.raises(Stopped) as stopped:
         assert owner
@@ -276,7 +276,7 @@ def test_sigterm_inside_an_atomic_write_removes_its_temporary(tmp_path):
 
 
 def test_later_signals_wait_for_the_first_and_a_deferred_block_finishes_before_the_stop():
-    from timm_deit_distill.commands.stops import Stopped, deferred, requested, stop_signals
+    from timm_deit_distill.stops import Stopped, deferred, requested, stop_signals
 
     finished = []
     with stop_signals(), pytest.raises(Stopped) as stopped:
@@ -292,7 +292,7 @@ def test_later_signals_wait_for_the_first_and_a_deferred_block_finishes_before_t
 def test_a_signal_while_an_exception_is_handled_is_raised_at_the_next_check():
     """The handler runs wherever the main thread is; inside an except block it would replace the exception being
     handled (a peer's failed collective, a skipped image), so the stop waits for the next safe point."""
-    from timm_deit_distill.commands.stops import Stopped, check, requested, stop_signals
+    from timm_deit_distill.stops import Stopped, check, requested, stop_signals
 
     with stop_signals(), pytest.raises(Stopped):
         try:
@@ -306,7 +306,7 @@ def test_a_signal_while_an_exception_is_handled_is_raised_at_the_next_check():
 
 def test_a_command_inside_another_leaves_the_stop_to_it():
     """The demo runs train and eval in its own process: they tidy and pass the stop on; the demo speaks."""
-    from timm_deit_distill.commands.stops import Stopped, run_stoppable, stop_signals
+    from timm_deit_distill.stops import Stopped, run_stoppable, stop_signals
 
     def inner():
         os.kill(os.getpid(), signal.SIGINT)

@@ -26,7 +26,7 @@ from timm_deit_distill.task import (
     DistilledStudent,
     student_data_config,
 )
-from timm_deit_distill.teacher import DistillationTeacher, TeacherError
+from timm_deit_distill.teacher import DistillationTeacher, TeacherError, TeacherPath
 
 CLASSES = 10
 
@@ -268,12 +268,61 @@ def test_wrong_teacher_or_student_is_refused_before_training():
         DeiTDistillationTask(_student(), _convnet_teacher(), alpha=2.0)
 
 
-def test_none_type_trains_the_class_head_without_a_teacher(data):
+def test_none_type_trains_both_heads_on_the_labels_as_timm_does(data):
+    """Without a teacher a distilled student trains both heads through their average (timm's train.py, and the
+    trainer): training the class head alone left the distillation head at its initialisation while evaluation
+    averages the two."""
     x, y = data
-    task = DeiTDistillationTask(_student(), None, nn.CrossEntropyLoss(), distillation_type="none").train()
+    student = _student()
+    task = DeiTDistillationTask(student, None, nn.CrossEntropyLoss(), distillation_type="none").train()
     result = task(x, y)
     torch.testing.assert_close(result["loss"], nn.functional.cross_entropy(result["output"], y))
     assert result["distill_loss"].item() == 0.0
+    result["loss"].backward()
+    assert student.head_dist.weight.grad is not None and student.head_dist.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(result["output"], student.eval()(x))  # what evaluation scores
+
+
+def test_no_forward_measures_the_teacher_or_writes_a_file(data, tmp_path, monkeypatch, teacher_timings):
+    """A teacher left on precision 'auto' runs eager fp32 in a Task's, a DistilledStudent's or the loss's forward:
+    measuring is select_teacher_path / select_path, an explicit call, never a side effect (timing runs and a write
+    under the user's cache folder on a training run's first batch)."""
+    from timm_deit_distill.teacher import tuning
+
+    x, y = data
+    monkeypatch.setenv("DEIT_DISTILL_TEACHER_PATHS", str(tmp_path / "paths.json"))
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a forward measured the teacher's paths")
+
+    monkeypatch.setattr(tuning, "select_path", measured)
+    task = DeiTDistillationTask(_student(), _convnet_teacher(), distillation_type="hard").train()
+    wrapped = DistilledStudent(_student(), _convnet_teacher()).train()
+    teacher = DistillationTeacher.create(_convnet_teacher(), num_classes=CLASSES)
+    loss = DistillationLoss(nn.CrossEntropyLoss(), teacher, "soft", 0.5, 2.0)
+    student = _student()
+    student.set_distilled_training(True)
+    task(x, y)["loss"].backward()
+    wrapped(x)
+    loss(x, student(x), y).backward()
+    for used in (task.teacher, wrapped.teacher, teacher):
+        assert str(used.path) == "fp32 eager" and used.path_choice.how == "default"
+    assert set(teacher_timings.calls) <= {TeacherPath("fp32", False)}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_select_teacher_path_is_the_explicit_measurement(data, teacher_timings):
+    x, y = data
+    teacher_timings.set({TeacherPath("fp32", False): 10.0, TeacherPath("bf16", False): 4.0})
+    task = DeiTDistillationTask(_student(), _convnet_teacher(), distillation_type="hard")
+    assert task.teacher.path is None
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(8, 3, 32, 32, generator=g), y) for _ in range(5)]
+    choice = task.select_teacher_path(batches, steps=10_000, batch_size=8)
+    assert choice.how == "measured" and task.teacher.path == choice.path is not None
+    assert TeacherPath("bf16", False) in teacher_timings.calls  # the candidates were timed, here and only here
+    assert DeiTDistillationTask(_student(), None, distillation_type="none").select_teacher_path([(x, y)]) is None
 
 
 @pytest.mark.slow

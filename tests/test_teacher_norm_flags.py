@@ -14,8 +14,9 @@ from train_fixtures import FAST, STUDENT, load
 
 from timm_deit_distill.commands import cache as cache_cli
 from timm_deit_distill.commands import evaluate, train
-from timm_deit_distill.commands.args import parse_args, teacher_settings
+from timm_deit_distill.commands.args import parse_args
 from timm_deit_distill.data import build_check_loader, build_datasets
+from timm_deit_distill.factory.settings import teacher_settings
 from timm_deit_distill.teacher import TeacherError
 
 

@@ -237,7 +237,12 @@ def test_a_run_too_short_to_repay_measuring_runs_fp32_unmeasured(teacher_timings
     assert not memory.file.exists()
 
 
-def test_the_first_batch_measures_when_no_run_chose(teacher_timings, tmp_path, monkeypatch):
+def test_a_forward_before_any_choice_runs_fp32_without_measuring(teacher_timings, tmp_path, monkeypatch, caplog):
+    """Measuring is select_path's job alone: a teacher left on 'auto' runs eager fp32 at its first batch (even where
+    bf16 would be faster), measures and writes nothing, and says once which call measures."""
+    import logging
+
+    caplog.set_level(logging.INFO)
     monkeypatch.setenv("DEIT_DISTILL_TEACHER_PATHS", str(tmp_path / "p.json"))
     calls = teacher_timings.calls
     teacher = _teacher()
@@ -245,12 +250,15 @@ def test_the_first_batch_measures_when_no_run_chose(teacher_timings, tmp_path, m
     assert teacher.path is None and teacher.description["precision"] == "auto"
     x = torch.randn(6, 3, 16, 16)
     out = teacher(x)
-    assert teacher.path == BF16 and teacher.path_choice.steps is None
-    assert not any(p.compiled for p in calls)  # compiling is only weighed against a known run length
-    torch.testing.assert_close(out, teacher._runner(BF16)(teacher.prepare_input(x)).float())
-    calls.clear()
+    assert teacher.path == FP32 and teacher.path_choice.how == "default" and calls == [FP32]
+    torch.testing.assert_close(out, teacher._runner(FP32)(teacher.prepare_input(x)).float())
     teacher(x)
-    assert calls == [BF16]  # measured once
+    assert [r.getMessage() for r in caplog.records].count(f"Teacher {teacher.name} runs "
+                                                          f"{teacher.path_choice.summary()}.") == 1
+    assert "select_path(...) is the call that measures" in teacher.path_choice.reason
+    assert not (tmp_path / "p.json").exists()
+    choice = teacher.select_path(_images(), batch_size=8, steps=10_000)  # the explicit call measures
+    assert choice.how == "measured" and teacher.path == BF16
 
 
 def test_remembered_per_machine_teacher_and_batch_shape(teacher_timings, tmp_path):
@@ -394,13 +402,14 @@ def test_path_flags_without_a_teacher_are_refused(capsys):
 
 
 def test_path_flags_reach_the_teacher_settings():
-    from timm_deit_distill.commands.args import parse_args, settings_from_args
+    from timm_deit_distill.commands.args import parse_args
+    from timm_deit_distill.factory.settings import settings_from_options
 
     args = parse_args(["--distill-teacher", "resnet10t", "--teacher-precision", "bf16", "--teacher-compile", "no",
                        "--teacher-min-agreement", "0.99"])
-    teacher = settings_from_args(args).teacher
+    teacher = settings_from_options(args).teacher
     assert (teacher.precision, teacher.compile, teacher.min_agreement) == ("bf16", "no", 0.99)
-    defaults = settings_from_args(parse_args(["--distill-teacher", "resnet10t"])).teacher
+    defaults = settings_from_options(parse_args(["--distill-teacher", "resnet10t"])).teacher
     assert (defaults.precision, defaults.compile, defaults.min_agreement) == ("auto", "auto", 0.995)
 
 

@@ -35,7 +35,7 @@ def test_torchrun_two_processes_matches_one(tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "timm_deit_distill.train", *_argv(data, teacher, tmp_path, "ddp", 8)],
+         "-m", "timm_deit_distill", "train", *_argv(data, teacher, tmp_path, "ddp", 8)],
         capture_output=True, text=True, timeout=600, env=env)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     # torchrun's rank 0 chose the teacher's path on this machine's clock (every rank took it); the one-process

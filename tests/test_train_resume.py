@@ -40,7 +40,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert straight.returncode == 0, straight.stdout + straight.stderr
 
     # Same run, killed as soon as the first epoch's checkpoint is on disk.
-    argv = [sys.executable, "-m", "timm_deit_distill.train", *_argv(data, teacher, tmp_path, "killed")]
+    argv = [sys.executable, "-m", "timm_deit_distill", "train", *_argv(data, teacher, tmp_path, "killed")]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     last = tmp_path / "killed" / "last.pth.tar"

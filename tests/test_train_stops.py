@@ -7,18 +7,19 @@ import pytest
 from train_fixtures import FAST, STUDENT, digits, load
 
 from timm_deit_distill.commands import train
+from timm_deit_distill.factory import loop
 
 
 def _break_before_epoch(monkeypatch, victim, broken_epoch):
     """Make ``victim`` stop being an image as epoch ``broken_epoch`` starts; returns the trainer's own epoch."""
-    original = train.train_one_epoch
+    original = loop.train_one_epoch
 
     def break_it(run, epoch):
         if epoch == broken_epoch:
             victim.write_bytes(b"no longer an image")
         return original(run, epoch)
 
-    monkeypatch.setattr(train, "train_one_epoch", break_it)
+    monkeypatch.setattr(loop, "train_one_epoch", break_it)
     return original
 
 
@@ -59,7 +60,7 @@ def test_a_stop_before_any_checkpoint_says_to_rerun_the_same_command_and_that_wo
                                  "command."), err
     assert not (folder / "last.pth.tar").exists()
 
-    monkeypatch.setattr(train, "train_one_epoch", original)
+    monkeypatch.setattr(loop, "train_one_epoch", original)
     victim.write_bytes(image)  # the problem fixed
     assert train.main(argv) == 2  # the folder kept as it is: refused, as the advice says
     assert "saved no checkpoint" in capsys.readouterr().err
@@ -75,7 +76,6 @@ def test_a_stop_before_any_checkpoint_says_to_rerun_the_same_command_and_that_wo
     ("run", True, "The last good checkpoint is kept: {folder}/last.pth.tar (epoch 4). Fix the file, then --resume."),
 ])
 def test_the_advice_after_a_stop_follows_what_was_saved(experiment, has_checkpoint, says, tmp_path):
-    import argparse
     import types
 
     folder = tmp_path / "20260101-000000-model-32"
@@ -84,7 +84,7 @@ def test_the_advice_after_a_stop_follows_what_was_saved(experiment, has_checkpoi
     if has_checkpoint:
         (folder / "last.pth.tar").write_bytes(b"x")
     run = types.SimpleNamespace(output_dir=str(folder), last_saved_epoch=4 if has_checkpoint else None,
-                                args=argparse.Namespace(experiment=experiment))
+                                settings=types.SimpleNamespace(run=types.SimpleNamespace(experiment=experiment)))
     advice = train._kept(run, "Fix the file")
     assert says.format(folder=folder) in advice
     assert ("--resume" in advice) == has_checkpoint

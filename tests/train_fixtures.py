@@ -42,11 +42,18 @@ def load(path: str | os.PathLike[str]) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def keywords(argv: list[str]) -> dict:
+    """The `deit-distill train` flags of ``argv`` as the Python API's keywords (dest -> value, only those given)."""
+    from timm_deit_distill.factory.options import given_options, train_parser
+
+    return given_options(train_parser(), argv)
+
+
 def run_cli(argv: list[str], *, env: dict[str, str] | None = None, timeout: int = 300,
             **kwargs) -> subprocess.CompletedProcess:
-    """``python -m timm_deit_distill.train ARGV`` in a fresh process, one thread."""
+    """``python -m timm_deit_distill train ARGV`` in a fresh process, one thread."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "timm_deit_distill.train", *argv], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "timm_deit_distill", "train", *argv], capture_output=True,
                           text=True, timeout=timeout, env=full_env, **kwargs)
 
 
@@ -76,7 +83,7 @@ def run_cli_on_terminal(argv: list[str], *, timeout: int = 300) -> tuple[subproc
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        proc = subprocess.run([sys.executable, "-m", "timm_deit_distill.train", *argv], stdout=subprocess.PIPE,
+        proc = subprocess.run([sys.executable, "-m", "timm_deit_distill", "train", *argv], stdout=subprocess.PIPE,
                               stderr=slave, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     finally:
         os.close(slave)

@@ -1,7 +1,9 @@
 """DeiT-style distillation through attention for timm.
 
 Importing the package registers the distilled DeiT variants with timm's model registry; nothing
-else happens at import (no network, no file I/O). Heavier pieces load lazily on first use.
+else happens at import (no network, no file I/O). Heavier pieces load lazily on first use, among them
+the Python API: ``timm_deit_distill.train(**options)``, ``build_cache(**options)`` and ``evaluate(**options)``,
+whose keywords are the command line's flags (``python -m timm_deit_distill train ...`` is the command line).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ _LAZY = {
     "push_to_hub": "hub",
     "pull": "hub",
     "load_model": "hub",
+    # the Python API: a whole run, cache build or evaluation as one call (keywords = the command line's flags)
+    "train": "factory.api",
+    "build_cache": "factory.api",
+    "evaluate": "factory.api",
+    "TrainResult": "factory.api",
+    "EvalResult": "factory.api",
+    "TrainSettings": "factory.settings",
 }
 
 __all__ = ["DISTILLED_VARIANTS", "PLUGIN_VARIANTS", "__version__", *_LAZY]

@@ -14,10 +14,11 @@ against the earlier classes, keep catching them. The modules that raise them re-
 from __future__ import annotations
 
 import errno
+import re
 from typing import ClassVar
 
 __all__ = [
-    "DeitDistillError", "UsageError", "DataError", "CheckpointError", "TeacherError", "CacheError",
+    "one_line", "DeitDistillError", "UsageError", "DataError", "CheckpointError", "TeacherError", "CacheError",
     "CacheMismatch", "RunFolderError", "OutputExistsError", "HubExportError", "HubAuthError", "HubIntegrityError",
     "HubConnectionError", "NonFiniteLoss", "DemoError", "DiskFullError",
 ]
@@ -121,3 +122,17 @@ class DiskFullError(DeitDistillError, OSError):
         super().__init__(message)
         self.errno = code
         self.folder, self.needed, self.free = folder, needed, free
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line; for one a DataLoader worker re-raised, the original message.
+
+    torch re-raises a worker's exception as the same type with "Caught X in DataLoader worker process N.
+    Original Traceback ..." as its message; the original message is its last line, after "module.X: ".
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else text
+        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", last)
+    return " ".join(text.split())

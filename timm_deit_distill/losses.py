@@ -14,7 +14,8 @@ One loss serves three training loops:
 * DeiT's engine: ``loss(inputs, outputs, labels)`` runs the teacher on ``inputs`` itself;
 * timm-style loops: ``loss(outputs, labels)`` with ``outputs`` a ``DistilledOutput`` from
   :class:`timm_deit_distill.task.DistilledStudent` (it carries the teacher's logits);
-* trainers and cache replay: ``loss.from_teacher_output(outputs, labels, teacher_output)``.
+* trainers and cache replay: ``loss.parts(outputs, labels, teacher_output)`` (the loss and its parts) or
+  ``loss.from_teacher_output(outputs, labels, teacher_output)`` (the loss).
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class DistillationLoss(nn.Module):
         tau: softmax temperature of the soft term, ``> 0`` (ignored by ``'hard'``).
         soft_reduction: ``'deit'`` divides the summed KL by ``B * C`` (DeiT), ``'batchmean'`` by ``B``.
 
-    After every call ``last_base_loss`` and ``last_distill_loss`` hold the two unweighted parts,
-    detached, for logging (``last_distill_loss`` is a zero tensor for ``'none'``).
+    :meth:`parts` returns the loss with its two unweighted parts, detached, for logging (the trainer and
+    :class:`~timm_deit_distill.task.DeiTDistillationTask` use it). As a convenience for loops that call the
+    module (DeiT's engine), after every call ``last_base_loss`` and ``last_distill_loss`` hold those parts
+    (``last_distill_loss`` is a zero tensor for ``'none'``).
     """
 
     def __init__(
@@ -135,9 +138,9 @@ class DistillationLoss(nn.Module):
             f"DistillationLoss takes (inputs, outputs, labels) or (outputs, labels), got {len(args)} arguments.")
 
     def _deit_call(self, inputs: torch.Tensor, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
-        cls_logits, dist_logits = self._split(outputs)
         if self.distillation_type == "none":
-            return self._combine(cls_logits, None, labels, None)
+            return self._remember(self.parts(outputs, labels, None))
+        self._split(outputs)  # a single tensor is refused before the teacher runs
         if self.teacher_model is None:
             raise ValueError(
                 "loss(inputs, outputs, labels) runs the teacher, but this DistillationLoss was built with "
@@ -146,7 +149,26 @@ class DistillationLoss(nn.Module):
         # DistillationTeacher runs under inference_mode with its own settings).
         with torch.no_grad():
             teacher_output = self.teacher_model(inputs)
-        return self._combine(cls_logits, dist_logits, labels, teacher_output)
+        return self._remember(self.parts(outputs, labels, teacher_output))
+
+    def parts(self, outputs: Any, labels: torch.Tensor,
+              teacher_output: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The loss given the teacher's output computed elsewhere, with its parts: ``loss`` (to backpropagate),
+        ``task_loss`` and ``distill_loss`` (the unweighted parts, detached; ``distill_loss`` is zero for
+        ``'none'``). Arguments as :meth:`from_teacher_output`."""
+        cls_logits, dist_logits = self._split(outputs)
+        if self.distillation_type == "none":
+            dist_logits, teacher_output = None, None
+        elif teacher_output is None:
+            raise ValueError(f"distillation_type={self.distillation_type!r} needs the teacher's output, got None.")
+        base_loss = self.base_criterion(cls_logits, labels)
+        if dist_logits is None or teacher_output is None:
+            zero = torch.zeros((), device=base_loss.device, dtype=base_loss.dtype)
+            return {"loss": base_loss, "task_loss": base_loss.detach(), "distill_loss": zero}
+        distillation_loss = self._distillation_term(dist_logits, teacher_output)
+        # DeiT's exact expression and operand order, so fp32 results match bit for bit.
+        loss = base_loss * (1 - self.alpha) + distillation_loss * self.alpha
+        return {"loss": loss, "task_loss": base_loss.detach(), "distill_loss": distillation_loss.detach()}
 
     def from_teacher_output(
         self, outputs: Any, labels: torch.Tensor, teacher_output: torch.Tensor | None
@@ -156,12 +178,13 @@ class DistillationLoss(nn.Module):
         ``outputs`` is the student's ``(cls_logits, dist_logits)``; ``teacher_output`` is float logits
         ``(B, C)`` or, for ``'hard'`` only, int64 class indices ``(B,)``; ``None`` only for ``'none'``.
         """
-        cls_logits, dist_logits = self._split(outputs)
-        if self.distillation_type == "none":
-            return self._combine(cls_logits, None, labels, None)
-        if teacher_output is None:
-            raise ValueError(f"distillation_type={self.distillation_type!r} needs the teacher's output, got None.")
-        return self._combine(cls_logits, dist_logits, labels, teacher_output)
+        return self._remember(self.parts(outputs, labels, teacher_output))
+
+    def _remember(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Keep the parts as ``last_base_loss`` / ``last_distill_loss`` (conveniences for loops that log them, such
+        as DeiT's engine); returns the loss."""
+        self.last_base_loss, self.last_distill_loss = parts["task_loss"], parts["distill_loss"]
+        return parts["loss"]
 
     def _split(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(outputs, torch.Tensor):
@@ -170,24 +193,6 @@ class DistillationLoss(nn.Module):
             return outputs, None
         # (cls, dist) from the student, or DistilledOutput(cls, dist, teacher).
         return outputs[0], outputs[1]
-
-    def _combine(
-        self,
-        cls_logits: torch.Tensor,
-        dist_logits: torch.Tensor | None,
-        labels: torch.Tensor,
-        teacher_output: torch.Tensor | None,
-    ) -> torch.Tensor:
-        base_loss = self.base_criterion(cls_logits, labels)
-        if dist_logits is None or teacher_output is None:
-            self.last_base_loss = base_loss.detach()
-            self.last_distill_loss = torch.zeros((), device=base_loss.device, dtype=base_loss.dtype)
-            return base_loss
-        distillation_loss = self._distillation_term(dist_logits, teacher_output)
-        self.last_base_loss = base_loss.detach()
-        self.last_distill_loss = distillation_loss.detach()
-        # DeiT's exact expression and operand order, so fp32 results match bit for bit.
-        return base_loss * (1 - self.alpha) + distillation_loss * self.alpha
 
     def _distillation_term(self, dist_logits: torch.Tensor, teacher_output: torch.Tensor) -> torch.Tensor:
         teacher_output = teacher_output.detach()  # never backprop into a teacher, however its output arrived

@@ -428,9 +428,9 @@ def resume_command(folder: str, *, world_size: int = 1, local_world_size: int | 
     if world_size <= 1:
         prog = "deit-distill train"
     elif local == world_size:
-        prog = f"torchrun --nproc-per-node {world_size} -m timm_deit_distill.train"
+        prog = f"torchrun --nproc-per-node {world_size} -m timm_deit_distill train"
     else:
-        prog = f"torchrun (on its {world_size // max(local, 1)} nodes, as before) -m timm_deit_distill.train"
+        prog = f"torchrun (on its {world_size // max(local, 1)} nodes, as before) -m timm_deit_distill train"
     record = os.path.join(folder, "args.yaml")
     config = f" -c {q(record)}" if os.path.isfile(record) else ""
     return (f"{prog}{config} --resume {q(os.path.join(folder, 'last.pth.tar'))} --output "

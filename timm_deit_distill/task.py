@@ -5,13 +5,15 @@
   and the teacher's logits for the same batch), in eval the student's fused logits. Its ``state_dict()``
   is the student's alone, so checkpoints stay plain timm student checkpoints.
 * :class:`DeiTDistillationTask` is a ``timm.task.TrainingTask`` with DeiT's loss (the numbers of
-  :class:`~timm_deit_distill.losses.DistillationLoss`), for timm's train.py and other task-driven loops.
+  :class:`~timm_deit_distill.losses.DistillationLoss`) and a target source (:mod:`timm_deit_distill.targets`:
+  the teacher online, or a cache replayed), for timm's train.py, this package's trainer and other task-driven
+  loops.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -21,7 +23,8 @@ from timm.task.classification import resolve_classification_loss
 from timm.utils import unwrap_model
 
 from .losses import DistillationLoss
-from .teacher import DistillationTeacher, TeacherError, fixed_input_hw
+from .targets import OnlineTargets, TargetSource
+from .teacher import DistillationTeacher, PathChoice, TeacherError, fixed_input_hw
 
 __all__ = ["DistilledOutput", "DistilledStudent", "DeiTDistillationTask", "student_data_config"]
 
@@ -165,30 +168,36 @@ def _add_student_prefix(
 
 
 class DeiTDistillationTask(TrainingTask):
-    """DeiT distillation as a ``timm.task.TrainingTask`` (timm's train.py, or any task-driven loop).
+    """DeiT distillation as a ``timm.task.TrainingTask`` (timm's train.py, this package's trainer, any task-driven
+    loop).
 
-    ``forward(input, target)`` returns ``loss``, ``output`` (class-head logits), ``task_loss`` and
-    ``distill_loss`` (the unweighted, detached parts). The numbers are :class:`DistillationLoss`'s:
-    DeiT's by default, timm's ``TokenDistillationTask`` soft term with ``soft_reduction='batchmean'``.
-    ``trainable_module`` is the student; the teacher stays in eval, frozen, outside DDP and outside
-    checkpoints (timm saves the eval model, the student).
+    ``forward(input, target, views=None)`` returns ``loss``, ``output`` (class-head logits), ``task_loss`` and
+    ``distill_loss`` (the unweighted, detached parts; :meth:`DistillationLoss.parts`). The teacher's targets come
+    from a target source (:mod:`timm_deit_distill.targets`): the teacher run on the batch, or a teacher target
+    cache replayed for the batch's ``views`` of the epoch set by :meth:`set_epoch`; the task does not know which.
+    The numbers are :class:`DistillationLoss`'s: DeiT's by default, timm's ``TokenDistillationTask`` soft term
+    with ``soft_reduction='batchmean'``. ``trainable_module`` is the student; the teacher stays in eval, frozen,
+    outside DDP and outside checkpoints (timm saves the eval model, the student). With ``'none'`` a distilled
+    student trains both heads on the labels through their average, as timm's train.py trains it.
+
+    Nothing is measured in ``forward``: a teacher whose precision is ``'auto'`` runs eager fp32 until
+    :meth:`select_teacher_path` measures its paths (under DDP process 0 measures, and every process takes its path).
 
     Args:
         student_model: a distilled timm model (``*_distilled_*``).
-        teacher_model: a :class:`DistillationTeacher` or anything ``DistillationTeacher.create`` accepts;
-            ``None`` only for ``distillation_type='none'``.
+        teacher_model: a target source (:class:`~timm_deit_distill.targets.OnlineTargets`,
+            :class:`~timm_deit_distill.targets.CachedTargets`), a :class:`DistillationTeacher`, or anything
+            ``DistillationTeacher.create`` accepts; ``None`` only for ``distillation_type='none'``.
         criterion: the class-head loss; by default timm's ``create_classification_loss(**criterion_kwargs)``.
         distillation_type, alpha, tau, soft_reduction: as :class:`DistillationLoss`.
         teacher_kwargs: options for ``DistillationTeacher.create`` (checkpoint_path, use_ema, precision,
             data_mean/data_std/input_size of the real pipeline, ...) when the task builds the teacher.
     """
 
-    _one_teacher_path = False  # set by prepare_distributed
-
     def __init__(
         self,
         student_model: nn.Module,
-        teacher_model: str | nn.Module | DistillationTeacher | None,
+        teacher_model: TargetSource | str | nn.Module | DistillationTeacher | None,
         criterion: nn.Module | Callable[..., torch.Tensor] | None = None,
         distillation_type: str = "hard",
         alpha: float = 0.5,
@@ -207,22 +216,21 @@ class DeiTDistillationTask(TrainingTask):
         self.distill_loss = DistillationLoss(criterion, None, distillation_type, alpha, tau,
                                              soft_reduction=soft_reduction)
         self.distillation_type = distillation_type
+        self.epoch: int | None = None
+        self.teacher: DistillationTeacher | None = None
+        self.target_source: TargetSource | None = None
         if distillation_type == "none":
             if hasattr(unwrap_model(student_model), "set_distilled_training"):
-                unwrap_model(student_model).set_distilled_training(True)
-            self.teacher = None
+                unwrap_model(student_model).set_distilled_training(False)  # both heads, through their average
         else:
             _require_distilled(student_model).set_distilled_training(True)
             if teacher_model is None:
                 raise ValueError(f"distillation_type={distillation_type!r} needs a teacher_model.")
-            kwargs = dict(teacher_kwargs or {})
-            if not isinstance(teacher_model, DistillationTeacher):
-                kwargs.setdefault("device", self.device)
-            self.teacher = _resolve_teacher(teacher_model, student_model, kwargs or None)
+            self.target_source, self.teacher = _target_source(teacher_model, student_model, teacher_kwargs,
+                                                              self.device)
         self.trainable_module = student_model
         if self.verbose:
-            _logger.info("DeiTDistillationTask: %s, teacher=%s", self.distill_loss.extra_repr(),
-                         self.teacher.name if self.teacher is not None else None)
+            _logger.info("DeiTDistillationTask: %s, targets=%s", self.distill_loss.extra_repr(), self.target_source)
 
     @property
     def criterion(self) -> nn.Module | Callable[..., torch.Tensor]:
@@ -234,29 +242,38 @@ class DeiTDistillationTask(TrainingTask):
             self.teacher.eval()  # DistillationTeacher already refuses training; explicit for readers
         return self
 
-    def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> DeiTDistillationTask:
-        """Wrap the student alone in DistributedDataParallel; the teacher is never wrapped.
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next batches' views belong to (a cache replays that epoch's rows)."""
+        self.epoch = int(epoch)
+        if hasattr(self.target_source, "set_epoch"):
+            self.target_source.set_epoch(self.epoch)
 
-        A teacher whose path is still to be measured (precision ``'auto'``) is then measured on process 0's first
-        batch alone and every process runs on that path (each measuring for itself could pick another precision).
-        """
+    def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> DeiTDistillationTask:
+        """Wrap the student alone in DistributedDataParallel; the teacher is never wrapped. A teacher whose path
+        is still to be measured: call :meth:`select_teacher_path` (process 0 measures, every process follows)."""
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
-        self._one_teacher_path = True
         return self
 
-    def _agree_on_teacher_path(self, input: torch.Tensor) -> None:
+    def select_teacher_path(self, batches: Iterable[Any], *, steps: int | None = None,
+                            batch_size: int | None = None) -> PathChoice | None:
+        """Measure the teacher's paths on ``batches`` (a loader, or a list of batches: tensors or
+        ``(inputs, ...)``), for a run of ``steps`` teacher batches, and run on the fastest that agrees with fp32
+        (:meth:`DistillationTeacher.select_path`). Under torch.distributed process 0 measures and every process
+        takes its path (each measuring for itself could pick another precision): every process must call it.
+        None when the targets do not come from a teacher (a cache, or ``'none'``)."""
         import torch.distributed as dist
 
         from .teacher.tuning import agree_on_path
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return  # one process: the teacher measures on its first batch itself
         teacher = self.teacher
-        assert teacher is not None
-        agree_on_path(teacher, lambda: teacher.select_path([input.detach()], batch_size=len(input)),
-                      rank=dist.get_rank(), world_size=dist.get_world_size())
+        if teacher is None:
+            return None
+        group = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if group else (0, 1)
+        return agree_on_path(teacher, lambda: teacher.select_path(batches, batch_size=batch_size, steps=steps),
+                             rank=rank, world_size=world)
 
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module:
         """Compile the student (also the eval model) and the teacher's forward, before DDP wrapping."""
@@ -266,16 +283,27 @@ class DeiTDistillationTask(TrainingTask):
             self.teacher.compile(backend=backend, mode=mode, **compile_kwargs)
         return self.trainable_module
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, input: torch.Tensor, target: torch.Tensor,
+                views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The loss and its parts for a batch (``views``: the batch's view positions, which a cache replays)."""
+        source = self.target_source
+        teacher_output = source.targets(input, views, self.epoch) if source is not None else None
         output = self.trainable_module(input)
-        if self.teacher is not None and self.teacher.path is None and self._one_teacher_path:
-            self._agree_on_teacher_path(input)
-        teacher_logits = self.teacher(input) if self.teacher is not None else None
-        loss = self.distill_loss.from_teacher_output(output, target, teacher_logits)
-        cls_logits = output if isinstance(output, torch.Tensor) else output[0]
-        return {
-            "loss": loss,
-            "output": cls_logits,
-            "task_loss": self.distill_loss.last_base_loss,
-            "distill_loss": self.distill_loss.last_distill_loss,
-        }
+        parts = self.distill_loss.parts(output, target, teacher_output)
+        return {"loss": parts["loss"], "output": output if isinstance(output, torch.Tensor) else output[0],
+                "task_loss": parts["task_loss"], "distill_loss": parts["distill_loss"]}
+
+
+def _target_source(teacher: Any, student: nn.Module, teacher_kwargs: Mapping[str, Any] | None,
+                   device: torch.device) -> tuple[TargetSource, DistillationTeacher | None]:
+    """A target source, and the teacher behind it (None for a cache): a given source as it is, else the teacher
+    checked against the student (see :func:`_resolve_teacher`) run online."""
+    if isinstance(teacher, TargetSource) and not isinstance(teacher, nn.Module):
+        if teacher_kwargs:
+            raise ValueError("teacher_kwargs apply when the task builds the teacher, not to a target source.")
+        return teacher, getattr(teacher, "teacher", None)
+    kwargs = dict(teacher_kwargs or {})
+    if not isinstance(teacher, DistillationTeacher):
+        kwargs.setdefault("device", device)
+    resolved = _resolve_teacher(teacher, student, kwargs or None)
+    return OnlineTargets(resolved), resolved

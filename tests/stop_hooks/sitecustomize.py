@@ -20,9 +20,12 @@ _DEADLINE_S = 300  # a signal that never comes fails the test instead of hanging
 
 def _stop_requested() -> bool:
     try:
-        from timm_deit_distill.commands.stops import requested
-    except ImportError:  # the code before stops were handled: the signal itself ends the wait
-        return False
+        from timm_deit_distill.stops import requested
+    except ImportError:
+        try:  # where stops lived before the Python API (the trainer's loop moved below the commands)
+            from timm_deit_distill.commands.stops import requested
+        except ImportError:  # the code before stops were handled: the signal itself ends the wait
+            return False
     return requested() is not None
 
 
@@ -57,7 +60,10 @@ def _pausing_progress(module: object, prefix: str, epoch: int, step: int) -> Non
 def _install(pause: str) -> None:
     kind, _, rest = pause.partition(":")
     if kind == "train":
-        from timm_deit_distill.commands import train
+        try:
+            from timm_deit_distill.factory import loop as train
+        except ImportError:  # the loop before it moved below the commands
+            from timm_deit_distill.commands import train
 
         _pausing_progress(train, "train", *map(int, rest.split(":")))
     elif kind == "cache":
@@ -65,7 +71,10 @@ def _install(pause: str) -> None:
 
         _pausing_progress(build, "epoch", *map(int, rest.split(":")))
     elif kind == "eval":
-        from timm_deit_distill.commands import evaluate
+        try:
+            from timm_deit_distill.factory import evaluating as evaluate
+        except ImportError:  # the measurement before it moved below the commands
+            from timm_deit_distill.commands import evaluate
 
         original = evaluate.evaluate
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shlex
 import sys
@@ -23,15 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..cache import CacheError, CacheStore, TeacherTargetCache, build_cache, check_cache_dir, rows_per_epoch
+from ..cache import CacheStore, TeacherTargetCache
 from ..cache.store import MANIFEST, chunk_name
 from ..errors import DeitDistillError, DiskFullError
-from ..run_folder import output_inside_data
+from ..stops import Stopped, run_stoppable
 from .common import ArgumentParser, refuse
-from .stops import Stopped, run_stoppable
-from .stops import check as check_stop
 
 __all__ = ["main", "format_bytes"]
 
@@ -57,8 +52,8 @@ def _split_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _build(argv: list[str]) -> int:
-    from .. import factory
-    from ..data import ViewSettings, check_num_classes, check_views_supported, label_names
+    from ..factory.caching import build_teacher_cache, check_cache_output
+    from ..factory.settings import settings_from_options
     from . import args as train_args
 
     own, rest = _split_own_flags(argv)
@@ -73,74 +68,15 @@ def _build(argv: list[str]) -> int:
     # The training flags through the trainer's own declaration, named as this command: a bad flag prints
     # `deit-distill cache build: error: ...`, not the trainer's name.
     given = train_args.given_flags(rest, prog="deit-distill cache build")
-    if not own.out:
-        raise CacheError("no --out DIR given; fix: add --out DIR, the directory the cache is written to.")
-    check_cache_dir(own.out)  # before the data scan and the teacher: a file in the way is the cheapest refusal
+    check_cache_output(own.out)  # before the data scan and the teacher: the cheapest refusals first
     store = CacheStore.parse(own.store)
-    args = train_args.resolve_given(given, prog="deit-distill cache build")
-    settings = train_args.settings_from_args(args)
-    inside = output_inside_data("--out", own.out, args.data_dir)  # the rest of --out was checked above
-    if inside is not None:
-        raise CacheError(inside)
-    if not settings.teacher.given:
-        raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
-                         "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
-    # A cache holds one row per (epoch, position): only sources with a stable sample index have positions.
-    check_views_supported(settings.data.dataset, deterministic_aug=True, distill_cache=False, aug_repeats=1,
-                          what="cache build")
-
-    # The device and, under torchrun, the process group: the processes share the epochs.
-    device_info = factory.init_device(settings.device)
-    device, rank, world_size = device_info.device, device_info.rank, device_info.world_size
-    barrier = torch.distributed.barrier if device_info.distributed else None
-
-    train_ds, val_ds = factory.open_datasets(settings.data, num_classes=settings.student.num_classes,
-                                             loader=settings.loader, seed=settings.seed)
-    labels = label_names(train_ds)
-    num_classes = check_num_classes(train_ds, settings.student.num_classes)
-    data_config = factory.student_data_config(settings.student, num_classes)
-
-    # The teacher exactly as `deit-distill train` builds it, so cached and online targets are the same numbers.
-    if settings.teacher.source:
-        factory.check_model_name(settings.teacher.source, "--distill-teacher")
-    teacher = factory.create_teacher(settings.teacher, num_classes, data_config, device, label_names=labels or None)
-    view = ViewSettings.resolve(settings.augment, data_config, num_classes)
-    loader = settings.loader
-    started = _started_path(own.out, settings.teacher)
-    if started is not None:
-        # Extending or resuming a cache: its targets so far came from this path, and the rest must too.
-        teacher.use_path(started)
-        if rank == 0:
-            _logger.info("cache %s was started with the teacher on %s: continuing on it.", own.out, started)
-    else:
-        rows = rows_per_epoch(len(train_ds), view.augment.mix_group_size)
-        steps = math.ceil(args.epochs * rows / world_size / loader.batch_size)
-        factory.select_teacher_path(teacher, settings.teacher, val_ds, data_config, loader, seed=settings.seed,
-                                    batch_size=loader.batch_size, steps=steps, rank=rank, world_size=world_size)
-    # Measured before a single target is written: a cache of a teacher near chance is noise on disk.
-    # Every process checks the same seeded images, so all of them refuse or none does.
-    measured = factory.check_teacher(teacher, settings.teacher, val_ds, data_config, settings.loader,
-                                     seed=settings.seed)
-    check = measured.as_dict() if measured is not None else None
-
-    def run_teacher(x: torch.Tensor) -> torch.Tensor:
-        check_stop()  # a stop that arrived while an exception was being handled
-        return teacher(x.to(device, non_blocking=True))
-
-    if rank == 0:
-        _logger.info("caching %d epochs of %d images, store %s, teacher %s (%s), into %s", args.epochs,
-                     len(train_ds), store.spec, args.distill_teacher or args.distill_teacher_path, teacher.path,
-                     own.out)
+    settings = settings_from_options(train_args.resolve_given(given, prog="deit-distill cache build"))
     try:
-        manifest = build_cache(train_ds, view, loader, run_teacher, own.out, epochs=args.epochs, store=store,
-                               teacher_description=teacher.description, teacher_check=check, rank=rank,
-                               world_size=world_size, barrier=barrier)
+        manifest = build_teacher_cache(settings, out=own.out, store=store)
     except DiskFullError as e:  # no input's fault (exit 1): what is kept, and the rerun that resumes
-        return refuse("cache build", e, hint=f" {_kept_epochs(own.out, args.epochs)}")
-    if rank == 0:
+        return refuse("cache build", e, hint=f" {_kept_epochs(own.out, settings.schedule.epochs)}")
+    if int(os.environ.get("RANK", "0")) == 0:
         print(_summary(own.out, manifest))
-    if device_info.distributed:
-        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -159,24 +95,6 @@ def _kept_epochs(out: str, epochs: int) -> str:
     return (f"Nothing is lost: {done} of {epochs} epochs are written in {out} and kept, the partial file was removed"
             f"{need}. Free space there, then rerun the same `deit-distill cache build` command: it resumes with the "
             "missing epochs.")
-
-
-def _started_path(out: str, teacher: Any) -> str | None:
-    """The teacher path (e.g. ``'bf16 eager'``) a cache in ``out`` was started with, when this build leaves the
-    path to measurement ('auto'): a resumed or extended cache keeps the precision its chunks were computed at.
-
-    None when there is no such cache, or the path is given explicitly (a mismatch is then refused by the build)."""
-    if teacher.precision != "auto" and teacher.compile != "auto":
-        return None
-    try:
-        described = json.loads((Path(out) / MANIFEST).read_text()).get("teacher") or {}
-    except (OSError, ValueError, AttributeError):
-        return None  # no cache yet, or one the build itself refuses with the reason
-    precision = described.get("precision") if teacher.precision == "auto" else teacher.precision
-    compiled = bool(described.get("compiled")) if teacher.compile == "auto" else teacher.compile == "yes"
-    if precision not in ("fp32", "bf16", "fp16"):
-        return None
-    return f"{precision} {'compiled' if compiled else 'eager'}"
 
 
 def _summary(directory: str, manifest: dict[str, Any]) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from ..errors import one_line
 from ..factory.flags import TEACHER_EMA, add_either_flag
 
 __all__ = ["ArgumentParser", "one_line", "refuse", "setup_logging", "add_either_flag", "TEACHER_EMA"]
@@ -30,20 +30,6 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print the one-line error on stderr and exit with code 2 (argparse's code for a usage error)."""
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
-def one_line(error: BaseException) -> str:
-    """An error's message on one line; for one a DataLoader worker re-raised, the original message.
-
-    torch re-raises a worker's exception as the same type with "Caught X in DataLoader worker process N.
-    Original Traceback ..." as its message; the original message is its last line, after "module.X: ".
-    """
-    text = str(error)
-    if "Original Traceback" in text:
-        lines = [line for line in text.splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else text
-        text = re.sub(r"^[A-Za-z_][\w.]*: ", "", last)
-    return " ".join(text.split())
 
 
 def refuse(command: str, error: BaseException, *, hint: str = "", exit_code: int | None = None,

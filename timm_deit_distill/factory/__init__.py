@@ -18,7 +18,8 @@ from typing import Any
 _LAZY = {
     **dict.fromkeys(("DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device",
                      "check_model_name", "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student",
-                     "student_data_config", "create_criterion", "initial_weights_origin"), "builders"),
+                     "student_data_config", "create_criterion", "base_criterion", "create_task",
+                     "initial_weights_origin"), "builders"),
     **dict.fromkeys(("create_teacher", "select_teacher_path", "check_teacher", "ready_teacher", "get_teacher"),
                     "teacher"),
 }

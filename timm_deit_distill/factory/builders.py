@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -23,12 +23,16 @@ from timm.models import get_pretrained_cfg_value, is_model, list_pretrained, spl
 from ..data import DataSettings, LoaderSettings, check_same_classes, open_source
 from ..errors import CheckpointError, UsageError
 from ..losses import DistillationLoss, DistillSettings
+from ..targets import TargetSource
 from ..teacher.sources import SOURCE_PREFIXES
+
+if TYPE_CHECKING:
+    from ..task import DeiTDistillationTask
 
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
     "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_criterion", "initial_weights_origin",
+    "create_criterion", "base_criterion", "create_task", "initial_weights_origin",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -331,14 +335,31 @@ def student_data_config(student: StudentSettings, num_classes: int, *, model: nn
 
 
 def create_criterion(distill: DistillSettings, *, smoothing: float, mixup_active: bool) -> DistillationLoss:
-    """DeiT's loss over timm's base criterion: soft-target CE under Mixup (which already smoothed the targets),
-    label smoothing when asked, else plain cross-entropy."""
+    """DeiT's loss over timm's base criterion (:func:`base_criterion`)."""
+    return DistillationLoss(base_criterion(smoothing=smoothing, mixup_active=mixup_active), None, distill.type,
+                            distill.alpha, distill.tau, soft_reduction=distill.soft_reduction)
+
+
+def base_criterion(*, smoothing: float, mixup_active: bool) -> nn.Module:
+    """timm train.py's class-head loss: soft-target CE under Mixup (which already smoothed the targets), label
+    smoothing when asked, else plain cross-entropy."""
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     if mixup_active:
-        base: nn.Module = SoftTargetCrossEntropy()
-    elif smoothing:
-        base = LabelSmoothingCrossEntropy(smoothing=smoothing)
-    else:
-        base = nn.CrossEntropyLoss()
-    return DistillationLoss(base, None, distill.type, distill.alpha, distill.tau, soft_reduction=distill.soft_reduction)
+        return SoftTargetCrossEntropy()
+    if smoothing:
+        return LabelSmoothingCrossEntropy(smoothing=smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def create_task(model: nn.Module, targets: TargetSource | None, distill: DistillSettings, *, smoothing: float,
+                mixup_active: bool, device: torch.device) -> DeiTDistillationTask:
+    """The training step: the package's Task over ``model`` (the trainable module: DDP or compiled wrapper when
+    used) with ``targets`` (the teacher online or a cache; None for ``'none'``) and DeiT's loss over
+    :func:`base_criterion`."""
+    from ..task import DeiTDistillationTask
+
+    return DeiTDistillationTask(model, targets if distill.type != "none" else None,
+                                base_criterion(smoothing=smoothing, mixup_active=mixup_active),
+                                distillation_type=distill.type, alpha=distill.alpha, tau=distill.tau,
+                                soft_reduction=distill.soft_reduction, device=device, verbose=False)

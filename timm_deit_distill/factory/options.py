@@ -51,7 +51,7 @@ from .flags import TEACHER_EMA, add_either_flag
 
 __all__ = [
     "TRAIN_PROG", "EVAL_PROG", "train_parser", "eval_parser", "given_options", "options_from_argv",
-    "options_from_keywords", "resolve_options", "ON_THE_COMMAND_LINE",
+    "options_from_keywords", "eval_options_from_keywords", "resolve_options", "ON_THE_COMMAND_LINE",
     "check_keys", "list_recipes", "load_recipe", "config_dict", "dests", "option_source", "UNSUPPORTED_TIMM_FLAGS",
     "DISTILL_KEYS", "TEACHER_CHECK_IMAGES", "TIMM_SCHEDULERS", "DATASET_HELP", "TEACHER_EMA", "add_either_flag",
     "add_dataset_flags", "add_teacher_path_flags", "add_teacher_check_flags", "validate_teacher_check_flags",
@@ -701,6 +701,8 @@ def _check_value(parser: argparse.ArgumentParser, action: argparse.Action, key: 
                 raise refuse(expected) from None
         if ptype is int and not isinstance(v, int):
             raise refuse(expected)  # 2.5 for a whole number
+        if ptype is float and keywords and isinstance(v, int):
+            v = float(v)  # as the command line gives it: `lr=1` is --lr 1, which is 1.0
         if ptype is float and not isinstance(v, (int, float)):
             raise refuse(expected)
         if action.choices and v not in action.choices:
@@ -803,6 +805,15 @@ def options_from_keywords(parser: argparse.ArgumentParser, keywords: Mapping[str
     if config:
         given["config"] = os.fspath(config)
     return resolve_options(parser, given, given_as=_AS_A_KEYWORD)
+
+
+def eval_options_from_keywords(parser: argparse.ArgumentParser, keywords: Mapping[str, Any], *,
+                               what: str) -> argparse.Namespace:
+    """`deit-distill eval`'s options given as Python keywords (its flags' dest names), checked as
+    :func:`check_keys` checks them, over the parser's defaults (eval has no recipes or configs)."""
+    values = {dest: action.default for dest, action in dests(parser).items()}
+    values.update(check_keys(parser, keywords, what, keywords=True))
+    return argparse.Namespace(**values)
 
 
 def resolve_options(parser: argparse.ArgumentParser, given: Mapping[str, Any], *,
@@ -1160,24 +1171,6 @@ def _check_scheduler_name(sched: str) -> None:
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise UsageError(f"--sched {sched!r} is not a timm scheduler.{hint} Use one of: {', '.join(TIMM_SCHEDULERS)} "
                      "(DeiT uses cosine).")
-
-
-def resolve_lr(args: argparse.Namespace, world_size: int) -> tuple[float, str]:
-    """timm train.py's learning rate rule: ``--lr``, else ``--lr-base`` x (global batch / ``--lr-base-size``).
-
-    Returns the rate and a sentence saying how it was obtained. DeiT's ``5e-4 x batch / 512`` is
-    ``--lr-base 5e-4 --lr-base-size 512 --lr-base-scale linear`` (its recipes set exactly that).
-    """
-    if args.lr:
-        return args.lr, f"--lr {args.lr}"
-    global_batch = args.batch_size * world_size * args.grad_accum_steps
-    scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
-    ratio = global_batch / args.lr_base_size
-    if scale == "sqrt":
-        ratio = ratio ** 0.5
-    lr = args.lr_base * ratio
-    return lr, (f"{lr:g} = --lr-base {args.lr_base:g} x ({global_batch} global batch / {args.lr_base_size})"
-                f"{'^0.5' if scale == 'sqrt' else ''} ({scale} scaling)")
 
 
 _RUNTIME_KEYS = ("_layers", "distill_spelling", "distill_flags", "local_rank", "print_config", "config", "data")

@@ -92,6 +92,19 @@ class DistillationTeacher(nn.Module):
     Build it with :meth:`create`. The wrapped model is kept outside the module tree (``self.model``
     is a plain attribute), so ``state_dict()``, ``parameters()``, ``.train()`` and DDP of any parent
     never see it, while ``.to()`` / ``.cuda()`` still move it.
+
+    The teacher runs at its own input size whenever one is known for its weights, the student's
+    batches being resized to it (bicubic/bilinear as its config says, antialiased). In order:
+    a fixed-size architecture's size (ViTs); ``teacher_input_size``; the size its checkpoint records
+    (this package's ``deit_distill.pretrained_cfg.input_size``; timm train.py's ``args.input_size``,
+    ``args.img_size`` or ``args.model``'s default config; facebookresearch/deit's ``args.input_size``);
+    the ``input_size`` of the pretrained config of its weights (a tagged timm name, ``hf-hub:``,
+    ``local-dir:``). Otherwise (a plain state dict, an ``nn.Module``) the size is unknown: it runs
+    at the student's, and the log says so. The log line and :attr:`description` say which and why.
+
+    An ``nn.Module`` source is used in place, not copied: it is put in eval mode, frozen and, for
+    convnets, converted to channels_last. A ``DistillationTeacher`` source is returned as it is,
+    after the class, label and input size checks.
     """
 
     def __init__(
@@ -126,7 +139,7 @@ class DistillationTeacher(nn.Module):
         self.precision = check_precision(precision)  # as requested: 'auto' or one precision
         self.compile_request = parse_compile(compile)  # as requested: 'auto', 'yes' or 'no'
         self.compile_options: dict[str, Any] = dict(COMPILE_OPTIONS)
-        self.min_agreement = float(min_agreement)  # for the first batch's measurement (see forward)
+        self.min_agreement = float(min_agreement)  # what select_path asks of a faster path by default
         self.fixed_input_hw = fixed_input_hw
         # The (H, W) every batch is resized to before the teacher sees it; None: run at the size given.
         self.input_hw = tuple(input_hw) if input_hw is not None else fixed_input_hw
@@ -147,7 +160,8 @@ class DistillationTeacher(nn.Module):
         self.register_buffer("input_shift", (d_mean - t_mean) / t_std, persistent=False)
         device = next(iter(model.parameters()), torch.empty(0)).device
         self.input_scale, self.input_shift = self.input_scale.to(device), self.input_shift.to(device)
-        # The path it runs on: None until chosen (precision 'auto': measured by select_path, or at the first batch).
+        # The path it runs on: None until chosen (precision 'auto': measured by select_path, else eager fp32 at the
+        # first forward).
         self._runners: dict[TeacherPath, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._warm: set[TeacherPath] = set()
         self._compiled_batch: int | None = None
@@ -197,8 +211,8 @@ class DistillationTeacher(nn.Module):
             input_size: the student's ``(C, H, W)``: the size batches arrive at.
             teacher_input_size: the size the teacher runs at (N, (H, W) or (C, H, W)), overriding the one
                 its weights record; refused when it contradicts a fixed-size architecture.
-            precision: ``'auto'`` (chosen by measurement: :meth:`select_path`, or a quick one on the first
-                batch), ``'fp32'``, ``'bf16'`` or ``'fp16'``; computed under autocast, logits returned in float32.
+            precision: ``'auto'`` (chosen by measurement when :meth:`select_path` is called; eager fp32 until
+                then), ``'fp32'``, ``'bf16'`` or ``'fp16'``; computed under autocast, logits returned in float32.
             channels_last: default ``True`` for convnets.
             compile: ``'auto'`` (compiled with ``torch.compile`` when :meth:`select_path` measures that it pays
                 for its warm-up over the run), ``'yes'``/``True`` or ``'no'``/``False``.
@@ -209,18 +223,8 @@ class DistillationTeacher(nn.Module):
                 is only accepted for random weights, since it would discard a trained head.
             teacher_mean, teacher_std: the teacher's own normalisation, when its config lacks it.
 
-        The teacher runs at its own input size whenever one is known for its weights, the student's
-        batches being resized to it (bicubic/bilinear as its config says, antialiased). In order:
-        a fixed-size architecture's size (ViTs); ``teacher_input_size``; the size its checkpoint records
-        (this package's ``deit_distill.pretrained_cfg.input_size``; timm train.py's ``args.input_size``,
-        ``args.img_size`` or ``args.model``'s default config; facebookresearch/deit's ``args.input_size``);
-        the ``input_size`` of the pretrained config of its weights (a tagged timm name, ``hf-hub:``,
-        ``local-dir:``). Otherwise (a plain state dict, an ``nn.Module``) the size is unknown: it runs
-        at the student's, and the log says so. The log line and :attr:`description` say which and why.
-
-        An ``nn.Module`` source is used in place, not copied: it is put in eval mode, frozen and, for
-        convnets, converted to channels_last. A ``DistillationTeacher`` source is returned as it is,
-        after the class, label and input size checks.
+        The size it runs at and what an ``nn.Module`` or ``DistillationTeacher`` source becomes: see the class
+        docstring.
         """
         check_precision(precision)  # reject a bad value before loading anything
         parse_compile(compile)
@@ -233,53 +237,23 @@ class DistillationTeacher(nn.Module):
                 raise TeacherError(f"num_classes={num_classes} but {len(label_names)} label_names were given; "
                                    "pass the dataset's class names, one per class.")
         if isinstance(source, DistillationTeacher):
-            teacher = source
-            if num_classes is not None:
-                check_classes(teacher.num_classes, num_classes, teacher.name)
-            if override is not None and tuple(override[-2:]) != tuple(teacher.input_hw or ()):
-                raise TeacherError(
-                    f"teacher_input_size {fmt_hw(override[-2:])} for a teacher already built to run at "
-                    f"{fmt_hw(teacher.input_hw) if teacher.input_hw else 'the size it is given'}: pass "
-                    "teacher_input_size when building it with DistillationTeacher.create.")
-            if label_names is not None:
-                check_label_names(teacher._info.get("label_names"), label_names, teacher.name)
-                teacher.dataset_label_names = label_names
-            return teacher
+            return source._checked_against(num_classes, label_names, override)
         model, meta = build_model(source, checkpoint_path=checkpoint_path, use_ema=use_ema,
                                    pretrained=pretrained, model_kwargs=dict(model_kwargs or {}))
         if device is not None:
             model = model.to(device)
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         cfg.update(meta.pop("pretrained_cfg", None) or {})
-        in_chans = int((cfg.get("input_size") or (3,))[0])
-        if override is not None and len(override) == 3 and override[0] != in_chans:
-            raise TeacherError(f"teacher_input_size {tuple(override)} has {override[0]} channels but the teacher "
-                               f"takes {in_chans}; give H W (or {in_chans} H W).")
         fixed_hw = fixed_input_hw(model)
         student_hw = tuple(int(v) for v in input_size[-2:]) if input_size else None
-        run_hw, source_key, reason = resolve_input_hw(meta, fixed_hw, override, student_hw)
-        teacher_input = (in_chans, *run_hw) if run_hw else None
+        teacher_input, run_hw, source_key, reason = _input_size(meta, cfg, fixed_hw, override, student_hw)
         classes = count_classes(model, teacher_input or cfg.get("input_size"))
         if num_classes is not None:
             check_classes(classes, num_classes, meta.get("name") or type(model).__name__)
         if label_names is not None:
             check_label_names(meta.get("label_names"), label_names, meta.get("name") or type(model).__name__)
 
-        if teacher_mean is None or teacher_std is None:
-            if "mean" not in cfg or "std" not in cfg:
-                if data_mean is not None:
-                    _logger.warning(
-                        "Teacher %s records no normalisation; assuming it expects the data pipeline's "
-                        "(pass teacher_mean/teacher_std if it was trained with another).", meta.get("name"))
-                meta["normalisation_source"] = "assumed: its weights record none"
-                teacher_mean = teacher_mean or data_mean or (0.485, 0.456, 0.406)
-                teacher_std = teacher_std or data_std or (0.229, 0.224, 0.225)
-            else:
-                meta["normalisation_source"] = "its config"
-                teacher_mean = teacher_mean or cfg["mean"]
-                teacher_std = teacher_std or cfg["std"]
-        else:
-            meta["normalisation_source"] = "given"
+        teacher_mean, teacher_std = _normalisation(meta, cfg, teacher_mean, teacher_std, data_mean, data_std)
         meta["input_size"] = list(teacher_input) if teacher_input else None
         meta["input_size_source"], meta["input_size_reason"] = source_key, reason
         teacher = cls(
@@ -291,6 +265,22 @@ class DistillationTeacher(nn.Module):
         teacher.dataset_label_names = label_names
         teacher._log_resolution(student_hw)
         return teacher
+
+    def _checked_against(self, num_classes: int | None, label_names: list[str] | None,
+                         override: Sequence[int] | None) -> DistillationTeacher:
+        """This teacher, given again to :meth:`create`: checked against the dataset's classes and labels, and
+        against a ``teacher_input_size`` (which cannot change once built)."""
+        if num_classes is not None:
+            check_classes(self.num_classes, num_classes, self.name)
+        if override is not None and tuple(override[-2:]) != tuple(self.input_hw or ()):
+            raise TeacherError(
+                f"teacher_input_size {fmt_hw(override[-2:])} for a teacher already built to run at "
+                f"{fmt_hw(self.input_hw) if self.input_hw else 'the size it is given'}: pass "
+                "teacher_input_size when building it with DistillationTeacher.create.")
+        if label_names is not None:
+            check_label_names(self._info.get("label_names"), label_names, self.name)
+            self.dataset_label_names = label_names
+        return self
 
     def _log_resolution(self, student_hw: tuple[int, int] | None) -> None:
         info = self._info
@@ -399,8 +389,8 @@ class DistillationTeacher(nn.Module):
         cache folder, see :mod:`~timm_deit_distill.teacher.path_memory`), so a rerun does not measure again.
         Logs the table it measured; returns the :class:`~timm_deit_distill.teacher.paths.PathChoice`.
 
-        Without a call, a teacher with ``precision='auto'`` measures its eager paths on the first batch it is
-        given (compiling only when asked for: the run's length is unknown there).
+        Without a call, a teacher with ``precision='auto'`` runs eager fp32 (see :meth:`forward`): measuring is
+        this explicit call, never a side effect of a forward pass.
         """
         from .tuning import select_path
 
@@ -426,6 +416,11 @@ class DistillationTeacher(nn.Module):
                          choice.how, choice.seconds, choice.table())
         _logger.info("Teacher %s runs %s.", self.name, choice.summary())
         return choice
+
+    def _use_default_path(self) -> None:
+        path = TeacherPath("fp32", self.compile_request == "yes")
+        self._use_path(PathChoice(path, "default", "no path measured: select_path(...) is the call that measures "
+                                                   "the paths and takes a faster one that agrees with fp32"))
 
     def _warm_paths(self) -> set[TeacherPath]:
         return set(self._warm)
@@ -488,11 +483,12 @@ class DistillationTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits ``(B, num_classes)`` for a batch normalised by the data pipeline.
 
-        With no path chosen yet (precision ``'auto'`` and no :meth:`select_path`), the eager paths are first
-        measured on this batch (remembered per machine).
+        Nothing is measured, compiled on purpose or written here: with no path chosen yet (precision ``'auto'`` and
+        no :meth:`select_path`), the teacher takes its default path, eager fp32 (compiled only when asked with
+        ``compile='yes'``), and says once that :meth:`select_path` is the call that measures a faster one.
         """
         if self._path is None:
-            self.select_path([x.detach()], batch_size=len(x))
+            self._use_default_path()
         assert self._path is not None
         with torch.inference_mode():
             x = self.prepare_input(x.float())
@@ -566,3 +562,35 @@ class DistillationTeacher(nn.Module):
             description["compiled"] = True
         json.dumps(description)  # fail here, not in a cache writer, if something is not JSON-able
         return description
+
+
+def _normalisation(meta: dict[str, Any], cfg: Mapping[str, Any], teacher_mean: Sequence[float] | None,
+                   teacher_std: Sequence[float] | None, data_mean: Sequence[float] | None,
+                   data_std: Sequence[float] | None) -> tuple[Sequence[float], Sequence[float]]:
+    """The teacher's own normalisation: given, else its config's, else assumed to be the data pipeline's (said in
+    a warning); where it came from goes into ``meta['normalisation_source']``."""
+    if teacher_mean is not None and teacher_std is not None:
+        meta["normalisation_source"] = "given"
+        return teacher_mean, teacher_std
+    if "mean" not in cfg or "std" not in cfg:
+        if data_mean is not None:
+            _logger.warning(
+                "Teacher %s records no normalisation; assuming it expects the data pipeline's "
+                "(pass teacher_mean/teacher_std if it was trained with another).", meta.get("name"))
+        meta["normalisation_source"] = "assumed: its weights record none"
+        return teacher_mean or data_mean or (0.485, 0.456, 0.406), teacher_std or data_std or (0.229, 0.224, 0.225)
+    meta["normalisation_source"] = "its config"
+    return teacher_mean or cfg["mean"], teacher_std or cfg["std"]
+
+
+def _input_size(meta: Mapping[str, Any], cfg: Mapping[str, Any], fixed_hw: tuple[int, int] | None,
+                override: Sequence[int] | None, student_hw: tuple[int, int] | None) -> tuple[Any, Any, str, str]:
+    """The ``(C, H, W)`` the teacher runs at (None: whatever it is given), its ``(H, W)``, and where that size
+    comes from and why (:func:`~timm_deit_distill.teacher.fit.resolve_input_hw`); a ``teacher_input_size`` with
+    another channel count than the teacher takes is refused."""
+    in_chans = int((cfg.get("input_size") or (3,))[0])
+    if override is not None and len(override) == 3 and override[0] != in_chans:
+        raise TeacherError(f"teacher_input_size {tuple(override)} has {override[0]} channels but the teacher "
+                           f"takes {in_chans}; give H W (or {in_chans} H W).")
+    run_hw, source_key, reason = resolve_input_hw(meta, fixed_hw, override, student_hw)
+    return ((in_chans, *run_hw) if run_hw else None), run_hw, source_key, reason

@@ -2,8 +2,8 @@
 
 On scikit-learn's bundled handwritten digits (real data, no download) with scarce labels, a timm
 convnet teacher is trained, then a DeiT-Ti-sized distilled student under each distillation type with
-the same budget, for several seeds. Every run goes through ``deit-distill train`` (``train.main``) and
-is measured by ``deit-distill eval`` (``evaluate.main``); the hard-distilled students' class and
+the same budget, for several seeds. Every run is a ``deit-distill train`` run (``timm_deit_distill.train``, the
+flags as keywords) measured by ``deit-distill eval`` (``timm_deit_distill.evaluate``); the hard-distilled students' class and
 distillation tokens are compared as in the paper's section 4 (``analysis.token_cosine``).
 
 Writes into ``--out``::
@@ -44,14 +44,23 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DeitDistillError, DemoError, UsageError
+from ...stops import run_stoppable
 from ..common import ArgumentParser
-from ..stops import run_stoppable
-from .regime import DEFAULT_REGIME, MODES, QUICK_REGIME, STUDENT, TEACHER, Regime, student_args, teacher_args
+from .regime import (
+    DEFAULT_REGIME,
+    MODES,
+    QUICK_REGIME,
+    STUDENT,
+    TEACHER,
+    Regime,
+    student_options,
+    teacher_options,
+)
 from .report import aggregate, mean_std, paired_differences, plot_students, results_table
 from .runner import Job, Progress, duration, run_jobs, run_training
 
 __all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENT", "TEACHER", "DemoError", "main",
-           "build_parser", "run_demo", "run_training", "teacher_args", "student_args", "aggregate",
+           "build_parser", "run_demo", "run_training", "teacher_options", "student_options", "aggregate",
            "paired_differences", "results_table"]
 
 _logger = logging.getLogger("timm_deit_distill.demo")

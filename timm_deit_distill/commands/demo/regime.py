@@ -1,11 +1,14 @@
-"""The demo's regime: what it trains (data, models, schedule, seeds), and its runs as `deit-distill train` command lines."""
+"""The demo's regime: what it trains (data, models, schedule, seeds), and its runs as `deit-distill train` options."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENT", "TEACHER", "teacher_args", "student_args"]
+__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENT", "TEACHER", "teacher_options",
+           "student_options"]
 
 MODES = ("none", "soft", "hard")
 STUDENT = "deit_tiny_distilled_patch4_32"
@@ -44,7 +47,7 @@ class Regime:
     # Measure the teacher before it teaches (--teacher-min-top1 auto); off only where the teacher is a
     # smoke-test stand-in trained too briefly to beat chance.
     teacher_check: bool = True
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
+    extra_options: Mapping[str, Any] = field(default_factory=dict)  # more `deit-distill train` options, by dest
 
     @property
     def ema(self) -> bool:
@@ -61,49 +64,46 @@ QUICK_REGIME = replace(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command lines: the demo's runs are ordinary `deit-distill train` / `deit-distill eval` invocations.
+# Runs: the demo's runs are ordinary `deit-distill train` runs, given to the Python API as keywords (the flags'
+# dest names), so each is exactly the command line `deit-distill train` would run with those flags.
 
 
-def _common_train_args(regime: Regime, data_dir: Path) -> list[str]:
-    args = [
-        "--data-dir", str(data_dir), "--img-size", str(regime.img_size),
-        "--batch-size", str(regime.batch_size), "--opt", "adamw", "--lr", f"{regime.lr:g}",
-        "--weight-decay", f"{regime.weight_decay:g}", "--sched", "cosine", "--warmup-epochs", str(regime.warmup_epochs),
-        "--warmup-lr", "1e-6", "--min-lr", "1e-5", "--clip-grad", f"{regime.clip_grad:g}",
-        "--smoothing", f"{regime.smoothing:g}",
+def _common_train_options(regime: Regime, data_dir: Path) -> dict[str, Any]:
+    options: dict[str, Any] = dict(
+        data_dir=str(data_dir), img_size=regime.img_size, batch_size=regime.batch_size, opt="adamw", lr=regime.lr,
+        weight_decay=regime.weight_decay, sched="cosine", warmup_epochs=regime.warmup_epochs, warmup_lr=1e-6,
+        min_lr=1e-5, clip_grad=regime.clip_grad, smoothing=regime.smoothing,
         # Digits are not mirror-symmetric and have no colour; crops keep most of the stroke.
-        "--scale", f"{regime.scale[0]:g}", f"{regime.scale[1]:g}", "--hflip", "0", "--color-jitter", "0",
-        "--train-interpolation", "bicubic",
-        "--crop-pct", "1",  # evaluate the whole digit (a centre crop would cut strokes), teacher and students alike
-        "--workers", "0",  # 8x8 PNGs decode faster than worker processes start
+        scale=list(regime.scale), hflip=0.0, color_jitter=0.0, train_interpolation="bicubic",
+        crop_pct=1.0,  # evaluate the whole digit (a centre crop would cut strokes), teacher and students alike
+        workers=0,  # 8x8 PNGs decode faster than worker processes start
         # A 64 MB checkpoint each epoch costs ~10 % of a run; saving at evaluations bounds a kill's loss just as well.
-        "--val-interval", str(regime.val_interval), "--checkpoint-interval", str(regime.val_interval),
-        "--checkpoint-hist", "1", "--log-interval", "1000",
-    ]
+        val_interval=regime.val_interval, checkpoint_interval=regime.val_interval, checkpoint_hist=1,
+        log_interval=1000)
     if regime.ema:
-        args += ["--model-ema", "--model-ema-decay", f"{regime.ema_decay:g}"]
-    return args + list(regime.extra_args)
+        options.update(model_ema=True, model_ema_decay=regime.ema_decay)
+    return {**options, **regime.extra_options}
 
 
-def teacher_args(regime: Regime, data_dir: Path, output: Path) -> list[str]:
-    """`deit-distill train` arguments of the convnet teacher (same augmentation as the students)."""
-    return [*_common_train_args(regime, data_dir), "--model", TEACHER, "--epochs", str(regime.teacher_epochs),
-            "--drop-path", "0", "--distill-type", "none", "--seed", str(regime.teacher_seed),
-            "--output", str(output), "--experiment", "teacher"]
+def teacher_options(regime: Regime, data_dir: Path, output: Path) -> dict[str, Any]:
+    """`deit-distill train` options of the convnet teacher (same augmentation as the students)."""
+    return {**_common_train_options(regime, data_dir), "model": TEACHER, "epochs": regime.teacher_epochs,
+            "drop_path": 0.0, "distill_type": "none", "seed": regime.teacher_seed, "output": str(output),
+            "experiment": "teacher"}
 
 
-def student_args(regime: Regime, data_dir: Path, output: Path, mode: str, seed: int,
-                 teacher_checkpoint: Path) -> list[str]:
-    """`deit-distill train` arguments of one student; the budget is the same for every mode."""
-    args = [*_common_train_args(regime, data_dir), "--model", STUDENT, "--epochs", str(regime.epochs),
-            "--drop-path", f"{regime.drop_path:g}", "--distill-type", mode, "--seed", str(seed),
-            "--output", str(output), "--experiment", f"{mode}-seed{seed}"]
+def student_options(regime: Regime, data_dir: Path, output: Path, mode: str, seed: int,
+                    teacher_checkpoint: Path) -> dict[str, Any]:
+    """`deit-distill train` options of one student; the budget is the same for every mode."""
+    options = {**_common_train_options(regime, data_dir), "model": STUDENT, "epochs": regime.epochs,
+               "drop_path": regime.drop_path, "distill_type": mode, "seed": seed, "output": str(output),
+               "experiment": f"{mode}-seed{seed}"}
     if mode != "none":
-        args += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
-                 "--distill-alpha", f"{regime.distill_alpha:g}", "--distill-tau", f"{regime.distill_tau:g}",
-                 "--distill-soft-reduction", "deit", "--teacher-precision", "fp32"]
+        options.update(distill_teacher=TEACHER, distill_teacher_path=str(teacher_checkpoint),
+                       distill_alpha=regime.distill_alpha, distill_tau=regime.distill_tau,
+                       distill_soft_reduction="deit", teacher_precision="fp32")
         if regime.ema:
-            args += ["--teacher-ema"]
+            options["distill_teacher_ema"] = True
         if not regime.teacher_check:
-            args += ["--no-teacher-check"]
-    return args
+            options["no_teacher_check"] = True
+    return options

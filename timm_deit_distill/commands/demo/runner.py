@@ -14,17 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...errors import DemoError
+from ...errors import DeitDistillError, DemoError, one_line
+from ...stops import pool_worker, spawning, stop_of, working
 from ..common import setup_logging
-from ..stops import pool_worker, spawning, stop_of, working
-from .regime import TEACHER, Regime, student_args, teacher_args
+from .regime import TEACHER, Regime, student_options, teacher_options
 from .report import student_record
 
 __all__ = ["run_training", "run_eval", "measure_token_cosine", "Job", "run_job", "run_jobs", "schedule", "job_cost",
            "Progress", "duration"]
 
 _logger = logging.getLogger("timm_deit_distill.demo")
-_RUN_SPEC = "demo_run.json"  # beside each run: the exact trainer command line it was started with
+_RUN_SPEC = "demo_run.json"  # beside each run: the exact trainer options it was started with
 
 
 def _finished_epochs(run_dir: Path) -> int:
@@ -43,33 +43,34 @@ def _finished_epochs(run_dir: Path) -> int:
     return finished
 
 
-def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Path:
-    """Train through ``train.main`` unless ``run_dir`` already holds this exact run; returns its last checkpoint.
+def run_training(options: dict[str, Any], run_dir: Path, epochs: int, label: str) -> Path:
+    """Train through the Python API (``timm_deit_distill.train(**options)``, `deit-distill train`'s options as
+    keywords) unless ``run_dir`` already holds this exact run; returns its last checkpoint.
 
-    A run with the same command line that stopped early resumes from ``last.pth.tar``; one killed before
+    A run with the same options that stopped early resumes from ``last.pth.tar``; one killed before
     its first checkpoint starts over (the demo owns the folder, so it clears the trainer's files, which
     the trainer itself never overwrites); a folder holding a different run is refused rather than overwritten.
     """
     from ...atomic import atomic_write_text
+    from ...factory.api import train
     from ...run_folder import RunFolderError, clear_run_files
-    from .. import train
 
     last = run_dir / "last.pth.tar"
     spec_path = run_dir / _RUN_SPEC
+    spec = json.loads(json.dumps({"options": options}))  # as the file holds it (tuples as lists)
     if run_dir.exists() and any(run_dir.iterdir()):
-        spec = json.loads(spec_path.read_text()) if spec_path.exists() else None
-        if spec != {"argv": argv}:
+        if (json.loads(spec_path.read_text()) if spec_path.exists() else None) != spec:
             raise DemoError(f"{run_dir} holds a different run (settings changed or not written by the demo); "
                             "delete it or pass another --out.")
         if last.exists() and _finished_epochs(run_dir) >= epochs:
             _logger.info("%s: reusing the finished run in %s", label, run_dir)
             return last
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(spec_path, json.dumps({"argv": argv}, indent=1) + "\n")
-    full = list(argv)
+    atomic_write_text(spec_path, json.dumps(spec, indent=1) + "\n")
+    full = dict(options)
     if last.exists():
         _logger.info("%s: resuming from %s (epoch %d of %d)", label, last, _finished_epochs(run_dir), epochs)
-        full += ["--resume", str(last)]
+        full["resume"] = str(last)
     else:
         try:
             removed = clear_run_files(run_dir)
@@ -78,9 +79,12 @@ def run_training(argv: list[str], run_dir: Path, epochs: int, label: str) -> Pat
         if removed:
             _logger.info("%s: starting over in %s (killed before its first checkpoint; removed %s)", label,
                          run_dir, ", ".join(removed))
-    code = train.main(full)
-    if code != 0 or not last.exists():
-        raise DemoError(f"{label}: `deit-distill train {' '.join(full)}` exited with code {code}; see the lines above.")
+    try:
+        train(**full)
+    except DeitDistillError as e:
+        raise DemoError(f"{label}: `deit-distill train` stopped: {one_line(e)}") from None
+    if not last.exists():
+        raise DemoError(f"{label}: `deit-distill train` wrote no {last}; see the lines above.")
     _prune_checkpoints(run_dir)
     return last
 
@@ -94,23 +98,21 @@ def _prune_checkpoints(run_dir: Path) -> None:
 
 def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, use_ema: bool,
              teacher_check: bool = True) -> dict[str, Any]:
-    """``deit-distill eval`` on the validation split; its JSON is kept beside the checkpoint."""
-    from .. import evaluate
+    """``deit-distill eval`` on the validation split, through the Python API; its JSON is kept beside the
+    checkpoint."""
+    from ...factory.api import evaluate
 
     out = checkpoint.parent / "eval.json"
-    argv = ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--workers", "0",
-            "--use-ema" if use_ema else "--no-ema", "--json", str(out),
-            "--overwrite"]  # the run manager owns eval.json: a rerun measures again and replaces it
+    options: dict[str, Any] = dict(checkpoint=str(checkpoint), data_dir=str(data_dir), workers=0, use_ema=use_ema,
+                                   json=str(out),
+                                   overwrite=True)  # the run manager owns eval.json: a rerun measures it again
     if teacher_checkpoint is not None:
-        argv += ["--distill-teacher", TEACHER, "--distill-teacher-path", str(teacher_checkpoint),
-                 "--teacher-precision", "fp32"]
-        argv += ["--teacher-ema"] if use_ema else ["--no-teacher-ema"]
-        argv += [] if teacher_check else ["--no-teacher-check"]
-    log = io.StringIO()  # eval prints its full JSON; the demo prints one line and keeps the file
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = evaluate.main(argv)
-    if code != 0:
-        raise DemoError(f"`deit-distill eval {' '.join(argv)}` exited with code {code}:\n{log.getvalue()}")
+        options.update(distill_teacher=TEACHER, distill_teacher_path=str(teacher_checkpoint),
+                       teacher_precision="fp32", teacher_ema=use_ema, no_teacher_check=not teacher_check)
+    try:
+        evaluate(written=[], **options)  # the demo prints one line per run and keeps the file
+    except DeitDistillError as e:
+        raise DemoError(f"`deit-distill eval` of {checkpoint} stopped: {one_line(e)}") from None
     return json.loads(out.read_text())
 
 
@@ -197,12 +199,12 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train (or reuse) one run and measure it: the teacher's top-1, or a student's per-seed record."""
     regime = job.regime
     if job.mode is None:
-        ckpt = run_training(teacher_args(regime, job.data_dir, job.runs_dir), job.run_dir, regime.teacher_epochs,
-                            "teacher")
+        ckpt = run_training(teacher_options(regime, job.data_dir, job.runs_dir), job.run_dir,
+                            regime.teacher_epochs, "teacher")
         evaluation = run_eval(ckpt, job.data_dir, None, regime.ema)
         return {"top1": evaluation["top1"], "top5": evaluation["top5"]}
-    argv = student_args(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
-    ckpt = run_training(argv, job.run_dir, regime.epochs, f"student {job.label}")
+    options = student_options(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
+    ckpt = run_training(options, job.run_dir, regime.epochs, f"student {job.label}")
     record: dict[str, Any] = {"seed": job.seed,
                               **student_record(run_eval(ckpt, job.data_dir, job.teacher_checkpoint, regime.ema,
                                                        regime.teacher_check))}

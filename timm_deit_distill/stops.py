@@ -1,5 +1,9 @@
 """Stops asked for by a signal: Ctrl-C (SIGINT) or a scheduler's SIGTERM end a command in one line, whole.
 
+The commands own the process and install the handlers (:func:`stop_signals`, :func:`run_stoppable`); the code
+they run (the trainer's loop, a cache build) marks where a stop may land (:func:`check`) and what must finish
+first (:func:`deferred`), which does nothing when no command installed them (the Python API in a notebook).
+
 Python turns SIGINT into a KeyboardInterrupt wherever the main thread stands, and SIGTERM, by default, ends the
 process at once: an atomic write's temporary is left behind, a run's lock is never released in order. Inside
 :func:`stop_signals` both raise :class:`Stopped`, a ``KeyboardInterrupt``, so every cleanup written for Ctrl-C
