@@ -16,6 +16,7 @@ import torch
 from ..atomic import sha256_file
 from ..data import ViewLayout, ViewSettings, dataset_fingerprint
 from ..errors import CacheError, CacheMismatch
+from ..losses import LOGIT_TYPES
 from ..teacher import TeacherSettings
 from .fingerprint import differences, library_versions, make_fingerprint
 from .store import MANIFEST, CacheStore, load_manifest, memmap_chunk, read_chunk_info, sample_check
@@ -104,7 +105,7 @@ class TeacherTargetCache:
                                  {k: v for k, v in current.items() if k != "teacher"})
         if teacher is not None:
             problems += self._teacher_problems(teacher)
-        if distill_type == "soft" and self.store.kind == "hard":
+        if distill_type in LOGIT_TYPES and not self.store.holds_logits:
             problems.append("store: cache 'hard' holds teacher labels only, soft distillation needs logits "
                             "(fix: rebuild with --store full or --store topk:K, or train with --distill-type hard)")
         if problems:

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from ..atomic import atomic_path, sha256_file
 from ..errors import CacheError
 
-__all__ = ["CacheStore", "TOPK_FILL", "FORMAT", "FORMAT_VERSION", "MANIFEST", "canonical_json", "write_json",
+__all__ = ["CacheStore", "STORE_KINDS", "TOPK_FILL", "FORMAT", "FORMAT_VERSION", "MANIFEST", "canonical_json", "write_json",
            "chunk_name", "write_chunk", "chunk_metadata", "read_chunk_info", "memmap_chunk", "load_manifest",
            "sample_check"]
 
@@ -35,6 +35,11 @@ _METADATA_KEY = "timm_deit_distill_cache"
 
 # --------------------------------------------------------------------------------------------------
 # What is stored
+
+
+#: The kinds of store ``--store`` names (``hard``, ``topk:K``, ``full[:fp16]``): the teacher's argmax, its K largest
+#: logits, every logit.
+STORE_KINDS = ("hard", "topk", "full")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,11 @@ class CacheStore:
             if k >= 1:
                 return cls("topk", k=k, dtype="float16")
         raise CacheError(f"--store {spec!r} is not a store; use hard, topk:K (e.g. topk:5), full or full:fp16.")
+
+    @property
+    def holds_logits(self) -> bool:
+        """Whether the store keeps logits (what soft distillation needs), not only the teacher's argmax."""
+        return self.kind != "hard"
 
     @property
     def spec(self) -> str:
