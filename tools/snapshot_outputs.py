@@ -11,7 +11,8 @@ does not depend on what the machine measures fastest.
 
 What is recorded, per file: checkpoints as the sha256 of every tensor (state_dict, EMA, optimizer, ...) and the
 rest of their contents as plain values; safetensors per tensor; JSON, YAML and CSV files as their parsed values;
-everything else (curves.png, cache chunks) as its sha256. Values that measure time are blanked.
+everything else (curves.png, cache chunks, the model card) as its sha256. Values that measure time are blanked, and
+so is the sha256 of the checkpoint file a pushed folder names (the file holds those times).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +108,18 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
+# A pushed folder names its checkpoint by the file's sha256, which changes with every run: the checkpoint holds
+# measured times (blanked above; its contents are recorded tensor by tensor). Blanked in config.json and the card.
+_SOURCE_SHA = re.compile(r"(source checkpoint \| `[^`]*` \(sha256 `)[0-9a-f]{64}")
+
+
+def _source_blanked(value: Any) -> Any:
+    source = value.get("deit_distill", {}).get("source") if isinstance(value, dict) else None
+    if isinstance(source, dict) and "sha256" in source:
+        source["sha256"] = None
+    return value
+
+
 def record_file(path: Path) -> Any:
     name = path.name
     if name.endswith((".pth.tar", ".pth", ".pt")):
@@ -116,7 +130,9 @@ def record_file(path: Path) -> Any:
 
         return _plain(load_file(path))
     if name.endswith(".json"):
-        return _plain(json.loads(path.read_text()))
+        return _source_blanked(_plain(json.loads(path.read_text())))
+    if name.endswith(".md"):
+        return {"sha256": hashlib.sha256(_SOURCE_SHA.sub(r"\1<blanked>", path.read_text()).encode()).hexdigest()}
     if name.endswith((".yaml", ".yml")):
         return _plain(yaml.safe_load(path.read_text()))
     if name.endswith(".csv"):
