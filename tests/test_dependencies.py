@@ -33,8 +33,10 @@ PYPROJECT = ROOT.parent / "pyproject.toml"
 # may import only the declared dependencies.
 EXTRAS_ALLOWED = {
     "data/digits.py": {"demo"},  # scikit-learn's bundled digits
-    "data/opening.py": {"hf", "wds"},  # hfds/, hfids/ and wds/ sources
-    "data/streams.py": {"wds"},
+    "data/sources/_hf.py": {"hf"},  # what hfds/ and hfids/ share
+    "data/sources/source_hfds.py": {"hf"},
+    "data/sources/source_hfids.py": {"hf"},
+    "data/sources/source_wds.py": {"wds"},
 }
 
 
