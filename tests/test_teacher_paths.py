@@ -350,9 +350,11 @@ def test_moving_the_teacher_forgets_compiled_runners_and_a_measured_choice(teach
 def test_faster_paths_give_fp32s_hard_targets_on_the_digits(trained_teacher):
     """bf16 and the inductor-compiled paths (with freezing) agree with eager fp32 on the real digits, for a teacher
     trained on them: the hard targets they would teach are fp32's."""
-    from timm_deit_distill.data import build_check_loader, build_datasets
+    from source_fixtures import open_folder
 
-    train_ds, val_ds = build_datasets(str(trained_teacher["data"]))
+    from timm_deit_distill.data import build_check_loader
+
+    train_ds, val_ds = open_folder(str(trained_teacher["data"]))
     config = {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
               "crop_pct": 1.0, "interpolation": "bicubic"}
     images = torch.cat([x for x, _ in build_check_loader(val_ds, config, max_images=len(val_ds), batch_size=128)])

@@ -37,11 +37,11 @@ from timm.utils import ParseKwargs
 
 from ..data import (
     CHECK_IMAGES,
-    TFDS_REFUSAL,
     AugmentSettings,
     DataSettings,
     LoaderSettings,
     check_views_supported,
+    dataset_help,
     resolve_input_img_mode,
 )
 from ..errors import UsageError
@@ -156,13 +156,7 @@ def _config_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DATASET_HELP = (
-    "timm's dataset source TYPE/NAME: '' (default) image folders DIR/<split>/<class>/<image> or image tars "
-    "DIR/<split>.tar; hfds/NAME a Hugging Face dataset (a Hub id, a local parquet or save_to_disk folder; "
-    "--data-dir is the datasets cache); hfids/NAME the same, streamed; wds/NAME WebDataset shards with timm's "
-    "_info.json under --data-dir; torch/NAME a torchvision dataset (mnist, kmnist, fashion_mnist, qmnist, "
-    "places365, inaturalist, imagenet, image_folder; not cifar10/100, which unpickle). Deterministic views and "
-    "the teacher cache need a stable index: not on the streams wds/ and hfids/. " + TFDS_REFUSAL)
+DATASET_HELP = dataset_help()  # from the registry of data sources: each source's words
 
 
 def add_dataset_flags(p: argparse.ArgumentParser, d: Any, *, training: bool) -> None:
