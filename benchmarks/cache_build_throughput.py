@@ -38,10 +38,11 @@ from deit_views import deit_augment  # beside this script (run as python benchma
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 from timm_deit_distill.cache import build_cache, rows_per_epoch
 from timm_deit_distill.data import (
+    DataSettings,
     LoaderSettings,
     ViewSettings,
     build_check_loader,
-    build_datasets,
+    open_source,
 )
 from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.teacher import DistillationTeacher, PathMemory
@@ -55,7 +56,7 @@ def measure(opts: argparse.Namespace) -> dict[str, float | str]:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="cache_build_throughput."))
     root = write_digits_imagefolder(tmp / "digits", train_per_class=opts.per_class)
-    train_ds, val_ds = build_datasets(str(root))
+    train_ds, val_ds = open_source(DataSettings(data_dir=str(root)), batch_size=opts.batch_size, seed=0)
     num_classes = len(train_ds.reader.class_to_idx)
     size = opts.img_size
     data_config = {"input_size": (3, size, size), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),

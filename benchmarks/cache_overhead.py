@@ -46,10 +46,11 @@ import timm_deit_distill  # noqa: F401  (registers the distilled variants)
 from timm_deit_distill.cache import TeacherTargetCache, build_cache
 from timm_deit_distill.commands.cache import format_bytes
 from timm_deit_distill.data import (
+    DataSettings,
     LoaderSettings,
     ViewSettings,
-    build_datasets,
     build_train_loader,
+    open_source,
 )
 from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.losses import DistillationLoss
@@ -75,7 +76,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="cache_overhead."))
     root = write_digits_imagefolder(tmp / "digits", train_per_class=opts.per_class)
-    train_ds, _ = build_datasets(str(root))
+    train_ds, _ = open_source(DataSettings(data_dir=str(root)), batch_size=opts.batch_size, seed=0)
     num_classes = len(train_ds.reader.class_to_idx)
     student = timm.create_model(opts.student, num_classes=num_classes, img_size=opts.img_size)
     data_config = {"input_size": (3, opts.img_size, opts.img_size), "mean": student.pretrained_cfg["mean"],

@@ -13,6 +13,9 @@ sources. Writers (each returns the path it wrote):
     write_wds(out, recs, shards)          out/digits-{split}-{0000..}.tar + out/_info.json (timm's format)
     write_mnist_raw(out, recs)            out/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
     corrupt_wds_sample(dir, shard, i)     truncates one sample's .png inside a shard; returns its key
+
+and ``open_folder(data_dir, **flags)``: an image folder's training and validation splits, opened by the package's
+one road (``open_source``) with ``DataSettings(data_dir=..., **flags)``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ def _png_records(folder: Path, split: str, per_class: int | None) -> list[tuple[
 def records(folder: str | os.PathLike, per_class: int | None = None) -> dict[str, list[tuple[str, int, bytes]]]:
     """The images of ``folder``'s train/ and validation/ splits, at most ``per_class`` of each class."""
     return {s: _png_records(Path(folder), s, per_class) for s in SPLITS}
+
+
+def open_folder(data_dir, **flags):
+    """``(train, val)`` of the image folder (or tars) under ``data_dir``, as the package opens any source."""
+    from timm_deit_distill.data import DataSettings, open_source
+
+    return open_source(DataSettings(data_dir=str(data_dir), **flags), batch_size=16, seed=0)
 
 
 def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes) -> None:

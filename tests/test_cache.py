@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from aug_fixtures import DATA_CONFIG, make_args
 from safetensors.numpy import load_file
+from source_fixtures import open_folder
 
 from timm_deit_distill.atomic import sha256_file
 from timm_deit_distill.cache import (
@@ -29,7 +30,7 @@ from timm_deit_distill.cache import (
     TeacherTargetCache,
     build_cache,
 )
-from timm_deit_distill.data import ViewLayout, build_datasets, build_train_loader
+from timm_deit_distill.data import ViewLayout, build_train_loader
 from timm_deit_distill.data.digits import write_digits_imagefolder
 from timm_deit_distill.losses import DistillationLoss
 
@@ -56,7 +57,7 @@ class CountingTeacher(torch.nn.Module):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     root = write_digits_imagefolder(tmp_path_factory.mktemp("digits") / "d", train_per_class=4)
-    return build_datasets(str(root))
+    return open_folder(root)
 
 
 @pytest.fixture(scope="module")
@@ -272,14 +273,14 @@ def test_sigkilled_build_resumes_to_the_same_cache(tmp_path, digits):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_cache import CountingTeacher, make_args, TEACHER
         from timm_deit_distill.cache import build_cache
-        from timm_deit_distill.data import build_datasets
+        from source_fixtures import open_folder
 
         class Slow(CountingTeacher):
             def forward(self, x):
                 time.sleep(0.3)
                 return super().forward(x)
 
-        train_ds, _ = build_datasets({str(root)!r})
+        train_ds, _ = open_folder({str(root)!r})
         args = make_args()
         build_cache(train_ds, args.view, args.loader, Slow(), {str(tmp_path / 'c')!r}, epochs=4,
                     store="hard", teacher_description=TEACHER)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from source_fixtures import open_folder
 
 from timm_deit_distill.commands import evaluate
-from timm_deit_distill.data import DataError, build_datasets, label_names
+from timm_deit_distill.data import DataError, label_names
 
 
 def _png(path: Path) -> None:
@@ -38,39 +39,39 @@ def _map(folder: Path, text: str, name: str = "map.txt") -> str:
 
 def test_a_missing_class_map_is_refused_in_one_line(folder):
     with pytest.raises(DataError, match=r"--class-map .*nonexist.txt does not exist; fix:"):
-        build_datasets(str(folder / "data"), class_map=str(folder / "nonexist.txt"))
+        open_folder(str(folder / "data"), class_map=str(folder / "nonexist.txt"))
 
 
 def test_a_class_map_naming_a_class_twice_is_refused(folder):
     # timm keeps the last index of a duplicate: 3 classes with indices {0, 1, 3}, index 3 out of bounds in epoch 0
     with pytest.raises(DataError, match=r"names class 'b' twice \(lines 2 and 3\)"):
-        build_datasets(str(folder / "data"), class_map=_map(folder, "a\nb\nb\nc\n"))
+        open_folder(str(folder / "data"), class_map=_map(folder, "a\nb\nb\nc\n"))
     with pytest.raises(DataError, match="line 2 is blank"):
-        build_datasets(str(folder / "data"), class_map=_map(folder, "a\n\nb\nc\n"))
+        open_folder(str(folder / "data"), class_map=_map(folder, "a\n\nb\nc\n"))
 
 
 def test_a_pkl_map_needs_indices_0_to_n_minus_1(folder):
     path = folder / "map.pkl"
     path.write_bytes(pickle.dumps({"a": 0, "b": 2, "c": 3}))
     with pytest.raises(DataError, match="indices 0..N-1"):
-        build_datasets(str(folder / "data"), class_map=str(path))
+        open_folder(str(folder / "data"), class_map=str(path))
     path.write_bytes(pickle.dumps({"c": 0, "a": 1, "b": 2}))
-    train, _ = build_datasets(str(folder / "data"), class_map=str(path))
+    train, _ = open_folder(str(folder / "data"), class_map=str(path))
     assert label_names(train) == ["c", "a", "b"]
     with pytest.raises(DataError, match="timm reads .txt"):
-        build_datasets(str(folder / "data"), class_map=_map(folder, "a\nb\nc\n", "map.csv"))
+        open_folder(str(folder / "data"), class_map=_map(folder, "a\nb\nc\n", "map.csv"))
 
 
 def test_classes_a_map_lists_without_images_are_refused(folder):
     (folder / "data" / "train" / "d").mkdir()  # a folder without images
     with pytest.raises(DataError, match=r"lists 2 class\(es\) with no images in .*train: 'ten' \(no folder\), "
                                         r"'d' \(no images\)"):
-        build_datasets(str(folder / "data"), class_map=_map(folder, "a\nb\nc\nten\nd\n"))
+        open_folder(str(folder / "data"), class_map=_map(folder, "a\nb\nc\nten\nd\n"))
 
 
 def test_a_map_that_leaves_folders_out_keeps_timms_subset_use_and_names_them(folder, caplog):
     with caplog.at_level(logging.WARNING):
-        train, val = build_datasets(str(folder / "data"), class_map=_map(folder, "c\na\n"))
+        train, val = open_folder(str(folder / "data"), class_map=_map(folder, "c\na\n"))
     assert label_names(train) == ["c", "a"] and len(train) == 6 and len(val) == 2
     assert "ignoring 3 image(s) in 1 folder(s) of" in caplog.text and "b (3 images)" in caplog.text
     assert "b (1 images)" in caplog.text  # the validation split too
@@ -79,7 +80,7 @@ def test_a_map_that_leaves_folders_out_keeps_timms_subset_use_and_names_them(fol
 def test_a_file_as_data_dir_is_called_a_file(folder):
     (folder / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="notes.txt is a file, not a folder"):
-        build_datasets(str(folder / "notes.txt"))
+        open_folder(str(folder / "notes.txt"))
 
 
 def test_eval_names_its_own_split_flag(folder, capsys, monkeypatch):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from aug_fixtures import DATA_CONFIG, make_args
 from PIL import Image, ImageOps
+from source_fixtures import open_folder
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 
 from timm_deit_distill.data import (
     DataError,
     ViewLayout,
-    build_datasets,
     build_eval_loader,
     build_train_loader,
     build_train_transform,
@@ -30,7 +30,7 @@ from timm_deit_distill.data.digits import write_digits_imagefolder
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     root = write_digits_imagefolder(tmp_path_factory.mktemp("digits") / "d", train_per_class=4)
-    return build_datasets(str(root))
+    return open_folder(str(root))
 
 
 def collect(args, train_ds, *, epoch=3, rank=0, world_size=1):
@@ -199,7 +199,7 @@ def test_repeated_augmentation_layout(grouped):
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_repeated_augmentation_on_one_process_with_a_dataset_smaller_than_a_batch(tmp_path, deterministic):
     root = write_digits_imagefolder(tmp_path / "d", train_per_class=1)
-    train_ds, _ = build_datasets(str(root))
+    train_ds, _ = open_folder(str(root))
     assert len(train_ds) == 10
     args = make_args(batch_size=64, aug_repeats=3, deterministic_aug=deterministic)
     loader = build_train_loader(train_ds, args.view, args.loader)
@@ -281,13 +281,13 @@ def test_deit_rand_augment_never_crashes():
 
 def test_missing_and_empty_data_dirs(tmp_path):
     with pytest.raises(DataError, match="does not exist.*--data-dir"):
-        build_datasets(str(tmp_path / "nope"))
+        open_folder(str(tmp_path / "nope"))
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="no 'validation' split folder.*--val-split"):
-        build_datasets(str(tmp_path))
+        open_folder(str(tmp_path))
     (tmp_path / "validation" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="holds no images"):
-        build_datasets(str(tmp_path))
+        open_folder(str(tmp_path))
 
 
 def _write_png(path: Path, value: int = 0) -> None:
@@ -299,8 +299,9 @@ def test_class_folders_that_differ_are_named(tmp_path):
     for split, classes in (("train", "abc"), ("val", "abd")):
         for c in classes:
             _write_png(tmp_path / split / c / "x.png")
-    with pytest.raises(DataError, match="only in train: c; only in validation: d.*--class-map"):
-        build_datasets(str(tmp_path))
+    with pytest.raises(DataError, match="different classes: class 2 is 'c' in the train split but 'd' in the validation "
+                                        "split.*--class-map"):
+        open_folder(str(tmp_path))
 
 
 def test_empty_class_folder_is_refused(tmp_path):
@@ -309,7 +310,7 @@ def test_empty_class_folder_is_refused(tmp_path):
             _write_png(tmp_path / split / c / "x.png")
     (tmp_path / "train" / "c").mkdir()
     with pytest.raises(DataError, match="class folder.*c.*hold no images"):
-        build_datasets(str(tmp_path))
+        open_folder(str(tmp_path))
 
 
 def test_unreadable_image_is_named_or_skipped(tmp_path, caplog):
@@ -320,8 +321,8 @@ def test_unreadable_image_is_named_or_skipped(tmp_path, caplog):
     bad = tmp_path / "train" / "b" / "1.png"
     bad.write_bytes(b"not an image at all")
     with pytest.raises(DataError, match=r"unreadable image .*b/1\.png.*--skip-bad-images"):
-        build_datasets(str(tmp_path))
-    train_ds, val_ds = build_datasets(str(tmp_path), skip_bad_images=True)
+        open_folder(str(tmp_path))
+    train_ds, val_ds = open_folder(str(tmp_path), skip_bad_images=True)
     assert len(train_ds) == 5 and len(val_ds) == 6
     assert train_ds.skipped_files == [str(bad)]
     assert "skipped 1 unreadable image" in caplog.text

@@ -34,8 +34,10 @@ PYPROJECT = ROOT.parent / "pyproject.toml"
 EXTRAS_ALLOWED = {
     "commands/demo/__init__.py": {"demo"},  # refuses in one line, before any work, when scikit-learn is missing
     "data/digits.py": {"demo"},  # scikit-learn's bundled digits
-    "data/opening.py": {"hf", "wds"},  # hfds/, hfids/ and wds/ sources
-    "data/streams.py": {"wds"},
+    "data/sources/_hf.py": {"hf"},  # what hfds/ and hfids/ share
+    "data/sources/source_hfds.py": {"hf"},
+    "data/sources/source_hfids.py": {"hf"},
+    "data/sources/source_wds.py": {"wds"},
 }
 
 

@@ -217,7 +217,8 @@ def test_an_overstated_hfids_count_is_refused_from_the_parquet_row_counts(source
 def test_a_count_that_could_not_be_checked_is_said_after_the_first_epoch(sources, tmp_path, monkeypatch, caplog,
                                                                          workers):
     from timm_deit_distill.commands.args import parse_args
-    from timm_deit_distill.data import ViewSettings, build_train_loader, opening
+    from timm_deit_distill.data import ViewSettings, build_train_loader
+    from timm_deit_distill.data.sources import source_wds
     from timm_deit_distill.factory.settings import settings_from_options
 
     def first_epochs(root, factor):
@@ -236,7 +237,7 @@ def test_a_count_that_could_not_be_checked_is_said_after_the_first_epoch(sources
         return [r.getMessage() for r in caplog.records if "distinct" in r.getMessage()]
 
     # shards that cannot be counted before training (as remote ones): an _info.json claiming twice what they hold
-    monkeypatch.setattr(opening, "_check_wds_count", lambda *args, **kwargs: None, raising=False)
+    monkeypatch.setattr(source_wds, "_check_wds_count", lambda *args, **kwargs: None)
     said = first_epochs(_wds_claiming(sources["wds"], tmp_path / "wds"), 2)
     assert len(said) == 1, said  # after the first epoch only
     assert ("wds/digits split train: epoch 0 read 160 distinct sample(s) but the epoch was sized for 320" in said[0]

@@ -19,6 +19,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from source_fixtures import open_folder
 from timm.data import create_transform
 from timm.models import save_for_hf
 from timm.utils import CheckpointSaver, accuracy
@@ -27,7 +28,7 @@ from train_fixtures import STUDENT_KWARGS, load, teacher_checkpoint
 from timm_deit_distill.commands import cache as cache_cli
 from timm_deit_distill.commands import evaluate, train
 from timm_deit_distill.commands.args import parse_args
-from timm_deit_distill.data import build_check_loader, build_datasets
+from timm_deit_distill.data import build_check_loader
 from timm_deit_distill.hub.card import CardFacts, build_model_card
 from timm_deit_distill.teacher import DistillationTeacher, TeacherCheck, TeacherError
 
@@ -65,7 +66,7 @@ def _vit(img_size: int = 32) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def val(trained_teacher):
-    _, val_ds = build_datasets(str(trained_teacher["data"]))
+    _, val_ds = open_folder(str(trained_teacher["data"]))
     return val_ds
 
 

@@ -9,20 +9,21 @@ import json
 import pytest
 import torch
 import yaml
+from source_fixtures import open_folder
 from test_teacher_check import LABELS, MEAN, STD, _reordered, create, data_config
 from train_fixtures import FAST, STUDENT, load
 
 from timm_deit_distill.commands import cache as cache_cli
 from timm_deit_distill.commands import evaluate, train
 from timm_deit_distill.commands.args import parse_args
-from timm_deit_distill.data import build_check_loader, build_datasets
+from timm_deit_distill.data import build_check_loader
 from timm_deit_distill.factory.settings import teacher_settings
 from timm_deit_distill.teacher import TeacherError
 
 
 @pytest.fixture(scope="module")
 def val(trained_teacher):
-    return build_datasets(str(trained_teacher["data"]))[1]
+    return open_folder(str(trained_teacher["data"]))[1]
 
 
 @pytest.fixture(scope="module")

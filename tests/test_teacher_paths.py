@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -355,9 +358,11 @@ def test_moving_the_teacher_forgets_compiled_runners_and_a_measured_choice(teach
 def test_faster_paths_give_fp32s_hard_targets_on_the_digits(trained_teacher):
     """bf16 and the inductor-compiled paths (with freezing) agree with eager fp32 on the real digits, for a teacher
     trained on them: the hard targets they would teach are fp32's."""
-    from timm_deit_distill.data import build_check_loader, build_datasets
+    from source_fixtures import open_folder
 
-    train_ds, val_ds = build_datasets(str(trained_teacher["data"]))
+    from timm_deit_distill.data import build_check_loader
+
+    train_ds, val_ds = open_folder(str(trained_teacher["data"]))
     config = {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
               "crop_pct": 1.0, "interpolation": "bicubic"}
     images = torch.cat([x for x, _ in build_check_loader(val_ds, config, max_images=len(val_ds), batch_size=128)])
@@ -472,3 +477,20 @@ def test_a_resumed_run_keeps_the_path_it_started_on(started, fresh, trained_teac
 
     assert train.main([*base, "--epochs", "1", "--experiment", "fresh"]) == 0, capsys.readouterr()
     assert recorded("fresh")["teacher_path"]["path"] == str(fresh)  # what the resume would have chosen afresh
+
+
+def test_timing_with_torchs_timer_prints_nothing_on_a_cpu_machine_with_a_cuda_toolkit(tmp_path):
+    """torch.utils.benchmark imports torch.utils.cpp_extension, which warns on stderr at import when nvcc is on
+    the PATH and no CUDA runtime is (these CPU machines): neither importing the package nor timing a path may add
+    that line to a command whose stderr is one line."""
+    fake = tmp_path / "cuda" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "nvcc").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "nvcc").chmod(0o755)
+    code = ("import sys, torch, timm_deit_distill.commands.cli, timm_deit_distill.teacher.tuning as t\n"
+            "assert 'torch.utils.cpp_extension' not in sys.modules\n"
+            "t._time_once(lambda x: x, torch.zeros(1), torch.device('cpu'), __import__('time').perf_counter)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")}
+    env["PATH"] = f"{fake}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -10,18 +10,19 @@ import logging
 
 import pytest
 import torch
+from source_fixtures import open_folder
 from test_teacher_check import LABELS, create, data_config, reference_top1
 from train_fixtures import FAST, STUDENT, load
 
 from timm_deit_distill.commands import train
-from timm_deit_distill.data import build_check_loader, build_datasets
+from timm_deit_distill.data import build_check_loader
 from timm_deit_distill.teacher import TeacherError
 from timm_deit_distill.teacher.check import SWEEP_IMAGES
 
 
 @pytest.fixture(scope="module")
 def val(trained_teacher):
-    return build_datasets(str(trained_teacher["data"]))[1]
+    return open_folder(str(trained_teacher["data"]))[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,14 @@
 """The data pipeline: timm's dataset sources, timm's transforms and Mixup, DeiT's repeated augmentation.
 
-Split as timm splits ``timm/data``: :mod:`.sources` (``--dataset``: image folders and tars, hfds/, torch/, and
-the streams wds/ and hfids/, and what the package asks of any of them), :mod:`.opening` (each opened by timm's
-``create_dataset``, checked before any work), :mod:`.streams` (the streams' loaders),
-:mod:`.datasets` (image folders, checks, class names), :mod:`.transforms`
-(timm's transforms, the Pillow posterize fix), :mod:`.views` (view identity, seeds, the settings that decide
-a view), :mod:`.loaders` (the training, evaluation and check loaders, Mixup), :mod:`.digits` (the bundled
-digits as an ImageFolder).
+Split as timm splits ``timm/data``: :mod:`.sources` (``--dataset``: one module per kind of source, in the
+manner of timm's ``data/readers/``: image folders and tars, hfds/, hfids/, wds/, torch/, each a class with one
+interface behind one lookup, and :func:`open_source`, the one road from :class:`DataSettings` to checked
+splits), :mod:`.streams` (the streams' loaders), :mod:`.transforms` (timm's transforms, the Pillow posterize
+fix), :mod:`.views` (view identity, seeds, the settings that decide a view), :mod:`.loaders` (the training,
+evaluation and check loaders, Mixup), :mod:`.digits` (the bundled digits as an ImageFolder).
 
-For map-style sources (everything but streams), everything random here is a function of ``(seed, epoch)``, so a run killed and resumed at an epoch
-boundary sees exactly the same images, augmentations and mixes. Two modes:
+For map-style sources (everything but streams), everything random here is a function of ``(seed, epoch)``, so a
+run killed and resumed at an epoch boundary sees exactly the same images, augmentations and mixes. Two modes:
 
 * default (timm's behaviour): sample order is a seeded permutation, repeated augmentation follows
   DeiT's ``RASampler`` layout (copies of an image are consecutive and dealt round-robin to ranks),
@@ -37,7 +36,6 @@ shorter than one batch yields one smaller batch instead of none.
 from __future__ import annotations
 
 from ..errors import DataError
-from .datasets import build_datasets, open_image_folder
 from .loaders import (
     CHECK_IMAGES,
     LoaderSettings,
@@ -47,19 +45,23 @@ from .loaders import (
     build_mixup,
     build_train_loader,
 )
-from .opening import open_source, open_split
 from .sources import (
+    SOURCES,
     TFDS_REFUSAL,
     DataSettings,
     check_num_classes,
     check_same_classes,
     check_views_supported,
     dataset_fingerprint,
+    dataset_help,
     is_streamed,
     label_names,
     load_image,
+    open_source,
+    open_split,
     resolve_input_img_mode,
     sample_name,
+    source_for,
     source_size,
     split_dataset_name,
 )
@@ -83,8 +85,9 @@ __all__ = [
     "source_size",
     "sample_name",
     "TFDS_REFUSAL",
-    "build_datasets",
-    "open_image_folder",
+    "SOURCES",
+    "source_for",
+    "dataset_help",
     "label_names",
     "check_num_classes",
     "check_same_classes",

@@ -1,4 +1,4 @@
-"""Streamed sources (``wds/``, ``hfids/``, opened and checked by :mod:`.opening`): loaded as timm's
+"""Streamed sources (``wds/``, ``hfids/``, opened and checked by :mod:`.sources`): loaded as timm's
 ``create_loader`` loads an ``IterableImageDataset``.
 
 What timm does, kept: its readers deal shards to processes and loader workers (``rank * workers + worker``),
@@ -22,7 +22,9 @@ runs the same number of steps. What is added:
 Not reproduced, because timm's readers do not allow it: a resumed epoch has the same shard order, not the
 same sample order (the in-worker shuffle buffer carries over between epochs), and views are not a function
 of a stable sample identity (no deterministic views, no teacher target cache; see
-:func:`~timm_deit_distill.data.sources.check_views_supported`).
+:func:`~timm_deit_distill.data.sources.check_views_supported`). What differs between the streams (how a pass
+is counted, the shards a topology needs, a target checked in flight) each stream's source says
+(:class:`~timm_deit_distill.data.sources.base.StreamSource`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import itertools
 import logging
 import math
 import multiprocessing
-import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from timm.data.readers.reader_wds import WdsTargetKeyError
 from timm.data.readers.shared_count import SharedCount
 
 from ..errors import DataError
-from .sources import SourceInfo, short_value
+from .sources import SourceInfo
 from .transforms import build_eval_transform, build_train_transform
 from .views import (
     STREAM_MIX_BATCH,
@@ -59,7 +60,7 @@ from .views import (
 from .workers import quiet_worker_init
 
 __all__ = ["StreamLoader", "build_stream_train_loader", "build_stream_eval_loader",
-           "build_stream_check_loader", "BadSample", "epoch_coverage"]
+           "build_stream_check_loader", "BadSample"]
 
 _logger = logging.getLogger(__name__)
 
@@ -125,25 +126,6 @@ def _install_decode_hook() -> None:
     reader_wds._decode = decode
 
 
-def epoch_coverage(shard_lengths: list[int], *, seed: int, epoch: int, world_size: int, workers: int,
-                   per_worker: int, training: bool) -> tuple[int, int]:
-    """``(repeated, dropped)`` samples of one wds epoch: what timm's dealing of shards to ``world_size x workers``
-    global workers, each yielding ``per_worker`` samples (wrapping round or cutting its shards), shows twice or
-    leaves out. Computed with webdataset's own shuffle, seeded as timm seeds it (``seed + epoch``)."""
-    from webdataset.filters import _shuffle
-
-    order = list(range(len(shard_lengths)))
-    if training:
-        order = list(_shuffle(iter(order), 500, 100, random.Random(seed + epoch)))
-    gw = world_size * max(1, workers)
-    repeated = dropped = 0
-    for w in range(gw):
-        total = sum(shard_lengths[i] for i in order[w::gw])
-        repeated += max(0, per_worker - total)
-        dropped += max(0, total - per_worker)
-    return repeated, dropped
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -164,7 +146,8 @@ class _StreamViews(torch.utils.data.IterableDataset):
         self.passes = self.first_pass = 0
         info: SourceInfo = dataset.source_info
         self.policy = _Policy(skip=info.skip_bad_images, num_classes=info.num_classes, skipped=skipped)
-        self.kind, self.spec, self.split = info.kind, info.spec, info.split
+        self.info = info
+        self.spec, self.split = info.spec, info.split
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         global _POLICY
@@ -197,11 +180,7 @@ class _StreamViews(torch.utils.data.IterableDataset):
         reader = self.dataset.reader
         if reader.ds is None:
             reader._lazy_init()  # what the reader's own __iter__ does first; its pipeline is built here
-        if self.kind == "wds":
-            if self._count not in reader.ds.pipeline:
-                reader.ds.append(self._count)  # one more webdataset stage, run anew each pass
-        elif not isinstance(reader.ds, _CountedPasses):
-            reader.ds = _CountedPasses(reader.ds, self._count)
+        self.info.source.count_passes(reader, self._count)
 
     def _count(self, samples: Iterator[Any]) -> Iterator[Any]:
         self.passes += 1
@@ -229,28 +208,9 @@ class _StreamViews(torch.utils.data.IterableDataset):
                 raise DataError(f"--dataset {self.spec} split {self.split}: the sample after position {position} of "
                                 f"loader worker {gwid} cannot be read: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
                                 "; fix: repair the data files (hfds/ finds and skips bad images before training).") from e
-            if self.kind == "hfids":
-                n = self.policy.num_classes
-                if not isinstance(target, int) or (n is not None and not 0 <= target < n):
-                    raise DataError(f"--dataset {self.spec} split {self.split}: target {short_value(target)} at position {position} "
-                                    f"of loader worker {gwid} is not a class index below {n}; fix: --target-key naming "
-                                    "the class column, or --num-classes.")
+            self.info.source.check_stream_target(self.info, target, position, gwid)
             yield position, img, target
             position += 1
-
-
-class _CountedPasses:
-    """A datasets IterableDataset whose every pass (timm's hfids reader iterates it once a pass) goes through
-    ``count``; anything else is the dataset's."""
-
-    def __init__(self, ds: Any, count: Any) -> None:
-        self.ds, self.count = ds, count
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ds, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.count(iter(self.ds))
 
 
 def _loader(views: _StreamViews, *, batch_size: int, workers: int, pin_memory: bool, drop_last: bool,
@@ -340,66 +300,13 @@ class StreamLoader:
             distinct * replicas)
 
 
-def _check_topology(dataset: Any, *, workers: int, world_size: int, training: bool) -> None:
-    """Refuse a dealing of shards that would give processes different step counts (a hang), say one that drops
-    or repeats samples."""
-    info: SourceInfo = dataset.source_info
-    gw = world_size * max(1, workers)
-    if info.kind == "hfids":
-        shards = int(info.identity["shards"])
-        per_rank = shards // world_size if shards % world_size == 0 else shards
-        if training and workers > 1 and per_rank < workers:
-            raise DataError(f"--dataset {info.spec} split {info.split} has {shards} shard(s), {per_rank} per process, "
-                            f"fewer than --workers {workers}: a worker without a shard has no data (timm stops in the "
-                            f"worker). fix: --workers {per_rank} or fewer, or a dataset with more files.")
-        return
-    shard_list = info.identity["shards"]
-    if len(shard_list) < gw:
-        raise DataError(f"--dataset {info.spec} split {info.split} has {len(shard_list)} shard(s) for {world_size} "
-                        f"process(es) x {max(1, workers)} loader worker(s) = {gw}: a worker without a shard would "
-                        f"leave its process with fewer steps than the others (a hang). fix: --workers "
-                        f"{max(0, len(shard_list) // world_size)} or fewer, fewer processes, or more shards.")
-    lengths = [s[1] for s in shard_list]
-    if None in lengths or not (training or world_size > 1):
-        return  # a shard pattern without lengths: nothing to compute; one evaluating process reads every shard once
-    reader = dataset.reader
-    per_worker = _samples_per_worker(reader.num_samples, gw, world_size, reader.batch_size, training)
-    repeated, dropped = epoch_coverage(lengths, seed=reader.common_seed, epoch=0, world_size=world_size,
-                                       workers=workers, per_worker=per_worker, training=training)
-    padding = per_worker * gw - sum(lengths)
-    if not dropped and repeated == padding:
-        if repeated:
-            _logger.info("%s split %s: each %s repeats %d sample(s) to give every one of the %d loader worker(s) "
-                         "whole batches (timm's sizing).", info.spec, info.split,
-                         "epoch" if training else "evaluation", repeated, gw)
-        return
-    _logger.warning(
-        "%s split %s: %d shard(s) dealt to %d process(es) x %d worker(s), %d samples each: each %s %s %d sample(s) "
-        "twice and leaves out %d (epoch 0; timm wraps or cuts each worker's shards, which have unequal lengths or "
-        "do not divide by processes x workers).%s", info.spec, info.split, len(lengths), world_size, max(1, workers),
-        per_worker, "training epoch" if training else "evaluation", "shows" if training else "counts", repeated,
-        dropped, " The evaluation is approximate: evaluate on one process (deit-distill eval) for exact figures."
-        if not training else "")
-
-
-def _samples_per_worker(num_samples: int, global_workers: int, world_size: int, batch_size: int,
-                        training: bool) -> int:
-    """timm's ReaderWds sizing of one worker's epoch (its ``_num_samples_per_worker``)."""
-    n = num_samples / max(global_workers, world_size)
-    if training or world_size > 1:
-        n = math.ceil(n)
-    if training:
-        n = math.ceil(n / batch_size) * batch_size
-    return int(n)
-
-
 def build_stream_train_loader(dataset: Any, view: ViewSettings, loader: Any, mixup: Any, *, rank: int = 0,
                               world_size: int = 1) -> StreamLoader:
     """The training loader of a stream, built as timm's ``create_loader`` builds one over an IterableImageDataset
     (``set_loader_cfg`` before the workers start, whole batches, persistent workers), with Mixup per batch."""
     info: SourceInfo = dataset.source_info
     a = view.augment
-    _check_topology(dataset, workers=loader.workers, world_size=world_size, training=True)
+    info.source.check_topology(dataset, workers=loader.workers, world_size=world_size, training=True)
     dataset.transform = None
     dataset.set_loader_cfg(num_workers=loader.workers)
     context = multiprocessing.get_context()
@@ -419,8 +326,8 @@ def build_stream_eval_loader(dataset: Any, data_config: Mapping[str, Any], loade
     """The evaluation loader of a stream: in stream order, yielding ``(inputs, targets)``. With several processes
     each reads its share of the shards, with at most 2 loader workers for wds (timm train.py's rule)."""
     info: SourceInfo = dataset.source_info
-    workers = min(2, loader.workers) if world_size > 1 and info.kind == "wds" else loader.workers
-    _check_topology(dataset, workers=workers, world_size=world_size, training=False)
+    workers = info.source.eval_workers(loader.workers, world_size)
+    info.source.check_topology(dataset, workers=workers, world_size=world_size, training=False)
     dataset.transform = None
     dataset.set_loader_cfg(num_workers=workers)
     rank = getattr(dataset.reader, "dist_rank", 0)

@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 from timm.utils import ParseKwargs
 
-from ..data import CHECK_IMAGES, TFDS_REFUSAL
+from ..data import CHECK_IMAGES, dataset_help
 from ..errors import UsageError
 from ..losses import DISTILLATION_TYPES, SOFT_REDUCTIONS, TEACHER_TYPES
 from ..teacher import COMPILE_CHOICES, MIN_AGREEMENT, PRECISIONS
@@ -139,13 +139,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     return dict(data or {})
 
 
-DATASET_HELP = (
-    "timm's dataset source TYPE/NAME: '' (default) image folders DIR/<split>/<class>/<image> or image tars "
-    "DIR/<split>.tar; hfds/NAME a Hugging Face dataset (a Hub id, a local parquet or save_to_disk folder; "
-    "--data-dir is the datasets cache); hfids/NAME the same, streamed; wds/NAME WebDataset shards with timm's "
-    "_info.json under --data-dir; torch/NAME a torchvision dataset (mnist, kmnist, fashion_mnist, qmnist, "
-    "places365, inaturalist, imagenet, image_folder; not cifar10/100, which unpickle). Deterministic views and "
-    "the teacher cache need a stable index: not on the streams wds/ and hfids/. " + TFDS_REFUSAL)
+DATASET_HELP = dataset_help()  # from the registry of data sources: each source's words
 
 
 def add_dataset_flags(p: argparse.ArgumentParser, *, training: bool) -> None:

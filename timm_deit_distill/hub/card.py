@@ -19,6 +19,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from ..errors import DataError
+
 __all__ = ["CardFacts", "build_model_card", "RESULT_COLUMNS", "RECIPE_KEYS"]
 
 # summary.csv column -> label. Teacher columns are accepted with or without timm's 'eval_' prefix.
@@ -211,15 +213,16 @@ def _eval_dataset(facts: CardFacts) -> tuple[str, str]:
     """(type, name) of the evaluation set for the model-index: a Hub dataset id where one is known (``datasets``,
     ``--dataset hfds/ID``), a torchvision name, else ``imagefolder`` (local class folders, as transformers'
     Trainer records them)."""
+    from ..data.sources import source_for
+
     if facts.datasets:
         return str(facts.datasets[0]), str(facts.datasets[0])
-    source = str(facts.train_args.get("dataset") or "")
-    kind, _, name = source.partition("/")
-    if kind in ("hfds", "hfids", "torch") and name:
-        return name, name
-    if kind == "wds" and name:
-        return "webdataset", name
-    return "imagefolder", "image folders"
+    spec = str(facts.train_args.get("dataset") or "")
+    try:
+        source = source_for(spec)
+    except DataError:  # a spec this version does not read: nothing to say about it
+        source = source_for("")
+    return source.card_dataset(spec.partition("/")[2])
 
 
 def _eval_results(facts: CardFacts, published: Mapping[str, str] | None) -> list[EvalResult]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.utils.benchmark import Timer
 
 from . import paths as P
 from .path_memory import PathMemory, describe_machine, machine_identity
@@ -263,6 +262,20 @@ def _time_once(runner: Any, x: torch.Tensor, device: torch.device, clock: Callab
         return clock()
 
     with torch.inference_mode():
-        measured = Timer("run(x)", globals={"run": runner, "x": x}, timer=timer,
-                         num_threads=torch.get_num_threads()).timeit(1)
+        measured = _timer_class()("run(x)", globals={"run": runner, "x": x}, timer=timer,
+                                  num_threads=torch.get_num_threads()).timeit(1)
     return 1000.0 * measured.median
+
+
+def _timer_class() -> Any:
+    """torch's ``Timer``, imported when first needed: ``torch.utils.benchmark`` imports ``torch.utils.cpp_extension``
+    (~90 ms), which on a machine with a CUDA toolkit but no CUDA runtime (``nvcc`` on the PATH of a CPU machine)
+    logs a warning at import that has nothing to do with the run; it is kept quiet for that import only."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        quiet.setLevel(level)
+    return Timer

@@ -122,10 +122,10 @@ def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dic
 
     from ...analysis import token_cosine
     from ...checkpoint import create_model_from_checkpoint
-    from ...data import LoaderSettings, build_datasets, build_eval_loader
+    from ...data import DataSettings, LoaderSettings, build_eval_loader, open_source
 
     model, _ = create_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
-    _, val_ds = build_datasets(str(data_dir))
+    _, val_ds = open_source(DataSettings(data_dir=str(data_dir)), batch_size=128, seed=0)
     data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
     loader = build_eval_loader(val_ds, data_config, LoaderSettings(batch_size=128, validation_batch_size=None,
                                                                     workers=0, pin_mem=False))
