@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["DistillationLoss", "DistillSettings", "DISTILLATION_TYPES", "TEACHER_TYPES", "LOGIT_TYPES",
-           "SOFT_REDUCTIONS"]
+           "SOFT_REDUCTIONS", "FAMILIES", "KD_TASKS", "KD_LOSS_TYPES", "WEIGHT_MODES"]
 
 #: Every distillation type: the one list the options, the trainer, the Task and the cache read.
 DISTILLATION_TYPES = ("none", "soft", "hard")
@@ -47,15 +47,66 @@ _NOT_DISTILLED = (
 )
 
 
+#: The two families of distillation spellings: DeiT's (``--distill-*``, alpha) and timm train.py's (``--kd-*``).
+FAMILIES = ("deit", "timm")
+#: timm train.py's ``--kd-distill-type``: its LogitDistillationTask, TokenDistillationTask, FeatureDistillationTask.
+KD_TASKS = ("logit", "token", "feature")
+#: timm's ``--kd-loss-type`` values (its LogitDistillationTask supports 'kl' alone).
+KD_LOSS_TYPES = ("kl",)
+#: How the two terms are weighted: DeiT's ``(1 - alpha, alpha)``, and timm's three modes (its tasks' docstrings).
+WEIGHT_MODES = ("deit", "independent", "complementary", "equal")
+
+
 @dataclass(frozen=True)
 class DistillSettings:
-    """The distillation a run does: :class:`DistillationLoss`'s ``distillation_type``, ``alpha``, ``tau`` and
-    ``soft_reduction`` (checked by the loss when it is built)."""
+    """The distillation a run does, in the family it was spelled in.
+
+    ``type`` is the term on the logits (``'none'``, ``'soft'``, ``'hard'``; ``'feature'`` for timm's feature
+    distillation), ``tau`` its temperature, ``soft_reduction`` the soft KL's divisor. ``family`` says whose
+    meaning the weights have:
+
+    * ``'deit'`` (``--distill-*``, ``--teacher-model``, ``--distillation-*``): ``(1 - alpha) * task + alpha *
+      distill``; on a single-head student both terms use the one head (DeiT's "usual"/"hard" distillation).
+    * ``'timm'`` (``--kd-model-name`` and its companions): ``kd_distill_type`` is timm's task (``logit``,
+      ``token``, ``feature``); ``task_loss_weight`` / ``distill_loss_weight`` are timm's flags as given (None:
+      not given), weighted in timm's three modes (:attr:`weight_mode`); ``alpha`` is None.
+    """
 
     type: str
-    alpha: float
+    alpha: float | None
     tau: float
     soft_reduction: str
+    family: str = "deit"
+    kd_distill_type: str | None = None
+    task_loss_weight: float | None = None
+    distill_loss_weight: float | None = None
+    kd_loss_type: str = "kl"
+    kd_student_feature_dim: int | None = None
+    kd_teacher_feature_dim: int | None = None
+
+    @property
+    def weight_mode(self) -> str:
+        """``'deit'``, or timm's mode: ``'independent'`` (distill weight given; task weight defaults to 1.0),
+        ``'complementary'`` (task weight alone: distill = 1 - task), ``'equal'`` (neither: 1.0 and 1.0)."""
+        if self.family == "deit":
+            return "deit"
+        if self.distill_loss_weight is not None:
+            return "independent"
+        return "complementary" if self.task_loss_weight is not None else "equal"
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(task weight, distill weight) the loss multiplies the two terms by."""
+        mode = self.weight_mode
+        if mode == "deit":
+            alpha = float(self.alpha if self.alpha is not None else 0.5)
+            return 1 - alpha, alpha
+        if mode == "independent":
+            task = self.task_loss_weight
+            return (1.0 if task is None else float(task)), float(self.distill_loss_weight)
+        if mode == "complementary":
+            return float(self.task_loss_weight), 1.0 - float(self.task_loss_weight)
+        return 1.0, 1.0
 
 
 class DistillationLoss(nn.Module):
