@@ -129,3 +129,84 @@ def test_kd_token_on_a_single_head_student_is_refused():
     with pytest.raises(ValueError, match="has no distillation head"):
         builders.create_task(_model("resnet10t", 0), FixedTargets(_model("resnet10t", 1)), distill, smoothing=0.0,
                              mixup_active=False, device=CPU)
+
+
+# --- end to end: a single-head student through the trainer, the cache, resume and eval ---------------------------
+
+def _cli(data, teacher, out, name, *extra):
+    return ["--data-dir", str(data), "--model", "resnet10t", "--img-size", "16", "-b", "16", "--workers", "0",
+            "--opt", "adamw", "--lr", "1e-3", "--warmup-epochs", "0", "--epochs", "2", "--seed", "3",
+            "--log-interval", "100", "--distill-teacher", "resnet10t", "--distill-teacher-path", str(teacher),
+            "--teacher-precision", "fp32", "--teacher-compile", "no", "--no-teacher-check",
+            "--output", str(out), "--experiment", name, *extra]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from train_fixtures import digits, teacher_checkpoint
+
+    root = tmp_path_factory.mktemp("heads")
+    return root, digits(root / "digits", train_per_class=4, val_fraction=0.2), teacher_checkpoint(root / "t.pth")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_a_single_head_student_trains_evaluates_and_records_its_head(files, kind, capsys):
+    import json
+
+    from train_fixtures import load
+
+    from timm_deit_distill.commands import evaluate, train
+    from timm_deit_distill.records import read_summary
+
+    root, data, teacher = files
+    assert train.main(_cli(data, teacher, root / "runs", kind, "--distill-type", kind, "--model-ema")) == 0
+    rows = read_summary(root / "runs" / kind / "summary.csv")
+    assert len(rows) == 2 and all(float(r["train_distill_loss"]) > 0 for r in rows)
+    distill = load(root / "runs" / kind / "last.pth.tar")["deit_distill"]["distill"]
+    assert (distill["type"], distill["family"], distill["heads"]) == (kind, "deit", "the one head: labels and teacher")
+    capsys.readouterr()
+    out = root / f"{kind}.json"
+    assert evaluate.main(["--checkpoint", str(root / "runs" / kind / "last.pth.tar"), "--data-dir", str(data),
+                          "--workers", "0", "--use-ema", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["count"] > 0
+
+
+@pytest.mark.slow
+def test_a_single_head_student_replays_a_cache_as_it_learns_online(files, capsys):
+    from timm_deit_distill.commands import cache as cache_cli
+    from timm_deit_distill.commands import train
+    from timm_deit_distill.records import read_summary
+
+    root, data, teacher = files
+    aug = ["--distill-type", "soft", "--deterministic-aug", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25"]
+    cache = root / "cache"
+    assert cache_cli.main(["build", *_cli(data, teacher, root / "x", "x", *aug), "--store", "full",
+                           "--out", str(cache)]) == 0
+    assert train.main(_cli(data, teacher, root / "runs", "online", *aug)) == 0
+    assert train.main(_cli(data, teacher, root / "runs", "cached", *aug, "--distill-cache", str(cache))) == 0
+    online, cached = read_summary(root / "runs" / "online" / "summary.csv"), read_summary(
+        root / "runs" / "cached" / "summary.csv")
+    for a, b in zip(online, cached, strict=True):
+        for column in ("train_loss", "train_distill_loss", "eval_top1"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-5, abs=1e-6), column
+
+
+@pytest.mark.slow
+def test_a_single_head_student_resumes_exactly(files):
+    from train_fixtures import load
+
+    from timm_deit_distill.commands import train
+
+    root, data, teacher = files
+    argv = ["--distill-type", "hard", "--sched", "constant", "--model-ema", "--model-ema-decay", "0.9", "--mixup", "0.8"]
+    assert train.main(_cli(data, teacher, root / "resume", "straight", *argv)) == 0
+    assert train.main(_cli(data, teacher, root / "resume", "legs", *argv, "--epochs", "1")) == 0
+    legs = root / "resume" / "legs"
+    assert train.main(_cli(data, teacher, root / "resume", "legs", *argv, "--resume",
+                           str(legs / "last.pth.tar"))) == 0
+    a, b = load(root / "resume" / "straight" / "last.pth.tar"), load(legs / "last.pth.tar")
+    assert a["epoch"] == b["epoch"] == 1
+    for key in ("state_dict", "state_dict_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
