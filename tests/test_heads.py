@@ -210,3 +210,19 @@ def test_a_single_head_student_resumes_exactly(files):
     for key in ("state_dict", "state_dict_ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_a_one_channel_student_with_three_channel_normalisation_is_refused_before_anything_is_written(
+        files, tmp_path, capsys):
+    """resnet10t's pretrained config holds 3 means: with --in-chans 1 the first batch crashed after args.yaml was
+    written. Refused in one line naming the fix; with the fix it trains."""
+    from timm_deit_distill.commands import train
+
+    root, data, _ = files
+    argv = ["--data-dir", str(data), "--model", "resnet10t", "--in-chans", "1", "--input-img-mode", "L",
+            "--img-size", "16", "-b", "16", "--workers", "0", "--epochs", "1", "--output", str(tmp_path)]
+    assert train.main([*argv, "--experiment", "gray"]) == 2
+    err = capsys.readouterr().err
+    assert "takes 1 input channel(s) but its mean" in err and "--mean 0.5 --std 0.5" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "gray").exists()
+    assert train.main([*argv, "--experiment", "fixed", "--mean", "0.5", "--std", "0.5"]) == 0

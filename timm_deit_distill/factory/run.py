@@ -267,9 +267,23 @@ def _build_student(run: Run, num_classes: int, labels: list[str]) -> tuple[dict[
         # student needs nothing: its one head learns both terms.
         student.set_distilled_training(distill.type != "none" and heads != "one")
     data_config = builders.student_data_config(settings.student, num_classes, model=student, verbose=run.primary)
+    _check_normalisation_channels(settings.student.model, data_config)
     student.pretrained_cfg = {**student.pretrained_cfg, **data_config}  # the size the student now takes
     run.student = student
     return arch_kwargs, data_config
+
+
+def _check_normalisation_channels(model: str, data_config: dict[str, Any]) -> None:
+    """A student taking C channels is normalised with C means and stds: a pretrained config's 3 against
+    ``--in-chans 1`` would fail in the first batch (after the run's folder was written)."""
+    channels = int(data_config["input_size"][0])
+    for key in ("mean", "std"):
+        values = tuple(float(v) for v in data_config[key])
+        if len(values) != channels:
+            raise UsageError(
+                f"--model {model} takes {channels} input channel(s) but its {key} {values} (its pretrained config) "
+                f"has {len(values)}; fix: pass --mean and --std with {channels} value(s) (one value is repeated "
+                "per channel, e.g. --mean 0.5 --std 0.5).")
 
 
 def _build_teacher_or_cache(run: Run, num_classes: int, data_config: dict[str, Any], labels: list[str]) -> None:
