@@ -226,3 +226,20 @@ def test_a_one_channel_student_with_three_channel_normalisation_is_refused_befor
     assert "takes 1 input channel(s) but its mean" in err and "--mean 0.5 --std 0.5" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "gray").exists()
     assert train.main([*argv, "--experiment", "fixed", "--mean", "0.5", "--std", "0.5"]) == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["--kd-model-name", "resnet10t", "--kd-distill-type", "token", "--task-loss-weight", "0.3"],
+    ["--kd-model-name", "resnet10t", "--distill-loss-weight", "2", "--kd-temperature", "2"],
+    ["--distill-teacher", "resnet10t", "--distill-type", "soft", "--distill-alpha", "0.2"],
+])
+def test_the_recorded_options_read_back_as_the_same_family_and_weights(argv, tmp_path):
+    """What args.yaml records (the settings' options) reloads with -c into the same distillation: a timm-family run
+    in timm's keys (its weights' mode kept), a DeiT one in DeiT's."""
+    import yaml
+
+    settings = settings_from_options(parse_args(argv))
+    config = tmp_path / "args.yaml"
+    config.write_text(yaml.safe_dump(settings.options(), sort_keys=False))
+    again = settings_from_options(parse_args(["-c", str(config)]))
+    assert again.distill == settings.distill and again.teacher.source == "resnet10t"
