@@ -3,6 +3,8 @@ distillation spellings computing timm's own tasks' loss (LogitDistillationTask, 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import timm
 import torch
@@ -243,3 +245,89 @@ def test_the_recorded_options_read_back_as_the_same_family_and_weights(argv, tmp
     config.write_text(yaml.safe_dump(settings.options(), sort_keys=False))
     again = settings_from_options(parse_args(["-c", str(config)]))
     assert again.distill == settings.distill and again.teacher.source == "resnet10t"
+
+
+# --- timm's feature distillation ------------------------------------------------------------------------------
+
+class FixedFeatures(FixedTargets):
+    def targets(self, inputs, views=None, epoch=None):
+        with torch.no_grad():
+            return self.teacher.forward_head(self.teacher.forward_features(inputs), pre_logits=True)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS, ids=["equal", "complementary", "independent", "independent-both"])
+def test_kd_feature_computes_timms_feature_distillation_task(weights):
+    """`--kd-distill-type feature`: timm's FeatureDistillationTask (its trainable module, its projection where the
+    pooled sizes differ: resnet10t 512 -> mobilenetv3 1024), same loss and parts in every weighting mode."""
+    from timm.task import FeatureDistillationTask
+
+    student, teacher = _model("resnet10t", 0), _model("mobilenetv3_small_050", 1).eval()
+    student.pretrained_cfg = {**student.pretrained_cfg, "mean": teacher.pretrained_cfg["mean"],
+                              "std": teacher.pretrained_cfg["std"]}
+    distill = _distill(["--kd-model-name", "t", "--kd-distill-type", "feature", *weights])
+    trainable = builders.feature_module(student, SimpleNamespace(feature_dim=1024), distill)
+    ours = builders.create_task(trainable, FixedFeatures(teacher), distill, smoothing=0.0, mixup_active=False,
+                                device=CPU)
+    w = {k.lstrip("-").replace("-", "_"): float(v) for k, v in zip(weights[::2], weights[1::2], strict=True)}
+    timms = FeatureDistillationTask(student, teacher, criterion=torch.nn.CrossEntropyLoss(), verbose=False, **w)
+    timms.trainable_module.projection.load_state_dict(trainable.projection.state_dict())
+    x, y = _batch()
+    got, want = ours(x, y), timms(x, y)
+    torch.testing.assert_close(got["loss"], want["loss"])
+    torch.testing.assert_close(got["distill_loss"], want["kd_loss"].detach())
+    got["loss"].backward()
+    assert trainable.projection.weight.grad is not None  # the projection learns
+
+
+def test_the_teachers_features_are_timms_pooled_pre_logits_on_its_own_input():
+    """DistillationTeacher.features: what timm's DistillationTeacher(return_features=True) gives, on the input the
+    teacher's logits see (renormalised to its own mean/std)."""
+    from timm.task.distillation import DistillationTeacher as TimmTeacher
+
+    from timm_deit_distill.teacher import DistillationTeacher
+
+    teacher = _model("mobilenetv3_small_050", 1).eval()
+    ours = DistillationTeacher.create(teacher, num_classes=10, data_mean=(0.5, 0.5, 0.5), data_std=(0.5, 0.5, 0.5),
+                                      precision="fp32", compile="no")
+    x, _ = _batch()
+    timms = TimmTeacher(teacher)
+    half = torch.full((1, 3, 1, 1), 0.5)
+    want = timms(timms.normalize_input(x, half, half), return_features=True)
+    torch.testing.assert_close(ours.features(x), want, rtol=1e-5, atol=1e-5)
+    assert ours.feature_dim == 1024
+
+
+@pytest.mark.slow
+def test_kd_feature_trains_its_projection_checkpoints_it_and_resumes_exactly(files, tmp_path):
+    """The projection is in the optimizer, in every checkpoint (timm's task_state['projection']) and restored by
+    --resume: two legs end where one run does."""
+    from train_fixtures import load
+
+    from timm_deit_distill.commands import train
+
+    root, data, _ = files
+    torch.manual_seed(0)
+    mb = tmp_path / "mb.pth"
+    torch.save(timm.create_model("mobilenetv3_small_050", num_classes=10).state_dict(), mb)
+
+    def argv(name, *extra):
+        cli = _cli(data, mb, tmp_path, name, "--sched", "constant", *extra)
+        at = cli.index("--distill-teacher")
+        return [*cli[:at], "--kd-model-name", "mobilenetv3_small_050", *cli[at + 2:], "--kd-distill-type", "feature"]
+
+    assert train.main(argv("straight")) == 0
+    assert train.main(argv("legs", "--epochs", "1")) == 0
+    first = load(tmp_path / "legs" / "last.pth.tar")
+    assert train.main(argv("legs", "--resume", str(tmp_path / "legs" / "last.pth.tar"))) == 0
+    a, b = load(tmp_path / "straight" / "last.pth.tar"), load(tmp_path / "legs" / "last.pth.tar")
+    assert not any(k.startswith(("student.", "projection.")) for k in a["state_dict"])  # a plain student
+    projection = a["task_state"]["projection"]
+    assert projection["weight"].shape == (1024, 512)
+    assert not torch.equal(projection["weight"], first["task_state"]["projection"]["weight"])  # it trained
+    # the optimizer steps the student's tensors and the projection's two
+    n_student = len(list(timm.create_model("resnet10t").parameters()))
+    assert sum(len(g["params"]) for g in a["optimizer"]["param_groups"]) == n_student + 2
+    for name in a["state_dict"]:
+        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    for name in projection:
+        assert torch.equal(projection[name], b["task_state"]["projection"][name]), name
