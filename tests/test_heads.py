@@ -172,6 +172,15 @@ def test_a_single_head_student_trains_evaluates_and_records_its_head(files, kind
     assert evaluate.main(["--checkpoint", str(root / "runs" / kind / "last.pth.tar"), "--data-dir", str(data),
                           "--workers", "0", "--use-ema", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["count"] > 0
+    # the Hub card says which head learned from which teacher
+    from huggingface_hub import ModelCard
+
+    from timm_deit_distill.hub import save_pretrained
+
+    card = ModelCard.load(save_pretrained(root / "runs" / kind / "last.pth.tar", root / f"hub-{kind}",
+                                          use_ema=True) / "README.md").text
+    assert "| what each head learned from | the one head: labels and teacher |" in card
+    assert f"| distillation type | {kind} |" in card and "resnet10t" in card
 
 
 @pytest.mark.slow
@@ -331,3 +340,40 @@ def test_kd_feature_trains_its_projection_checkpoints_it_and_resumes_exactly(fil
         assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
     for name in projection:
         assert torch.equal(projection[name], b["task_state"]["projection"][name]), name
+
+
+@pytest.mark.slow
+def test_a_single_head_student_under_torchrun_matches_one_process(files, tmp_path):
+    """Two torchrun processes (gloo) train a plain ViT (DeiT-Ti's architecture without the distillation token)
+    with soft distillation to the weights one process reaches with the global batch."""
+    import os
+    import subprocess
+    import sys
+
+    from train_fixtures import load, run_cli
+
+    from timm_deit_distill.records import read_summary
+
+    _, data, teacher = files
+
+    def argv(name, batch):
+        return ["--data-dir", str(data), "--model", "vit_tiny_patch16_224", "--img-size", "16", "--model-kwargs",
+                "patch_size=4", "depth=1", "embed_dim=32", "num_heads=2", "-b", str(batch), "--workers", "0",
+                "--epochs", "2", "--opt", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--deterministic-aug",
+                "--distill-teacher", "resnet10t", "--distill-teacher-path", str(teacher), "--distill-type", "soft",
+                "--no-teacher-check", "--teacher-precision", "fp32", "--teacher-compile", "no", "--seed", "5",
+                "--output", str(tmp_path), "--experiment", name]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "timm_deit_distill", "train", *argv("ddp", 8)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    single = run_cli(argv("single", 16))
+    assert single.returncode == 0, single.stdout + single.stderr
+    a, b = load(tmp_path / "ddp" / "last.pth.tar"), load(tmp_path / "single" / "last.pth.tar")
+    for name, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][name], rtol=1e-4, atol=1e-6), name
+    rows = read_summary(tmp_path / "ddp" / "summary.csv"), read_summary(tmp_path / "single" / "summary.csv")
+    for r2, r1 in zip(*rows, strict=True):
+        assert float(r2["train_distill_loss"]) == pytest.approx(float(r1["train_distill_loss"]), rel=1e-4)
