@@ -364,7 +364,8 @@ class DeiTDistillationTask(TrainingTask):
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module:
         """Compile the student (also the eval model) and the teacher's forward, before DDP wrapping."""
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
-        self.eval_model = self.trainable_module
+        # feature distillation evaluates the student alone (timm's FeatureDistillationTask.get_eval_model)
+        self.eval_model = unwrap_model(self.trainable_module).student if self.feature else self.trainable_module
         if self.teacher is not None:
             self.teacher.compile(backend=backend, mode=mode, **compile_kwargs)
         return self.trainable_module
