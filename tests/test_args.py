@@ -412,7 +412,7 @@ def test_timm_spellings_keep_timms_meaning_and_defaults():
 @pytest.mark.parametrize("argv,needle", [
     (["--distill-teacher", "t", "--task-loss-weight", "0.5"],
      "--distill-teacher (on the command line) is DeiT's distillation spelling and --task-loss-weight"),
-    (["--kd-model-name", "t", "--distill-type", "hard"], "--kd-token-distill-type instead of --distill-type"),
+    (["--kd-model-name", "t", "--distill-type", "hard"], "--kd-distill-type logit, or token with --kd-token-distill-type soft|hard, instead of --distill-type"),
     (["--teacher-model", "t", "--kd-temperature", "2"], "--distill-tau instead of --kd-temperature"),
     (["--kd-model-name", "t", "--distill-alpha", "0.2"], "--distill-loss-weight instead of --distill-alpha"),
 ])

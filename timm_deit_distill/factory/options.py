@@ -116,8 +116,10 @@ _TIMM_KD = ("kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_tem
             "kd_teacher_feature_dim")
 # The two families' distillation options, each with the other family's nearest spelling (for the refusal of a
 # command that mixes them). The teacher's checkpoint, the cache and the teacher's own flags belong to both.
+# DeiT's soft/hard on one head is timm's logit task (soft); on two heads timm's token task, soft or hard
+_TIMM_TYPE = "--kd-distill-type logit, or token with --kd-token-distill-type soft|hard,"
 _DEIT_FAMILY = {"distill_teacher": "--kd-model-name", "teacher_model": "--kd-model-name",
-                "distill_type": "--kd-token-distill-type", "distillation_type": "--kd-token-distill-type",
+                "distill_type": _TIMM_TYPE, "distillation_type": _TIMM_TYPE,
                 "distill_alpha": "--distill-loss-weight", "distillation_alpha": "--distill-loss-weight",
                 "distill_tau": "--kd-temperature", "distillation_tau": "--kd-temperature",
                 "distill_soft_reduction": "nothing (timm divides by the batch)"}
