@@ -43,23 +43,36 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ...analysis import disagreement_table
 from ...errors import DeitDistillError, DemoError, UsageError
 from ...stops import run_stoppable
 from ..common import ArgumentParser
 from .regime import (
     DEFAULT_REGIME,
     MODES,
+    PLAIN_STUDENT,
+    PLAIN_STUDENT_KWARGS,
     QUICK_REGIME,
     STUDENT,
+    STUDENTS,
     TEACHER,
     Regime,
     student_options,
     teacher_options,
 )
-from .report import aggregate, mean_std, paired_differences, plot_students, results_table
+from .report import (
+    DISAGREEMENT_MODELS,
+    TOKEN_COSINE_STUDENT,
+    aggregate,
+    disagreement_models,
+    mean_std,
+    paired_differences,
+    plot_students,
+    results_table,
+)
 from .runner import Job, Progress, duration, run_jobs, run_training
 
-__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENT", "TEACHER", "DemoError", "main",
+__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENTS", "STUDENT", "PLAIN_STUDENT", "TEACHER", "DemoError", "main",
            "build_parser", "run_demo", "run_training", "teacher_options", "student_options", "aggregate",
            "paired_differences", "results_table"]
 
@@ -146,9 +159,10 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
     val_images = sum(1 for _ in (data_dir / "validation").rglob("*.png"))
     runs_dir = out / "runs" / regime.name
     progress = Progress(1 + len(MODES) * len(regime.seeds))
-    _logger.info("deit-distill demo: teacher %s, then %s students with %s distillation x seeds %s; %d training "
-                 "/ %d validation digits at %dpx (%d tokens).", TEACHER, STUDENT, "/".join(MODES),
-                 list(regime.seeds), train_images, val_images, regime.img_size, (regime.img_size // 4) ** 2)
+    _logger.info("deit-distill demo: teacher %s, then DeiT's Table 3 students (%s; with the distillation token: %s, "
+                 "without: %s) x seeds %s; %d training / %d validation digits at %dpx (%d patches).", TEACHER,
+                 ", ".join(k.label for k in STUDENTS), STUDENT, PLAIN_STUDENT, list(regime.seeds), train_images,
+                 val_images, regime.img_size, (regime.img_size // 4) ** 2)
 
     teacher_job = Job(regime, data_dir, runs_dir)
     jobs = [teacher_job, *(Job(regime, data_dir, runs_dir, mode, seed) for seed in regime.seeds for mode in MODES)]
@@ -159,7 +173,12 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
     for job, record in zip(jobs[1:], records[1:], strict=True):
         per_seed[job.mode].append(record)
         run_dirs[job.mode].append(job.run_dir)
-    cosines = [r["token_cosine"] for r in per_seed["hard"]]
+    disagreement = {"models": [key for key, _, _ in DISAGREEMENT_MODELS],
+                    "table": disagreement_table(disagreement_models(teacher_eval["predictions"], per_seed))}
+    for rows in per_seed.values():  # the predictions live on in the disagreement table, not in results.json
+        for row in rows:
+            row.pop("predictions")
+    cosines = [r["token_cosine"] for r in per_seed[TOKEN_COSINE_STUDENT]]
 
     students = aggregate(per_seed)
     best_mode, best = max(((m, r) for m in MODES for r in per_seed[m]), key=lambda mr: mr[1]["top1_fused"])
@@ -169,16 +188,19 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
 
     token = None
     if cosines:
-        token = {"student": "hard"}
+        token = {"student": TOKEN_COSINE_STUDENT}
         for key in ("input", "output"):
             token[key], token[f"{key}_std"] = mean_std([c[key] for c in cosines])
         token["layers"] = [statistics.fmean(c["layers"][i] for c in cosines) for i in range(len(cosines[0]["layers"]))]
     results: dict[str, Any] = {
         "teacher": {"model": TEACHER, "top1": teacher_eval["top1"], "top5": teacher_eval["top5"]},
         "student_model": STUDENT,
+        "plain_student_model": PLAIN_STUDENT,
+        "plain_student_kwargs": dict(PLAIN_STUDENT_KWARGS),
         "students": students,
         "vs_none": paired_differences(per_seed),
         "token_cosine": token,
+        "disagreement": disagreement,
         "seeds": list(regime.seeds),
         "data": {"dataset": "sklearn.datasets.load_digits", "train_images": train_images, "val_images": val_images,
                  "train_per_class": regime.train_per_class, "img_size": regime.img_size, "dir": str(data_dir)},
