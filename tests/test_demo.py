@@ -155,6 +155,7 @@ def _fake_results(per_seed: dict, teacher_predictions: list[int]) -> dict:
     """results.json as run_demo assembles it, from per-seed records that hold their validation predictions."""
     from timm_deit_distill.analysis import disagreement_table
 
+    demo.report.fill_agreement({"fused": teacher_predictions}, per_seed)
     table = disagreement_table(demo.disagreement_models({"fused": teacher_predictions}, per_seed))
     return {"teacher": {"model": demo.TEACHER, "top1": 90.0}, "seeds": [0, 1], "student_model": demo.STUDENT,
             "plain_student_model": demo.PLAIN_STUDENT, "data": {"val_images": 4, "train_images": 200},
@@ -180,6 +181,8 @@ def test_table3_and_the_disagreement_table_from_known_predictions():
         "deit_hard": [row(0, cls=[0, 1, 1, 1], dist=[0, 1, 2, 0], fused=[0, 1, 2, 1]),
                       row(1, cls=[1, 1, 2, 3], dist=[0, 1, 2, 0], fused=[0, 1, 2, 3])],
     }
+    for r in per_seed["none"]:  # evaluated without the teacher (it may finish first): agreement from predictions
+        r["agreement"] = None
     results = _fake_results(per_seed, teacher)
     table = results["disagreement"]["table"]
     # by hand: none vs teacher differs on 2 of 4 images in seed 0 ([0,1,1,1] vs [0,1,2,0]) and 1 in seed 1
@@ -258,32 +261,46 @@ def test_quick_demo_end_to_end(tmp_path, capfd, caplog):
     out = tmp_path / "demo"
     assert demo.main(["--quick", "--out", str(out)]) == 0
     printed = capfd.readouterr().out
-    assert "| model | distillation |" in printed and "(the paper: 0.06 and 0.93)" in printed
+    assert "| DeiT Table 3 row |" in printed and "(the paper: 0.06 and 0.93)" in printed
+    assert "Disagreement (DeiT Table 4)" in printed
 
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0]
     _check_range(results["teacher"]["top1"], 0, 100)
     assert set(results["students"]) == set(demo.MODES)
     for mode, s in results["students"].items():
-        for key in ("top1_cls", "top1_dist", "top1_fused"):
-            _check_range(s[key], 0, 100)
+        token = mode.startswith("deit_")  # the DeiT⚗ students have three read-outs, the others one head
+        for key in ("top1_cls", "top1_dist"):
+            if token:
+                _check_range(s[key], 0, 100)
+            else:
+                assert s[key] is None, (mode, key)
+        _check_range(s["top1_fused"], 0, 100)
         _check_range(s["agreement"], 0, 1)
         assert s["top1_fused_std"] is None and len(s["per_seed"]) == 1, mode
-    assert set(results["vs_none"]) == {"soft", "hard"}
+        assert "predictions" not in s["per_seed"][0]
+    assert set(results["vs_none"]) == set(demo.MODES) - {"none"}
     for mode, d in results["vs_none"].items():
         expected = results["students"][mode]["top1_fused"] - results["students"]["none"]["top1_fused"]
         assert d["top1_fused"] == pytest.approx(expected) and d["outside_spread"] is None, mode
     tc = results["token_cosine"]
     for key in ("input", "output"):
         _check_range(tc[key], -1, 1)
-    assert len(tc["layers"]) == 12  # DeiT-Ti's depth
+    assert len(tc["layers"]) == 12 and tc["student"] == "deit_hard"  # DeiT-Ti's depth
+    table = results["disagreement"]["table"]
+    assert set(table) == {"teacher", "none", "usual", "hard", "deit_hard_cls", "deit_hard_dist", "deit_hard",
+                          "deit_soft"}
+    # the fused read-out's disagreement with the teacher is what `deit-distill eval` measured as agreement
+    for mode in demo.MODES:
+        assert table["teacher"][mode]["mean"] == pytest.approx(1 - results["students"][mode]["agreement"]), mode
 
     # Every run went through the trainer and the evaluator, and the reports were written.
     runs = out / "runs" / "quick"
     for name in ["teacher", *(f"{m}-seed0" for m in demo.MODES)]:
         assert (runs / name / "summary.csv").exists() and (runs / name / "last.pth.tar").exists(), name
-    student_eval = json.loads((runs / "hard-seed0" / "eval.json").read_text())
-    assert student_eval["heads"]["fused"]["top1"] == results["students"]["hard"]["top1_fused"]
+    student_eval = json.loads((runs / "deit_hard-seed0" / "eval.json").read_text())
+    assert student_eval["heads"]["fused"]["top1"] == results["students"]["deit_hard"]["top1_fused"]
+    assert student_eval["heads"]["dist"]["top1"] == results["students"]["deit_hard"]["top1_dist"]
     assert (out / "results.md").read_text().startswith("Validation top-1")
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hub = out / "best_student"
@@ -296,6 +313,28 @@ def test_quick_demo_end_to_end(tmp_path, capfd, caplog):
     caplog.clear()
     assert demo.main(["--quick", "--out", str(out)]) == 0
     logged = capfd.readouterr().out + caplog.text
-    assert logged.count("reusing the finished run") == 4
+    assert logged.count("reusing the finished run") == 1 + len(demo.MODES)
     again = json.loads((out / "results.json").read_text())
     assert again["students"] == results["students"] and again["teacher"] == results["teacher"]
+    assert again["disagreement"] == results["disagreement"]
+
+
+def test_a_student_trained_without_the_teacher_is_measured_without_it(tmp_path, monkeypatch):
+    """The no-distillation students may finish before the teacher (they do not wait for it): their evaluation
+    must not need its checkpoint; their agreement comes from the predictions once both runs are done."""
+    from timm_deit_distill.commands.demo import runner
+
+    given = {}
+
+    def fake_eval(checkpoint, data_dir, teacher_checkpoint, use_ema, teacher_check=True):
+        given[checkpoint.parent.name] = teacher_checkpoint
+        teacher = None if teacher_checkpoint is None else {"agreement": 0.5}
+        return {"heads": {"fused": {"top1": 50.0}}, "teacher": teacher}
+
+    monkeypatch.setattr(runner, "run_training", lambda options, run_dir, epochs, label: run_dir / "last.pth.tar")
+    monkeypatch.setattr(runner, "run_eval", fake_eval)
+    monkeypatch.setattr(runner, "measure_predictions", lambda *a: {"fused": [0, 1]})
+    for mode in ("none", "usual"):
+        record = runner.run_job(runner.Job(demo.QUICK_REGIME, tmp_path / "d", tmp_path / "r", mode, 0))
+        assert record["agreement"] == (None if mode == "none" else 0.5)
+    assert given == {"none-seed0": None, "usual-seed0": tmp_path / "r" / "teacher" / "last.pth.tar"}

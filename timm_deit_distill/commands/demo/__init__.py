@@ -65,6 +65,7 @@ from .report import (
     TOKEN_COSINE_STUDENT,
     aggregate,
     disagreement_models,
+    fill_agreement,
     mean_std,
     paired_differences,
     plot_students,
@@ -173,6 +174,7 @@ def run_demo(regime: Regime, out: Path, *, workers: int = 1) -> dict[str, Any]:
     for job, record in zip(jobs[1:], records[1:], strict=True):
         per_seed[job.mode].append(record)
         run_dirs[job.mode].append(job.run_dir)
+    fill_agreement(teacher_eval["predictions"], per_seed)
     disagreement = {"models": [key for key, _, _ in DISAGREEMENT_MODELS],
                     "table": disagreement_table(disagreement_models(teacher_eval["predictions"], per_seed))}
     for rows in per_seed.values():  # the predictions live on in the disagreement table, not in results.json

@@ -10,8 +10,8 @@ from typing import Any
 
 from .regime import MODES, STUDENTS
 
-__all__ = ["mean_std", "student_record", "aggregate", "paired_differences", "disagreement_models", "results_table",
-           "plot_students", "TOKEN_COSINE_STUDENT", "DISAGREEMENT_MODELS"]
+__all__ = ["mean_std", "student_record", "aggregate", "paired_differences", "fill_agreement", "disagreement_models",
+           "results_table", "plot_students", "TOKEN_COSINE_STUDENT", "DISAGREEMENT_MODELS"]
 
 TOKEN_COSINE_STUDENT = "deit_hard"  # the paper measures its tokens' similarity on the hard-distilled DeiT⚗
 _LABELS = {kind.name: kind.label for kind in STUDENTS}
@@ -31,7 +31,8 @@ def student_record(evaluation: dict[str, Any]) -> dict[str, float]:
     heads = evaluation["heads"]  # a student without the distillation token has its one head only ("fused")
     return {"top1_cls": heads["cls"]["top1"] if "cls" in heads else None,
             "top1_dist": heads["dist"]["top1"] if "dist" in heads else None,
-            "top1_fused": heads["fused"]["top1"], "agreement": evaluation["teacher"]["agreement"]}
+            "top1_fused": heads["fused"]["top1"],
+            "agreement": evaluation["teacher"]["agreement"] if evaluation.get("teacher") else None}
 
 
 def aggregate(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -95,6 +96,18 @@ DISAGREEMENT_MODELS = (
 _DISAGREEMENT_LABELS = {"teacher": "teacher", "none": "no distillation", "usual": "usual distillation",
                         "hard": "hard distillation", "deit_hard_cls": "DeiT⚗ class", "deit_hard_dist": "DeiT⚗ distil.",
                         "deit_hard": "DeiT⚗ class+distil.", "deit_soft": "DeiT⚗ soft, class+distil."}
+
+
+def fill_agreement(teacher: dict[str, list[int]], per_seed: dict[str, list[dict[str, Any]]]) -> None:
+    """Give every student row evaluated without the teacher its agreement with it, from the two runs' validation
+    predictions (the fraction of images where the fused argmax equals the teacher's, as `deit-distill eval`
+    measures it)."""
+    from ...analysis import disagreement
+
+    for rows in per_seed.values():
+        for row in rows:
+            if row.get("agreement") is None:
+                row["agreement"] = 1.0 - disagreement(row["predictions"]["fused"], teacher["fused"])
 
 
 def disagreement_models(teacher: dict[str, list[int]], per_seed: dict[str, list[dict[str, Any]]]

@@ -239,9 +239,11 @@ def run_job(job: Job) -> dict[str, Any]:
                 "predictions": measure_predictions(ckpt, job.data_dir, regime.ema, evaluation["top1"])}
     options = student_options(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
     ckpt = run_training(options, job.run_dir, regime.epochs, f"student {job.label}")
-    record: dict[str, Any] = {"seed": job.seed,
-                              **student_record(run_eval(ckpt, job.data_dir, job.teacher_checkpoint, regime.ema,
-                                                        regime.teacher_check))}
+    # A student trained without the teacher may finish before it: its agreement with the teacher comes from the
+    # two runs' predictions once both are done (run_demo), not from an evaluation that would need the teacher now.
+    teacher = job.teacher_checkpoint if job.needs_teacher else None
+    record: dict[str, Any] = {"seed": job.seed, **student_record(run_eval(ckpt, job.data_dir, teacher, regime.ema,
+                                                                          regime.teacher_check))}
     if job.mode == TOKEN_COSINE_STUDENT:
         cos = measure_token_cosine(ckpt, job.data_dir, regime.ema)
         record["token_cosine"] = {"input": cos["input"], "output": cos["output"], "layers": cos["layers"]}
