@@ -29,7 +29,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import DeitDistillError, RunFolderError, UsageError, one_line
-from ..losses import TEACHER_TYPES
 from ..stops import deferred
 from . import builders
 from .settings import TrainSettings
@@ -256,15 +255,17 @@ def _build_student(run: Run, num_classes: int, labels: list[str]) -> tuple[dict[
     arch_kwargs = builders.architecture_kwargs(settings.student, num_classes)
     student = builders.create_student(settings.student, arch_kwargs, label_names=labels or None)
     distilled = is_distilled(student)
-    kind = settings.distill.type
-    if kind in TEACHER_TYPES and not distilled:
+    distill = settings.distill
+    heads = builders.task_heads(distill)
+    if heads == "two" and not distilled:
         raise UsageError(
-            f"--distill-type {kind} trains the distillation token's head, but --model {settings.student.model} has "
-            "none. Use a distilled student (e.g. deit_tiny_distilled_patch16_224; `deit-distill models` lists them) "
-            "or --distill-type none.")
+            f"--kd-distill-type token trains a distillation token's head, but --model {settings.student.model} has "
+            "none. Use a distilled student (e.g. deit_tiny_distilled_patch16_224; `deit-distill models` lists them), "
+            "or timm's logit distillation (drop --kd-distill-type) for any student.")
     if distilled:
-        # 'none' trains both heads on the labels through their average (timm's fine-tuning behaviour).
-        student.set_distilled_training(kind != "none")
+        # 'none' and timm's logit task train both heads through their average (timm's behaviour); a single-head
+        # student needs nothing: its one head learns both terms.
+        student.set_distilled_training(distill.type != "none" and heads != "one")
     data_config = builders.student_data_config(settings.student, num_classes, model=student, verbose=run.primary)
     student.pretrained_cfg = {**student.pretrained_cfg, **data_config}  # the size the student now takes
     run.student = student
@@ -379,11 +380,31 @@ def build_schedule(settings: TrainSettings, optimizer: torch.optim.Optimizer, up
                          "the schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
 
 
+def _heads_taught(distill: Any, distilled: bool) -> str | None:
+    """Which head learned from which source, as the card says it (None without a teacher)."""
+    if distill.type == "none":
+        return None
+    if distilled and builders.task_heads(distill) != "one":
+        return "class head: labels; distillation head: teacher"
+    if distilled:
+        return "class and distillation heads, through their average: labels and teacher"
+    return "the one head: labels and teacher"
+
+
+def _timm_weights(distill: Any) -> dict[str, Any]:
+    """timm's task and the weights it applied, for a timm-family run's metadata (nothing for DeiT's family)."""
+    if distill.family != "timm":
+        return {}
+    task, weight = distill.weights
+    return {"kd_distill_type": distill.kd_distill_type, "task_loss_weight": task, "distill_loss_weight": weight}
+
+
 def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, Any], labels: list[str],
                   train_ds: Any, resume_from: dict[str, Any] | None) -> Any:
     """The run's :class:`~timm_deit_distill.checkpoint.RunMetadata` (its teacher's path and check come later)."""
     from .. import checkpoint as ckpt
     from ..data import dataset_fingerprint, is_streamed, source_size
+    from ..task import has_distillation_head
 
     settings, teacher, cache = run.settings, run.teacher, run.cache
     distill = settings.distill
@@ -401,7 +422,10 @@ def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, 
                                   teacher_description=(getattr(teacher, "description", None)
                                                        or getattr(cache, "teacher_description", None)),
                                   type=distill.type, alpha=distill.alpha, tau=distill.tau,
-                                  soft_reduction=distill.soft_reduction),
+                                  soft_reduction=distill.soft_reduction,
+                                  family=distill.family if distill.type != "none" else None,
+                                  heads=_heads_taught(distill, has_distillation_head(run.student)),
+                                  **_timm_weights(distill)),
         recipe=settings.misc.recipe,
         ema=bool(settings.ema.model_ema),
         # What a later --resume is checked against (see checkpoint.compare_resume).
@@ -596,8 +620,10 @@ def _log_run(run: Run, data_config: dict[str, Any], num_classes: int, train_ds: 
                      "worker); --resume continues at an epoch boundary with that epoch's shard order, not its "
                      "sample order.", settings.data.dataset, len(run.train_loader) * settings.loader.batch_size)
     distill = settings.distill
-    _logger.info("Distillation: %s (alpha %g, tau %g, soft reduction %s), teacher: %s.", distill.type,
-                 distill.alpha, distill.tau, distill.soft_reduction, _teacher_source(run))
+    task, weight = distill.weights
+    _logger.info("Distillation: %s (%s; weights %g x task + %g x distill, tau %g, soft reduction %s), teacher: %s.",
+                 distill.type, f"timm's {distill.kd_distill_type} task" if distill.family == "timm" else "DeiT's",
+                 task, weight, distill.tau, distill.soft_reduction, _teacher_source(run))
     _logger.info("Learning rate %s; %d epochs of %d updates; output %s.", lr_how, run.num_epochs,
                  run.updates_per_epoch, run.output_dir)
     if settings.schedule.sched == "plateau":
