@@ -273,8 +273,9 @@ def _describe(job: Job, record: dict[str, Any]) -> str:
         return f"teacher {TEACHER}: top-1 {record['top1']:.2f}%"
     heads = (f"cls {record['top1_cls']:.2f}%, dist {record['top1_dist']:.2f}%, fused "
              if record.get("top1_cls") is not None else "")
-    text = (f"student {job.label}: top-1 {heads}{record['top1_fused']:.2f}%; agreement with teacher "
-            f"{record['agreement']:.3f}")
+    text = f"student {job.label}: top-1 {heads}{record['top1_fused']:.2f}%"
+    if record.get("agreement") is not None:  # measured later for a student trained without the teacher
+        text += f"; agreement with teacher {record['agreement']:.3f}"
     if "token_cosine" in record:
         tc = record["token_cosine"]
         text += f"; token cosine input {tc['input']:.3f}, output {tc['output']:.3f}"
