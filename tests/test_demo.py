@@ -146,7 +146,7 @@ def test_a_seed_gives_every_mode_the_same_initial_student_and_views(tmp_path):
         runs[mode] = (run.student.state_dict(), next(iter(run.train_loader))[0])
     views = runs["none"][1]
     for mode in demo.MODES:  # one architecture's students start from the same weights, all see the same views
-        weights = runs["none" if mode in ("usual", "hard") else "deit_hard"][0]
+        weights = runs["none" if mode in ("none", "usual", "hard") else "deit_hard"][0]
         assert all(torch.equal(weights[k], v) for k, v in runs[mode][0].items()), mode
         assert torch.equal(views, runs[mode][1]), mode
 
