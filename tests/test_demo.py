@@ -151,12 +151,13 @@ def test_a_seed_gives_every_mode_the_same_initial_student_and_views(tmp_path):
         assert torch.equal(views, runs[mode][1]), mode
 
 
-def _fake_results(per_seed: dict, teacher_predictions: list[int]) -> dict:
+def _fake_results(per_seed: dict, teacher_predictions: list[int], labels: list[int]) -> dict:
     """results.json as run_demo assembles it, from per-seed records that hold their validation predictions."""
     from timm_deit_distill.analysis import disagreement_table
 
-    demo.report.fill_agreement({"fused": teacher_predictions}, per_seed)
-    table = disagreement_table(demo.disagreement_models({"fused": teacher_predictions}, per_seed))
+    teacher = {"fused": teacher_predictions, "labels": labels}
+    demo.report.fill_agreement(teacher, per_seed)
+    table = disagreement_table(demo.disagreement_models(teacher, per_seed))
     return {"teacher": {"model": demo.TEACHER, "top1": 90.0}, "seeds": [0, 1], "student_model": demo.STUDENT,
             "plain_student_model": demo.PLAIN_STUDENT, "data": {"val_images": 4, "train_images": 200},
             "students": demo.aggregate(per_seed), "vs_none": demo.paired_differences(per_seed),
@@ -183,7 +184,7 @@ def test_table3_and_the_disagreement_table_from_known_predictions():
     }
     for r in per_seed["none"]:  # evaluated without the teacher (it may finish first): agreement from predictions
         r["agreement"] = None
-    results = _fake_results(per_seed, teacher)
+    results = _fake_results(per_seed, teacher, truth)
     table = results["disagreement"]["table"]
     # by hand: none vs teacher differs on 2 of 4 images in seed 0 ([0,1,1,1] vs [0,1,2,0]) and 1 in seed 1
     assert table["teacher"]["none"]["per_run"] == [0.5, 0.25]
@@ -193,13 +194,15 @@ def test_table3_and_the_disagreement_table_from_known_predictions():
     assert table["hard"]["deit_hard"]["per_run"] == [0.25, 0.5]
     assert table["hard"]["deit_hard"]["std"] == pytest.approx(statistics.stdev([0.25, 0.5]))
     assert "deit_soft" not in table["teacher"]  # no such run: no column, no invented figure
+    assert table["ground_truth"]["teacher"]["per_run"] == [0.25, 0.25]  # the teacher misses image 3
+    assert table["ground_truth"]["deit_hard_cls"]["per_run"] == [0.5, 0.25]  # 1 - each seed's class-head top-1
 
     text = demo.results_table(results)
     assert "| no distillation | deit_tiny_patch16_224 | 62.5 ± 17.7 |  | 62.5 ± 17.7 |" in text
     assert "| usual distillation | deit_tiny_patch16_224 | 87.5 ± 17.7 | +25.0 ± 0.0 | 75.0 ± 0.0 |" in text
     assert "| DeiT⚗ hard distillation: class embedding | deit_tiny_distilled_patch4_32 | 62.5 ± 17.7 | +0.0 ± 0.0 |  |" in text
     assert "| DeiT⚗ hard distillation: distillation embedding | deit_tiny_distilled_patch4_32 | 75.0 ± 0.0 |" in text
-    assert "| teacher |  | 37.5 ± 17.7 | 25.0 ± 0.0 | 12.5 ± 17.7 |" in text  # teacher vs none, usual, hard
+    assert "| teacher | 25.0 ± 0.0 |  | 37.5 ± 17.7 | 25.0 ± 0.0 | 12.5 ± 17.7 |" in text  # teacher vs none, usual, hard
 
 
 def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
@@ -288,11 +291,13 @@ def test_quick_demo_end_to_end(tmp_path, capfd, caplog):
         _check_range(tc[key], -1, 1)
     assert len(tc["layers"]) == 12 and tc["student"] == "deit_hard"  # DeiT-Ti's depth
     table = results["disagreement"]["table"]
-    assert set(table) == {"teacher", "none", "usual", "hard", "deit_hard_cls", "deit_hard_dist", "deit_hard",
-                          "deit_soft"}
+    assert set(table) == {"ground_truth", "teacher", "none", "usual", "hard", "deit_hard_cls", "deit_hard_dist",
+                          "deit_hard", "deit_soft"}
+    assert table["ground_truth"]["teacher"]["mean"] == pytest.approx(1 - results["teacher"]["top1"] / 100)
     # the fused read-out's disagreement with the teacher is what `deit-distill eval` measured as agreement
     for mode in demo.MODES:
         assert table["teacher"][mode]["mean"] == pytest.approx(1 - results["students"][mode]["agreement"]), mode
+        assert table["ground_truth"][mode]["mean"] == pytest.approx(1 - results["students"][mode]["top1_fused"] / 100)
 
     # Every run went through the trainer and the evaluator, and the reports were written.
     runs = out / "runs" / "quick"

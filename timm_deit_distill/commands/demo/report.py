@@ -87,13 +87,14 @@ def _fmt(mean: float | None, std: float | None, *, scale: float = 1.0, digits: i
     return text if std is None else f"{text} ± {std * scale:.{digits}f}"
 
 
-# The models of DeiT's Table 4 (disagreement): (key, the run kind, its read-out); the DeiT⚗ soft student added.
+# The models of DeiT's Table 4 (disagreement): (key, the run kind (None: the teacher's run), its read-out); the
+# ground truth is the validation labels; the DeiT⚗ soft student added.
 DISAGREEMENT_MODELS = (
-    ("teacher", None, "fused"), ("none", "none", "fused"), ("usual", "usual", "fused"), ("hard", "hard", "fused"),
+    ("ground_truth", None, "labels"), ("teacher", None, "fused"), ("none", "none", "fused"), ("usual", "usual", "fused"), ("hard", "hard", "fused"),
     ("deit_hard_cls", "deit_hard", "cls"), ("deit_hard_dist", "deit_hard", "dist"), ("deit_hard", "deit_hard", "fused"),
     ("deit_soft", "deit_soft", "fused"),
 )
-_DISAGREEMENT_LABELS = {"teacher": "teacher", "none": "no distillation", "usual": "usual distillation",
+_DISAGREEMENT_LABELS = {"ground_truth": "ground truth", "teacher": "teacher", "none": "no distillation", "usual": "usual distillation",
                         "hard": "hard distillation", "deit_hard_cls": "DeiT⚗ class", "deit_hard_dist": "DeiT⚗ distil.",
                         "deit_hard": "DeiT⚗ class+distil.", "deit_soft": "DeiT⚗ soft, class+distil."}
 
@@ -120,7 +121,8 @@ def disagreement_models(teacher: dict[str, list[int]], per_seed: dict[str, list[
         models: dict[str, list[int]] = {}
         for key, mode, head in DISAGREEMENT_MODELS:
             if mode is None:
-                models[key] = teacher["fused"]
+                if head in teacher:
+                    models[key] = teacher[head]
                 continue
             row = next((r for r in per_seed.get(mode, []) if r["seed"] == seed), None)
             if row is not None and head in row["predictions"]:

@@ -141,8 +141,9 @@ def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dic
 
 def measure_predictions(checkpoint: Path, data_dir: Path, use_ema: bool, top1: float) -> dict[str, list[int]]:
     """A run's argmax on every validation image, per head (``fused``, and ``cls``/``dist`` for a distilled
-    student), for the disagreement table; checked against ``top1``, the fused top-1 `deit-distill eval` measured,
-    so the table and the accuracy table read the same images the same way."""
+    student), with the images' true classes (``labels``), for the disagreement table; checked against ``top1``,
+    the fused top-1 `deit-distill eval` measured, so the table and the accuracy table read the same images the
+    same way."""
     from ...analysis import head_predictions
 
     model, loader = _model_and_validation(checkpoint, data_dir, use_ema)
@@ -158,7 +159,7 @@ def measure_predictions(checkpoint: Path, data_dir: Path, use_ema: bool, top1: f
     if abs(correct - top1) > 1e-6:
         raise DemoError(f"{checkpoint}: its predictions give top-1 {correct:.4f}% where `deit-distill eval` measured "
                         f"{top1:.4f}%; the disagreement table would not describe the evaluated model.")
-    return predictions
+    return {**predictions, "labels": targets}
 
 
 def duration(seconds: float) -> str:
