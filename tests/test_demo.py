@@ -306,7 +306,17 @@ def test_quick_demo_end_to_end(tmp_path, capfd, caplog):
     student_eval = json.loads((runs / "deit_hard-seed0" / "eval.json").read_text())
     assert student_eval["heads"]["fused"]["top1"] == results["students"]["deit_hard"]["top1_fused"]
     assert student_eval["heads"]["dist"]["top1"] == results["students"]["deit_hard"]["top1_dist"]
-    assert (out / "results.md").read_text().startswith("Validation top-1")
+    md = (out / "results.md").read_text()
+    assert md.startswith("Validation top-1") and md in printed  # the file is the table the demo printed
+    # results.md holds every Table 3 row and the whole disagreement table (a header row, then one row per model)
+    for row in ("| teacher | resnet10t |", "| no distillation |", "| usual distillation |", "| hard distillation |",
+                *(f"| DeiT⚗ {mode} distillation: {readout} |" for mode in ("hard", "soft")
+                  for readout in ("class embedding", "distillation embedding", "class+distillation"))):
+        assert row in md, row
+    lines = md[md.index("Disagreement (DeiT Table 4)"):].splitlines()
+    models = results["disagreement"]["models"]
+    header = next(i for i, line in enumerate(lines) if line.startswith("| |"))
+    assert len(lines[header].split("|")) - 3 == len(models) and len(lines[header + 2:]) == len(models)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hub = out / "best_student"
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in hub.iterdir()}
