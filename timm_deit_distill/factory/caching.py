@@ -38,6 +38,9 @@ def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore)
     """Build (or resume, or extend) the cache of ``settings``' training views in ``out``; returns its manifest."""
     from ..data import ViewSettings, check_num_classes, check_views_supported, label_names
 
+    if settings.unlabeled.active:
+        raise CacheError("a cache holds the teacher's targets of the labelled views only, and a run with unlabelled "
+                         "images runs its teacher online; fix: drop --unlabeled-data-dir / --unlabeled-dataset.")
     inside = output_inside_data("--out", out, settings.data.data_dir)  # the rest of --out was checked above
     if inside is not None:
         raise CacheError(inside)
