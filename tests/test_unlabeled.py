@@ -173,3 +173,75 @@ def test_train_with_unlabelled_images_records_each_kinds_terms(files, name, extr
         expected_task = ((16 - u) * v["train_task_loss_labeled"] + u * v["train_pseudo_loss"]) / 16 if pseudo \
             else v["train_task_loss_labeled"]
         assert v["train_task_loss"] == pytest.approx(expected_task, rel=1e-3)
+
+
+# --- refusals: one line before work -----------------------------------------------------------------------------
+
+def _refusals(root, data, unlabelled, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(next(unlabelled.rglob("*.png")), broken / "fine.png")
+    (broken / "broken.png").write_bytes(b"not a png at all")
+    all_broken = tmp_path / "all-broken"
+    all_broken.mkdir()
+    (all_broken / "x.png").write_bytes(b"not a png either")
+    leak = tmp_path / "leak"
+    shutil.copytree(unlabelled, leak)
+    val = sorted((data / "validation" / "7").glob("*.png"))[0]
+    (leak / "deeper").mkdir()
+    shutil.copy(val, leak / "deeper" / "zz-renamed.png")  # a validation digit under another name, one level down
+    u = ["--unlabeled-data-dir", str(unlabelled)]
+    return {
+        "empty": (["--unlabeled-data-dir", str(empty)], f"--unlabeled-data-dir {empty} holds no images"),
+        "missing": (["--unlabeled-data-dir", str(tmp_path / "nope")], "does not exist"),
+        "unreadable": (["--unlabeled-data-dir", str(broken)], "broken.png"),
+        "all unreadable": (["--unlabeled-data-dir", str(all_broken), "--skip-bad-images"], "is unreadable"),
+        "the training folder": (["--unlabeled-data-dir", str(data / "train")], "is the labelled training split"),
+        "validation by content": (["--unlabeled-data-dir", str(leak)],
+                                  f"zz-renamed.png is the validation image {val}"),
+        "the data root": (["--unlabeled-data-dir", str(data)], "is the validation image"),
+        "no teacher": ([*u, "--distill-type", "none"], "nothing learns from them"),
+        "pseudo labels alone": (["--pseudo-labels"], "no unlabelled images are given"),
+        "fraction": ([*u, "--unlabeled-fraction", "1"], "must be in (0, 1)"),
+        "no labelled left": ([*u, "--unlabeled-fraction", "0.99"], "both must be >= 1"),
+        "cache": ([*u, "--distill-cache", str(tmp_path / "cache")], "the cache holds the teacher's targets"),
+        "mixup off epoch": ([*u, "--mixup", "0.8", "--mixup-off-epoch", "1"], "--mixup-off-epoch"),
+        "odd mix": ([*u, "--mixup", "0.8", "-b", "15", "--unlabeled-fraction", "0.34"], "leaves 5 unlabelled images a batch"),
+        "too few": (["--unlabeled-data-dir", str(broken), "--skip-bad-images"], "fewer than the 8 a batch takes"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "all unreadable", "the training folder",
+                                  "validation by content", "the data root", "no teacher", "pseudo labels alone",
+                                  "fraction", "no labelled left", "cache", "mixup off epoch", "odd mix", "too few"])
+def test_refused_in_one_line_before_anything_is_written(files, case, tmp_path, capsys):
+    from timm_deit_distill.commands import train
+
+    root, data, unlabelled, teacher = files
+    extra, needle = _refusals(root, data, unlabelled, tmp_path)[case]
+    argv = _argv(data, teacher, tmp_path / "out", "run", *DEIT, "--distill-type", "soft", *extra)
+    if case == "no teacher":  # no teacher flag at all
+        argv = [a for a in argv if a not in ("--distill-teacher", "resnet10t", "--distill-teacher-path", str(teacher),
+                                             "--teacher-precision", "fp32", "--teacher-compile", "no",
+                                             "--no-teacher-check")]
+    assert train.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert needle in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("deit-distill train: error: ")
+    assert "Traceback" not in captured.out + captured.err
+    assert not (tmp_path / "out" / "run").exists()
+
+
+def test_a_cache_of_a_run_with_unlabelled_images_is_refused(files, tmp_path, capsys):
+    from timm_deit_distill.commands import cache as cache_cli
+
+    root, data, unlabelled, teacher = files
+    argv = _argv(data, teacher, tmp_path / "x", "x", *DEIT, "--distill-type", "soft", "--unlabeled-data-dir",
+                 str(unlabelled))
+    assert cache_cli.main(["build", *argv, "--out", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unlabelled images" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cache").exists()

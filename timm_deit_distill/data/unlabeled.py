@@ -11,6 +11,7 @@ did. Mixup/CutMix mix within each kind (never a labelled image with an unlabelle
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,8 @@ from .sources.source_folder import FolderSource, _scan_images
 from .views import view_seed
 
 __all__ = ["open_unlabeled", "check_unlabeled", "unlabeled_seed", "MixedLoader", "content_digest", "STREAM_UNLABELED"]
+
+_logger = logging.getLogger(__name__)
 
 #: The seed stream of the unlabelled views (:func:`~timm_deit_distill.data.views.view_seed`'s ``stream``).
 STREAM_UNLABELED = 6
@@ -115,8 +118,11 @@ def check_unlabeled(unlabeled: Any, train: Any, val: Any, *, flag: str) -> None:
     if _same_split(unlabeled, train):
         raise DataError(f"{flag} is the labelled training split ({train.source_info.location}): its images already "
                         "carry labels; fix: point it at images without labels.")
-    if is_streamed(val):
-        return  # a stream has no index to hash; its images cannot be compared before training
+    if is_streamed(val):  # a stream has no index to hash; its images cannot be compared before training
+        _logger.warning("%s is not compared with the validation images: they are streamed (no index to read them "
+                        "by before training); make sure they share no image, or the accuracy is measured on images "
+                        "the student learned from.", flag)
+        return
     files = unlabeled.source_info.kind == "folder" and val.source_info.kind == "folder"
     seen = {content_digest(val, i, file_bytes=files): i for i in range(len(val))}
     for i in range(len(unlabeled)):
