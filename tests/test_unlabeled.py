@@ -137,6 +137,9 @@ def _argv(data, teacher, out, name, *extra):
 
 DEIT = ["--model", "deit_tiny_distilled_patch4_32", "--model-kwargs", "depth=1", "embed_dim=32", "num_heads=2"]
 SINGLE = ["--model", "resnet10t", "--img-size", "16"]
+# a single-head student without BatchNorm, whose statistics would differ between one process and two
+VIT = ["--model", "vit_tiny_patch16_224", "--img-size", "16", "--model-kwargs", "patch_size=4", "depth=1",
+       "embed_dim=32", "num_heads=2"]
 
 
 @pytest.mark.slow
@@ -245,3 +248,133 @@ def test_a_cache_of_a_run_with_unlabelled_images_is_refused(files, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "unlabelled images" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "cache").exists()
+
+
+# --- every feature works with it --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_run_stopped_and_resumed_equals_the_uninterrupted_one(files, capsys):
+    """Mixup within each kind, EMA, soft distillation: the unlabelled passes continue across the resume."""
+    from train_fixtures import load
+
+    from timm_deit_distill.commands import train
+
+    root, data, unlabelled, teacher = files
+    extra = [*DEIT, "--distill-type", "soft", "--sched", "constant", "--model-ema", "--model-ema-decay", "0.9",
+             "--mixup", "0.8", "--unlabeled-data-dir", str(unlabelled), "--unlabeled-fraction", "0.25"]
+    out = root / "resume"
+    assert train.main(_argv(data, teacher, out, "straight", *extra, "--epochs", "3")) == 0
+    assert train.main(_argv(data, teacher, out, "legs", *extra, "--epochs", "1")) == 0
+    legs = out / "legs"
+    assert train.main(_argv(data, teacher, out, "legs", *extra, "--epochs", "3", "--resume",
+                            str(legs / "last.pth.tar"))) == 0
+    a, b = load(out / "straight" / "last.pth.tar"), load(legs / "last.pth.tar")
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("state_dict", "state_dict_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    # a resume with other unlabelled images would draw other batches: refused in one line
+    capsys.readouterr()
+    other = root / "other-unlabelled"
+    shutil.copytree(unlabelled, other)
+    next(other.rglob("*.png")).unlink()
+    argv = [a if a != str(unlabelled) else str(other) for a in extra]
+    assert train.main(_argv(data, teacher, out, "legs", *argv, "--epochs", "4", "--resume",
+                            str(legs / "last.pth.tar"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unlabelled images" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_python_api_eval_and_the_hub_card_know_the_unlabelled_images(files, capsys):
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard
+    from train_fixtures import keywords
+
+    import timm_deit_distill
+    from timm_deit_distill.commands import evaluate
+    from timm_deit_distill.commands.args import parse_args
+    from timm_deit_distill.hub import save_pretrained
+
+    root, data, unlabelled, teacher = files
+    argv = _argv(data, teacher, root / "api", "run", *SINGLE, "--distill-type", "soft", "--pseudo-labels",
+                 "--model-ema", "--unlabeled-data-dir", str(unlabelled), "--epochs", "1")
+    result = timm_deit_distill.train(**keywords(argv))
+    assert "train_distill_loss_unlabeled" in result.summary[0]
+    run_dir = root / "api" / "run"
+    # args.yaml repeats the run, unlabelled images included
+    saved = yaml.safe_load((run_dir / "args.yaml").read_text())
+    assert saved["unlabeled_data_dir"] == str(unlabelled) and saved["pseudo_labels"] is True
+    again = parse_args(["-c", str(run_dir / "args.yaml")])
+    assert (again.unlabeled_data_dir, again.unlabeled_fraction, again.pseudo_labels) == (str(unlabelled), 0.5, True)
+    # eval reads the checkpoint as any other
+    capsys.readouterr()
+    out = root / "api.json"
+    assert evaluate.main(["--checkpoint", str(run_dir / "last.pth.tar"), "--data-dir", str(data), "--workers", "0",
+                          "--use-ema", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["count"] > 0
+    # the Hub card says which unlabelled source taught the student, and how many images
+    n = len(list(unlabelled.rglob("*.png")))
+    card = ModelCard.load(save_pretrained(run_dir / "last.pth.tar", root / "hub", use_ema=True) / "README.md").text
+    assert (f"| unlabelled images | {n} images from `folder` at `{unlabelled.name}`, 8 of each batch; on them the "
+            "distillation term, the teacher's argmax as the class term (pseudo-labels) |") in card
+
+
+def test_print_config_shows_the_unlabelled_settings(files, capsys):
+    from timm_deit_distill.commands import train
+
+    root, data, unlabelled, teacher = files
+    argv = _argv(data, teacher, root / "cfg", "cfg", *DEIT, "--distill-type", "hard", "--unlabeled-data-dir",
+                 str(unlabelled), "--unlabeled-fraction", "0.25", "--print-config")
+    assert train.main(argv) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["unlabeled_data_dir"] == str(unlabelled) and printed["unlabeled_fraction"] == 0.25
+    assert printed["pseudo_labels"] is False and printed["unlabeled_dataset"] is None
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_takes_its_share_of_both_kinds(files, tmp_path):
+    """Two torchrun processes (gloo) with half the batch each reach the weights of one process with the whole
+    batch: each process draws its share of the labelled and of the unlabelled images."""
+    import os
+    import subprocess
+    import sys
+
+    from train_fixtures import load, run_cli
+
+    root, data, unlabelled, teacher = files
+
+    def argv(name, batch):
+        return _argv(data, teacher, tmp_path, name, *VIT, "-b", str(batch), "--deterministic-aug", "--opt", "sgd",
+                     "--lr", "0.05", "--distill-type", "soft", "--pseudo-labels", "--unlabeled-data-dir",
+                     str(unlabelled))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "timm_deit_distill", "train", *argv("ddp", 8)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    single = run_cli(argv("single", 16))
+    assert single.returncode == 0, single.stdout + single.stderr
+    a, b = load(tmp_path / "ddp" / "last.pth.tar"), load(tmp_path / "single" / "last.pth.tar")
+    for name, value in a["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, b["state_dict"][name], rtol=1e-4, atol=1e-6), name
+
+
+def test_the_teacher_is_checked_on_the_labelled_validation_images(files, tmp_path, capsys, caplog):
+    """Unlabelled images carry no label to measure a teacher on: the check reads the validation split."""
+    from timm_deit_distill.commands import train
+
+    root, data, unlabelled, teacher = files
+    caplog.set_level("INFO", logger="timm_deit_distill")
+    argv = [a for a in _argv(data, teacher, tmp_path, "checked", *DEIT, "--distill-type", "soft",
+                             "--unlabeled-data-dir", str(unlabelled)) if a != "--no-teacher-check"]
+    assert train.main(argv) == 2  # the random teacher fails its check, before anything is written
+    assert "it would distil noise" in capsys.readouterr().err
+    n_val = len(list((data / "validation").rglob("*.png")))
+    assert f"on {n_val} images" in caplog.text and not (tmp_path / "checked").exists()

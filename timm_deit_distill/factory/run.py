@@ -483,6 +483,21 @@ def _timm_weights(distill: Any) -> dict[str, Any]:
     return {"kd_distill_type": distill.kd_distill_type, "task_loss_weight": task, "distill_loss_weight": weight}
 
 
+def _unlabeled_record(run: Run) -> dict[str, Any] | None:
+    """What the checkpoint (and so the Hub card and a later --resume) records of the unlabelled images."""
+    from ..data import dataset_fingerprint
+
+    if run.unlabeled_ds is None:
+        return None
+    u = run.settings.unlabeled
+    info = run.unlabeled_ds.source_info
+    return {"source": u.source_name, "dataset": u.unlabeled_dataset or "folder",
+            "split": u.unlabeled_split if u.unlabeled_dataset else None, "location": str(info.location),
+            "num_images": len(run.unlabeled_ds), "fraction": u.unlabeled_fraction,
+            "per_batch": u.per_batch(run.settings.loader.batch_size), "pseudo_labels": u.pseudo_labels,
+            "fingerprint": dataset_fingerprint(run.unlabeled_ds)}
+
+
 def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, Any], labels: list[str],
                   train_ds: Any, resume_from: dict[str, Any] | None) -> Any:
     """The run's :class:`~timm_deit_distill.checkpoint.RunMetadata` (its teacher's path and check come later)."""
@@ -511,7 +526,7 @@ def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, 
                                   soft_reduction=None if distill.type == "feature" else distill.soft_reduction,
                                   family=distill.family if distill.type != "none" else None,
                                   heads=_heads_taught(distill, has_distillation_head(run.student)),
-                                  **_timm_weights(distill)),
+                                  unlabeled=_unlabeled_record(run), **_timm_weights(distill)),
         recipe=settings.misc.recipe,
         ema=bool(settings.ema.model_ema),
         # What a later --resume is checked against (see checkpoint.compare_resume).
