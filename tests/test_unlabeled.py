@@ -378,3 +378,29 @@ def test_the_teacher_is_checked_on_the_labelled_validation_images(files, tmp_pat
     assert "it would distil noise" in capsys.readouterr().err
     n_val = len(list((data / "validation").rglob("*.png")))
     assert f"on {n_val} images" in caplog.text and not (tmp_path / "checked").exists()
+
+
+@pytest.mark.slow
+def test_unlabelled_images_from_a_hugging_face_dataset_and_its_leak_found_by_pixels(files, tmp_path, capsys):
+    """--unlabeled-dataset: any map-style source, labels ignored; its validation split holds the labelled run's
+    validation images (other files, same pixels): refused naming the first row."""
+    from source_fixtures import records, write_hf_parquet
+
+    from timm_deit_distill.commands import train
+    from timm_deit_distill.records import read_summary
+
+    root, data, _, teacher = files
+    recs = records(root / "full", per_class=3)  # the same validation split as `data`, other training digits
+    hf = write_hf_parquet(tmp_path / "hf", recs, shards=1)
+    argv = _argv(data, teacher, tmp_path / "runs", "hf", *DEIT, "--distill-type", "soft", "--epochs", "1",
+                 "--unlabeled-dataset", f"hfds/{hf}")
+    assert train.main(argv) == 0, capsys.readouterr().err
+    rows = read_summary(tmp_path / "runs" / "hf" / "summary.csv")
+    assert float(rows[0]["train_distill_loss_unlabeled"]) > 0
+    capsys.readouterr()
+    leak = [*argv[:-2], "--experiment", "leak", "--unlabeled-dataset", f"hfds/{hf}", "--unlabeled-split",
+            "validation"]
+    assert train.main(leak) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is the validation image" in err and "(same content)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs" / "leak").exists()
