@@ -404,3 +404,18 @@ def test_unlabelled_images_from_a_hugging_face_dataset_and_its_leak_found_by_pix
     err = capsys.readouterr().err.strip()
     assert "is the validation image" in err and "(same content)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs" / "leak").exists()
+
+
+def test_a_streamed_unlabelled_source_is_refused(files, tmp_path, capsys):
+    """Unlabelled images are drawn by index (seeded, resumable): a stream has none."""
+    from source_fixtures import records, write_wds
+
+    from timm_deit_distill.commands import train
+
+    root, data, _, teacher = files
+    wds = write_wds(tmp_path / "wds", records(root / "full", per_class=2), shards=2)
+    argv = _argv(data, teacher, tmp_path / "out", "run", *DEIT, "--distill-type", "soft",
+                 "--unlabeled-dataset", "wds/digits", "--unlabeled-data-dir", str(wds))
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a stream" in err and len(err.splitlines()) == 1 and not (tmp_path / "out" / "run").exists()
