@@ -207,6 +207,8 @@ def _refusals(root, data, unlabelled, tmp_path):
         "the data root": (["--unlabeled-data-dir", str(data)], "is the validation image"),
         "no teacher": ([*u, "--distill-type", "none"], "nothing learns from them"),
         "pseudo labels alone": (["--pseudo-labels"], "no unlabelled images are given"),
+        "fraction alone": (["--unlabeled-fraction", "0.25"], "no unlabelled images are given"),
+        "split of a folder": ([*u, "--unlabeled-split", "validation"], "which is not given"),
         "fraction": ([*u, "--unlabeled-fraction", "1"], "must be in (0, 1)"),
         "no labelled left": ([*u, "--unlabeled-fraction", "0.99"], "both must be >= 1"),
         "cache": ([*u, "--distill-cache", str(tmp_path / "cache")], "the cache holds the teacher's targets"),
@@ -218,6 +220,7 @@ def _refusals(root, data, unlabelled, tmp_path):
 
 @pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "all unreadable", "the training folder",
                                   "validation by content", "the data root", "no teacher", "pseudo labels alone",
+                                  "fraction alone", "split of a folder",
                                   "fraction", "no labelled left", "cache", "mixup off epoch", "odd mix", "too few"])
 def test_refused_in_one_line_before_anything_is_written(files, case, tmp_path, capsys):
     from timm_deit_distill.commands import train

@@ -1125,6 +1125,12 @@ def _validate_unlabeled(args: argparse.Namespace) -> None:
     if not given:
         need(not args.pseudo_labels, "--pseudo-labels gives unlabelled images the teacher's argmax, but no unlabelled "
              "images are given: add --unlabeled-data-dir DIR, or drop --pseudo-labels.")
+        need(args.unlabeled_fraction == 0.5, f"--unlabeled-fraction {args.unlabeled_fraction} sets the unlabelled "
+             "share of each batch, but no unlabelled images are given: add --unlabeled-data-dir DIR, or drop it.")
+    need(args.unlabeled_split == "train" or bool(args.unlabeled_dataset), f"--unlabeled-split {args.unlabeled_split} "
+         "names a split of --unlabeled-dataset, which is not given (a folder given by --unlabeled-data-dir has no "
+         "splits): add --unlabeled-dataset NAME, or drop --unlabeled-split.")
+    if not given:
         return
     flag = "--unlabeled-dataset" if args.unlabeled_dataset else "--unlabeled-data-dir"
     need(math.isfinite(args.unlabeled_fraction) and 0.0 < args.unlabeled_fraction < 1.0,
