@@ -84,7 +84,8 @@ def measure(opts: argparse.Namespace) -> dict[str, float]:
     train_ds, unlabeled_ds, view, num_classes = _data(opts, tmp, probe)
     u = round(opts.unlabeled_fraction * opts.batch_size)
     settings = LoaderSettings(batch_size=opts.batch_size, validation_batch_size=None, workers=0, pin_mem=False)
-    part = {"labelled": replace(settings, batch_size=opts.batch_size - u), "unlabelled": replace(settings, batch_size=u)}
+    part = {"labelled": replace(settings, batch_size=opts.batch_size - u),
+            "unlabelled": replace(settings, batch_size=u)}
     unlabeled_view = replace(view, augment=replace(view.augment, seed=unlabeled_seed(view.augment.seed)))
     teacher = DistillationTeacher.create(timm.create_model(opts.teacher, num_classes=num_classes),
                                          num_classes=num_classes, data_mean=view.mean, data_std=view.std,

@@ -213,7 +213,8 @@ def _refusals(root, data, unlabelled, tmp_path):
         "no labelled left": ([*u, "--unlabeled-fraction", "0.99"], "both must be >= 1"),
         "cache": ([*u, "--distill-cache", str(tmp_path / "cache")], "the cache holds the teacher's targets"),
         "mixup off epoch": ([*u, "--mixup", "0.8", "--mixup-off-epoch", "1"], "--mixup-off-epoch"),
-        "odd mix": ([*u, "--mixup", "0.8", "-b", "15", "--unlabeled-fraction", "0.34"], "leaves 5 unlabelled images a batch"),
+        "odd mix": ([*u, "--mixup", "0.8", "-b", "15", "--unlabeled-fraction", "0.34"],
+                    "leaves 5 unlabelled images a batch"),
         "too few": (["--unlabeled-data-dir", str(broken), "--skip-bad-images"], "fewer than the 8 a batch takes"),
     }
 

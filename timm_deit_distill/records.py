@@ -16,7 +16,8 @@ import yaml
 
 from .atomic import atomic_write_text
 
-__all__ = ["UNLABELED_COLUMNS", "summary_columns", "write_summary", "read_summary", "read_summary_text", "write_args_yaml"]
+__all__ = ["UNLABELED_COLUMNS", "summary_columns", "write_summary", "read_summary", "read_summary_text",
+           "write_args_yaml"]
 
 # timm's summary.csv columns first (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr), then ours.
 _BASE = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]

@@ -235,7 +235,8 @@ class ViewLoader:
 
 
 def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings, *, rank: int = 0,
-                       world_size: int = 1, drop_last: bool = True, unlabeled_per_epoch: int | None = None) -> ViewLoader:
+                       world_size: int = 1, drop_last: bool = True,
+                       unlabeled_per_epoch: int | None = None) -> ViewLoader:
     """The training loader for ``dataset`` with timm's transforms and Mixup (see :mod:`timm_deit_distill.data`).
 
     ``drop_last=False`` keeps the last partial batch (made of whole mix groups), so every position of

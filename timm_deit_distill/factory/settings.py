@@ -36,7 +36,8 @@ from .builders import StudentSettings
 
 __all__ = [
     "TrainSettings", "OptimizerSettings", "ScheduleSettings", "EmaSettings", "AmpSettings", "StepSettings",
-    "IntervalSettings", "RunSettings", "DeviceSettings", "MiscSettings", "UnlabeledSettings", "EvalSettings", "settings_from_options",
+    "IntervalSettings", "RunSettings", "DeviceSettings", "MiscSettings", "UnlabeledSettings", "EvalSettings",
+    "settings_from_options",
     "eval_settings_from_options", "teacher_settings",
 ]
 
