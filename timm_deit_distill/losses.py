@@ -129,6 +129,7 @@ class DistillationLoss(nn.Module):
         single_head: the student has one head (any timm classifier): both terms use its one output (DeiT's
             "usual" and "hard" distillation, timm's LogitDistillationTask). Otherwise a single tensor is refused
             (a distilled model in eval mode, or with ``set_distilled_training(False)``).
+        pseudo_labels: on unlabelled samples (see :meth:`parts`) the class head also learns the teacher's argmax.
 
     :meth:`parts` returns the loss with its two unweighted parts, detached, for logging (the trainer and
     :class:`~timm_deit_distill.task.DeiTDistillationTask` use it). As a convenience for loops that call the
@@ -147,6 +148,7 @@ class DistillationLoss(nn.Module):
         soft_reduction: str = "deit",
         weights: tuple[float, float] | None = None,
         single_head: bool = False,
+        pseudo_labels: bool = False,
     ) -> None:
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
@@ -170,6 +172,7 @@ class DistillationLoss(nn.Module):
         self.alpha = None if alpha is None else float(alpha)
         self.task_weight, self.distill_weight = float(weights[0]), float(weights[1])
         self.single_head = bool(single_head)
+        self.pseudo_labels = bool(pseudo_labels)
         self.tau = float(tau)
         self.soft_reduction = soft_reduction
         self.last_base_loss: torch.Tensor | None = None
@@ -223,6 +226,8 @@ class DistillationLoss(nn.Module):
         ``task_loss`` and ``distill_loss`` (the unweighted parts, detached; ``distill_loss`` is zero for
         ``'none'``). Arguments as :meth:`from_teacher_output`."""
         cls_logits, dist_logits = self._split(outputs)
+        if labels.shape[0] != cls_logits.shape[0]:
+            return self._parts_with_unlabeled(cls_logits, dist_logits, labels, teacher_output)
         if self.distillation_type == "none":
             dist_logits, teacher_output = None, None
         elif teacher_output is None:
@@ -236,6 +241,38 @@ class DistillationLoss(nn.Module):
         # results match both bit for bit.
         loss = base_loss * self.task_weight + distillation_loss * self.distill_weight
         return {"loss": loss, "task_loss": base_loss.detach(), "distill_loss": distillation_loss.detach()}
+
+    def _parts_with_unlabeled(self, cls_logits: torch.Tensor, dist_logits: torch.Tensor | None,
+                              labels: torch.Tensor, teacher_output: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """A batch whose first ``len(labels)`` samples are labelled and the rest unlabelled: the distillation term
+        over every sample, the class term over the labelled ones (and, with ``pseudo_labels``, the unlabelled ones
+        against the teacher's argmax); each term a mean over the samples it applies to. The parts add the labelled
+        and unlabelled terms apart (``*_labeled``, ``*_unlabeled``; ``pseudo_loss`` is the class term on the
+        unlabelled samples, zero without ``pseudo_labels``)."""
+        n, total = labels.shape[0], cls_logits.shape[0]
+        if dist_logits is None or teacher_output is None or self.distillation_type == "none":
+            raise ValueError("unlabelled samples (fewer labels than samples) learn only from the teacher: they need "
+                             "a distillation type and the teacher's output.")
+        if not 0 < n < total:
+            raise ValueError(f"{n} labels for {total} samples: a batch needs labelled and unlabelled samples.")
+        base_loss = self.base_criterion(cls_logits[:n], labels)
+        distill = self._distillation_term(dist_logits, teacher_output)
+        with torch.no_grad():
+            distill_l = self._distillation_term(dist_logits[:n], teacher_output[:n])
+            distill_u = self._distillation_term(dist_logits[n:], teacher_output[n:])
+        task = base_loss
+        pseudo = torch.zeros((), device=base_loss.device, dtype=base_loss.dtype)
+        if self.pseudo_labels:
+            teacher_u = teacher_output[n:].detach()
+            argmax = teacher_u if teacher_u.dim() == 1 else teacher_u.argmax(dim=1)
+            # the class head's own criterion: soft (one-hot) targets where Mixup gave the labels soft ones
+            target_u = (F.one_hot(argmax, cls_logits.shape[1]).to(labels.dtype) if labels.dim() == 2 else argmax)
+            pseudo = self.base_criterion(cls_logits[n:], target_u)
+            task = (base_loss * n + pseudo * (total - n)) / total
+        loss = task * self.task_weight + distill * self.distill_weight
+        return {"loss": loss, "task_loss": task.detach(), "distill_loss": distill.detach(),
+                "task_loss_labeled": base_loss.detach(), "pseudo_loss": pseudo.detach(),
+                "distill_loss_labeled": distill_l, "distill_loss_unlabeled": distill_u}
 
     def from_teacher_output(
         self, outputs: Any, labels: torch.Tensor, teacher_output: torch.Tensor | None

@@ -16,18 +16,25 @@ import yaml
 
 from .atomic import atomic_write_text
 
-__all__ = ["summary_columns", "write_summary", "read_summary", "read_summary_text", "write_args_yaml"]
+__all__ = ["UNLABELED_COLUMNS", "summary_columns", "write_summary", "read_summary", "read_summary_text",
+           "write_args_yaml"]
 
 # timm's summary.csv columns first (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr), then ours.
 _BASE = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
 _EXTRA = ["train_task_loss", "train_distill_loss", "eval_top1_cls", "eval_top5_cls", "eval_top1_dist",
           "eval_top5_dist"]
 _TEACHER = ["teacher_top1", "teacher_agreement"]
+# a run with unlabelled images: the class term on the labelled samples, on the unlabelled ones (--pseudo-labels),
+# and the distillation term on each kind (train_task_loss / train_distill_loss stay the terms over their samples)
+UNLABELED_COLUMNS = ["train_task_loss_labeled", "train_pseudo_loss", "train_distill_loss_labeled",
+                     "train_distill_loss_unlabeled"]
 
 
-def summary_columns(*, ema: bool) -> list[str]:
-    """The header of ``summary.csv``; ``eval_top1_ema``/``eval_top5_ema`` only when EMA is on."""
-    return _BASE + _EXTRA + (["eval_top1_ema", "eval_top5_ema"] if ema else []) + _TEACHER
+def summary_columns(*, ema: bool, unlabeled: bool = False) -> list[str]:
+    """The header of ``summary.csv``; ``eval_top1_ema``/``eval_top5_ema`` only when EMA is on, the
+    :data:`UNLABELED_COLUMNS` only with unlabelled images."""
+    return (_BASE + _EXTRA + (["eval_top1_ema", "eval_top5_ema"] if ema else []) + _TEACHER
+            + (UNLABELED_COLUMNS if unlabeled else []))
 
 
 def _cell(value: Any) -> str:
@@ -38,9 +45,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_summary(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, ema: bool) -> None:
+def write_summary(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], *, ema: bool,
+                  unlabeled: bool = False) -> None:
     """Write ``rows`` (dicts keyed by column) as ``summary.csv``; missing values are left empty."""
-    columns = summary_columns(ema=ema)
+    columns = summary_columns(ema=ema, unlabeled=unlabeled)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)

@@ -248,6 +248,7 @@ class DeiTDistillationTask(TrainingTask):
         distillation_type, alpha, tau, soft_reduction, weights: as :class:`DistillationLoss`.
         heads: which heads learn (:data:`HEADS`): ``'auto'`` by the student's architecture (DeiT's families),
             ``'one'`` (timm's logit distillation), ``'two'`` (timm's token distillation: a distilled student).
+        pseudo_labels: unlabelled samples' class term is the teacher's argmax (see ``forward``).
         teacher_kwargs: options for ``DistillationTeacher.create`` (checkpoint_path, use_ema, precision,
             data_mean/data_std/input_size of the real pipeline, ...) when the task builds the teacher.
     """
@@ -264,6 +265,7 @@ class DeiTDistillationTask(TrainingTask):
         soft_reduction: str = "deit",
         weights: tuple[float, float] | None = None,
         heads: str = "auto",
+        pseudo_labels: bool = False,
         criterion_kwargs: Mapping[str, Any] | None = None,
         teacher_kwargs: Mapping[str, Any] | None = None,
         device: torch.device | None = None,
@@ -284,7 +286,8 @@ class DeiTDistillationTask(TrainingTask):
             raise ValueError(f"{type(unwrap_model(student_model)).__name__} has no distillation head, which timm's token "
                              "distillation trains: use a distilled student, or logit distillation for any student.")
         self.distill_loss = DistillationLoss(criterion, None, distillation_type, alpha, tau,
-                                             soft_reduction=soft_reduction, weights=weights, single_head=not two)
+                                             soft_reduction=soft_reduction, weights=weights, single_head=not two,
+                                             pseudo_labels=pseudo_labels)
         self.distillation_type = distillation_type
         self.epoch: int | None = None
         self.teacher: DistillationTeacher | None = None
@@ -389,15 +392,18 @@ class DeiTDistillationTask(TrainingTask):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor,
                 views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The loss and its parts for a batch (``views``: the batch's view positions, which a cache replays)."""
+        """The loss and its parts for a batch (``views``: the batch's view positions, which a cache replays).
+
+        A ``target`` shorter than ``input`` labels the first ``len(target)`` samples; the rest are unlabelled (the
+        teacher's answer is their only supervision) and the parts add ``task_loss_labeled``, ``pseudo_loss``,
+        ``distill_loss_labeled`` and ``distill_loss_unlabeled`` (:meth:`DistillationLoss.parts`)."""
         if self.feature:
             return self._feature_forward(input, target)
         source = self.target_source
         teacher_output = source.targets(input, views, self.epoch) if source is not None else None
         output = self.trainable_module(input)
         parts = self.distill_loss.parts(output, target, teacher_output)
-        return {"loss": parts["loss"], "output": output if isinstance(output, torch.Tensor) else output[0],
-                "task_loss": parts["task_loss"], "distill_loss": parts["distill_loss"]}
+        return {**parts, "output": output if isinstance(output, torch.Tensor) else output[0]}
 
 
 def _target_source(teacher: Any, student: nn.Module, teacher_kwargs: Mapping[str, Any] | None,

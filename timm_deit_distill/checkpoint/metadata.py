@@ -75,6 +75,8 @@ class Distillation:
     family: str | None = None  # 'deit' or 'timm': whose meaning the weights have (this package's runs)
     kd_distill_type: str | None = None  # timm's task (logit, token, feature) for a timm-family run
     heads: str | None = None  # which head learned from which source (this package's runs)
+    # unlabelled images the teacher taught on: source, location, num_images, fraction, pseudo_labels, fingerprint
+    unlabeled: Mapping[str, Any] | None = None
 
     @property
     def distils(self) -> bool:
@@ -92,7 +94,7 @@ class Distillation:
             out["teacher_check"] = self.teacher_check
         if self.task_loss_weight is not None or self.distill_loss_weight is not None:
             out["task_loss_weight"], out["distill_loss_weight"] = self.task_loss_weight, self.distill_loss_weight
-        for key in ("family", "kd_distill_type", "heads"):
+        for key in ("family", "kd_distill_type", "heads", "unlabeled"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -106,7 +108,8 @@ class Distillation:
                    teacher_check=recorded.get("teacher_check", NOT_RECORDED),
                    task_loss_weight=recorded.get("task_loss_weight"),
                    distill_loss_weight=recorded.get("distill_loss_weight"), family=recorded.get("family"),
-                   kd_distill_type=recorded.get("kd_distill_type"), heads=recorded.get("heads"))
+                   kd_distill_type=recorded.get("kd_distill_type"), heads=recorded.get("heads"),
+                   unlabeled=recorded.get("unlabeled"))
 
 
 @dataclass(frozen=True)

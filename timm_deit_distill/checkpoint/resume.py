@@ -282,10 +282,26 @@ def _compare_data_and_teacher(old: RunMetadata, new: RunMetadata, out: ResumeCom
         out.notes.append("the checkpoint records no fingerprint of its training data (written before "
                          "deit-distill recorded one): the training data could not be compared")
     _compare_stream(old.stream, new.stream, refuse)
+    _compare_unlabeled(old, new, refuse)
     old_teacher = old.distill.teacher_description if old.distill is not None else None
     new_teacher = new.distill.teacher_description if new.distill is not None else None
     if _teacher_identity(old_teacher) != _teacher_identity(new_teacher):
         refuse("teacher", _describe_teacher(old_teacher), _describe_teacher(new_teacher))
+
+
+def _compare_unlabeled(old: RunMetadata, new: RunMetadata, refuse: Callable[[str, Any, Any], None]) -> None:
+    """Unlabelled images: the same images (their fingerprint) in the same share of each batch, or the resumed
+    run would draw other unlabelled batches than the uninterrupted one."""
+    a = (old.distill.unlabeled if old.distill is not None else None) or {}
+    b = (new.distill.unlabeled if new.distill is not None else None) or {}
+    for key, what in (("fingerprint", "unlabelled images"), ("per_batch", "unlabelled images per batch"),
+                      ("pseudo_labels", "--pseudo-labels")):
+        if a.get(key) != b.get(key):
+            before, after = a.get(key), b.get(key)
+            if key == "fingerprint":
+                before, after = (f"{x['num_images']} from {x['source']}" if x else "none" for x in (a, b))
+            refuse(what, before, after)
+            return
 
 
 _STREAM_KEYS = ("seed", "world_size", "workers", "batch_size", "num_samples", "shards")

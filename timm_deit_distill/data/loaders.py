@@ -89,11 +89,12 @@ def build_mixup(view: ViewSettings) -> Mixup | None:
 class _ViewDataset(torch.utils.data.Dataset):
     """Loads view keys ``(epoch, position, sample_index)``; reseeds from the view's identity."""
 
-    def __init__(self, dataset: Any, transform: Any, seed: int) -> None:
+    def __init__(self, dataset: Any, transform: Any, seed: int, *, unlabeled: bool = False) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
         self.load = image_loader(dataset)
+        self.unlabeled = unlabeled  # its labels are ignored: every target is 0 (Mixup needs one in range)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -118,14 +119,14 @@ class _ViewDataset(torch.utils.data.Dataset):
     def _view(self, epoch: int, position: int, index: int, seed64: int) -> tuple[torch.Tensor, int, int, int]:
         img, target = self.load(index)
         seed_all(seed64)
-        return self.transform(img), target, position, epoch
+        return self.transform(img), 0 if self.unlabeled else target, position, epoch
 
 
 class _ViewBatchSampler(torch.utils.data.Sampler):
     """Yields this rank's batches of view keys for the current epoch."""
 
     def __init__(self, layout: ViewLayout, *, batch_size: int, rank: int, world_size: int,
-                 mixing: bool, drop_last: bool = True) -> None:
+                 mixing: bool, drop_last: bool = True, per_epoch: int | None = None) -> None:
         self.layout = layout
         self.batch_size = batch_size
         self.positions = layout.rank_positions(rank, world_size, mixing)
@@ -133,19 +134,36 @@ class _ViewBatchSampler(torch.utils.data.Sampler):
         # timm drops the last partial batch; a whole epoch shorter than a batch still trains once
         self.num_batches = n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
         self.epoch = 0
+        # unlabelled images: ``per_epoch`` batches per (labelled) epoch, drawn from passes over the images that
+        # continue across epochs, so batch b of epoch e is the (e * per_epoch + b)-th of the sequence of passes
+        self.per_epoch = per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_batches
+        return self.num_batches if self.per_epoch is None else self.per_epoch
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        if self.per_epoch is not None:
+            yield from self._continuing()
+            return
         samples, _ = self.layout.epoch(self.epoch)
         positions = self.positions
         for b in range(self.num_batches):
             chunk = positions[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(self.epoch, int(p), int(samples[p])) for p in chunk]
+
+
+    def _continuing(self) -> Iterator[list[tuple[int, int, int]]]:
+        assert self.per_epoch is not None
+        pass_index, samples = -1, None
+        for g in range(self.epoch * self.per_epoch, (self.epoch + 1) * self.per_epoch):
+            p, b = divmod(g, self.num_batches)
+            if p != pass_index:
+                pass_index, (samples, _) = p, self.layout.epoch(p)
+            chunk = self.positions[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(p, int(q), int(samples[q])) for q in chunk]
 
 
 class _MixCollate:
@@ -217,13 +235,18 @@ class ViewLoader:
 
 
 def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings, *, rank: int = 0,
-                       world_size: int = 1, drop_last: bool = True) -> ViewLoader:
+                       world_size: int = 1, drop_last: bool = True,
+                       unlabeled_per_epoch: int | None = None) -> ViewLoader:
     """The training loader for ``dataset`` with timm's transforms and Mixup (see :mod:`timm_deit_distill.data`).
 
     ``drop_last=False`` keeps the last partial batch (made of whole mix groups), so every position of
-    the epoch is produced: what a teacher target cache needs.
+    the epoch is produced: what a teacher target cache needs. ``unlabeled_per_epoch``: ``dataset`` is unlabelled
+    images (its labels ignored, every target 0), drawn that many batches per epoch from passes over it that
+    continue across epochs (pass ``p`` ordered and augmented as epoch ``p`` of ``view``'s seed).
     """
-    check_num_classes(dataset, view.num_classes)
+    unlabeled = unlabeled_per_epoch is not None
+    if not unlabeled:
+        check_num_classes(dataset, view.num_classes)
     a = view.augment
     deterministic = bool(a.deterministic_aug)
     mixup = build_mixup(view)
@@ -246,8 +269,8 @@ def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings,
         return build_stream_train_loader(dataset, view, loader, mixup, rank=rank, world_size=world_size)
     layout = ViewLayout(len(dataset), seed=int(a.seed), repeats=a.repeats, group_size=group, grouped=deterministic)
     batch_sampler = _ViewBatchSampler(layout, batch_size=batch_size, rank=rank, world_size=world_size,
-                                      mixing=mixup is not None, drop_last=drop_last)
-    views = _ViewDataset(dataset, build_train_transform(view), int(a.seed))
+                                      mixing=mixup is not None, drop_last=drop_last, per_epoch=unlabeled_per_epoch)
+    views = _ViewDataset(dataset, build_train_transform(view), int(a.seed), unlabeled=unlabeled)
     collate = _MixCollate(mixup, seed=int(a.seed), group_size=group if deterministic else None,
                           mixup_off_epoch=int(a.mixup_off_epoch))
     data_loader = torch.utils.data.DataLoader(

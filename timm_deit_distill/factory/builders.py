@@ -370,7 +370,7 @@ def base_criterion(*, smoothing: float, mixup_active: bool) -> nn.Module:
 
 
 def create_task(model: nn.Module, targets: TargetSource | None, distill: DistillSettings, *, smoothing: float,
-                mixup_active: bool, device: torch.device) -> DeiTDistillationTask:
+                mixup_active: bool, device: torch.device, pseudo_labels: bool = False) -> DeiTDistillationTask:
     """The training step: the package's Task over ``model`` (the trainable module: DDP or compiled wrapper when
     used) with ``targets`` (the teacher online or a cache; None for ``'none'``) and DeiT's loss over
     :func:`base_criterion`."""
@@ -380,4 +380,5 @@ def create_task(model: nn.Module, targets: TargetSource | None, distill: Distill
                                 base_criterion(smoothing=smoothing, mixup_active=mixup_active),
                                 distillation_type=distill.type, alpha=distill.alpha, tau=distill.tau,
                                 soft_reduction=distill.soft_reduction, weights=distill.weights,
-                                heads=task_heads(distill), device=device, verbose=False)
+                                heads=task_heads(distill), pseudo_labels=pseudo_labels, device=device,
+                                verbose=False)

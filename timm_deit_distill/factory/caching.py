@@ -38,12 +38,7 @@ def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore)
     """Build (or resume, or extend) the cache of ``settings``' training views in ``out``; returns its manifest."""
     from ..data import ViewSettings, check_num_classes, check_views_supported, label_names
 
-    inside = output_inside_data("--out", out, settings.data.data_dir)  # the rest of --out was checked above
-    if inside is not None:
-        raise CacheError(inside)
-    if not settings.teacher.given:
-        raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
-                         "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
+    _check_build(settings, out)
     # A cache holds one row per (epoch, position): only sources with a stable sample index have positions.
     check_views_supported(settings.data.dataset, deterministic_aug=True, distill_cache=False, aug_repeats=1,
                           what="cache build")
@@ -94,6 +89,19 @@ def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore)
     finally:
         if device_info.distributed:
             torch.distributed.destroy_process_group()
+
+
+def _check_build(settings: TrainSettings, out: str) -> None:
+    """What a build needs before the data is read: no unlabelled images, an --out outside the data, a teacher."""
+    if settings.unlabeled.active:
+        raise CacheError("a cache holds the teacher's targets of the labelled views only, and a run with unlabelled "
+                         "images runs its teacher online; fix: drop --unlabeled-data-dir / --unlabeled-dataset.")
+    inside = output_inside_data("--out", out, settings.data.data_dir)  # the rest of --out was checked above
+    if inside is not None:
+        raise CacheError(inside)
+    if not settings.teacher.given:
+        raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
+                         "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
 
 
 def _started_path(out: str, teacher: Any) -> str | None:

@@ -28,6 +28,9 @@ from .run import Run
 
 __all__ = ["run_epochs", "train_one_epoch", "evaluate_epoch"]
 
+# the parts of a batch with unlabelled images beyond the three every batch has (DistillationLoss.parts)
+UNLABELED_PARTS = ("task_loss_labeled", "pseudo_loss", "distill_loss_labeled", "distill_loss_unlabeled")
+
 _logger = logging.getLogger("timm_deit_distill.train")  # the name the trainer's log lines always had
 
 
@@ -58,6 +61,7 @@ def _epoch(run: Run, epoch: int) -> tuple[dict[str, Any], Any]:
     row: dict[str, Any] = {"epoch": epoch, "train_loss": train_metrics["loss"],
                            "train_task_loss": train_metrics["task_loss"],
                            "train_distill_loss": train_metrics["distill_loss"]}
+    row |= {f"train_{k}": train_metrics[k] for k in UNLABELED_PARTS if k in train_metrics}
     lrs = [g["lr"] for g in run.optimizer.param_groups]
     row["lr"] = sum(lrs) / len(lrs)
     if _evaluates(run, epoch):
@@ -90,7 +94,8 @@ def _save_epoch(run: Run, epoch: int, row: dict[str, Any], metric: Any) -> None:
     if metric is not None or last or (epoch + 1) % settings.intervals.checkpoint_interval == 0:
         run.best = run.saver.save_checkpoint(epoch, metric=metric)
         run.last_saved_epoch = epoch
-    write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None)
+    write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None,
+                  unlabeled=run.unlabeled_ds is not None)
     if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
         plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
                     title=f"{settings.student.model} ({settings.distill.type} distillation)")
@@ -105,7 +110,8 @@ def _all_reduce_sum(values: list[float], run: Run) -> list[float]:
 
 
 def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
-    """One pass over the training loader; returns the epoch's mean losses (reduced over ranks)."""
+    """One pass over the training loader; returns the epoch's mean losses (reduced over ranks; with unlabelled
+    images also their parts, :data:`UNLABELED_PARTS`)."""
     from timm.utils import dispatch_clip_grad
 
     from ..task import clip_parameters
@@ -118,7 +124,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     accum = settings.step.grad_accum_steps
     num_batches = len(run.train_loader)
     last_accum = num_batches % accum or accum
-    sums = [0.0, 0.0, 0.0, 0.0]  # samples, total, class-head and distillation losses (sample-weighted)
+    unlabeled = run.unlabeled_ds is not None
+    # samples, then the total, class-head and distillation losses (and the unlabelled parts), sample-weighted
+    sums = [0.0] * (4 + (len(UNLABELED_PARTS) if unlabeled else 0))
     optimizer.zero_grad()
     log = _StepLog(run, epoch)
     batches = progress_bar(run.train_loader, f"train {epoch}", show=run.primary)
@@ -132,8 +140,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         steps_in_update = last_accum if batch_idx >= num_batches - last_accum else accum
         values = _step(run, epoch, batch_idx, inputs, targets, views, need_update, steps_in_update,
                        (clip_parameters, dispatch_clip_grad))
-        n = len(targets)
-        sums = [sums[0] + n, sums[1] + values[0] * n, sums[2] + values[1] * n, sums[3] + values[2] * n]
+        n = len(inputs)
+        sums = [sums[0] + n, *(total + value * n for total, value in zip(sums[1:], values, strict=True))]
         log.samples += n * run.world_size
         if not need_update:
             continue
@@ -147,7 +155,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         optimizer.sync_lookahead()
     total = _all_reduce_sum(sums, run)
     n = max(total[0], 1.0)
-    return {"loss": total[1] / n, "task_loss": total[2] / n, "distill_loss": total[3] / n}
+    keys = ("loss", "task_loss", "distill_loss") + (UNLABELED_PARTS if unlabeled else ())
+    return {k: value / n for k, value in zip(keys, total[1:], strict=True)}
 
 
 def _step(run: Run, epoch: int, batch_idx: int, inputs: torch.Tensor, targets: torch.Tensor, views: Any,
@@ -160,7 +169,8 @@ def _step(run: Run, epoch: int, batch_idx: int, inputs: torch.Tensor, targets: t
         with run.amp_autocast():
             out = run.task(inputs, targets, views=views)
         loss = out["loss"]
-        parts = torch.stack([loss.detach().float(), out["task_loss"].float(), out["distill_loss"].float()])
+        parts = torch.stack([loss.detach().float(), out["task_loss"].float(), out["distill_loss"].float(),
+                             *(out[k].float() for k in UNLABELED_PARTS if k in out)])
         finite = torch.isfinite(parts[0]).to(torch.float32)
         if run.distributed:  # every rank must stop together
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -194,8 +204,11 @@ class _StepLog:
         run, optimizer = self.run, self.run.optimizer
         lr = sum(g["lr"] for g in optimizer.param_groups) / len(optimizer.param_groups)
         elapsed = max(time.time() - self.started, 1e-9)
-        line = (f"loss {values[0]:#.4g} (task {values[1]:#.4g}, distill {values[2]:#.4g})  "
-                f"lr {lr:.3e}  {self.samples / elapsed:.1f} img/s")
+        line = f"loss {values[0]:#.4g} (task {values[1]:#.4g}, distill {values[2]:#.4g})  "
+        if len(values) > 3:  # unlabelled images: the terms on each kind (UNLABELED_PARTS' order)
+            line += (f"[labelled: task {values[3]:#.4g}, distill {values[5]:#.4g}; unlabelled: "
+                     f"pseudo {values[4]:#.4g}, distill {values[6]:#.4g}]  ")
+        line += f"lr {lr:.3e}  {self.samples / elapsed:.1f} img/s"
         if run.primary:
             if is_progress_bar(self.batches):
                 self.batches.set_postfix_str(line)  # type: ignore[union-attr]
@@ -253,6 +266,10 @@ def _log_epoch(run: Run, row: dict[str, Any]) -> None:
 
     parts = [f"Epoch {row['epoch']}: train loss {f('train_loss', '{:.4f}')} (task {f('train_task_loss', '{:.4f}')}, "
              f"distill {f('train_distill_loss', '{:.4f}')})"]
+    if "train_distill_loss_unlabeled" in row:
+        parts.append(f"labelled: task {f('train_task_loss_labeled', '{:.4f}')}, distill "
+                     f"{f('train_distill_loss_labeled', '{:.4f}')}; unlabelled: pseudo "
+                     f"{f('train_pseudo_loss', '{:.4f}')}, distill {f('train_distill_loss_unlabeled', '{:.4f}')}")
     if row.get("eval_top1") is not None:
         parts.append(f"eval top-1 {f('eval_top1')} (cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"
                      + (f", EMA {f('eval_top1_ema')}" if "eval_top1_ema" in row else "") + ")")

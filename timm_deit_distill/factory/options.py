@@ -215,10 +215,29 @@ def train_parser(prog: str = TRAIN_PROG, parser_class: type[argparse.ArgumentPar
     p.add_argument("--print-config", action="store_true", default=False,
                    help="print the resolved settings as YAML and exit")
     add_dataset_flags(p, training=True)
+    _unlabeled_flags(p)
     for add in (_model_flags, _device_flags, _optimizer_flags, _schedule_flags, _augment_flags, _batch_norm_flags,
                 _ema_flags, _misc_flags, _distill_flags, _deit_spelling_flags, _timm_spelling_flags, _refused_flags):
         add(p)
     return p
+
+
+def _unlabeled_flags(p: argparse.ArgumentParser) -> None:
+    """Unlabelled images the teacher teaches on (docs/training.md, "Unlabelled images")."""
+    g = p.add_argument_group("Unlabelled images (the teacher's answer is their only supervision)")
+    g.add_argument("--unlabeled-data-dir", metavar="DIR", default=None,
+                   help="a folder of unlabelled images, flat or nested (class folders allowed, their names ignored); "
+                        "with --unlabeled-dataset: that source's root (as --data-dir)")
+    g.add_argument("--unlabeled-dataset", metavar="NAME", default=None,
+                   help="unlabelled images from any map-style source --dataset takes (its labels ignored)")
+    g.add_argument("--unlabeled-split", metavar="NAME", default="train",
+                   help="the split of --unlabeled-dataset to read (default train)")
+    g.add_argument("--unlabeled-fraction", type=float, default=0.5, metavar="F",
+                   help="of each training batch of --batch-size images, round(F x batch) are unlabelled (0 < F < 1; "
+                        "default 0.5); an epoch is one pass over the labelled images")
+    g.add_argument("--pseudo-labels", action="store_true", default=False,
+                   help="the class head (a single-head student's one head) also learns the teacher's argmax on "
+                        "unlabelled images")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -1038,6 +1057,7 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     _validate_sizes(args)
     _validate_augmentation(args)
     _validate_optimization(args)
+    _validate_unlabeled(args)
 
 
 def _validate_distillation(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -1097,6 +1117,41 @@ def _validate_timm_family(args: argparse.Namespace) -> None:
     if args.distill_cache and args.kd_distill_type == "feature":
         raise UsageError("--distill-cache replays the teacher's logits, but --kd-distill-type feature matches its "
                          "pooled features, computed on every batch: drop --distill-cache (or use logit/token).")
+
+
+def _validate_unlabeled(args: argparse.Namespace) -> None:
+    """Unlabelled images: a teacher to learn from, a fraction that leaves both kinds in a batch, no flag that
+    contradicts them (what the images hold is checked when they are opened)."""
+    need = _need
+    given = bool(args.unlabeled_data_dir or args.unlabeled_dataset)
+    if not given:
+        need(not args.pseudo_labels, "--pseudo-labels gives unlabelled images the teacher's argmax, but no unlabelled "
+             "images are given: add --unlabeled-data-dir DIR, or drop --pseudo-labels.")
+        need(args.unlabeled_fraction == 0.5, f"--unlabeled-fraction {args.unlabeled_fraction} sets the unlabelled "
+             "share of each batch, but no unlabelled images are given: add --unlabeled-data-dir DIR, or drop it.")
+    need(args.unlabeled_split == "train" or bool(args.unlabeled_dataset), f"--unlabeled-split {args.unlabeled_split} "
+         "names a split of --unlabeled-dataset, which is not given (a folder given by --unlabeled-data-dir has no "
+         "splits): add --unlabeled-dataset NAME, or drop --unlabeled-split.")
+    if not given:
+        return
+    flag = "--unlabeled-dataset" if args.unlabeled_dataset else "--unlabeled-data-dir"
+    need(math.isfinite(args.unlabeled_fraction) and 0.0 < args.unlabeled_fraction < 1.0,
+         f"--unlabeled-fraction {args.unlabeled_fraction} must be in (0, 1): the share of each batch that is "
+         "unlabelled (0.5: half).")
+    need(args.distill_type != "none", f"{flag} gives images without labels, and with --distill-type none nothing "
+         "learns from them (only the teacher's answer supervises them): add a teacher (--distill-teacher NAME, "
+         "--distill-type soft|hard), or drop it.")
+    need(not args.distill_cache, f"{flag} with --distill-cache: the cache holds the teacher's targets of the labelled "
+         "views only; fix: drop --distill-cache (the teacher runs online on both kinds).")
+    need(args.kd_distill_type != "feature", f"{flag} with --kd-distill-type feature is not supported yet; fix: use "
+         "logit or token distillation, or drop the unlabelled images.")
+    need(not args.mixup_off_epoch, f"{flag} with --mixup-off-epoch: the unlabelled images are drawn in their own "
+         "passes, which that epoch would not count; fix: drop --mixup-off-epoch.")
+    batch = int(args.batch_size)
+    unlabeled = round(args.unlabeled_fraction * batch)
+    need(1 <= unlabeled < batch, f"--unlabeled-fraction {args.unlabeled_fraction} of --batch-size {batch} leaves "
+         f"{unlabeled} unlabelled and {batch - unlabeled} labelled images a batch; fix: both must be >= 1 (a "
+         "larger batch, or another fraction).")
 
 
 def _validate_run(args: argparse.Namespace) -> None:

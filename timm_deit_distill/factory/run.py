@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import DeitDistillError, RunFolderError, UsageError, one_line
+from ..errors import DataError, DeitDistillError, RunFolderError, UsageError, one_line
 from ..stops import deferred
 from . import builders
 from .settings import TrainSettings
@@ -60,6 +60,7 @@ class Run:
     amp_autocast: Callable[[], Any] = contextlib.nullcontext
     train_loader: Any = None
     eval_loader: Any = None
+    unlabeled_ds: Any = None  # the unlabelled images (--unlabeled-*), or None
     num_epochs: int = 0
     updates_per_epoch: int = 0
     output_dir: str | None = None
@@ -141,6 +142,7 @@ def build_run(settings: TrainSettings, *, on_start: Callable[[Run], None] | None
     info = checked.device_info
     run = Run(settings=settings, device=info.device, rank=info.rank, world_size=info.world_size)
     train_ds, eval_ds, labels, num_classes = _open_data(settings)
+    run.unlabeled_ds = _open_unlabeled(settings, train_ds, eval_ds, run.world_size)
     arch_kwargs, data_config = _build_student(run, num_classes, labels)
     _build_teacher_or_cache(run, num_classes, data_config, labels)
     view = _place_student_and_loaders(run, train_ds, eval_ds, data_config, num_classes)
@@ -247,6 +249,29 @@ def _open_data(settings: TrainSettings) -> tuple[Any, Any, list[str], int]:
     return train_ds, eval_ds, labels, check_num_classes(train_ds, settings.student.num_classes)
 
 
+def _open_unlabeled(settings: TrainSettings, train_ds: Any, eval_ds: Any, world_size: int) -> Any:
+    """The unlabelled images (None without them), checked: readable, not the training split, no validation image,
+    at least one batch's share per process."""
+    from ..data.unlabeled import check_unlabeled, open_unlabeled
+
+    u = settings.unlabeled
+    if not u.active:
+        return None
+    flag = u.source_name
+    ds = open_unlabeled(u.unlabeled_data_dir, u.unlabeled_dataset, u.unlabeled_split,
+                        skip_bad_images=settings.data.skip_bad_images, input_img_mode=settings.data.input_img_mode,
+                        batch_size=settings.loader.batch_size, seed=settings.seed)
+    if getattr(ds, "skipped_files", None):
+        _logger.warning("Skipped %d unreadable unlabelled image(s).", len(ds.skipped_files))
+    check_unlabeled(ds, train_ds, eval_ds, flag=flag)
+    per_batch = u.per_batch(settings.loader.batch_size)
+    if len(ds) < per_batch * world_size:
+        raise DataError(f"{flag} holds {len(ds)} images, fewer than the {per_batch} a batch takes from it "
+                        f"({'per process, ' if world_size > 1 else ''}--unlabeled-fraction {u.unlabeled_fraction} of "
+                        f"--batch-size {settings.loader.batch_size}); fix: add images or lower the fraction.")
+    return ds
+
+
 def _build_student(run: Run, num_classes: int, labels: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The student (refused when it cannot distil as asked) and its data config; returns (architecture kwargs,
     data config)."""
@@ -315,10 +340,44 @@ def _place_student_and_loaders(run: Run, train_ds: Any, eval_ds: Any, data_confi
         run.dist_bn = ""  # SyncBatchNorm keeps the statistics in sync already
         run.student = student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     view = ViewSettings.resolve(settings.augment, data_config, num_classes)
-    run.train_loader = build_train_loader(train_ds, view, settings.loader, rank=run.rank, world_size=run.world_size)
+    if run.unlabeled_ds is not None:
+        run.train_loader = _mixed_loader(run, train_ds, view)
+    else:
+        run.train_loader = build_train_loader(train_ds, view, settings.loader, rank=run.rank,
+                                              world_size=run.world_size)
     run.eval_loader = build_eval_loader(eval_ds, data_config, settings.loader, rank=run.rank,
                                         world_size=run.world_size)
     return view
+
+
+def _mixed_loader(run: Run, train_ds: Any, view: Any) -> Any:
+    """Labelled batches of ``B - u`` views followed by ``u`` unlabelled ones (``u``: --unlabeled-fraction of
+    --batch-size), the unlabelled views under a seed of their own (:mod:`timm_deit_distill.data.unlabeled`)."""
+    from ..data import build_train_loader
+    from ..data.unlabeled import MixedLoader, unlabeled_seed
+
+    settings = run.settings
+    batch = settings.loader.batch_size
+    per_batch = settings.unlabeled.per_batch(batch)
+    kinds = {"labelled": batch - per_batch, "unlabelled": per_batch}
+    for kind, size in kinds.items():  # each kind is mixed on its own: each part must suit Mixup's batches
+        try:
+            replace(settings.loader, batch_size=size)
+            if view.augment.mixing:
+                group = int(view.augment.mix_group_size) if view.augment.deterministic_aug else 2
+                if size % group:
+                    raise DataError(f"must be a multiple of {group}")
+        except DataError as e:
+            raise DataError(f"--unlabeled-fraction {settings.unlabeled.unlabeled_fraction} of --batch-size {batch} "
+                            f"leaves {size} {kind} images a batch, which Mixup/CutMix mixes on their own: "
+                            f"{one_line(e)}; fix: choose a batch size and fraction that give both parts a multiple "
+                            "of the mix group.") from None
+    labeled = build_train_loader(train_ds, view, replace(settings.loader, batch_size=kinds["labelled"]),
+                                 rank=run.rank, world_size=run.world_size)
+    unlabeled_view = replace(view, augment=replace(view.augment, seed=unlabeled_seed(view.augment.seed)))
+    unlabeled = build_train_loader(run.unlabeled_ds, unlabeled_view, replace(settings.loader, batch_size=per_batch),
+                                   rank=run.rank, world_size=run.world_size, unlabeled_per_epoch=len(labeled))
+    return MixedLoader(labeled, unlabeled)
 
 
 def _build_optimization(run: Run) -> tuple[float, str]:
@@ -359,7 +418,8 @@ def _build_optimization(run: Run) -> tuple[float, str]:
             model, device_ids=[run.device] if run.device.type == "cuda" else None, **ddp_kwargs)
     run.model = model
     run.task = builders.create_task(model, _target_source(run), settings.distill, smoothing=settings.augment.smoothing,
-                                    mixup_active=run.train_loader.mixup_active, device=run.device)
+                                    mixup_active=run.train_loader.mixup_active, device=run.device,
+                                    pseudo_labels=settings.unlabeled.pseudo_labels)
     accum = settings.step.grad_accum_steps
     run.updates_per_epoch = (len(run.train_loader) + accum - 1) // accum
     run.lr_scheduler, run.num_epochs = build_schedule(settings, run.optimizer, run.updates_per_epoch)
@@ -423,6 +483,21 @@ def _timm_weights(distill: Any) -> dict[str, Any]:
     return {"kd_distill_type": distill.kd_distill_type, "task_loss_weight": task, "distill_loss_weight": weight}
 
 
+def _unlabeled_record(run: Run) -> dict[str, Any] | None:
+    """What the checkpoint (and so the Hub card and a later --resume) records of the unlabelled images."""
+    from ..data import dataset_fingerprint
+
+    if run.unlabeled_ds is None:
+        return None
+    u = run.settings.unlabeled
+    info = run.unlabeled_ds.source_info
+    return {"source": u.source_name, "dataset": u.unlabeled_dataset or "folder",
+            "split": u.unlabeled_split if u.unlabeled_dataset else None, "location": str(info.location),
+            "num_images": len(run.unlabeled_ds), "fraction": u.unlabeled_fraction,
+            "per_batch": u.per_batch(run.settings.loader.batch_size), "pseudo_labels": u.pseudo_labels,
+            "fingerprint": dataset_fingerprint(run.unlabeled_ds)}
+
+
 def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, Any], labels: list[str],
                   train_ds: Any, resume_from: dict[str, Any] | None) -> Any:
     """The run's :class:`~timm_deit_distill.checkpoint.RunMetadata` (its teacher's path and check come later)."""
@@ -451,7 +526,7 @@ def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, 
                                   soft_reduction=None if distill.type == "feature" else distill.soft_reduction,
                                   family=distill.family if distill.type != "none" else None,
                                   heads=_heads_taught(distill, has_distillation_head(run.student)),
-                                  **_timm_weights(distill)),
+                                  unlabeled=_unlabeled_record(run), **_timm_weights(distill)),
         recipe=settings.misc.recipe,
         ema=bool(settings.ema.model_ema),
         # What a later --resume is checked against (see checkpoint.compare_resume).
@@ -650,6 +725,13 @@ def _log_run(run: Run, data_config: dict[str, Any], num_classes: int, train_ds: 
         _logger.info("Streamed source %s: each epoch shows %d samples per process (whole batches on every loader "
                      "worker); --resume continues at an epoch boundary with that epoch's shard order, not its "
                      "sample order.", settings.data.dataset, len(run.train_loader) * settings.loader.batch_size)
+    if run.unlabeled_ds is not None:
+        u, batch = settings.unlabeled, settings.loader.batch_size
+        _logger.info("Unlabelled images: %d from %s; each batch of %d holds %d labelled and %d unlabelled images "
+                     "(an epoch is one pass over the labelled ones); their class term: %s.", len(run.unlabeled_ds),
+                     u.source_name, batch, batch - u.per_batch(batch), u.per_batch(batch),
+                     "the teacher's argmax (--pseudo-labels)" if u.pseudo_labels else "none (only the teacher's "
+                     "answer supervises them)")
     distill = settings.distill
     task, weight = distill.weights
     _logger.info("Distillation: %s (%s; weights %g x task + %g x distill, tau %g, soft reduction %s), teacher: %s.",

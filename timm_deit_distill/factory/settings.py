@@ -36,7 +36,8 @@ from .builders import StudentSettings
 
 __all__ = [
     "TrainSettings", "OptimizerSettings", "ScheduleSettings", "EmaSettings", "AmpSettings", "StepSettings",
-    "IntervalSettings", "RunSettings", "DeviceSettings", "MiscSettings", "EvalSettings", "settings_from_options",
+    "IntervalSettings", "RunSettings", "DeviceSettings", "MiscSettings", "UnlabeledSettings", "EvalSettings",
+    "settings_from_options",
     "eval_settings_from_options", "teacher_settings",
 ]
 
@@ -167,6 +168,33 @@ class DeviceSettings:
 
 
 @dataclass(frozen=True)
+class UnlabeledSettings:
+    """Unlabelled images the teacher teaches on (``--unlabeled-*``, ``--pseudo-labels``); inactive when neither
+    ``data_dir`` nor ``dataset`` is given."""
+
+    unlabeled_data_dir: str | None = None
+    unlabeled_dataset: str | None = None
+    unlabeled_split: str = "train"
+    unlabeled_fraction: float = 0.5
+    pseudo_labels: bool = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.unlabeled_data_dir or self.unlabeled_dataset)
+
+    @property
+    def source_name(self) -> str:
+        """The flag that names the unlabelled source, as the user gave it (for messages and logs)."""
+        if self.unlabeled_dataset:
+            return f"--unlabeled-dataset {self.unlabeled_dataset}"
+        return f"--unlabeled-data-dir {self.unlabeled_data_dir}"
+
+    def per_batch(self, batch_size: int) -> int:
+        """How many of a batch of ``batch_size`` images are unlabelled (0 when inactive)."""
+        return round(self.unlabeled_fraction * batch_size) if self.active else 0
+
+
+@dataclass(frozen=True)
 class MiscSettings:
     """The rest: memory layout, compilation, norms, BatchNorm under DDP, the recipe, and values kept as given.
 
@@ -205,6 +233,7 @@ class TrainSettings:
     misc: MiscSettings
     seed: int
     distill_cache: str | None  # a teacher target cache replayed instead of a teacher (``--distill-cache``)
+    unlabeled: UnlabeledSettings = UnlabeledSettings()
 
     @property
     def distills(self) -> bool:
@@ -271,6 +300,7 @@ def _record_table() -> dict[str, Any]:
     table |= {"dataset_download": _field("data", "download"), "class_map": _field("data", "class_map"),
               "input_img_mode": _field("misc", "input_img_mode"), "input_key": _field("data", "input_key"),
               "target_key": _field("data", "target_key"), "skip_bad_images": _field("data", "skip_bad_images")}
+    table |= {k: _field("unlabeled", k) for k in UnlabeledSettings.__dataclass_fields__}
     table |= {k: _field("student", k) for k in student_a}
     table |= {"resume": _field("run", "resume"), "no_resume_opt": _field("run", "no_resume_opt")}
     table |= {k: _field("student", k) for k in student_b}
@@ -458,7 +488,7 @@ def settings_from_options(options: argparse.Namespace) -> TrainSettings:
         ema=_fields(EmaSettings, values), amp=_fields(AmpSettings, values), step=_fields(StepSettings, values),
         intervals=_fields(IntervalSettings, values), run=_fields(RunSettings, values),
         device=_fields(DeviceSettings, values), misc=_fields(MiscSettings, values),
-        seed=o.seed, distill_cache=o.distill_cache)
+        seed=o.seed, distill_cache=o.distill_cache, unlabeled=_fields(UnlabeledSettings, values))
 
 
 def eval_settings_from_options(options: argparse.Namespace) -> EvalSettings:

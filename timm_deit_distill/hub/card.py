@@ -196,10 +196,23 @@ def _loss_rows(distill: Mapping[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("distillation spelled as", f"timm train.py's {distill.get('kd_distill_type')} distillation"))
     if distill.get("heads"):
         rows.append(("what each head learned from", distill["heads"]))
+    unlabeled = distill.get("unlabeled")
+    if unlabeled:
+        rows.append(("unlabelled images", _unlabeled_text(unlabeled)))
     if "task_loss_weight" in distill:
         rows.append(("loss weights (timm's train.py)",
                      f"{value('task_loss_weight')} x task loss + {value('distill_loss_weight')} x distillation loss"))
     return rows + [("alpha", value("alpha")), ("tau", value("tau")), ("soft-loss reduction", value("soft_reduction"))]
+
+
+def _unlabeled_text(u: Mapping[str, Any]) -> str:
+    """Which unlabelled source the teacher taught on, how many images, and what learned from them."""
+    where = f"`{u.get('dataset')}`" + (f" split `{u['split']}`" if u.get("split") else "") + \
+        f" at `{Path(str(u.get('location'))).name}`"
+    head = "the teacher's argmax as the class term (pseudo-labels)" if u.get("pseudo_labels") else \
+        "no class term (only the teacher's answer)"
+    return (f"{u.get('num_images')} images from {where}, {u.get('per_batch')} of each batch; on them the "
+            f"distillation term, {head}")
 
 
 def _teacher_id(distill: Mapping[str, Any]) -> str | None:
