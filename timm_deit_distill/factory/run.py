@@ -618,11 +618,13 @@ def _teacher_source(run: Run) -> str:
 def _resume_tail(run: Run, checked: _Checked, comparison: Any, resumed: Any) -> None:
     """After the folder is claimed: the resumed history and generator states, and the schedule positioned at the
     start epoch (timm's rule, and the plateau schedule's rate)."""
+    from ..records import current_row
     from .resuming import log_resumed, warn_changes
 
     settings = run.settings
     if resumed is not None:
-        run.start_epoch, run.num_updates, run.history = resumed.start_epoch, resumed.num_updates, resumed.summary
+        run.start_epoch, run.num_updates = resumed.start_epoch, resumed.num_updates
+        run.history = [current_row(row) for row in resumed.summary]  # an older run's rows in today's columns
         if checked.folder_plan.continuing:
             run.last_saved_epoch = checked.resume_epoch
             if run.saver is not None:

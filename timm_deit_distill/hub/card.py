@@ -13,7 +13,7 @@ The YAML front matter is written by huggingface_hub's ``ModelCardData``, so the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ RESULT_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("eval_top1_ema",), "top-1, EMA weights"),
     (("teacher_top1", "eval_teacher_top1"), "teacher top-1 on the same evaluation set"),
     (("teacher_agreement", "eval_teacher_agreement"), "student-teacher agreement"),
+    (("teacher_agreement_ema",), "student-teacher agreement, EMA weights"),
     (("eval_loss",), "evaluation loss"),
 )
 
@@ -120,6 +121,19 @@ def _column(row: Mapping[str, str], names: Sequence[str]) -> str | None:
         if value not in (None, ""):
             return value
     return None
+
+
+def _by_weights(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary row with the raw weights' figures under ``eval_*`` and the EMA's under ``*_ema`` (what the
+    card's labels say), whichever layout the run wrote (timm's rule: ``eval_*`` the EMA's, ``raw_eval_*``)."""
+    from ..records import weights_view
+
+    out = weights_view(row, "raw")
+    ema = weights_view(row, "ema")
+    for column in ("eval_top1", "eval_top5", "teacher_agreement"):
+        if ema.get(column) not in (None, ""):
+            out[f"{column}_ema"] = ema[column]
+    return out
 
 
 def _published_row(facts: CardFacts) -> tuple[Mapping[str, str] | None, str]:
@@ -277,6 +291,7 @@ def _start_text(initial: Mapping[str, Any]) -> str:
 
 def build_model_card(facts: CardFacts) -> str:
     """The README.md text: YAML front matter, then the architecture, teacher, recipe, results and usage."""
+    facts = replace(facts, summary_rows=[_by_weights(row) for row in facts.summary_rows])
     distill = dict(facts.distill or {})
     dtype = distill.get("type")
     name = facts.repo_id or facts.variant
