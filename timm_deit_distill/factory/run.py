@@ -146,8 +146,10 @@ def build_run(settings: TrainSettings, *, on_start: Callable[[Run], None] | None
     view = _place_student_and_loaders(run, train_ds, eval_ds, data_config, num_classes)
     lr, lr_how = _build_optimization(run)
     metadata = _run_metadata(run, arch_kwargs, data_config, labels, train_ds, checked.resume_from)
-    # what checkpoints record as their args: the settings with what the run resolved (classes, lr, dist_bn)
-    saved = {**settings.options(), "num_classes": num_classes, "lr": lr, "dist_bn": run.dist_bn}
+    # what checkpoints record as their args: the settings with what the run resolved (classes, lr, dist_bn, the
+    # device type: timm's train.py splits args.device, so None is never recorded)
+    saved = {**settings.options(), "num_classes": num_classes, "lr": lr, "dist_bn": run.dist_bn,
+             "device": run.device.type}
     comparison, metadata, resumed = _check_resume(run, checked, view, train_ds, saved, metadata)
     metadata = _ready_teacher(run, checked, eval_ds, data_config, len(run.train_loader), metadata)
     _claim(run, checked.folder_plan, data_config, metadata, on_start, announce)
@@ -544,6 +546,7 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
     from .. import checkpoint as ckpt
     from ..records import write_args_yaml
     from ..run_folder import format_size
+    from .timm_args import timm_keys
 
     settings = run.settings
     removed, size = run.lock.remove_partial_files()
@@ -554,6 +557,9 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
         decreasing=settings.intervals.eval_metric == "loss", max_history=settings.intervals.checkpoint_hist,
         extra_state=lambda: extra_state(run))
     record = {k: v for k, v in settings.options().items() if k not in ("resume", "no_resume_opt", "start_epoch")}
+    record.update(timm_keys(settings, device=saved["device"], num_classes=num_classes,
+                            teacher_description=getattr(run.teacher, "description", None),
+                            student_input_size=data_config.get("input_size")))  # what timm's train.py -c reads
     if metadata.resumed:
         record["resumed"] = metadata.resumed
     if metadata.distill is not None and metadata.distill.teacher_check is not ckpt.NOT_RECORDED:

@@ -1,0 +1,149 @@
+"""The run's args.yaml under timm's train.py ``-c``: every key timm has a flag for holds a value of the kind that
+flag takes (/work/shared/reference/timm_train_flags.txt, read from timm's own parser), the device is a string
+(timm's train.py does ``args.device.split``), and timm's ``kd_*`` keys make timm's TokenDistillationTask compute
+this run's loss: the reference is timm's class, built from the file's values as train.py builds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+import yaml
+from timm.task import TokenDistillationTask
+from torch import nn
+from train_fixtures import FAST, STUDENT, STUDENT_KWARGS, digits
+
+from timm_deit_distill.commands import train
+from timm_deit_distill.errors import UsageError
+from timm_deit_distill.factory.api import train_settings
+from timm_deit_distill.factory.timm_args import timm_distillation_keys
+from timm_deit_distill.losses import DistillationLoss
+
+FLAGS = Path("/work/shared/reference/timm_train_flags.txt")
+if not FLAGS.is_file():  # the list ships beside the repository on the project's machines only
+    FLAGS = Path(__file__).parent / "timm_train_flags.txt"
+VARIANT = "deit_tiny_distilled_patch4_32"
+
+
+def timm_flags() -> dict[str, dict]:
+    """dest -> {default, type, nargs, choices, flag} of timm train.py's parser, from the reference list."""
+    out = {}
+    for line in FLAGS.read_text().splitlines():
+        if not line.startswith("-"):
+            continue
+        names, _, rest = line.partition("=")
+        default, _, notes = rest.partition("   (")
+        dest = next(n for n in names.split("|") if n.startswith("--"))[2:].replace("-", "_")
+        parts = (p.strip() for p in notes.rstrip(")").split(";"))
+        out[dest] = {"default": default.strip(),
+                     **dict(p.split("=", 1) if "=" in p else (p, True) for p in parts if p)}
+    out.pop("config")  # -c itself
+    return out
+
+
+def _kind_fits(value, spec: dict) -> bool:
+    """Whether ``value`` (from YAML) is what timm's flag would hold after parsing its own command line."""
+    if value is None:
+        return spec["default"] == "None" or "nargs" in spec  # timm's own default, or an unset list
+    if spec["default"].startswith("{"):  # --model-kwargs / --opt-kwargs (timm's ParseKwargs): a dict
+        return isinstance(value, dict)
+    if "nargs" in spec and spec["nargs"] != "?":
+        return isinstance(value, list) and all(_kind_fits(v, {k: s for k, s in spec.items() if k != "nargs"})
+                                               for v in value)
+    if spec.get("flag"):
+        return isinstance(value, bool)
+    if "choices" in spec and str(value) not in spec["choices"].split(","):
+        return False
+    kind = spec.get("type")
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def _teacher_dir(path: Path) -> Path:
+    """A resnet10t teacher as a `local-dir:` folder (timm's save_for_hf), its config at the student's 32 px:
+    timm's create_model(kd_model_name, pretrained=True) and this package build the same teacher from it."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=10)
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 32, 32)}
+    timm.models.save_for_hf(model, str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def soft_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    data, teacher = digits(root / "digits", train_per_class=3), _teacher_dir(root / "teacher")
+    assert train.main(["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "1", "--distill-teacher",
+                       f"local-dir:{teacher}", "--distill-type", "soft", "--distill-alpha", "0.3", "--distill-tau",
+                       "2", "--no-teacher-check", "--output", str(root), "--experiment", "soft"]) == 0
+    return {"dir": root / "soft", "teacher": f"local-dir:{teacher}", "data": data,
+            "args": yaml.safe_load((root / "soft" / "args.yaml").read_text())}
+
+
+def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(soft_run):
+    flags, written = timm_flags(), soft_run["args"]
+    assert len(flags) == 171  # the list's 172 options: these and the positional data
+    wrong = {k: v for k, v in written.items() if k in flags and not _kind_fits(v, flags[k])}
+    assert not wrong
+    assert written["device"] == "cpu"  # the device the run used: timm's train.py splits it
+    assert {k: written[k] for k in ("kd_model_name", "kd_distill_type", "kd_token_distill_type")} == {
+        "kd_model_name": soft_run["teacher"], "kd_distill_type": "token", "kd_token_distill_type": "soft"}
+
+
+@pytest.mark.parametrize("kind, reduction", [("soft", "deit"), ("soft", "batchmean"), ("hard", "deit")])
+def test_timms_token_task_built_from_the_keys_computes_this_runs_loss(kind, reduction):
+    torch.manual_seed(1)
+    settings = SimpleNamespace(distill=SimpleNamespace(type=kind, alpha=0.3, tau=2.0, soft_reduction=reduction),
+                               teacher=SimpleNamespace(source="resnet10t", checkpoint_path=None, input_size=None,
+                                                       mean=None, std=None), distill_cache=None)
+    keys = timm_distillation_keys(settings, num_classes=10, teacher_description={"input_size": [3, 32, 32]},
+                                  student_input_size=[3, 32, 32])
+    student = timm.create_model(VARIANT, num_classes=10, **STUDENT_KWARGS)
+    student.set_distilled_training(True)
+    teacher = timm.create_model("resnet10t", num_classes=10).eval()
+    # train.py: TokenDistillationTask(student, teacher, criterion, distill_type=args.kd_token_distill_type, ...)
+    task = TokenDistillationTask(student_model=student, teacher_model=teacher, criterion=nn.CrossEntropyLoss(),
+                                 distill_type=keys["kd_token_distill_type"],
+                                 distill_loss_weight=keys["distill_loss_weight"],
+                                 task_loss_weight=keys["task_loss_weight"], temperature=keys["kd_temperature"])
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    theirs = task(x, y)["loss"]
+    ours = DistillationLoss(nn.CrossEntropyLoss(), None, kind, 0.3, 2.0, soft_reduction=reduction)
+    with torch.no_grad():
+        target = teacher(x)
+    assert ours.parts(student(x), y, target)["loss"].item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def test_runs_timm_cannot_express_write_no_kd_keys():
+    def settings(**teacher):
+        base = dict(source="resnet10t", checkpoint_path=None, input_size=None, mean=None, std=None)
+        return SimpleNamespace(distill=SimpleNamespace(type="hard", alpha=0.5, tau=1.0, soft_reduction="deit"),
+                               teacher=SimpleNamespace(**{**base, **teacher}), distill_cache=None)
+
+    at32 = dict(teacher_description={"input_size": [3, 32, 32]}, student_input_size=[3, 32, 32], num_classes=10)
+    assert timm_distillation_keys(settings(), **at32)["kd_model_name"] == "resnet10t"
+    assert timm_distillation_keys(settings(checkpoint_path="t.pth"), **at32) == {}  # timm builds it by name only
+    assert timm_distillation_keys(settings(input_size=(3, 64, 64)), **at32) == {}
+    assert timm_distillation_keys(settings(), num_classes=10, teacher_description={"input_size": [3, 224, 224]},
+                                  student_input_size=[3, 32, 32]) == {}  # timm feeds it the student's input
+    cached = settings()
+    cached.distill_cache = "cache/"
+    assert timm_distillation_keys(cached, **at32) == {}
+
+
+def test_the_file_read_back_with_c_gives_the_same_settings_and_an_edit_in_one_place_is_refused(soft_run, tmp_path):
+    path = soft_run["dir"] / "args.yaml"
+    settings = train_settings(config=str(path))
+    assert (settings.distill.type, settings.distill.alpha, settings.distill.tau) == ("soft", 0.3, 2.0)
+    assert settings.distill.soft_reduction == "deit" and settings.teacher.source == soft_run["teacher"]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(path.read_text().replace("distill_tau: 2.0", "distill_tau: 3.0"))
+    with pytest.raises(UsageError, match=r"kd_temperature 2\.0 disagrees with distill_tau 3\.0"):
+        train_settings(config=str(edited))
