@@ -188,3 +188,32 @@ def test_a_teacher_from_a_timm_train_checkpoint_is_built_with_its_model_kwargs(f
     with torch.inference_mode():
         assert torch.equal(teacher.model(x), reference(x))
     assert teacher.description["input_size"] == [3, 32, 32]  # recorded by timm's --img-size
+
+
+def test_a_timm_train_checkpoint_trained_with_model_kwargs_starts_and_resumes_a_run(foreign, tmp_path, capsys):
+    path, weights = foreign["timm_token"]
+    data, flags = foreign["data"], [a if a != "3" else "42" for a in FAST]  # timm's train.py seed: 42
+    bare = ["--model", VARIANT, *flags, "--epochs", "2", "--output", str(tmp_path)]
+    assert train.main([*STUDENT, *bare[2:], "--data-dir", str(data), "--initial-checkpoint", str(path),
+                       "--experiment", "init"]) == 0
+    capsys.readouterr()
+    # timm's run trained with SGD (its default): its optimizer state does not fit AdamW, said before any work
+    assert train.main([*STUDENT, *bare[2:], "--data-dir", str(data), "--resume", str(path),
+                       "--experiment", "resumed"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "fix: resume with --opt sgd, or add --no-resume-opt" in err, err
+    assert not (tmp_path / "resumed").exists()
+    assert train.main([*STUDENT, *bare[2:], "--opt", "sgd", "--data-dir", str(data), "--resume", str(path),
+                       "--experiment", "resumed"]) == 0
+    resumed = load(tmp_path / "resumed" / "last.pth.tar")
+    assert resumed["epoch"] == 1 and resumed["deit_distill"]["model_kwargs"] == {**STUDENT_KWARGS, "num_classes": 10}
+    assert type(resumed["optimizer"]["param_groups"][0]["momentum"]) is float  # SGD's state, stepped on
+    capsys.readouterr()
+    # Without the run's --model-kwargs the weights do not fit: the one line names the flag that builds them.
+    given = "--model-kwargs depth=1 embed_dim=32 num_heads=2"
+    for how in (["--initial-checkpoint", str(path), "--experiment", "init2"],
+                ["--resume", str(path), "--opt", "sgd", "--experiment", "resumed2"]):
+        assert train.main([*bare, "--data-dir", str(data), *how]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and given in err, err
+        assert not (tmp_path / how[-1]).exists()

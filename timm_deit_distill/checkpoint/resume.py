@@ -138,8 +138,10 @@ def resume(
     except RuntimeError as e:
         # torch lists every mismatching tensor on its own line; the first few name the problem.
         detail = " ".join(" ".join(str(e).split("\n")[:4]).split())[:500]
+        flag = RunMetadata.from_checkpoint(checkpoint).model_kwargs_flag
+        built = f" (its run built the student with {flag})" if flag else ""
         raise CheckpointError(f"{path!r} does not fit the student built from these flags: {detail} Resume with "
-                              "the flags of the original run (its args.yaml: -c RUN/args.yaml).") from None
+                              f"the flags of the original run{built} (its args.yaml: -c RUN/args.yaml).") from None
     if optimizer is not None and "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if optimizer is not None and loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:

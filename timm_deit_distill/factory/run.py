@@ -429,7 +429,7 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
     cache against the run; then the resumed weights, optimizer, schedule and EMA (the generator states come last,
     after the folder is claimed). Returns (the resume comparison, the metadata, the resumed state)."""
     from .. import checkpoint as ckpt
-    from .resuming import identity_refusal, nothing_to_train
+    from .resuming import identity_refusal, nothing_to_train, optimizer_refusal
 
     settings, resume_from = run.settings, checked.resume_from
     comparison = None
@@ -437,6 +437,9 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
         comparison = ckpt.compare_resume(resume_from, settings=saved, metadata=metadata)
         if comparison.refused:
             raise UsageError(identity_refusal(settings, comparison, resume_from, metadata, checked.folder_plan))
+        other_optimizer = optimizer_refusal(settings, resume_from, ckpt.RunMetadata.from_checkpoint(resume_from))
+        if other_optimizer:
+            raise UsageError(other_optimizer)
     start_epoch = checked.resume_epoch + 1 if checked.resume_epoch is not None else 0
     if settings.run.start_epoch is not None:
         start_epoch = settings.run.start_epoch
