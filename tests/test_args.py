@@ -385,23 +385,57 @@ def test_deit_spellings_equal_ours():
     assert ours == deit == ("resnet10t", "t.pth", "soft", 0.3, 2.0, "deit")
 
 
-def test_timm_spellings_map_and_bring_timms_defaults():
-    # timm: --kd-token-distill-type defaults to soft, --kd-temperature to 4.0, KL 'batchmean'.
-    assert _distill(["--kd-model-name", "resnet10t", "--kd-distill-type", "token"]) == (
-        "resnet10t", None, "soft", 0.5, 4.0, "batchmean")
-    got = _distill(["--kd-model-name", "resnet10t", "--kd-distill-type", "token", "--kd-token-distill-type", "hard",
-                    "--kd-temperature", "2", "--task-loss-weight", "0.7"])
-    assert got[:3] == ("resnet10t", None, "hard") and got[3] == pytest.approx(0.3) and got[4] == 2.0
-    # timm's complementary weights: task w, distill 1 - w. Both given must sum to 1.
-    got = _distill(["--distill-teacher", "resnet10t", "--task-loss-weight", "0.25", "--distill-loss-weight", "0.75"])
-    assert got[3] == pytest.approx(0.75)
-    with pytest.raises(UsageError, match="sum to 1"):
-        parse_args(["--distill-teacher", "resnet10t", "--distill-loss-weight", "0.5"])
+def _timm_distill(argv):
+    s = settings_from_options(parse_args(argv)).distill
+    return (s.family, s.kd_distill_type, s.type, s.tau, s.soft_reduction, s.weight_mode, s.weights)
 
 
-def test_kd_logit_distillation_is_refused_with_the_fix():
-    with pytest.raises(UsageError, match="--kd-distill-type token"):
-        parse_args(["--kd-model-name", "resnet10t"])
+def test_timm_spellings_keep_timms_meaning_and_defaults():
+    """timm's spellings are timm's tasks: logit by default, soft token term, temperature 4.0, KL divided by the
+    batch, and the weights in timm's three modes (1.0 and 1.0 unless given), never DeiT's alpha 0.5."""
+    assert _timm_distill(["--kd-model-name", "resnet10t"]) == (
+        "timm", "logit", "soft", 4.0, "batchmean", "equal", (1.0, 1.0))
+    assert _timm_distill(["--kd-model-name", "resnet10t", "--kd-distill-type", "token"]) == (
+        "timm", "token", "soft", 4.0, "batchmean", "equal", (1.0, 1.0))
+    got = _timm_distill(["--kd-model-name", "resnet10t", "--kd-distill-type", "token", "--kd-token-distill-type",
+                         "hard", "--kd-temperature", "2", "--task-loss-weight", "0.7"])
+    assert got[:5] == ("timm", "token", "hard", 2.0, "batchmean") and got[5] == "complementary"
+    assert got[6] == pytest.approx((0.7, 0.3))
+    assert _timm_distill(["--kd-model-name", "t", "--distill-loss-weight", "3"])[5:] == ("independent", (1.0, 3.0))
+    assert _timm_distill(["--kd-model-name", "t", "--distill-loss-weight", "3", "--task-loss-weight", "0.2"])[5:] == (
+        "independent", (0.2, 3.0))
+    assert _timm_distill(["--kd-model-name", "t", "--kd-distill-type", "feature"])[:3] == ("timm", "feature", "feature")
+    deit = settings_from_options(parse_args(["--distill-teacher", "t", "--distill-alpha", "0.3"])).distill
+    assert (deit.family, deit.kd_distill_type, deit.weight_mode, deit.weights) == ("deit", None, "deit", (0.7, 0.3))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--distill-teacher", "t", "--task-loss-weight", "0.5"],
+     "--distill-teacher (on the command line) is DeiT's distillation spelling and --task-loss-weight"),
+    (["--kd-model-name", "t", "--distill-type", "hard"], "--kd-token-distill-type instead of --distill-type"),
+    (["--teacher-model", "t", "--kd-temperature", "2"], "--distill-tau instead of --kd-temperature"),
+    (["--kd-model-name", "t", "--distill-alpha", "0.2"], "--distill-loss-weight instead of --distill-alpha"),
+])
+def test_mixing_deit_and_timm_spellings_is_refused_saying_which_to_use(argv, needle, capsys):
+    assert train.main([*argv, "--data-dir", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "one run uses one family" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_mixing_across_the_config_file_and_the_command_line_is_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("kd_model_name: resnet10t\nkd_distill_type: token\n")
+    with pytest.raises(UsageError, match=r"--distill-alpha \(on the command line\).*--kd-model-name \(in the --config"):
+        parse_args(["-c", str(config), "--distill-alpha", "0.3"])
+    # timm's own args.yaml of a run without a teacher holds inert kd_* keys: they mix with nothing
+    config.write_text("kd_model_name: null\nkd_distill_type: logit\nkd_temperature: 4.0\n")
+    assert parse_args(["-c", str(config), "--distill-alpha", "0.3"]).distill_alpha == 0.3
+
+
+def test_a_recipes_distillation_gives_way_to_timms_spelling_whole():
+    s = settings_from_options(parse_args(["--recipe", "deit_tiny", "--kd-model-name", "resnet10t"])).distill
+    assert (s.family, s.type, s.weights, s.tau) == ("timm", "soft", (1.0, 1.0), 4.0)
 
 
 def test_alias_conflict_is_refused_but_alias_beats_recipe():
@@ -414,7 +448,12 @@ def test_alias_conflict_is_refused_but_alias_beats_recipe():
 @pytest.mark.parametrize("argv,needle", [
     (["--distill-tau", "0"], "--distill-tau 0.0 must be > 0"),
     (["--distillation-tau", "-1"], "--distillation-tau -1.0 must be > 0"),
-    (["--task-loss-weight", "1.5"], "--task-loss-weight 1.5 is outside [0, 1]"),
+    (["--kd-model-name", "t", "--task-loss-weight", "1.5"], "--task-loss-weight 1.5 alone weighs the distillation"),
+    (["--kd-model-name", "t", "--distill-loss-weight", "-1"], "--distill-loss-weight -1.0 must be >= 0"),
+    (["--task-loss-weight", "0.5"], "--task-loss-weight is timm's distillation, which needs its teacher"),
+    (["--kd-model-name", "t", "--kd-loss-type", "mse"], "--kd-loss-type 'mse': timm's LogitDistillationTask"),
+    (["--kd-model-name", "t", "--kd-distill-type", "feature", "--distill-cache", "c"], "drop --distill-cache"),
+    (["--kd-model-name", "t", "--kd-token-distill-type", "hard"], "applies to --kd-distill-type token, not logit"),
     (["--distill-alpha", "1.5"], "--distill-alpha 1.5 is outside [0, 1]"),
     (["--distill-alpha", "-0.1"], "--distill-alpha -0.1 is outside [0, 1]"),
     (["--distill-type", "hard"], "needs a teacher"),

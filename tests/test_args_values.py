@@ -31,7 +31,7 @@ from timm_deit_distill.commands import train
     (["--distill-tau", "nan"], "--distill-tau nan must be a finite number > 0"),
     (["--distillation-tau", "inf"], "--distillation-tau inf must be a finite number > 0"),
     (["--distill-alpha", "nan"], "--distill-alpha nan must be a finite number in [0, 1]"),
-    (["--task-loss-weight", "nan"], "--task-loss-weight nan must be a finite number in [0, 1]"),
+    (["--kd-model-name", "t", "--task-loss-weight", "nan"], "--task-loss-weight nan must be a finite number"),
     (["--lr", "inf"], "--lr inf must be a finite number"),
     (["--weight-decay", "nan"], "--weight-decay nan must be a finite number"),
     (["--warmup-lr", "nan"], "--warmup-lr nan must be a finite number"),

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
-from timm.task import TokenDistillationTask
+from timm.task import LogitDistillationTask, TokenDistillationTask
 from torch import nn
 from train_fixtures import FAST, STUDENT, STUDENT_KWARGS, digits
 
@@ -77,34 +77,48 @@ def _teacher_dir(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def soft_run(tmp_path_factory):
+def runs(tmp_path_factory):
+    """A DeiT-spelled soft run and a timm-spelled token run, the teacher a `local-dir:` folder."""
     root = tmp_path_factory.mktemp("kd")
     data, teacher = digits(root / "digits", train_per_class=3), _teacher_dir(root / "teacher")
-    assert train.main(["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "1", "--distill-teacher",
-                       f"local-dir:{teacher}", "--distill-type", "soft", "--distill-alpha", "0.3", "--distill-tau",
-                       "2", "--no-teacher-check", "--output", str(root), "--experiment", "soft"]) == 0
+    common = ["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "1", "--no-teacher-check", "--output", str(root)]
+    assert train.main([*common, "--distill-teacher", f"local-dir:{teacher}", "--distill-type", "soft",
+                       "--distill-alpha", "0.3", "--distill-tau", "2", "--experiment", "soft"]) == 0
+    assert train.main([*common, "--kd-model-name", f"local-dir:{teacher}", "--kd-distill-type", "token",
+                       "--task-loss-weight", "0.7", "--experiment", "timm"]) == 0
     return {"dir": root / "soft", "teacher": f"local-dir:{teacher}", "data": data,
-            "args": yaml.safe_load((root / "soft" / "args.yaml").read_text())}
+            "args": {name: yaml.safe_load((root / name / "args.yaml").read_text()) for name in ("soft", "timm")}}
 
 
-def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(soft_run):
-    flags, written = timm_flags(), soft_run["args"]
+@pytest.mark.parametrize("name", ["soft", "timm"])
+def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(runs, name):
+    flags, written = timm_flags(), runs["args"][name]
     assert len(flags) == 171  # the list's 172 options: these and the positional data
     wrong = {k: v for k, v in written.items() if k in flags and not _kind_fits(v, flags[k])}
     assert not wrong
     assert written["device"] == "cpu"  # the device the run used: timm's train.py splits it
+    weights = {"soft": (0.7, 0.03), "timm": (0.7, None)}[name]  # timm's: as given (complementary mode)
     assert {k: written[k] for k in ("kd_model_name", "kd_distill_type", "kd_token_distill_type")} == {
-        "kd_model_name": soft_run["teacher"], "kd_distill_type": "token", "kd_token_distill_type": "soft"}
+        "kd_model_name": runs["teacher"], "kd_distill_type": "token", "kd_token_distill_type": "soft"}
+    assert (written["task_loss_weight"], written["distill_loss_weight"]) == pytest.approx(weights)
+
+
+def _deit_settings(kind, reduction="deit", **teacher):
+    """DeiT-spelled distillation settings (the fields timm_distillation_keys reads)."""
+    base = dict(source="resnet10t", checkpoint_path=None, input_size=None, mean=None, std=None)
+    return SimpleNamespace(distill=SimpleNamespace(type=kind, alpha=0.3, tau=2.0, soft_reduction=reduction,
+                                                   family="deit"),
+                           teacher=SimpleNamespace(**{**base, **teacher}), distill_cache=None)
+
+
+AT32 = dict(num_classes=10, teacher_description={"input_size": [3, 32, 32]}, student_input_size=[3, 32, 32])
 
 
 @pytest.mark.parametrize("kind, reduction", [("soft", "deit"), ("soft", "batchmean"), ("hard", "deit")])
 def test_timms_token_task_built_from_the_keys_computes_this_runs_loss(kind, reduction):
     torch.manual_seed(1)
-    settings = SimpleNamespace(distill=SimpleNamespace(type=kind, alpha=0.3, tau=2.0, soft_reduction=reduction),
-                               teacher=SimpleNamespace(source="resnet10t", checkpoint_path=None, input_size=None,
-                                                       mean=None, std=None), distill_cache=None)
-    keys = timm_distillation_keys(settings, num_classes=10, teacher_description={"input_size": [3, 32, 32]},
-                                  student_input_size=[3, 32, 32])
+    keys = timm_distillation_keys(_deit_settings(kind, reduction), distilled=True, **AT32)
+    assert keys["kd_distill_type"] == "token"
     student = timm.create_model(VARIANT, num_classes=10, **STUDENT_KWARGS)
     student.set_distilled_training(True)
     teacher = timm.create_model("resnet10t", num_classes=10).eval()
@@ -121,28 +135,49 @@ def test_timms_token_task_built_from_the_keys_computes_this_runs_loss(kind, redu
     assert ours.parts(student(x), y, target)["loss"].item() == pytest.approx(theirs.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["deit", "batchmean"])
+def test_on_a_single_head_student_deits_soft_distillation_is_timms_logit_task(reduction):
+    torch.manual_seed(2)
+    keys = timm_distillation_keys(_deit_settings("soft", reduction), distilled=False, **AT32)
+    assert (keys["kd_distill_type"], keys["kd_loss_type"]) == ("logit", "kl")
+    student = timm.create_model("resnet10t", num_classes=10, stem_width=8)
+    teacher = timm.create_model("resnet10t", num_classes=10).eval()
+    # train.py: LogitDistillationTask(student, teacher, criterion, loss_type=args.kd_loss_type, ...)
+    task = LogitDistillationTask(student_model=student, teacher_model=teacher, criterion=nn.CrossEntropyLoss(),
+                                 loss_type=keys["kd_loss_type"], distill_loss_weight=keys["distill_loss_weight"],
+                                 task_loss_weight=keys["task_loss_weight"], temperature=keys["kd_temperature"])
+    task.train()
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    theirs = task(x, y)["loss"]
+    ours = DistillationLoss(nn.CrossEntropyLoss(), None, "soft", 0.3, 2.0, soft_reduction=reduction,
+                            single_head=True)
+    with torch.no_grad():
+        target = teacher(x)
+    assert ours.parts(student(x), y, target)["loss"].item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert timm_distillation_keys(_deit_settings("hard"), distilled=False, **AT32) == {}  # no timm task for it
+
+
 def test_runs_timm_cannot_express_write_no_kd_keys():
-    def settings(**teacher):
-        base = dict(source="resnet10t", checkpoint_path=None, input_size=None, mean=None, std=None)
-        return SimpleNamespace(distill=SimpleNamespace(type="hard", alpha=0.5, tau=1.0, soft_reduction="deit"),
-                               teacher=SimpleNamespace(**{**base, **teacher}), distill_cache=None)
+    def keys(settings, **where):
+        return timm_distillation_keys(settings, distilled=True, **{**AT32, **where})
 
-    at32 = dict(teacher_description={"input_size": [3, 32, 32]}, student_input_size=[3, 32, 32], num_classes=10)
-    assert timm_distillation_keys(settings(), **at32)["kd_model_name"] == "resnet10t"
-    assert timm_distillation_keys(settings(checkpoint_path="t.pth"), **at32) == {}  # timm builds it by name only
-    assert timm_distillation_keys(settings(input_size=(3, 64, 64)), **at32) == {}
-    assert timm_distillation_keys(settings(), num_classes=10, teacher_description={"input_size": [3, 224, 224]},
-                                  student_input_size=[3, 32, 32]) == {}  # timm feeds it the student's input
-    cached = settings()
+    assert keys(_deit_settings("hard"))["kd_model_name"] == "resnet10t"
+    assert keys(_deit_settings("hard", checkpoint_path="t.pth")) == {}  # timm builds its teacher by name only
+    assert keys(_deit_settings("hard", input_size=(3, 64, 64))) == {}
+    assert keys(_deit_settings("hard"), teacher_description={"input_size": [3, 224, 224]}) == {}  # timm feeds it
+    cached = _deit_settings("hard")  # the student's input
     cached.distill_cache = "cache/"
-    assert timm_distillation_keys(cached, **at32) == {}
+    assert keys(cached) == {}
+    timm_spelled = _deit_settings("soft")
+    timm_spelled.distill.family = "timm"  # its options are timm's keys already
+    assert keys(timm_spelled) == {}
 
 
-def test_the_file_read_back_with_c_gives_the_same_settings_and_an_edit_in_one_place_is_refused(soft_run, tmp_path):
-    path = soft_run["dir"] / "args.yaml"
+def test_the_file_read_back_with_c_gives_the_same_settings_and_an_edit_in_one_place_is_refused(runs, tmp_path):
+    path = runs["dir"] / "args.yaml"
     settings = train_settings(config=str(path))
     assert (settings.distill.type, settings.distill.alpha, settings.distill.tau) == ("soft", 0.3, 2.0)
-    assert settings.distill.soft_reduction == "deit" and settings.teacher.source == soft_run["teacher"]
+    assert settings.distill.soft_reduction == "deit" and settings.teacher.source == runs["teacher"]
     edited = tmp_path / "edited.yaml"
     edited.write_text(path.read_text().replace("distill_tau: 2.0", "distill_tau: 3.0"))
     with pytest.raises(UsageError, match=r"kd_temperature 2\.0 disagrees with distill_tau 3\.0"):

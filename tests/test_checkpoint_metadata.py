@@ -85,7 +85,8 @@ def test_a_distilled_run_records_the_teachers_path_and_check_after_its_settings(
                        "--teacher-compile", "no", "--output", str(tmp_path), "--experiment", "run"]) == 0
     checkpoint = load(tmp_path / "run" / "last.pth.tar")
     recorded = checkpoint["deit_distill"]
-    assert list(recorded) == KEYS and list(recorded["distill"]) == [*DISTILL_KEYS, "teacher_path", "teacher_check"]
+    assert list(recorded) == KEYS and list(recorded["distill"]) == [*DISTILL_KEYS, "teacher_path", "teacher_check",
+                                                                                       "family", "heads"]
     meta = RunMetadata.from_checkpoint(checkpoint)
     assert pickle.dumps(meta.as_dict()) == pickle.dumps(recorded)
     assert meta.distill.teacher_path["path"].startswith("fp32") and meta.distill.teacher_check["passed"] is True

@@ -20,6 +20,7 @@ One loss serves three training loops:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["DistillationLoss", "DistillSettings", "DISTILLATION_TYPES", "TEACHER_TYPES", "LOGIT_TYPES",
-           "SOFT_REDUCTIONS"]
+           "SOFT_REDUCTIONS", "FAMILIES", "KD_TASKS", "KD_LOSS_TYPES", "WEIGHT_MODES"]
 
 #: Every distillation type: the one list the options, the trainer, the Task and the cache read.
 DISTILLATION_TYPES = ("none", "soft", "hard")
@@ -47,15 +48,66 @@ _NOT_DISTILLED = (
 )
 
 
+#: The two families of distillation spellings: DeiT's (``--distill-*``, alpha) and timm train.py's (``--kd-*``).
+FAMILIES = ("deit", "timm")
+#: timm train.py's ``--kd-distill-type``: its LogitDistillationTask, TokenDistillationTask, FeatureDistillationTask.
+KD_TASKS = ("logit", "token", "feature")
+#: timm's ``--kd-loss-type`` values (its LogitDistillationTask supports 'kl' alone).
+KD_LOSS_TYPES = ("kl",)
+#: How the two terms are weighted: DeiT's ``(1 - alpha, alpha)``, and timm's three modes (its tasks' docstrings).
+WEIGHT_MODES = ("deit", "independent", "complementary", "equal")
+
+
 @dataclass(frozen=True)
 class DistillSettings:
-    """The distillation a run does: :class:`DistillationLoss`'s ``distillation_type``, ``alpha``, ``tau`` and
-    ``soft_reduction`` (checked by the loss when it is built)."""
+    """The distillation a run does, in the family it was spelled in.
+
+    ``type`` is the term on the logits (``'none'``, ``'soft'``, ``'hard'``; ``'feature'`` for timm's feature
+    distillation), ``tau`` its temperature, ``soft_reduction`` the soft KL's divisor. ``family`` says whose
+    meaning the weights have:
+
+    * ``'deit'`` (``--distill-*``, ``--teacher-model``, ``--distillation-*``): ``(1 - alpha) * task + alpha *
+      distill``; on a single-head student both terms use the one head (DeiT's "usual"/"hard" distillation).
+    * ``'timm'`` (``--kd-model-name`` and its companions): ``kd_distill_type`` is timm's task (``logit``,
+      ``token``, ``feature``); ``task_loss_weight`` / ``distill_loss_weight`` are timm's flags as given (None:
+      not given), weighted in timm's three modes (:attr:`weight_mode`); ``alpha`` is None.
+    """
 
     type: str
-    alpha: float
+    alpha: float | None
     tau: float
     soft_reduction: str
+    family: str = "deit"
+    kd_distill_type: str | None = None
+    task_loss_weight: float | None = None
+    distill_loss_weight: float | None = None
+    kd_loss_type: str = "kl"
+    kd_student_feature_dim: int | None = None
+    kd_teacher_feature_dim: int | None = None
+
+    @property
+    def weight_mode(self) -> str:
+        """``'deit'``, or timm's mode: ``'independent'`` (distill weight given; task weight defaults to 1.0),
+        ``'complementary'`` (task weight alone: distill = 1 - task), ``'equal'`` (neither: 1.0 and 1.0)."""
+        if self.family == "deit":
+            return "deit"
+        if self.distill_loss_weight is not None:
+            return "independent"
+        return "complementary" if self.task_loss_weight is not None else "equal"
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(task weight, distill weight) the loss multiplies the two terms by."""
+        mode = self.weight_mode
+        if mode == "deit":
+            alpha = float(self.alpha if self.alpha is not None else 0.5)
+            return 1 - alpha, alpha
+        if mode == "independent":
+            task = self.task_loss_weight
+            return (1.0 if task is None else float(task)), float(self.distill_loss_weight)
+        if mode == "complementary":
+            return float(self.task_loss_weight), 1.0 - float(self.task_loss_weight)
+        return 1.0, 1.0
 
 
 class DistillationLoss(nn.Module):
@@ -72,6 +124,11 @@ class DistillationLoss(nn.Module):
         alpha: weight of the distillation term, in ``[0, 1]``.
         tau: softmax temperature of the soft term, ``> 0`` (ignored by ``'hard'``).
         soft_reduction: ``'deit'`` divides the summed KL by ``B * C`` (DeiT), ``'batchmean'`` by ``B``.
+        weights: ``(task weight, distill weight)`` in place of ``(1 - alpha, alpha)`` (timm's tasks' weights,
+            :attr:`DistillSettings.weights`); ``alpha`` may then be None.
+        single_head: the student has one head (any timm classifier): both terms use its one output (DeiT's
+            "usual" and "hard" distillation, timm's LogitDistillationTask). Otherwise a single tensor is refused
+            (a distilled model in eval mode, or with ``set_distilled_training(False)``).
 
     :meth:`parts` returns the loss with its two unweighted parts, detached, for logging (the trainer and
     :class:`~timm_deit_distill.task.DeiTDistillationTask` use it). As a convenience for loops that call the
@@ -84,17 +141,23 @@ class DistillationLoss(nn.Module):
         base_criterion: nn.Module | Callable[..., torch.Tensor],
         teacher_model: nn.Module | None,
         distillation_type: str,
-        alpha: float,
+        alpha: float | None,
         tau: float,
         *,
         soft_reduction: str = "deit",
+        weights: tuple[float, float] | None = None,
+        single_head: bool = False,
     ) -> None:
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
             raise ValueError(
                 f"distillation_type must be one of {DISTILLATION_TYPES}, got {distillation_type!r}.")
-        if not 0.0 <= alpha <= 1.0:  # also rejects NaN
-            raise ValueError(f"alpha must be in [0, 1] (the distillation term's weight), got {alpha!r}.")
+        if weights is None:
+            if alpha is None or not 0.0 <= alpha <= 1.0:  # also rejects NaN
+                raise ValueError(f"alpha must be in [0, 1] (the distillation term's weight), got {alpha!r}.")
+            weights = (1 - float(alpha), float(alpha))
+        elif not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"weights must be finite and >= 0 (task, distill), got {weights!r}.")
         if not tau > 0.0:
             raise ValueError(f"tau must be > 0 (a softmax temperature; DeiT uses 1.0), got {tau!r}.")
         if soft_reduction not in SOFT_REDUCTIONS:
@@ -104,15 +167,18 @@ class DistillationLoss(nn.Module):
         self.base_criterion = base_criterion
         self.teacher_model = teacher_model
         self.distillation_type = distillation_type
-        self.alpha = float(alpha)
+        self.alpha = None if alpha is None else float(alpha)
+        self.task_weight, self.distill_weight = float(weights[0]), float(weights[1])
+        self.single_head = bool(single_head)
         self.tau = float(tau)
         self.soft_reduction = soft_reduction
         self.last_base_loss: torch.Tensor | None = None
         self.last_distill_loss: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
-        return (f"distillation_type={self.distillation_type!r}, alpha={self.alpha}, tau={self.tau}, "
-                f"soft_reduction={self.soft_reduction!r}")
+        heads = ", single_head=True" if self.single_head else ""
+        return (f"distillation_type={self.distillation_type!r}, weights=({self.task_weight:g}, "
+                f"{self.distill_weight:g}), tau={self.tau}, soft_reduction={self.soft_reduction!r}{heads}")
 
     def forward(self, *args: Any) -> torch.Tensor:
         """``loss(inputs, outputs, labels)`` (DeiT's engine) or ``loss(outputs, labels)`` (timm-style).
@@ -166,8 +232,9 @@ class DistillationLoss(nn.Module):
             zero = torch.zeros((), device=base_loss.device, dtype=base_loss.dtype)
             return {"loss": base_loss, "task_loss": base_loss.detach(), "distill_loss": zero}
         distillation_loss = self._distillation_term(dist_logits, teacher_output)
-        # DeiT's exact expression and operand order, so fp32 results match bit for bit.
-        loss = base_loss * (1 - self.alpha) + distillation_loss * self.alpha
+        # DeiT's expression (the task weight is its 1 - alpha) and timm's tasks' (scalar products commute), so fp32
+        # results match both bit for bit.
+        loss = base_loss * self.task_weight + distillation_loss * self.distill_weight
         return {"loss": loss, "task_loss": base_loss.detach(), "distill_loss": distillation_loss.detach()}
 
     def from_teacher_output(
@@ -188,6 +255,8 @@ class DistillationLoss(nn.Module):
 
     def _split(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(outputs, torch.Tensor):
+            if self.single_head:
+                return outputs, outputs  # the one head learns both terms
             if self.distillation_type != "none":
                 raise ValueError(_NOT_DISTILLED.format(kind=self.distillation_type))
             return outputs, None

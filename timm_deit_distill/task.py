@@ -26,7 +26,8 @@ from .losses import DistillationLoss
 from .targets import OnlineTargets, TargetSource
 from .teacher import DistillationTeacher, PathChoice, TeacherError, fixed_input_hw
 
-__all__ = ["DistilledOutput", "DistilledStudent", "DeiTDistillationTask", "student_data_config"]
+__all__ = ["DistilledOutput", "DistilledStudent", "DeiTDistillationTask", "student_data_config", "HEADS",
+           "has_distillation_head"]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ class DistilledOutput(NamedTuple):
     cls_logits: torch.Tensor
     dist_logits: torch.Tensor
     teacher_logits: torch.Tensor
+
+
+#: How a student's heads learn: ``'auto'`` (DeiT: a distilled student's distillation head learns from the teacher,
+#: a single-head student's one head learns both terms), ``'one'`` (timm's LogitDistillationTask: the student's one
+#: output, a distilled student's fused one), ``'two'`` (timm's TokenDistillationTask: a distilled student only).
+HEADS = ("auto", "one", "two")
+
+
+def has_distillation_head(student: nn.Module) -> bool:
+    """Whether the student's architecture has a distillation head (never judged by what its forward returns: a
+    distilled model in eval mode, or with ``set_distilled_training(False)``, returns one tensor)."""
+    unwrapped = unwrap_model(student)
+    return hasattr(unwrapped, "set_distilled_training") or hasattr(unwrapped, "head_dist")
 
 
 def _require_distilled(student: nn.Module) -> nn.Module:
@@ -184,12 +198,15 @@ class DeiTDistillationTask(TrainingTask):
     :meth:`select_teacher_path` measures its paths (under DDP process 0 measures, and every process takes its path).
 
     Args:
-        student_model: a distilled timm model (``*_distilled_*``).
+        student_model: a timm classifier: a distilled model (``*_distilled_*``), or any single-head model (its one
+            head learns both terms: DeiT's "usual" and "hard" distillation).
         teacher_model: a target source (:class:`~timm_deit_distill.targets.OnlineTargets`,
             :class:`~timm_deit_distill.targets.CachedTargets`), a :class:`DistillationTeacher`, or anything
             ``DistillationTeacher.create`` accepts; ``None`` only for ``distillation_type='none'``.
         criterion: the class-head loss; by default timm's ``create_classification_loss(**criterion_kwargs)``.
-        distillation_type, alpha, tau, soft_reduction: as :class:`DistillationLoss`.
+        distillation_type, alpha, tau, soft_reduction, weights: as :class:`DistillationLoss`.
+        heads: which heads learn (:data:`HEADS`): ``'auto'`` by the student's architecture (DeiT's families),
+            ``'one'`` (timm's logit distillation), ``'two'`` (timm's token distillation: a distilled student).
         teacher_kwargs: options for ``DistillationTeacher.create`` (checkpoint_path, use_ema, precision,
             data_mean/data_std/input_size of the real pipeline, ...) when the task builds the teacher.
     """
@@ -204,6 +221,8 @@ class DeiTDistillationTask(TrainingTask):
         tau: float = 1.0,
         *,
         soft_reduction: str = "deit",
+        weights: tuple[float, float] | None = None,
+        heads: str = "auto",
         criterion_kwargs: Mapping[str, Any] | None = None,
         teacher_kwargs: Mapping[str, Any] | None = None,
         device: torch.device | None = None,
@@ -213,17 +232,22 @@ class DeiTDistillationTask(TrainingTask):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
         # Validate the loss settings before the (possibly slow) teacher is built.
         criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=dict(criterion_kwargs or {}))
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, got {heads!r}.")
+        two = has_distillation_head(student_model) and heads != "one"
+        if heads == "two" and not two:
+            raise ValueError(f"{type(unwrap_model(student_model)).__name__} has no distillation head, which timm's token "
+                             "distillation trains: use a distilled student, or logit distillation for any student.")
         self.distill_loss = DistillationLoss(criterion, None, distillation_type, alpha, tau,
-                                             soft_reduction=soft_reduction)
+                                             soft_reduction=soft_reduction, weights=weights, single_head=not two)
         self.distillation_type = distillation_type
         self.epoch: int | None = None
         self.teacher: DistillationTeacher | None = None
         self.target_source: TargetSource | None = None
-        if distillation_type == "none":
-            if hasattr(unwrap_model(student_model), "set_distilled_training"):
-                unwrap_model(student_model).set_distilled_training(False)  # both heads, through their average
-        else:
-            _require_distilled(student_model).set_distilled_training(True)
+        if hasattr(unwrap_model(student_model), "set_distilled_training"):
+            # 'none' and timm's logit distillation train both heads through their average, as timm's train.py does
+            unwrap_model(student_model).set_distilled_training(two and distillation_type != "none")
+        if distillation_type != "none":
             if teacher_model is None:
                 raise ValueError(f"distillation_type={distillation_type!r} needs a teacher_model.")
             self.target_source, self.teacher = _target_source(teacher_model, student_model, teacher_kwargs,

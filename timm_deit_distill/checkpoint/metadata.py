@@ -72,6 +72,9 @@ class Distillation:
     teacher_check: Any = NOT_RECORDED
     task_loss_weight: float | None = None
     distill_loss_weight: float | None = None
+    family: str | None = None  # 'deit' or 'timm': whose meaning the weights have (this package's runs)
+    kd_distill_type: str | None = None  # timm's task (logit, token, feature) for a timm-family run
+    heads: str | None = None  # which head learned from which source (this package's runs)
 
     @property
     def distils(self) -> bool:
@@ -89,6 +92,9 @@ class Distillation:
             out["teacher_check"] = self.teacher_check
         if self.task_loss_weight is not None or self.distill_loss_weight is not None:
             out["task_loss_weight"], out["distill_loss_weight"] = self.task_loss_weight, self.distill_loss_weight
+        for key in ("family", "kd_distill_type", "heads"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod
@@ -99,7 +105,8 @@ class Distillation:
                    soft_reduction=recorded.get("soft_reduction"), teacher_path=recorded.get("teacher_path"),
                    teacher_check=recorded.get("teacher_check", NOT_RECORDED),
                    task_loss_weight=recorded.get("task_loss_weight"),
-                   distill_loss_weight=recorded.get("distill_loss_weight"))
+                   distill_loss_weight=recorded.get("distill_loss_weight"), family=recorded.get("family"),
+                   kd_distill_type=recorded.get("kd_distill_type"), heads=recorded.get("heads"))
 
 
 @dataclass(frozen=True)

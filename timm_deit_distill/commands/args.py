@@ -73,11 +73,15 @@ def format_config(args: argparse.Namespace, world_size: int = 1) -> str:
     lines = [f"# deit-distill train resolved settings (recipe: {args.recipe or 'none'})"]
     from ..factory.settings import settings_from_options
 
-    _, how = settings_from_options(args).learning_rate(world_size)
+    settings = settings_from_options(args)
+    _, how = settings.learning_rate(world_size)
     lines.append(f"# learning rate at world size {world_size}: {how}")
     if args.distill_type != "none" or args.distill_teacher:
-        lines.append(f"# distillation: {args.distill_type}, teacher {args.distill_teacher}, alpha {args.distill_alpha}, "
-                     f"tau {args.distill_tau}, soft reduction {args.distill_soft_reduction} "
+        d = settings.distill
+        task, weight = d.weights
+        kind = f"timm's {d.kd_distill_type} task, {d.type}" if d.family == "timm" else f"DeiT's, {d.type}"
+        lines.append(f"# distillation: {kind}, teacher {args.distill_teacher}, loss {task:g} x task + {weight:g} x "
+                     f"distill ({d.weight_mode} weights), tau {d.tau:g}, soft reduction {d.soft_reduction} "
                      f"(defaults of the {getattr(args, 'distill_spelling', 'deit-distill')} spelling)")
     for key, value in config_dict(parser, args).items():
         text = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
     "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_criterion", "base_criterion", "create_task", "initial_weights_origin",
+    "create_criterion", "base_criterion", "create_task", "task_heads", "initial_weights_origin",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -337,10 +337,18 @@ def student_data_config(student: StudentSettings, num_classes: int, *, model: nn
 # The loss
 
 
-def create_criterion(distill: DistillSettings, *, smoothing: float, mixup_active: bool) -> DistillationLoss:
-    """DeiT's loss over timm's base criterion (:func:`base_criterion`)."""
+def create_criterion(distill: DistillSettings, *, smoothing: float, mixup_active: bool,
+                     single_head: bool = False) -> DistillationLoss:
+    """The run's loss (DeiT's, or timm's task's weights) over timm's base criterion (:func:`base_criterion`)."""
     return DistillationLoss(base_criterion(smoothing=smoothing, mixup_active=mixup_active), None, distill.type,
-                            distill.alpha, distill.tau, soft_reduction=distill.soft_reduction)
+                            distill.alpha, distill.tau, soft_reduction=distill.soft_reduction,
+                            weights=distill.weights, single_head=single_head)
+
+
+def task_heads(distill: DistillSettings) -> str:
+    """Which of the student's heads learn (:data:`timm_deit_distill.task.HEADS`): timm's logit task trains the one
+    output, its token task the two heads; DeiT's distillation decides by the student's architecture."""
+    return {"logit": "one", "token": "two"}.get(distill.kd_distill_type or "", "auto")
 
 
 def base_criterion(*, smoothing: float, mixup_active: bool) -> nn.Module:
@@ -365,4 +373,5 @@ def create_task(model: nn.Module, targets: TargetSource | None, distill: Distill
     return DeiTDistillationTask(model, targets if distill.type != "none" else None,
                                 base_criterion(smoothing=smoothing, mixup_active=mixup_active),
                                 distillation_type=distill.type, alpha=distill.alpha, tau=distill.tau,
-                                soft_reduction=distill.soft_reduction, device=device, verbose=False)
+                                soft_reduction=distill.soft_reduction, weights=distill.weights,
+                                heads=task_heads(distill), device=device, verbose=False)

@@ -9,21 +9,19 @@ flag's kind exactly as argparse checks the command line's (:func:`check_keys`). 
 implement is still declared (so timm command lines and timm's own ``args.yaml`` files read), but any value other
 than timm's default is refused by name.
 
-Distillation has three spellings that resolve to one setting each (``distill_*``):
+Distillation is spelled in one of two families, each with its own meaning (a command that mixes them is
+refused, naming which to use):
 
-=====================  ==========================  ==============================================
-this package           facebookresearch/deit       timm train.py
-=====================  ==========================  ==============================================
---distill-teacher      --teacher-model             --kd-model-name (with --kd-distill-type token)
---distill-teacher-path --teacher-path              (none)
---distill-type         --distillation-type         --kd-token-distill-type
---distill-alpha        --distillation-alpha        1 - --task-loss-weight
---distill-tau          --distillation-tau          --kd-temperature
-=====================  ==========================  ==============================================
+* DeiT's: this package's ``--distill-*`` and facebookresearch/deit's ``--teacher-model``/``--distillation-*``
+  (the same settings): ``(1 - alpha) * task + alpha * distill``, hard by default with a teacher, tau 1.0, DeiT's
+  soft reduction; on a single-head student both terms use the one head.
+* timm train.py's: ``--kd-model-name`` (the teacher), ``--kd-distill-type logit|token|feature`` (default logit),
+  ``--kd-token-distill-type``, ``--kd-temperature`` (4.0), ``--task-loss-weight``/``--distill-loss-weight`` in
+  timm's three weighting modes (1.0 and 1.0 by default), ``--kd-loss-type``, ``--kd-*-feature-dim``: timm's
+  LogitDistillationTask, TokenDistillationTask and FeatureDistillationTask compute the same loss.
 
-When the teacher is named with timm's ``--kd-model-name``, the unset settings take timm's defaults
-(soft, temperature 4.0, ``batchmean`` soft reduction) so a timm command line computes timm's loss terms;
-with the other spellings they take DeiT's (hard when a teacher is given, tau 1.0, DeiT's reduction).
+``--distill-teacher-path``, ``--distill-cache`` and the teacher's flags belong to both. The resolved namespace
+holds the canonical settings (``distill_*``, with ``distill_family``) and timm's task and weights as given.
 
 Each parser is built once per process and command (:func:`train_parser`, :func:`eval_parser`, cached): the
 command line passes its own parser and help classes, the Python API the plain ones.
@@ -45,7 +43,7 @@ from timm.utils import ParseKwargs
 
 from ..data import CHECK_IMAGES, dataset_help
 from ..errors import UsageError
-from ..losses import DISTILLATION_TYPES, SOFT_REDUCTIONS, TEACHER_TYPES
+from ..losses import DISTILLATION_TYPES, KD_LOSS_TYPES, KD_TASKS, SOFT_REDUCTIONS, TEACHER_TYPES
 from ..teacher import COMPILE_CHOICES, MIN_AGREEMENT, PRECISIONS
 from .flags import TEACHER_EMA, add_either_flag
 from .timm_args import check_own_record
@@ -55,7 +53,7 @@ __all__ = [
     "options_from_keywords", "eval_options_from_keywords", "resolve_options", "ON_THE_COMMAND_LINE",
     "check_keys", "list_recipes", "load_recipe", "config_dict", "dests", "option_source", "UNSUPPORTED_TIMM_FLAGS",
     "DISTILL_KEYS", "TEACHER_CHECK_IMAGES", "TIMM_SCHEDULERS", "DATASET_HELP", "TEACHER_EMA", "add_either_flag",
-    "add_dataset_flags", "add_teacher_path_flags", "add_teacher_check_flags", "validate_teacher_check_flags",
+    "add_dataset_flags", "add_teacher_path_flags", "timm_spelled", "add_teacher_check_flags", "validate_teacher_check_flags",
 ]
 
 TRAIN_PROG = "deit-distill train"
@@ -105,9 +103,6 @@ UNSUPPORTED_TIMM_FLAGS: list[tuple[tuple[str, ...], dict[str, Any], str]] = [
     (("--naflex-patch-size-probs",), dict(type=_F, nargs="+", default=None), "NaFlex models are not DeiT students"),
     (("--naflex-loss-scale",), dict(type=_S, default="linear"), "NaFlex models are not DeiT students"),
     (("--naflex-patchify-channels-first",), dict(action="store_true", default=False), "NaFlex models are not DeiT students"),
-    (("--kd-loss-type",), dict(type=_S, default="kl"), "it configures timm's logit distillation; DeiT's token distillation uses --distill-type soft|hard"),
-    (("--kd-student-feature-dim",), dict(type=_I, default=None), "feature distillation is not DeiT's; use --distill-type soft|hard"),
-    (("--kd-teacher-feature-dim",), dict(type=_I, default=None), "feature distillation is not DeiT's; use --distill-type soft|hard"),
 ]
 
 # Keys a YAML config may hold without being flags: timm's args.yaml records its own -c path; the trainer's
@@ -118,7 +113,21 @@ _DEIT_ALIASES = {"teacher_model": "distill_teacher", "teacher_path": "distill_te
                  "distillation_type": "distill_type", "distillation_alpha": "distill_alpha",
                  "distillation_tau": "distill_tau"}
 _TIMM_KD = ("kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_temperature",
-            "task_loss_weight", "distill_loss_weight")
+            "task_loss_weight", "distill_loss_weight", "kd_loss_type", "kd_student_feature_dim",
+            "kd_teacher_feature_dim")
+# The two families' distillation options, each with the other family's nearest spelling (for the refusal of a
+# command that mixes them). The teacher's checkpoint, the cache and the teacher's own flags belong to both.
+_DEIT_FAMILY = {"distill_teacher": "--kd-model-name", "teacher_model": "--kd-model-name",
+                "distill_type": "--kd-token-distill-type", "distillation_type": "--kd-token-distill-type",
+                "distill_alpha": "--distill-loss-weight", "distillation_alpha": "--distill-loss-weight",
+                "distill_tau": "--kd-temperature", "distillation_tau": "--kd-temperature",
+                "distill_soft_reduction": "nothing (timm divides by the batch)"}
+_TIMM_FAMILY = {"kd_model_name": "--distill-teacher", "kd_distill_type": "--distill-type",
+                "kd_token_distill_type": "--distill-type", "kd_temperature": "--distill-tau",
+                "task_loss_weight": "--distill-alpha", "distill_loss_weight": "--distill-alpha",
+                "kd_loss_type": "nothing (DeiT's soft term is a KL)",
+                "kd_student_feature_dim": "nothing (feature distillation is timm's)",
+                "kd_teacher_feature_dim": "nothing (feature distillation is timm's)"}
 
 def _recipe_dir() -> Any:
     return resources.files(__package__) / "recipes"
@@ -444,17 +453,25 @@ def _deit_spelling_flags(p: argparse.ArgumentParser) -> None:
 
 def _timm_spelling_flags(p: argparse.ArgumentParser) -> None:
     """timm train.py's spellings of the distillation flags."""
-    g = p.add_argument_group("Distillation, timm train.py spellings (same settings, timm's defaults)")
-    g.add_argument("--kd-model-name", default=None, type=str, metavar="NAME", help="= --distill-teacher (needs --kd-distill-type token)")
-    g.add_argument("--kd-distill-type", default="logit", choices=("logit", "feature", "token"),
-                   help="only 'token' (DeiT) is supported")
+    g = p.add_argument_group("Distillation, timm train.py spellings (timm's meaning and defaults; not mixed with "
+                             "DeiT's)")
+    g.add_argument("--kd-model-name", default=None, type=str, metavar="NAME",
+                   help="the teacher (timm name[.tag], hf-hub:, local-dir:); timm's distillation")
+    g.add_argument("--kd-distill-type", default="logit", choices=KD_TASKS,
+                   help="timm's task: logit (any student, default), token (a distilled student), feature")
     g.add_argument("--kd-token-distill-type", default=None, choices=TEACHER_TYPES,
-                   help="= --distill-type (timm's default soft)")
-    g.add_argument("--kd-temperature", type=float, default=None, metavar="T",
-                   help="= --distill-tau (timm's default 4.0 applies with --kd-model-name)")
-    g.add_argument("--task-loss-weight", type=float, default=None, metavar="W", help="= 1 - --distill-alpha")
+                   help="token distillation's term (timm's default soft)")
+    g.add_argument("--kd-temperature", type=float, default=None, metavar="T", help="softmax temperature (default 4.0)")
+    g.add_argument("--task-loss-weight", type=float, default=None, metavar="W",
+                   help="task term's weight (alone: distill = 1 - W; default 1.0)")
     g.add_argument("--distill-loss-weight", type=float, default=None, metavar="W",
-                   help="= --distill-alpha, only with --task-loss-weight summing to 1")
+                   help="distillation term's weight (task then defaults to 1.0; default 1.0)")
+    g.add_argument("--kd-loss-type", type=str, default="kl", metavar="TYPE",
+                   help="logit distillation's loss: kl (timm's only one)")
+    g.add_argument("--kd-student-feature-dim", type=int, default=None, metavar="N",
+                   help="feature distillation: student's pooled feature size (default: detected)")
+    g.add_argument("--kd-teacher-feature-dim", type=int, default=None, metavar="N",
+                   help="feature distillation: teacher's pooled feature size (default: detected)")
 
 
 def _refused_flags(p: argparse.ArgumentParser) -> None:
@@ -871,13 +888,6 @@ def _refuse_unsupported(parser: argparse.ArgumentParser, args: argparse.Namespac
             raise UsageError(
                 f"{flags[0]} ({value!r} {where}) is a timm train.py flag deit-distill train does not support: "
                 f"{why}. Remove it (or set it back to timm's default {kwargs['default']!r}).")
-    if args.kd_distill_type != "token" and args.kd_model_name:
-        raise UsageError(
-            f"--kd-model-name with --kd-distill-type {args.kd_distill_type} is timm's {args.kd_distill_type} "
-            "distillation, not DeiT's distillation token. Add --kd-distill-type token (or use --distill-teacher).")
-    # A --kd-distill-type without a teacher does nothing in timm either; only 'token' means anything here.
-    if args.kd_distill_type == "feature":
-        raise UsageError("--kd-distill-type feature is timm's feature distillation, not supported; DeiT's is 'token'.")
 
 
 def _refuse_initial_with_resume(args: argparse.Namespace, layers: dict[str, dict[str, Any]]) -> None:
@@ -916,47 +926,94 @@ def _pick(layers: dict[str, dict[str, Any]], spellings: dict[str, Any], setting:
 
 def _resolve_distillation(parser: argparse.ArgumentParser, args: argparse.Namespace,
                           layers: dict[str, dict[str, Any]]) -> None:
+    """Fold the family's spellings into the canonical settings (``distill_*``, ``distill_family``; timm's task,
+    weights as given, loss type and feature sizes under their own names); the aliases are emptied."""
+    family = _distill_family(layers)
     ident = lambda v: v  # noqa: E731
-    tw, dw = args.task_loss_weight, args.distill_loss_weight
-    if dw is not None and (tw is None or not math.isclose(tw + dw, 1.0, abs_tol=1e-9)):
-        raise UsageError(
-            f"--distill-loss-weight {dw} with --task-loss-weight {tw}: deit-distill weighs the terms "
-            "(1 - alpha) and alpha, so the two weights must sum to 1. Pass --task-loss-weight "
-            f"{1 - dw:g} with it, or use --distill-alpha {dw:g}.")
-
-    def from_task_weight(w: float) -> float:
-        return 1.0 - w
-
-    # The teacher first: its spelling picks the defaults of the other settings.
-    teacher, teacher_dest = _pick(layers, {"distill_teacher": ident, "teacher_model": ident,
-                                           "kd_model_name": ident}, "teacher")
     teacher_path, _ = _pick(layers, {"distill_teacher_path": ident, "teacher_path": ident}, "teacher checkpoint")
-    kind, kind_dest = _pick(layers, {"distill_type": ident, "distillation_type": ident, "kd_token_distill_type": ident},
-                    "distillation type")
-    # --distill-loss-weight was checked above to equal 1 - --task-loss-weight, which carries the value.
-    alpha, alpha_dest = _pick(layers, {"distill_alpha": float, "distillation_alpha": float,
-                              "task_loss_weight": from_task_weight}, "distillation alpha")
-    tau, tau_dest = _pick(layers, {"distill_tau": float, "distillation_tau": float, "kd_temperature": float},
-                   "distillation temperature")
-    reduction, _ = _pick(layers, {"distill_soft_reduction": ident}, "soft reduction")
+    if family == "timm":
+        _resolve_timm_family(args, layers)
+    else:
+        _resolve_deit_family(args, layers)
+    args.distill_family = family
+    args.distill_teacher_path = teacher_path
+    for dest in (*_DEIT_ALIASES, "kd_model_name", "kd_token_distill_type", "kd_temperature"):
+        setattr(args, dest, None)  # aliases are folded into the canonical settings
 
+
+def _distill_family(layers: dict[str, dict[str, Any]]) -> str:
+    """'timm' or 'deit': the family the command (and its -c file) spells distillation in; both is refused.
+
+    A recipe's distillation (DeiT's) is a default the command's timm spelling replaces whole."""
+    def given(family: Mapping[str, str], layer: str) -> list[str]:
+        return [dest for dest in family if layers[layer].get(dest) is not None]
+
+    deit = [(layer, dest) for layer in ("cli", "config") for dest in given(_DEIT_FAMILY, layer)]
+    timm = [(layer, dest) for layer in ("cli", "config") for dest in given(_TIMM_FAMILY, layer)]
+    if deit and timm:
+        (_, d), (_, t) = deit[0], timm[0]
+        flag_d, flag_t = "--" + d.replace("_", "-"), "--" + t.replace("_", "-")
+        raise UsageError(
+            f"{flag_d} ({option_source(layers, d)}) is DeiT's distillation spelling and {flag_t} "
+            f"({option_source(layers, t)}) is timm train.py's; they weigh the loss differently, so one run uses one "
+            f"family: spell it timm's way ({_DEIT_FAMILY[d]} instead of {flag_d}) or DeiT's way "
+            f"({_TIMM_FAMILY[t]} instead of {flag_t}).")
+    if timm:
+        for dest in _DEIT_FAMILY:
+            layers["recipe"].pop(dest, None)
+        return "timm"
+    return "deit"
+
+
+def _resolve_deit_family(args: argparse.Namespace, layers: dict[str, dict[str, Any]]) -> None:
+    """DeiT's settings: the teacher, hard by default with one, alpha 0.5, tau 1.0, DeiT's soft reduction."""
+    ident = lambda v: v  # noqa: E731
+    teacher, _ = _pick(layers, {"distill_teacher": ident, "teacher_model": ident}, "teacher")
+    teacher_path, _ = _pick(layers, {"distill_teacher_path": ident, "teacher_path": ident}, "teacher checkpoint")
+    kind, kind_dest = _pick(layers, {"distill_type": ident, "distillation_type": ident}, "distillation type")
+    alpha, alpha_dest = _pick(layers, {"distill_alpha": float, "distillation_alpha": float}, "distillation alpha")
+    tau, tau_dest = _pick(layers, {"distill_tau": float, "distillation_tau": float}, "distillation temperature")
+    reduction, _ = _pick(layers, {"distill_soft_reduction": ident}, "soft reduction")
     # Messages name the spelling the user wrote.
     args.distill_flags = {
         setting: "--" + (dest or setting).replace("_", "-")
         for setting, dest in (("distill_type", kind_dest), ("distill_alpha", alpha_dest), ("distill_tau", tau_dest))}
-    timm_spelling = teacher_dest == "kd_model_name"
     args.distill_teacher = teacher
-    args.distill_teacher_path = teacher_path
     if kind is None:
-        kind = ("soft" if timm_spelling else "hard") if (teacher or teacher_path or args.distill_cache) else "none"
+        kind = "hard" if (teacher or teacher_path or args.distill_cache) else "none"
     args.distill_type = kind
     args.distill_alpha = 0.5 if alpha is None else alpha
-    args.distill_tau = (4.0 if timm_spelling else 1.0) if tau is None else tau
-    args.distill_soft_reduction = reduction or ("batchmean" if timm_spelling else "deit")
-    args.distill_spelling = "timm" if timm_spelling else ("deit" if teacher_dest == "teacher_model" else "deit-distill")
-    for dest in (*_DEIT_ALIASES, *_TIMM_KD):  # aliases are folded into the canonical settings
+    args.distill_tau = 1.0 if tau is None else tau
+    args.distill_soft_reduction = reduction or "deit"
+    args.distill_spelling = "deit" if _pick(layers, {"teacher_model": ident}, "teacher")[0] else "deit-distill"
+    for dest in _TIMM_KD:
         setattr(args, dest, None)
-    args.kd_distill_type = "logit"
+    # at timm's defaults, as timm's own args.yaml records them for a run without a teacher (inert)
+    args.kd_distill_type, args.kd_loss_type = "logit", "kl"
+
+
+def _resolve_timm_family(args: argparse.Namespace, layers: dict[str, dict[str, Any]]) -> None:
+    """timm train.py's settings with its defaults: logit, soft token term, temperature 4.0, KL divided by the batch;
+    the weights stay as given (their mode is timm's: :attr:`DistillSettings.weight_mode`)."""
+    task = args.kd_distill_type or "logit"
+    given = [dest for layer in ("cli", "config") for dest in _TIMM_FAMILY if layers[layer].get(dest) is not None]
+    args.distill_flags_given = "--" + given[0].replace("_", "-")
+    for dest, applies in (("kd_token_distill_type", "token"), ("kd_student_feature_dim", "feature"),
+                          ("kd_teacher_feature_dim", "feature")):
+        # timm's own args.yaml records every kd_* key at its default: only a given one that does nothing is refused
+        if layers["cli"].get(dest) is not None and task != applies:
+            raise UsageError(f"--{dest.replace('_', '-')} applies to --kd-distill-type {applies}, not {task}: "
+                             f"drop it, or add --kd-distill-type {applies}.")
+    args.distill_flags = {"distill_type": "--kd-token-distill-type" if task == "token" else "--kd-distill-type",
+                          "distill_alpha": "--distill-loss-weight", "distill_tau": "--kd-temperature"}
+    args.distill_teacher = args.kd_model_name
+    args.kd_distill_type = task
+    args.distill_type = {"logit": "soft", "feature": "feature"}.get(task) or args.kd_token_distill_type or "soft"
+    args.distill_alpha = None
+    args.distill_tau = 4.0 if args.kd_temperature is None else float(args.kd_temperature)
+    args.distill_soft_reduction = "batchmean"
+    args.kd_loss_type = args.kd_loss_type or "kl"
+    args.distill_spelling = "timm"
 
 
 def _resolve_implied(args: argparse.Namespace, layers: dict[str, dict[str, Any]]) -> None:
@@ -987,23 +1044,9 @@ def _validate_distillation(parser: argparse.ArgumentParser, args: argparse.Names
     """The loss weights and temperature, the finiteness of every number, a teacher for a distillation type."""
     need = _need
     flags = getattr(args, "distill_flags", {})
-    alpha_flag, tau_flag = flags.get("distill_alpha", "--distill-alpha"), flags.get("distill_tau", "--distill-tau")
+    tau_flag = flags.get("distill_tau", "--distill-tau")
     # argparse's float() accepts "nan" and "inf", which slip through every range check written as a
     # comparison (nan compares False both ways) and fail, if at all, deep inside training.
-    if alpha_flag == "--task-loss-weight":
-        need(math.isfinite(args.distill_alpha), f"--task-loss-weight {1 - args.distill_alpha:g} must be a finite "
-             "number in [0, 1]: it is 1 - the distillation weight (DeiT's alpha 0.5 is a weight of 0.5).")
-        need(0.0 <= args.distill_alpha <= 1.0, f"--task-loss-weight {1 - args.distill_alpha:g} is outside [0, 1]: "
-             "it is 1 - the distillation weight (DeiT's alpha 0.5 is a weight of 0.5).")
-    need(math.isfinite(args.distill_alpha),
-         f"{alpha_flag} {args.distill_alpha} must be a finite number in [0, 1]: it is the weight of the "
-         "distillation term (DeiT uses 0.5).")
-    need(0.0 <= args.distill_alpha <= 1.0,
-         f"{alpha_flag} {args.distill_alpha} is outside [0, 1]: it is the weight of the distillation term "
-         "(DeiT uses 0.5).")
-    need(math.isfinite(args.distill_tau),
-         f"{tau_flag} {args.distill_tau} must be a finite number > 0: it divides the logits (DeiT uses 1.0).")
-    need(args.distill_tau > 0, f"{tau_flag} {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
     for dest, action in dests(parser).items():
         value = getattr(args, dest, None)
         # the kinds of values were checked as they were read (argparse: the command line; _check_value: YAML)
@@ -1011,13 +1054,51 @@ def _validate_distillation(parser: argparse.ArgumentParser, args: argparse.Names
             values = value if isinstance(value, (list, tuple)) else [value]
             need(all(math.isfinite(v) for v in values),
                  f"{_flag_name(parser, dest)} {' '.join(map(str, values))} must be a finite number (not nan or inf).")
-    if args.distill_type in TEACHER_TYPES:
+    if args.distill_family == "timm":
+        _validate_timm_family(args)
+    else:
+        alpha_flag = flags.get("distill_alpha", "--distill-alpha")
+        need(math.isfinite(args.distill_alpha),
+             f"{alpha_flag} {args.distill_alpha} must be a finite number in [0, 1]: it is the weight of the "
+             "distillation term (DeiT uses 0.5).")
+        need(0.0 <= args.distill_alpha <= 1.0,
+             f"{alpha_flag} {args.distill_alpha} is outside [0, 1]: it is the weight of the distillation term "
+             "(DeiT uses 0.5).")
+    need(math.isfinite(args.distill_tau),
+         f"{tau_flag} {args.distill_tau} must be a finite number > 0: it divides the logits (DeiT uses 1.0).")
+    need(args.distill_tau > 0, f"{tau_flag} {args.distill_tau} must be > 0: it divides the logits (DeiT uses 1.0).")
+    if args.distill_type in TEACHER_TYPES and args.distill_family == "deit":
         need(bool(args.distill_teacher or args.distill_teacher_path or args.distill_cache),
              f"{flags.get('distill_type', '--distill-type')} {args.distill_type} needs a teacher: add --distill-teacher NAME (DeiT's is "
              "regnety_160.deit_in1k), a teacher checkpoint with --distill-teacher-path, or --distill-cache DIR.")
     if args.distill_cache and args.distill_type == "none":
         raise UsageError("--distill-cache replays teacher targets but --distill-type is none; "
                          "pass --distill-type soft|hard or drop --distill-cache.")
+
+
+def _validate_timm_family(args: argparse.Namespace) -> None:
+    """timm's flags: a teacher named with --kd-model-name, weights >= 0, no cache for feature distillation."""
+    need = _need
+    need(bool(args.distill_teacher or args.distill_cache),
+         f"{args.distill_flags_given} is timm's distillation, which needs its teacher: add --kd-model-name NAME "
+         "(or use DeiT's --distill-* flags alone, for DeiT's meaning).")
+    need(args.kd_loss_type in KD_LOSS_TYPES, f"--kd-loss-type {args.kd_loss_type!r}: timm's LogitDistillationTask "
+         f"supports {', '.join(KD_LOSS_TYPES)} only; drop it.")
+    for dest in ("task_loss_weight", "distill_loss_weight"):
+        value = getattr(args, dest)
+        need(value is None or value >= 0, f"--{dest.replace('_', '-')} {value} must be >= 0 (a loss term's weight).")
+    if args.task_loss_weight is not None and args.distill_loss_weight is None:
+        need(args.task_loss_weight <= 1, f"--task-loss-weight {args.task_loss_weight} alone weighs the distillation "
+             f"term 1 - {args.task_loss_weight} < 0 (timm's complementary mode): use a weight in [0, 1], or give "
+             "--distill-loss-weight too (independent weights).")
+    for dest in ("kd_student_feature_dim", "kd_teacher_feature_dim"):
+        value = getattr(args, dest)
+        need(value is None or value >= 1, f"--{dest.replace('_', '-')} {value} must be >= 1.")
+    need(args.kd_distill_type != "feature", "--kd-distill-type feature (timm's FeatureDistillationTask) is not "
+         "implemented yet: use --kd-distill-type logit (any student) or token (a distilled student).")
+    if args.distill_cache and args.kd_distill_type == "feature":
+        raise UsageError("--distill-cache replays the teacher's logits, but --kd-distill-type feature matches its "
+                         "pooled features, computed on every batch: drop --distill-cache (or use logit/token).")
 
 
 def _validate_run(args: argparse.Namespace) -> None:
@@ -1169,9 +1250,9 @@ def _check_scheduler_name(sched: str) -> None:
                      "(DeiT uses cosine).")
 
 
-_RUNTIME_KEYS = ("_layers", "distill_spelling", "distill_flags", "local_rank", "print_config", "config", "data")
+_RUNTIME_KEYS = ("_layers", "distill_spelling", "distill_flags", "distill_family", "distill_flags_given", "local_rank", "print_config", "config", "data")
 # Folded into canonical settings (aliases) or inert at timm's default (refused otherwise): not worth printing.
-_OMITTED_KEYS = frozenset((*_DEIT_ALIASES, *_TIMM_KD, "kd_distill_type",
+_OMITTED_KEYS = frozenset((*_DEIT_ALIASES,
                            *(f[0][0].lstrip("-").replace("-", "_") for f in UNSUPPORTED_TIMM_FLAGS)))
 
 
@@ -1186,4 +1267,17 @@ def config_dict(parser: argparse.ArgumentParser, args: argparse.Namespace) -> di
             continue
         value = getattr(args, dest)
         out[dest] = list(value) if isinstance(value, tuple) else value
+    if getattr(args, "distill_family", "deit") == "timm":
+        out.update(timm_spelled(out))
     return out
+
+
+def timm_spelled(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A timm-family run's distillation in timm's keys (what a ``-c`` file must hold to read back as the same
+    family): the teacher as ``kd_model_name``, the token term and the temperature under timm's names, DeiT's
+    keys empty."""
+    token = values.get("kd_distill_type") == "token"
+    return {"distill_teacher": None, "distill_type": None, "distill_alpha": None, "distill_tau": None,
+            "distill_soft_reduction": None, "kd_model_name": values.get("distill_teacher"),
+            "kd_token_distill_type": values.get("distill_type") if token else None,
+            "kd_temperature": values.get("distill_tau")}

@@ -29,7 +29,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import DeitDistillError, RunFolderError, UsageError, one_line
-from ..losses import TEACHER_TYPES
 from ..stops import deferred
 from . import builders
 from .settings import TrainSettings
@@ -258,19 +257,35 @@ def _build_student(run: Run, num_classes: int, labels: list[str]) -> tuple[dict[
     arch_kwargs = builders.architecture_kwargs(settings.student, num_classes)
     student = builders.create_student(settings.student, arch_kwargs, label_names=labels or None)
     distilled = is_distilled(student)
-    kind = settings.distill.type
-    if kind in TEACHER_TYPES and not distilled:
+    distill = settings.distill
+    heads = builders.task_heads(distill)
+    if heads == "two" and not distilled:
         raise UsageError(
-            f"--distill-type {kind} trains the distillation token's head, but --model {settings.student.model} has "
-            "none. Use a distilled student (e.g. deit_tiny_distilled_patch16_224; `deit-distill models` lists them) "
-            "or --distill-type none.")
+            f"--kd-distill-type token trains a distillation token's head, but --model {settings.student.model} has "
+            "none. Use a distilled student (e.g. deit_tiny_distilled_patch16_224; `deit-distill models` lists them), "
+            "or timm's logit distillation (drop --kd-distill-type) for any student.")
     if distilled:
-        # 'none' trains both heads on the labels through their average (timm's fine-tuning behaviour).
-        student.set_distilled_training(kind != "none")
+        # 'none' and timm's logit task train both heads through their average (timm's behaviour); a single-head
+        # student needs nothing: its one head learns both terms.
+        student.set_distilled_training(distill.type != "none" and heads != "one")
     data_config = builders.student_data_config(settings.student, num_classes, model=student, verbose=run.primary)
+    _check_normalisation_channels(settings.student.model, data_config)
     student.pretrained_cfg = {**student.pretrained_cfg, **data_config}  # the size the student now takes
     run.student = student
     return arch_kwargs, data_config
+
+
+def _check_normalisation_channels(model: str, data_config: dict[str, Any]) -> None:
+    """A student taking C channels is normalised with C means and stds: a pretrained config's 3 against
+    ``--in-chans 1`` would fail in the first batch (after the run's folder was written)."""
+    channels = int(data_config["input_size"][0])
+    for key in ("mean", "std"):
+        values = tuple(float(v) for v in data_config[key])
+        if len(values) != channels:
+            raise UsageError(
+                f"--model {model} takes {channels} input channel(s) but its {key} {values} (its pretrained config) "
+                f"has {len(values)}; fix: pass --mean and --std with {channels} value(s) (one value is repeated "
+                "per channel, e.g. --mean 0.5 --std 0.5).")
 
 
 def _build_teacher_or_cache(run: Run, num_classes: int, data_config: dict[str, Any], labels: list[str]) -> None:
@@ -381,11 +396,31 @@ def build_schedule(settings: TrainSettings, optimizer: torch.optim.Optimizer, up
                          "the schedule's flags (--epochs, --warmup-epochs, --decay-epochs, ...).") from None
 
 
+def _heads_taught(distill: Any, distilled: bool) -> str | None:
+    """Which head learned from which source, as the card says it (None without a teacher)."""
+    if distill.type == "none":
+        return None
+    if distilled and builders.task_heads(distill) != "one":
+        return "class head: labels; distillation head: teacher"
+    if distilled:
+        return "class and distillation heads, through their average: labels and teacher"
+    return "the one head: labels and teacher"
+
+
+def _timm_weights(distill: Any) -> dict[str, Any]:
+    """timm's task and the weights it applied, for a timm-family run's metadata (nothing for DeiT's family)."""
+    if distill.family != "timm":
+        return {}
+    task, weight = distill.weights
+    return {"kd_distill_type": distill.kd_distill_type, "task_loss_weight": task, "distill_loss_weight": weight}
+
+
 def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, Any], labels: list[str],
                   train_ds: Any, resume_from: dict[str, Any] | None) -> Any:
     """The run's :class:`~timm_deit_distill.checkpoint.RunMetadata` (its teacher's path and check come later)."""
     from .. import checkpoint as ckpt
     from ..data import dataset_fingerprint, is_streamed, source_size
+    from ..task import has_distillation_head
 
     settings, teacher, cache = run.settings, run.teacher, run.cache
     distill = settings.distill
@@ -403,7 +438,10 @@ def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, 
                                   teacher_description=(getattr(teacher, "description", None)
                                                        or getattr(cache, "teacher_description", None)),
                                   type=distill.type, alpha=distill.alpha, tau=distill.tau,
-                                  soft_reduction=distill.soft_reduction),
+                                  soft_reduction=distill.soft_reduction,
+                                  family=distill.family if distill.type != "none" else None,
+                                  heads=_heads_taught(distill, has_distillation_head(run.student)),
+                                  **_timm_weights(distill)),
         recipe=settings.misc.recipe,
         ema=bool(settings.ema.model_ema),
         # What a later --resume is checked against (see checkpoint.compare_resume).
@@ -549,6 +587,7 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
     from .. import checkpoint as ckpt
     from ..records import write_args_yaml
     from ..run_folder import format_size
+    from ..task import has_distillation_head
     from .timm_args import timm_keys
 
     settings = run.settings
@@ -561,6 +600,7 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
         extra_state=lambda: extra_state(run))
     record = {k: v for k, v in settings.options().items() if k not in ("resume", "no_resume_opt", "start_epoch")}
     record.update(timm_keys(settings, device=saved["device"], num_classes=num_classes,
+                            distilled=has_distillation_head(run.student),
                             teacher_description=getattr(run.teacher, "description", None),
                             student_input_size=data_config.get("input_size")))  # what timm's train.py -c reads
     if metadata.resumed:
@@ -605,8 +645,10 @@ def _log_run(run: Run, data_config: dict[str, Any], num_classes: int, train_ds: 
                      "worker); --resume continues at an epoch boundary with that epoch's shard order, not its "
                      "sample order.", settings.data.dataset, len(run.train_loader) * settings.loader.batch_size)
     distill = settings.distill
-    _logger.info("Distillation: %s (alpha %g, tau %g, soft reduction %s), teacher: %s.", distill.type,
-                 distill.alpha, distill.tau, distill.soft_reduction, _teacher_source(run))
+    task, weight = distill.weights
+    _logger.info("Distillation: %s (%s; weights %g x task + %g x distill, tau %g, soft reduction %s), teacher: %s.",
+                 distill.type, f"timm's {distill.kd_distill_type} task" if distill.family == "timm" else "DeiT's",
+                 task, weight, distill.tau, distill.soft_reduction, _teacher_source(run))
     _logger.info("Learning rate %s; %d epochs of %d updates; output %s.", lr_how, run.num_epochs,
                  run.updates_per_epoch, run.output_dir)
     if settings.schedule.sched == "plateau":

@@ -305,15 +305,38 @@ def _record_table() -> dict[str, Any]:
     return table | _distill_record()
 
 
+def distill_settings(o: argparse.Namespace) -> DistillSettings:
+    """The loss's settings from the resolved options: the family, DeiT's alpha or timm's task and weights."""
+    timm = o.distill_family == "timm"
+    return DistillSettings(
+        type=o.distill_type, alpha=None if timm else o.distill_alpha, tau=o.distill_tau,
+        soft_reduction=o.distill_soft_reduction, family=o.distill_family,
+        kd_distill_type=o.kd_distill_type if timm else None,
+        task_loss_weight=o.task_loss_weight if timm else None,
+        distill_loss_weight=o.distill_loss_weight if timm else None,
+        kd_loss_type=(o.kd_loss_type or "kl"), kd_student_feature_dim=o.kd_student_feature_dim if timm else None,
+        kd_teacher_feature_dim=o.kd_teacher_feature_dim if timm else None)
+
+
 def _distill_record() -> dict[str, Any]:
-    """The distillation options, read from the teacher's and the loss's settings."""
+    """The distillation options, read from the teacher's and the loss's settings (a timm-family run in timm's
+    keys: :func:`~timm_deit_distill.factory.options.timm_spelled`)."""
     def listed(values: Sequence[Any] | None) -> list[Any] | None:
         return list(values) if values is not None else None
 
+    def deit(read: Any) -> Any:
+        return lambda s: read(s) if s.distill.family == "deit" else None
+
+    def timm(read: Any) -> Any:
+        return lambda s: read(s) if s.distill.family == "timm" else None
+
+    token = timm(lambda s: s.distill.type if s.distill.kd_distill_type == "token" else None)
     return {
-        "distill_teacher": _field("teacher", "source"), "distill_teacher_path": _field("teacher", "checkpoint_path"),
-        "distill_type": _field("distill", "type"), "distill_alpha": _field("distill", "alpha"),
-        "distill_tau": _field("distill", "tau"), "distill_soft_reduction": _field("distill", "soft_reduction"),
+        "distill_teacher": deit(_field("teacher", "source")),
+        "distill_teacher_path": _field("teacher", "checkpoint_path"),
+        "distill_type": deit(_field("distill", "type")), "distill_alpha": deit(_field("distill", "alpha")),
+        "distill_tau": deit(_field("distill", "tau")),
+        "distill_soft_reduction": deit(_field("distill", "soft_reduction")),
         "teacher_precision": _field("teacher", "precision"), "teacher_compile": _field("teacher", "compile"),
         "teacher_min_agreement": _field("teacher", "min_agreement"),
         "distill_teacher_ema": _field("teacher", "use_ema"), "distill_cache": lambda s: s.distill_cache,
@@ -321,6 +344,13 @@ def _distill_record() -> dict[str, Any]:
         "teacher_min_top1": _field("teacher", "min_top1"), "teacher_check_images": _field("teacher", "check_images"),
         "no_teacher_check": lambda s: not s.teacher.check,
         "teacher_mean": lambda s: listed(s.teacher.mean), "teacher_std": lambda s: listed(s.teacher.std),
+        "kd_model_name": timm(_field("teacher", "source")), "kd_distill_type": lambda s: s.distill.kd_distill_type or "logit",
+        "kd_token_distill_type": token, "kd_temperature": timm(_field("distill", "tau")),
+        "task_loss_weight": timm(_field("distill", "task_loss_weight")),
+        "distill_loss_weight": timm(_field("distill", "distill_loss_weight")),
+        "kd_loss_type": _field("distill", "kd_loss_type"),
+        "kd_student_feature_dim": timm(_field("distill", "kd_student_feature_dim")),
+        "kd_teacher_feature_dim": timm(_field("distill", "kd_teacher_feature_dim")),
     }
 
 
@@ -419,8 +449,7 @@ def settings_from_options(options: argparse.Namespace) -> TrainSettings:
         # --channels-last is about the student; unset, the teacher picks channels_last for convnets itself
         teacher=teacher_settings(o, source=o.distill_teacher, checkpoint_path=o.distill_teacher_path,
                                  use_ema=o.distill_teacher_ema, channels_last=o.channels_last or None),
-        distill=DistillSettings(type=o.distill_type, alpha=o.distill_alpha, tau=o.distill_tau,
-                                soft_reduction=o.distill_soft_reduction),
+        distill=distill_settings(o),
         augment=_fields(AugmentSettings, values), loader=_fields(LoaderSettings, values),
         optimizer=_fields(OptimizerSettings, values), schedule=_fields(ScheduleSettings, values),
         ema=_fields(EmaSettings, values), amp=_fields(AmpSettings, values), step=_fields(StepSettings, values),

@@ -10,13 +10,16 @@ for is ignored, a key it has a flag for takes timm's meaning. So besides this pa
   distillation: DeiT's soft or hard distillation through the distillation token is timm's
   ``TokenDistillationTask``, with ``task_loss_weight = 1 - alpha`` and ``distill_loss_weight = alpha`` (both given:
   timm's independent weights), divided by the number of classes for DeiT's soft term (``'deit'`` reduction: the
-  summed KL over ``B * C``, where timm's ``batchmean`` divides by ``B``). timm builds its teacher from the name
+  summed KL over ``B * C``, where timm's ``batchmean`` divides by ``B``). On a single-head student DeiT's soft
+  distillation (both terms on the one head) is timm's ``LogitDistillationTask`` with the same weights; its hard
+  one has no timm task. A timm-spelled run's options are timm's keys already. timm builds its teacher from the name
   alone, pretrained, at the student's input: a teacher from a checkpoint file, a target cache, or a teacher at
   another input size or normalisation than timm would give it cannot be written (the keys are left out and
   timm's train.py trains without a teacher: docs/training.md says which runs these are).
 
-Reading the file back with ``deit-distill train -c``, the timm keys of a file this package wrote (it holds
-``distill_type``) are the rendering of its ``distill_*`` settings: they are checked against them, not read twice.
+Reading the file back with ``deit-distill train -c``, the timm keys of a file this package wrote of a DeiT-spelled
+run (``distill_type: soft|hard``) are the rendering of its ``distill_*`` settings: they are checked against them,
+not read twice.
 """
 
 from __future__ import annotations
@@ -34,27 +37,34 @@ TIMM_KD_KEYS = ("kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd
                 "task_loss_weight", "distill_loss_weight")
 
 
-def timm_keys(settings: Any, *, device: str, num_classes: int, teacher_description: Mapping[str, Any] | None,
+def timm_keys(settings: Any, *, device: str, num_classes: int, distilled: bool,
+              teacher_description: Mapping[str, Any] | None,
               student_input_size: Sequence[int] | None) -> dict[str, Any]:
     """The keys timm's train.py needs from ``args.yaml`` to run what ``settings`` ran: the device type the run
-    used, and timm's distillation keys when timm can express the distillation (else none)."""
-    return {"device": device, **timm_distillation_keys(settings, num_classes=num_classes,
+    used, and timm's distillation keys when timm can express the distillation (else none). ``distilled``: the
+    student has a distillation head."""
+    return {"device": device, **timm_distillation_keys(settings, num_classes=num_classes, distilled=distilled,
                                                        teacher_description=teacher_description,
                                                        student_input_size=student_input_size)}
 
 
-def timm_distillation_keys(settings: Any, *, num_classes: int, teacher_description: Mapping[str, Any] | None,
+def timm_distillation_keys(settings: Any, *, num_classes: int, distilled: bool,
+                           teacher_description: Mapping[str, Any] | None,
                            student_input_size: Sequence[int] | None) -> dict[str, Any]:
-    """timm's ``kd_*`` keys and loss weights for the run's distillation, or ``{}`` where timm's train.py cannot
-    run it (no distillation, a teacher timm would not build the same way; see the module)."""
+    """timm's ``kd_*`` keys and loss weights for a DeiT-spelled run's distillation, or ``{}`` where timm's
+    train.py cannot run it (see the module). A timm-spelled run's options are timm's keys already."""
     distill, teacher = settings.distill, settings.teacher
-    if distill.type not in ("soft", "hard") or not _timm_builds_the_teacher(settings, teacher_description,
-                                                                          student_input_size):
+    if getattr(distill, "family", "deit") != "deit" or distill.type not in ("soft", "hard"):
+        return {}
+    if not distilled and distill.type == "hard":
+        return {}  # timm's logit task (the one head) has a soft term only
+    if not _timm_builds_the_teacher(settings, teacher_description, student_input_size):
         return {}
     scale = 1.0 / num_classes if distill.type == "soft" and distill.soft_reduction == "deit" else 1.0
-    return {"kd_model_name": teacher.source, "kd_distill_type": "token", "kd_token_distill_type": distill.type,
-            "kd_temperature": float(distill.tau), "task_loss_weight": 1.0 - float(distill.alpha),
-            "distill_loss_weight": float(distill.alpha) * scale}
+    task = {"kd_distill_type": "token", "kd_token_distill_type": distill.type} if distilled else \
+        {"kd_distill_type": "logit", "kd_loss_type": "kl"}
+    return {"kd_model_name": teacher.source, **task, "kd_temperature": float(distill.tau),
+            "task_loss_weight": 1.0 - float(distill.alpha), "distill_loss_weight": float(distill.alpha) * scale}
 
 
 def _timm_builds_the_teacher(settings: Any, description: Mapping[str, Any] | None,
@@ -70,16 +80,17 @@ def _timm_builds_the_teacher(settings: Any, description: Mapping[str, Any] | Non
 
 
 def check_own_record(config: dict[str, Any], where: str) -> None:
-    """Take timm's ``kd_*`` keys out of a ``-c`` file this package wrote (it holds ``distill_type``), after
-    checking that they still render its ``distill_*`` settings; a file edited in one place only is refused."""
-    if "distill_type" not in config or not any(k in config for k in TIMM_KD_KEYS):
+    """Take timm's ``kd_*`` keys out of a ``-c`` file this package wrote of a DeiT-spelled run (it holds
+    ``distill_type: soft|hard``), after checking that they still render its ``distill_*`` settings; a file edited
+    in one place only is refused. A timm-spelled run's file (``distill_type: null``) is left as it is: its
+    ``kd_*`` keys are its settings."""
+    if config.get("distill_type") not in ("soft", "hard") or not config.get("kd_model_name"):
         return
     rendered = {k: config.pop(k) for k in TIMM_KD_KEYS if k in config}
-    if rendered.get("kd_model_name") is None:
-        return
-    expected = {"kd_model_name": config.get("distill_teacher"), "kd_token_distill_type": config.get("distill_type"),
-                "kd_temperature": config.get("distill_tau"),
+    expected = {"kd_model_name": config.get("distill_teacher"), "kd_temperature": config.get("distill_tau"),
                 "task_loss_weight": None if config.get("distill_alpha") is None else 1.0 - config["distill_alpha"]}
+    if rendered.get("kd_distill_type") == "token":
+        expected["kd_token_distill_type"] = config.get("distill_type")
     for key, want in expected.items():
         got = rendered.get(key)
         same = got == want if not isinstance(got, float) or want is None else math.isclose(got, want, abs_tol=1e-9)

@@ -206,6 +206,10 @@ def _loss_rows(distill: Mapping[str, Any]) -> list[tuple[str, Any]]:
         return "n/a" if distill.get(key) is None else _fmt(distill[key])
 
     rows: list[tuple[str, Any]] = [("distillation type", distill.get("type"))]
+    if distill.get("family") == "timm":
+        rows.append(("distillation spelled as", f"timm train.py's {distill.get('kd_distill_type')} distillation"))
+    if distill.get("heads"):
+        rows.append(("what each head learned from", distill["heads"]))
     if "task_loss_weight" in distill:
         rows.append(("loss weights (timm's train.py)",
                      f"{value('task_loss_weight')} x task loss + {value('distill_loss_weight')} x distillation loss"))
