@@ -3,6 +3,8 @@ distillation spellings computing timm's own tasks' loss (LogitDistillationTask, 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import timm
 import torch
@@ -170,6 +172,15 @@ def test_a_single_head_student_trains_evaluates_and_records_its_head(files, kind
     assert evaluate.main(["--checkpoint", str(root / "runs" / kind / "last.pth.tar"), "--data-dir", str(data),
                           "--workers", "0", "--use-ema", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["count"] > 0
+    # the Hub card says which head learned from which teacher
+    from huggingface_hub import ModelCard
+
+    from timm_deit_distill.hub import save_pretrained
+
+    card = ModelCard.load(save_pretrained(root / "runs" / kind / "last.pth.tar", root / f"hub-{kind}",
+                                          use_ema=True) / "README.md").text
+    assert "| what each head learned from | the one head: labels and teacher |" in card
+    assert f"| distillation type | {kind} |" in card and "resnet10t" in card
 
 
 @pytest.mark.slow
@@ -243,3 +254,126 @@ def test_the_recorded_options_read_back_as_the_same_family_and_weights(argv, tmp
     config.write_text(yaml.safe_dump(settings.options(), sort_keys=False))
     again = settings_from_options(parse_args(["-c", str(config)]))
     assert again.distill == settings.distill and again.teacher.source == "resnet10t"
+
+
+# --- timm's feature distillation ------------------------------------------------------------------------------
+
+class FixedFeatures(FixedTargets):
+    def targets(self, inputs, views=None, epoch=None):
+        with torch.no_grad():
+            return self.teacher.forward_head(self.teacher.forward_features(inputs), pre_logits=True)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS, ids=["equal", "complementary", "independent", "independent-both"])
+def test_kd_feature_computes_timms_feature_distillation_task(weights):
+    """`--kd-distill-type feature`: timm's FeatureDistillationTask (its trainable module, its projection where the
+    pooled sizes differ: resnet10t 512 -> mobilenetv3 1024), same loss and parts in every weighting mode."""
+    from timm.task import FeatureDistillationTask
+
+    student, teacher = _model("resnet10t", 0), _model("mobilenetv3_small_050", 1).eval()
+    student.pretrained_cfg = {**student.pretrained_cfg, "mean": teacher.pretrained_cfg["mean"],
+                              "std": teacher.pretrained_cfg["std"]}
+    distill = _distill(["--kd-model-name", "t", "--kd-distill-type", "feature", *weights])
+    trainable = builders.feature_module(student, SimpleNamespace(feature_dim=1024), distill)
+    ours = builders.create_task(trainable, FixedFeatures(teacher), distill, smoothing=0.0, mixup_active=False,
+                                device=CPU)
+    w = {k.lstrip("-").replace("-", "_"): float(v) for k, v in zip(weights[::2], weights[1::2], strict=True)}
+    timms = FeatureDistillationTask(student, teacher, criterion=torch.nn.CrossEntropyLoss(), verbose=False, **w)
+    timms.trainable_module.projection.load_state_dict(trainable.projection.state_dict())
+    x, y = _batch()
+    got, want = ours(x, y), timms(x, y)
+    torch.testing.assert_close(got["loss"], want["loss"])
+    torch.testing.assert_close(got["distill_loss"], want["kd_loss"].detach())
+    got["loss"].backward()
+    assert trainable.projection.weight.grad is not None  # the projection learns
+
+
+def test_the_teachers_features_are_timms_pooled_pre_logits_on_its_own_input():
+    """DistillationTeacher.features: what timm's DistillationTeacher(return_features=True) gives, on the input the
+    teacher's logits see (renormalised to its own mean/std)."""
+    from timm.task.distillation import DistillationTeacher as TimmTeacher
+
+    from timm_deit_distill.teacher import DistillationTeacher
+
+    teacher = _model("mobilenetv3_small_050", 1).eval()
+    ours = DistillationTeacher.create(teacher, num_classes=10, data_mean=(0.5, 0.5, 0.5), data_std=(0.5, 0.5, 0.5),
+                                      precision="fp32", compile="no")
+    x, _ = _batch()
+    timms = TimmTeacher(teacher)
+    half = torch.full((1, 3, 1, 1), 0.5)
+    want = timms(timms.normalize_input(x, half, half), return_features=True)
+    torch.testing.assert_close(ours.features(x), want, rtol=1e-5, atol=1e-5)
+    assert ours.feature_dim == 1024
+
+
+@pytest.mark.slow
+def test_kd_feature_trains_its_projection_checkpoints_it_and_resumes_exactly(files, tmp_path):
+    """The projection is in the optimizer, in every checkpoint (timm's task_state['projection']) and restored by
+    --resume: two legs end where one run does."""
+    from train_fixtures import load
+
+    from timm_deit_distill.commands import train
+
+    root, data, _ = files
+    torch.manual_seed(0)
+    mb = tmp_path / "mb.pth"
+    torch.save(timm.create_model("mobilenetv3_small_050", num_classes=10).state_dict(), mb)
+
+    def argv(name, *extra):
+        cli = _cli(data, mb, tmp_path, name, "--sched", "constant", *extra)
+        at = cli.index("--distill-teacher")
+        return [*cli[:at], "--kd-model-name", "mobilenetv3_small_050", *cli[at + 2:], "--kd-distill-type", "feature"]
+
+    assert train.main(argv("straight")) == 0
+    assert train.main(argv("legs", "--epochs", "1")) == 0
+    first = load(tmp_path / "legs" / "last.pth.tar")
+    assert train.main(argv("legs", "--resume", str(tmp_path / "legs" / "last.pth.tar"))) == 0
+    a, b = load(tmp_path / "straight" / "last.pth.tar"), load(tmp_path / "legs" / "last.pth.tar")
+    assert not any(k.startswith(("student.", "projection.")) for k in a["state_dict"])  # a plain student
+    projection = a["task_state"]["projection"]
+    assert projection["weight"].shape == (1024, 512)
+    assert not torch.equal(projection["weight"], first["task_state"]["projection"]["weight"])  # it trained
+    # the optimizer steps the student's tensors and the projection's two
+    n_student = len(list(timm.create_model("resnet10t").parameters()))
+    assert sum(len(g["params"]) for g in a["optimizer"]["param_groups"]) == n_student + 2
+    for name in a["state_dict"]:
+        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    for name in projection:
+        assert torch.equal(projection[name], b["task_state"]["projection"][name]), name
+
+
+@pytest.mark.slow
+def test_a_single_head_student_under_torchrun_matches_one_process(files, tmp_path):
+    """Two torchrun processes (gloo) train a plain ViT (DeiT-Ti's architecture without the distillation token)
+    with soft distillation to the weights one process reaches with the global batch."""
+    import os
+    import subprocess
+    import sys
+
+    from train_fixtures import load, run_cli
+
+    from timm_deit_distill.records import read_summary
+
+    _, data, teacher = files
+
+    def argv(name, batch):
+        return ["--data-dir", str(data), "--model", "vit_tiny_patch16_224", "--img-size", "16", "--model-kwargs",
+                "patch_size=4", "depth=1", "embed_dim=32", "num_heads=2", "-b", str(batch), "--workers", "0",
+                "--epochs", "2", "--opt", "sgd", "--lr", "0.05", "--warmup-epochs", "0", "--deterministic-aug",
+                "--distill-teacher", "resnet10t", "--distill-teacher-path", str(teacher), "--distill-type", "soft",
+                "--no-teacher-check", "--teacher-precision", "fp32", "--teacher-compile", "no", "--seed", "5",
+                "--output", str(tmp_path), "--experiment", name]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "timm_deit_distill", "train", *argv("ddp", 8)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    single = run_cli(argv("single", 16))
+    assert single.returncode == 0, single.stdout + single.stderr
+    a, b = load(tmp_path / "ddp" / "last.pth.tar"), load(tmp_path / "single" / "last.pth.tar")
+    for name, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][name], rtol=1e-4, atol=1e-6), name
+    rows = read_summary(tmp_path / "ddp" / "summary.csv"), read_summary(tmp_path / "single" / "summary.csv")
+    for r2, r1 in zip(*rows, strict=True):
+        assert float(r2["train_distill_loss"]) == pytest.approx(float(r1["train_distill_loss"]), rel=1e-4)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .teacher.precision import has_autocast
 
-__all__ = ["TargetSource", "OnlineTargets", "CachedTargets"]
+__all__ = ["TargetSource", "OnlineTargets", "OnlineFeatures", "CachedTargets"]
 
 
 @runtime_checkable
@@ -47,6 +47,20 @@ class OnlineTargets:
 
     def __repr__(self) -> str:
         return f"OnlineTargets({getattr(self.teacher, 'name', None) or type(self.teacher).__name__})"
+
+
+class OnlineFeatures(OnlineTargets):
+    """The teacher's pooled pre-logits features for ``inputs`` (timm's feature distillation), computed now on the
+    teacher's input (its normalisation and size) and precision."""
+
+    def targets(self, inputs: torch.Tensor, views: torch.Tensor | None = None,
+                epoch: int | None = None) -> torch.Tensor:
+        device_type = inputs.device.type
+        with torch.autocast(device_type, enabled=False) if has_autocast(device_type) else nullcontext():
+            return self.teacher.features(inputs)
+
+    def __repr__(self) -> str:
+        return f"OnlineFeatures({getattr(self.teacher, 'name', None) or type(self.teacher).__name__})"
 
 
 class CachedTargets:

@@ -18,8 +18,10 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.task import TrainingTask
 from timm.task.classification import resolve_classification_loss
+from timm.task.distillation import FeatureDistillationTrainableModule
 from timm.utils import unwrap_model
 
 from .losses import DistillationLoss
@@ -27,7 +29,7 @@ from .targets import OnlineTargets, TargetSource
 from .teacher import DistillationTeacher, PathChoice, TeacherError, fixed_input_hw
 
 __all__ = ["DistilledOutput", "DistilledStudent", "DeiTDistillationTask", "student_data_config", "HEADS",
-           "has_distillation_head"]
+           "has_distillation_head", "feature_trainable", "feature_dim"]
 
 _logger = logging.getLogger(__name__)
 
@@ -51,6 +53,28 @@ def has_distillation_head(student: nn.Module) -> bool:
     distilled model in eval mode, or with ``set_distilled_training(False)``, returns one tensor)."""
     unwrapped = unwrap_model(student)
     return hasattr(unwrapped, "set_distilled_training") or hasattr(unwrapped, "head_dist")
+
+
+def feature_dim(model: nn.Module) -> int:
+    """A timm model's pooled pre-logits size (what timm's FeatureDistillationTask detects: ``head_hidden_size``,
+    else ``num_features``)."""
+    from timm.task.distillation import FeatureDistillationTask
+
+    return FeatureDistillationTask._detect_feature_dim(model)
+
+
+def feature_trainable(student: nn.Module, teacher_dim: int, *, student_dim: int | None = None,
+                      device: torch.device | None = None) -> FeatureDistillationTrainableModule:
+    """timm's feature-distillation trainable module: the student and, where its pooled features' size differs
+    from the teacher's, a linear projection onto them (trained with the student: give this module's parameters
+    to the optimizer; the projection is checkpointed as timm's ``task_state['projection']``)."""
+    student_dim = feature_dim(student) if student_dim is None else int(student_dim)
+    projection = None
+    if student_dim != int(teacher_dim):
+        param = next(iter(student.parameters()), None)
+        projection = nn.Linear(student_dim, int(teacher_dim), device=device or (param.device if param is not None
+                                                                                 else None))
+    return FeatureDistillationTrainableModule(student, projection)
 
 
 def _require_distilled(student: nn.Module) -> nn.Module:
@@ -234,6 +258,10 @@ class DeiTDistillationTask(TrainingTask):
         criterion = resolve_classification_loss(criterion, self.device, criterion_kwargs=dict(criterion_kwargs or {}))
         if heads not in HEADS:
             raise ValueError(f"heads must be one of {HEADS}, got {heads!r}.")
+        self.feature = distillation_type == "feature"
+        if self.feature:
+            self._init_feature(student_model, teacher_model, criterion, tau, weights)
+            return
         two = has_distillation_head(student_model) and heads != "one"
         if heads == "two" and not two:
             raise ValueError(f"{type(unwrap_model(student_model)).__name__} has no distillation head, which timm's token "
@@ -255,6 +283,29 @@ class DeiTDistillationTask(TrainingTask):
         self.trainable_module = student_model
         if self.verbose:
             _logger.info("DeiTDistillationTask: %s, targets=%s", self.distill_loss.extra_repr(), self.target_source)
+
+    def _init_feature(self, student_model: nn.Module, teacher: Any, criterion: Any, tau: float,
+                      weights: tuple[float, float] | None) -> None:
+        """timm's FeatureDistillationTask: ``student_model`` is its trainable module (student + projection: see
+        :func:`feature_trainable`), ``teacher`` a source of the teacher's pooled features."""
+        if not isinstance(unwrap_model(student_model), FeatureDistillationTrainableModule):
+            raise ValueError("feature distillation trains timm's FeatureDistillationTrainableModule: pass "
+                             "feature_trainable(student, teacher_dim) as student_model (its projection must reach "
+                             "the optimizer).")
+        if teacher is None or not isinstance(teacher, TargetSource) or isinstance(teacher, nn.Module):
+            raise ValueError("feature distillation needs a target source of the teacher's features: "
+                             "OnlineFeatures(teacher).")
+        self.distill_loss = DistillationLoss(criterion, None, "none", None, tau, weights=weights or (1.0, 1.0))
+        self.distillation_type = "feature"
+        self.epoch = None
+        self.target_source, self.teacher = teacher, getattr(teacher, "teacher", None)
+        self.trainable_module = student_model
+        self.eval_model = unwrap_model(student_model).student
+
+    @property
+    def projection(self) -> nn.Module | None:
+        """Feature distillation's trained projection (None: none, or another kind of distillation)."""
+        return unwrap_model(self.trainable_module).projection if self.feature else None
 
     @property
     def criterion(self) -> nn.Module | Callable[..., torch.Tensor]:
@@ -299,6 +350,17 @@ class DeiTDistillationTask(TrainingTask):
         return agree_on_path(teacher, lambda: teacher.select_path(batches, batch_size=batch_size, steps=steps),
                              rank=rank, world_size=world)
 
+    def _feature_forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """timm's FeatureDistillationTask.forward, its expression, with the teacher's features from the source."""
+        assert self.target_source is not None
+        student_logits, student_features = self.trainable_module(input)
+        task_loss = self.criterion(student_logits, target)
+        teacher_features = self.target_source.targets(input, None, self.epoch).detach()
+        kd_loss = F.mse_loss(student_features, teacher_features)
+        loss = self.distill_loss.task_weight * task_loss + self.distill_loss.distill_weight * kd_loss
+        return {"loss": loss, "output": student_logits, "task_loss": task_loss.detach(),
+                "distill_loss": kd_loss.detach()}
+
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module:
         """Compile the student (also the eval model) and the teacher's forward, before DDP wrapping."""
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
@@ -310,6 +372,8 @@ class DeiTDistillationTask(TrainingTask):
     def forward(self, input: torch.Tensor, target: torch.Tensor,
                 views: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The loss and its parts for a batch (``views``: the batch's view positions, which a cache replays)."""
+        if self.feature:
+            return self._feature_forward(input, target)
         source = self.target_source
         teacher_output = source.targets(input, views, self.epoch) if source is not None else None
         output = self.trainable_module(input)

@@ -40,6 +40,7 @@ from .resume import (
     checkpoint_epoch,
     compare_resume,
     load_scheduler_state,
+    load_task_state,
     resume,
     scheduler_state,
 )
@@ -51,5 +52,5 @@ __all__ = [
     "checkpoint_epoch", "compare_resume", "ResumeComparison", "create_model_from_checkpoint",
     "model_from_checkpoint", "CheckpointError", "read_checkpoint", "check_checkpoint_file", "select_weights",
     "RAW_KEYS", "EMA_KEYS", "scheduler_state", "load_scheduler_state", "DIGEST_KEY", "tensor_digests",
-    "RunMetadata", "Distillation", "NOT_RECORDED", "read_run_metadata",
+    "RunMetadata", "Distillation", "NOT_RECORDED", "read_run_metadata", "load_task_state",
 ]

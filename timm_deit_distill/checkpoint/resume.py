@@ -19,7 +19,7 @@ from .reader import load_training_checkpoint
 from .saver import set_rng_state
 
 __all__ = ["resume", "ResumeState", "checkpoint_epoch", "scheduler_state", "load_scheduler_state", "compare_resume",
-           "ResumeComparison"]
+           "ResumeComparison", "load_task_state"]
 
 _logger = logging.getLogger(__name__)
 
@@ -165,6 +165,20 @@ def resume(
     if restore_rng:
         state.restore_rng(model_ema)
     return state
+
+
+def load_task_state(path: Any, checkpoint: dict[str, Any], *, projection: torch.nn.Module) -> None:
+    """Restore feature distillation's projection from timm's ``task_state['projection']``; a checkpoint without
+    one (or with one of another shape) is refused naming the file."""
+    state = (checkpoint.get("task_state") or {}).get("projection")
+    if state is None:
+        raise CheckpointError(f"{path!r} holds no feature-distillation projection (task_state['projection']), which "
+                              "this run trains: resume with the flags of the run that wrote it (-c RUN/args.yaml).")
+    try:
+        projection.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{path!r}: its feature-distillation projection does not fit this run's: {detail}") from None
 
 
 # What exact resumption needs unchanged, compared by compare_resume. Settings that only say where the run

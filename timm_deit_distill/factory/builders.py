@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DataSettings", "StudentSettings", "DeviceInfo", "select_device", "init_device", "check_model_name",
     "fixed_input_size", "open_datasets", "architecture_kwargs", "create_student", "student_data_config",
-    "create_criterion", "base_criterion", "create_task", "task_heads", "initial_weights_origin",
+    "create_criterion", "base_criterion", "create_task", "task_heads", "feature_module", "initial_weights_origin",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -343,6 +343,15 @@ def create_criterion(distill: DistillSettings, *, smoothing: float, mixup_active
     return DistillationLoss(base_criterion(smoothing=smoothing, mixup_active=mixup_active), None, distill.type,
                             distill.alpha, distill.tau, soft_reduction=distill.soft_reduction,
                             weights=distill.weights, single_head=single_head)
+
+
+def feature_module(student: nn.Module, teacher: Any, distill: DistillSettings) -> nn.Module:
+    """timm's FeatureDistillationTrainableModule for ``student``: a projection onto the teacher's pooled features
+    where the sizes (``--kd-*-feature-dim``, else detected as timm detects them) differ."""
+    from ..task import feature_trainable
+
+    teacher_dim = distill.kd_teacher_feature_dim or teacher.feature_dim
+    return feature_trainable(student, teacher_dim, student_dim=distill.kd_student_feature_dim)
 
 
 def task_heads(distill: DistillSettings) -> str:

@@ -1094,8 +1094,6 @@ def _validate_timm_family(args: argparse.Namespace) -> None:
     for dest in ("kd_student_feature_dim", "kd_teacher_feature_dim"):
         value = getattr(args, dest)
         need(value is None or value >= 1, f"--{dest.replace('_', '-')} {value} must be >= 1.")
-    need(args.kd_distill_type != "feature", "--kd-distill-type feature (timm's FeatureDistillationTask) is not "
-         "implemented yet: use --kd-distill-type logit (any student) or token (a distilled student).")
     if args.distill_cache and args.kd_distill_type == "feature":
         raise UsageError("--distill-cache replays the teacher's logits, but --kd-distill-type feature matches its "
                          "pooled features, computed on every batch: drop --distill-cache (or use logit/token).")

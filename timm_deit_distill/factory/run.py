@@ -53,6 +53,7 @@ class Run:
     teacher: Any = None
     cache: Any = None
     task: Any = None  # the training step: the package's DeiTDistillationTask over model and the target source
+    projection: Any = None  # feature distillation's trained projection (timm's task_state['projection'])
     optimizer: Any = None
     loss_scaler: Any = None
     lr_scheduler: Any = None
@@ -331,8 +332,13 @@ def _build_optimization(run: Run) -> tuple[float, str]:
     settings, student = run.settings, run.student
     lr, lr_how = settings.learning_rate(run.world_size)
     opt = settings.optimizer
+    trainable: nn.Module = student
+    if settings.distill.type == "feature":
+        # timm's trainable module: the student and the projection onto the teacher's features, both optimised
+        trainable = builders.feature_module(student, run.teacher, settings.distill)
+        run.projection = trainable.projection
     try:
-        run.optimizer = create_optimizer_v2(student, **{**optimizer_kwargs(cfg=opt.timm_cfg(lr)), "lr": lr},
+        run.optimizer = create_optimizer_v2(trainable, **{**optimizer_kwargs(cfg=opt.timm_cfg(lr)), "lr": lr},
                                             **(opt.opt_kwargs or {}))
     except (TypeError, ValueError, ImportError) as e:  # timm's or the optimizer's own refusal of these settings
         raise UsageError(f"--opt {opt.opt}: timm could not build the optimizer ({type(e).__name__}: {one_line(e)}); "
@@ -345,7 +351,7 @@ def _build_optimization(run: Run) -> tuple[float, str]:
     if ema.model_ema:
         run.model_ema = ModelEmaV3(student, decay=ema.model_ema_decay, use_warmup=ema.model_ema_warmup,
                                    device="cpu" if ema.model_ema_force_cpu else None)
-    model: nn.Module = student
+    model: nn.Module = trainable
     if settings.misc.torchcompile:
         model = torch.compile(model, backend=settings.misc.torchcompile, mode=settings.misc.torchcompile_mode)
     if run.distributed:
@@ -364,10 +370,12 @@ def _build_optimization(run: Run) -> tuple[float, str]:
 
 def _target_source(run: Run) -> Any:
     """Where the step's teacher targets come from: the cache replayed, the teacher online, or nowhere."""
-    from ..targets import CachedTargets, OnlineTargets
+    from ..targets import CachedTargets, OnlineFeatures, OnlineTargets
 
     if run.cache is not None:
         return CachedTargets(run.cache)
+    if run.settings.distill.type == "feature":
+        return OnlineFeatures(run.teacher)
     return OnlineTargets(run.teacher) if run.teacher is not None else None
 
 
@@ -400,6 +408,8 @@ def _heads_taught(distill: Any, distilled: bool) -> str | None:
     """Which head learned from which source, as the card says it (None without a teacher)."""
     if distill.type == "none":
         return None
+    if distill.type == "feature":
+        return "pooled features (projected where sizes differ): teacher's features; the head: labels"
     if distilled and builders.task_heads(distill) != "one":
         return "class head: labels; distillation head: teacher"
     if distilled:
@@ -437,8 +447,10 @@ def _run_metadata(run: Run, arch_kwargs: dict[str, Any], data_config: dict[str, 
         distill=ckpt.Distillation(teacher=settings.teacher.source or getattr(teacher, "name", None),
                                   teacher_description=(getattr(teacher, "description", None)
                                                        or getattr(cache, "teacher_description", None)),
-                                  type=distill.type, alpha=distill.alpha, tau=distill.tau,
-                                  soft_reduction=distill.soft_reduction,
+                                  type=distill.type, alpha=distill.alpha,
+                                  # feature distillation's MSE has neither (timm's too)
+                                  tau=None if distill.type == "feature" else distill.tau,
+                                  soft_reduction=None if distill.type == "feature" else distill.soft_reduction,
                                   family=distill.family if distill.type != "none" else None,
                                   heads=_heads_taught(distill, has_distillation_head(run.student)),
                                   **_timm_weights(distill)),
@@ -494,6 +506,8 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
                               optimizer=None if settings.run.no_resume_opt else run.optimizer,
                               loss_scaler=run.loss_scaler, lr_scheduler=run.lr_scheduler, model_ema=run.model_ema,
                               rank=run.rank, world_size=run.world_size, checkpoint=resume_from, restore_rng=False)
+        if run.projection is not None:
+            ckpt.load_task_state(settings.run.resume, resume_from, projection=run.projection)
         entry = {"epoch": start_epoch, "checkpoint": os.path.abspath(settings.run.resume),
                  "changed": comparison.changed}
         metadata = replace(metadata, resumed=[*(ckpt.RunMetadata.from_checkpoint(resume_from).resumed or []), entry])
@@ -594,7 +608,8 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
     removed, size = run.lock.remove_partial_files()
     run.saver = ckpt.CheckpointSaver(
         # timm's checkpoints hold their args as a Namespace (plain values: weights_only-loadable)
-        model=run.model, optimizer=run.optimizer, args=argparse.Namespace(**saved), model_ema=run.model_ema,
+        # the student's weights alone, as timm saves its eval model (feature distillation's projection: task_state)
+        model=run.student, optimizer=run.optimizer, args=argparse.Namespace(**saved), model_ema=run.model_ema,
         amp_scaler=run.loss_scaler, checkpoint_dir=run.output_dir, recovery_dir=run.output_dir,
         decreasing=settings.intervals.eval_metric == "loss", max_history=settings.intervals.checkpoint_hist,
         extra_state=lambda: extra_state(run))
@@ -625,6 +640,8 @@ def extra_state(run: Run) -> dict[str, Any]:
         "rng": run.rng_states,  # gathered from every rank just before saving
         "summary": list(run.history),
     }
+    if run.projection is not None:
+        state["task_state"] = {"projection": run.projection.state_dict()}  # timm's key and layout
     if run.model_ema is not None and hasattr(run.model_ema, "_sr_generator"):
         state["ema_rng"] = run.model_ema._sr_generator.get_state()
     return state

@@ -305,17 +305,20 @@ def _record_table() -> dict[str, Any]:
     return table | _distill_record()
 
 
-def distill_settings(o: argparse.Namespace) -> DistillSettings:
-    """The loss's settings from the resolved options: the family, DeiT's alpha or timm's task and weights."""
-    timm = o.distill_family == "timm"
+def _distill_settings(v: Mapping[str, Any]) -> DistillSettings:
+    """The loss's settings from the resolved option values: the family, DeiT's alpha or timm's task and weights."""
+    timm = v["distill_family"] == "timm"
+
+    def timm_only(key: str) -> Any:
+        return v[key] if timm else None
+
     return DistillSettings(
-        type=o.distill_type, alpha=None if timm else o.distill_alpha, tau=o.distill_tau,
-        soft_reduction=o.distill_soft_reduction, family=o.distill_family,
-        kd_distill_type=o.kd_distill_type if timm else None,
-        task_loss_weight=o.task_loss_weight if timm else None,
-        distill_loss_weight=o.distill_loss_weight if timm else None,
-        kd_loss_type=(o.kd_loss_type or "kl"), kd_student_feature_dim=o.kd_student_feature_dim if timm else None,
-        kd_teacher_feature_dim=o.kd_teacher_feature_dim if timm else None)
+        type=v["distill_type"], alpha=None if timm else v["distill_alpha"], tau=v["distill_tau"],
+        soft_reduction=v["distill_soft_reduction"], family=v["distill_family"],
+        kd_distill_type=timm_only("kd_distill_type"), task_loss_weight=timm_only("task_loss_weight"),
+        distill_loss_weight=timm_only("distill_loss_weight"), kd_loss_type=v["kd_loss_type"] or "kl",
+        kd_student_feature_dim=timm_only("kd_student_feature_dim"),
+        kd_teacher_feature_dim=timm_only("kd_teacher_feature_dim"))
 
 
 def _distill_record() -> dict[str, Any]:
@@ -449,7 +452,7 @@ def settings_from_options(options: argparse.Namespace) -> TrainSettings:
         # --channels-last is about the student; unset, the teacher picks channels_last for convnets itself
         teacher=teacher_settings(o, source=o.distill_teacher, checkpoint_path=o.distill_teacher_path,
                                  use_ema=o.distill_teacher_ema, channels_last=o.channels_last or None),
-        distill=distill_settings(o),
+        distill=_distill_settings(vars(o)),
         augment=_fields(AugmentSettings, values), loader=_fields(LoaderSettings, values),
         optimizer=_fields(OptimizerSettings, values), schedule=_fields(ScheduleSettings, values),
         ema=_fields(EmaSettings, values), amp=_fields(AmpSettings, values), step=_fields(StepSettings, values),

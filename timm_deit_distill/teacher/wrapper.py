@@ -496,6 +496,27 @@ class DistillationTeacher(nn.Module):
         # A normal tensor (not an inference tensor), so losses built on it can be differentiated.
         return logits.clone()
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 pooled pre-logits features ``(B, D)`` for a batch normalised by the data pipeline (timm's
+        ``forward_head(forward_features(x), pre_logits=True)``, what timm's feature distillation matches), on the
+        same input the logits see (renormalised, at the teacher's size), eager at its path's precision."""
+        model = self.model
+        if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+            raise TeacherError(f"{type(model).__name__} has no forward_features/forward_head: timm's feature "
+                               "distillation needs a timm classifier as the teacher.")
+        if self._path is None:
+            self._use_default_path()
+        assert self._path is not None
+        with torch.inference_mode(), _autocast(x.device.type, self._path.dtype):
+            x = self.prepare_input(x.float())
+            out = model.forward_head(model.forward_features(x), pre_logits=True).float()
+        return out.clone()
+
+    @property
+    def feature_dim(self) -> int:
+        """The size of :meth:`features` (timm's ``head_hidden_size``, else ``num_features``)."""
+        return int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+
     # -- measuring ----------------------------------------------------------------------------------------
 
     def check(
