@@ -86,20 +86,29 @@ def runs(tmp_path_factory):
                        "--distill-alpha", "0.3", "--distill-tau", "2", "--experiment", "soft"]) == 0
     assert train.main([*common, "--kd-model-name", f"local-dir:{teacher}", "--kd-distill-type", "token",
                        "--task-loss-weight", "0.7", "--experiment", "timm"]) == 0
+    single = [a for a in common if a not in STUDENT] + ["--model", "resnet10t", "--img-size", "32"]
+    assert train.main([*single, "--distill-teacher", f"local-dir:{teacher}", "--distill-type", "soft",
+                       "--distill-alpha", "0.3", "--distill-tau", "2", "--experiment", "usual"]) == 0
     return {"dir": root / "soft", "teacher": f"local-dir:{teacher}", "data": data,
-            "args": {name: yaml.safe_load((root / name / "args.yaml").read_text()) for name in ("soft", "timm")}}
+            "args": {name: yaml.safe_load((root / name / "args.yaml").read_text())
+                     for name in ("soft", "timm", "usual")}}
 
 
-@pytest.mark.parametrize("name", ["soft", "timm"])
-def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(runs, name):
+@pytest.mark.parametrize("name, task, weights", [("soft", "token", (0.7, 0.03)),
+                                                  ("timm", "token", (0.7, None)),  # timm's: as given
+                                                  ("usual", "logit", (0.7, 0.03))])  # one head: timm's logit task
+def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(runs, name, task, weights):
     flags, written = timm_flags(), runs["args"][name]
     assert len(flags) == 171  # the list's 172 options: these and the positional data
-    wrong = {k: v for k, v in written.items() if k in flags and not _kind_fits(v, flags[k])}
+    # train.py reads kd_token_distill_type for its token task only: left None for another task, it is inert
+    inert = {"kd_token_distill_type"} if written["kd_distill_type"] != "token" else set()
+    wrong = {k: v for k, v in written.items()
+             if k in flags and not (v is None and k in inert) and not _kind_fits(v, flags[k])}
     assert not wrong
     assert written["device"] == "cpu"  # the device the run used: timm's train.py splits it
-    weights = {"soft": (0.7, 0.03), "timm": (0.7, None)}[name]  # timm's: as given (complementary mode)
-    assert {k: written[k] for k in ("kd_model_name", "kd_distill_type", "kd_token_distill_type")} == {
-        "kd_model_name": runs["teacher"], "kd_distill_type": "token", "kd_token_distill_type": "soft"}
+    assert (written["kd_model_name"], written["kd_distill_type"]) == (runs["teacher"], task)
+    if task == "token":
+        assert written["kd_token_distill_type"] == "soft"
     assert (written["task_loss_weight"], written["distill_loss_weight"]) == pytest.approx(weights)
 
 
