@@ -94,11 +94,12 @@ def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, see
 
     The student is built as train.py builds it (``create_model`` with the data flags' ``in_chans``, ``num_classes``,
     the drop rates, ``global_pool`` and ``**model_kwargs``), its task is train.py's (``TokenDistillationTask`` for
-    ``kd_model_name`` with ``kd_distill_type='token'``, else ``ClassificationTask``; the ``teacher`` module stands
+    ``kd_model_name`` with ``kd_distill_type='token'``, ``LogitDistillationTask`` with ``'logit'``, else
+    ``ClassificationTask``; the ``teacher`` module stands
     in for the one train.py would create from ``kd_model_name``: it is not saved) and timm's ``CheckpointSaver``
     writes the file."""
     from timm.optim import create_optimizer_v2, optimizer_kwargs
-    from timm.task import ClassificationTask, TokenDistillationTask
+    from timm.task import ClassificationTask, LogitDistillationTask, TokenDistillationTask
     from timm.utils import CheckpointSaver
 
     args = timm_train_args(**flags)
@@ -111,7 +112,12 @@ def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, see
                               **args.model_kwargs)
     if args.num_classes is None:
         args.num_classes = model.num_classes
-    if args.kd_model_name is not None:
+    if args.kd_model_name is not None and args.kd_distill_type == "logit":
+        assert teacher is not None
+        task = LogitDistillationTask(student_model=model, teacher_model=teacher, criterion=nn.CrossEntropyLoss(),
+                                     loss_type=args.kd_loss_type, distill_loss_weight=args.distill_loss_weight,
+                                     task_loss_weight=args.task_loss_weight, temperature=args.kd_temperature)
+    elif args.kd_model_name is not None:
         assert args.kd_distill_type == "token" and teacher is not None
         task = TokenDistillationTask(student_model=model, teacher_model=teacher, criterion=nn.CrossEntropyLoss(),
                                      distill_type=args.kd_token_distill_type,

@@ -218,3 +218,20 @@ def test_a_timm_train_checkpoint_trained_with_model_kwargs_starts_and_resumes_a_
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and given in err, err
         assert not (tmp_path / how[-1]).exists()
+
+
+def test_push_of_a_timm_logit_checkpoint_names_its_teacher_and_claims_no_second_head(tmp_path):
+    # timm's train.py --kd-model-name resnet18 (logit, its default) --model-kwargs stem_width=16 on a resnet10t
+    torch.manual_seed(7)
+    path, weights = timm_train_checkpoint(tmp_path / "timm-logit", teacher=timm.create_model("resnet18", num_classes=10),
+                                          model="resnet10t", model_kwargs={"stem_width": 16}, num_classes=10,
+                                          kd_model_name="resnet18", task_loss_weight=0.6)
+    folder = save_pretrained(path, tmp_path / "hub")
+    card = (folder / "README.md").read_text()
+    assert "timm's **logit** distillation from the teacher `resnet18`" in card and "- distillation-logit" in card
+    assert "| loss weights (timm's train.py) | 0.6 x task loss + 0.4 x distillation loss |" in card
+    assert "trained without a teacher" not in card and "distillation-token" not in card  # it has one head
+    published = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(published(x), _model("resnet10t", weights, num_classes=10, stem_width=16)(x))

@@ -28,6 +28,7 @@ from torch import nn
 from ..atomic import sha256_file
 from ..errors import HubExportError, OutputExistsError
 from ..records import read_summary_text
+from ..task import has_distillation_head
 from ..version import __version__
 from .card import CardFacts, build_model_card
 
@@ -474,7 +475,7 @@ def _export(
             train_args=student.train_args, summary_rows=student.summary_rows,
             summary_source=student.summary_source, source_file=student.source_file,
             source_sha256=student.source_sha256, license=license, datasets=tuple(datasets),
-            initial_weights=student.initial_weights,
+            initial_weights=student.initial_weights, distilled=has_distillation_head(model),
         )
         (staging / CARD_NAME).write_text(build_model_card(facts), encoding="utf-8")
         _apply_umask(staging)
