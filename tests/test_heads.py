@@ -377,3 +377,26 @@ def test_a_single_head_student_under_torchrun_matches_one_process(files, tmp_pat
     rows = read_summary(tmp_path / "ddp" / "summary.csv"), read_summary(tmp_path / "single" / "summary.csv")
     for r2, r1 in zip(*rows, strict=True):
         assert float(r2["train_distill_loss"]) == pytest.approx(float(r1["train_distill_loss"]), rel=1e-4)
+
+
+@pytest.mark.parametrize("exclude_head", [True, False], ids=["agc", "norm"])
+def test_gradient_clipping_sees_timms_clip_parameters_under_feature_distillation(exclude_head):
+    """`--clip-mode agc` leaves out the classifier's two parameters; under feature distillation the trainable
+    module's last two are the projection's, so the loop must take timm's FeatureDistillationTask's choice (the
+    student's without its head, then the projection's), not timm's model_parameters on the whole module."""
+    from timm.models import model_parameters
+    from timm.task import FeatureDistillationTask
+
+    from timm_deit_distill.task import clip_parameters, feature_trainable
+
+    student, teacher = _model("resnet10t", 0), _model("mobilenetv3_small_050", 1).eval()
+    trainable = feature_trainable(student, 1024)
+    timms = FeatureDistillationTask(student, teacher, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
+    timms.trainable_module.projection = trainable.projection
+    want = [id(p) for p in timms.get_clip_parameters(exclude_head=exclude_head)]
+    assert [id(p) for p in clip_parameters(trainable, exclude_head=exclude_head)] == want
+    if exclude_head:  # what the loop took before: the projection's weight and bias left out, the head's kept
+        assert [id(p) for p in model_parameters(trainable, exclude_head=True)] != want
+    plain = _model("resnet10t", 2)
+    assert ([id(p) for p in clip_parameters(plain, exclude_head=exclude_head)]
+            == [id(p) for p in model_parameters(plain, exclude_head=exclude_head)])

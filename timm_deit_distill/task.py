@@ -29,7 +29,7 @@ from .targets import OnlineTargets, TargetSource
 from .teacher import DistillationTeacher, PathChoice, TeacherError, fixed_input_hw
 
 __all__ = ["DistilledOutput", "DistilledStudent", "DeiTDistillationTask", "student_data_config", "HEADS",
-           "has_distillation_head", "feature_trainable", "feature_dim"]
+           "has_distillation_head", "feature_trainable", "feature_dim", "clip_parameters"]
 
 _logger = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ def feature_trainable(student: nn.Module, teacher_dim: int, *, student_dim: int 
         projection = nn.Linear(student_dim, int(teacher_dim), device=device or (param.device if param is not None
                                                                                  else None))
     return FeatureDistillationTrainableModule(student, projection)
+
+
+def clip_parameters(model: nn.Module, *, exclude_head: bool) -> list[nn.Parameter]:
+    """The parameters gradient clipping sees, as timm's train.py takes them from its task: timm's
+    ``model_parameters`` (the last two, the classifier's, left out for AGC); for feature distillation the
+    student's, then the projection's (timm's ``FeatureDistillationTask.get_clip_parameters``: the trainable
+    module's last two parameters are the projection's, not the classifier's)."""
+    from timm.models import model_parameters
+    from timm.utils import unwrap_model
+
+    trainable = unwrap_model(model)
+    if not isinstance(trainable, FeatureDistillationTrainableModule):
+        return list(model_parameters(model, exclude_head=exclude_head))
+    parameters = list(model_parameters(trainable.student, exclude_head=exclude_head))
+    if trainable.projection is not None:
+        parameters.extend(trainable.projection.parameters())
+    return parameters
 
 
 def _require_distilled(student: nn.Module) -> nn.Module:
@@ -364,7 +381,8 @@ class DeiTDistillationTask(TrainingTask):
     def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module:
         """Compile the student (also the eval model) and the teacher's forward, before DDP wrapping."""
         self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
-        self.eval_model = self.trainable_module
+        # feature distillation evaluates the student alone (timm's FeatureDistillationTask.get_eval_model)
+        self.eval_model = unwrap_model(self.trainable_module).student if self.feature else self.trainable_module
         if self.teacher is not None:
             self.teacher.compile(backend=backend, mode=mode, **compile_kwargs)
         return self.trainable_module

@@ -106,8 +106,9 @@ def _all_reduce_sum(values: list[float], run: Run) -> list[float]:
 
 def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """One pass over the training loader; returns the epoch's mean losses (reduced over ranks)."""
-    from timm.models import model_parameters
     from timm.utils import dispatch_clip_grad
+
+    from ..task import clip_parameters
 
     settings, optimizer = run.settings, run.optimizer
     run.train_loader.set_epoch(epoch)
@@ -130,7 +131,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
         need_update = (batch_idx + 1) % accum == 0 or batch_idx == num_batches - 1
         steps_in_update = last_accum if batch_idx >= num_batches - last_accum else accum
         values = _step(run, epoch, batch_idx, inputs, targets, views, need_update, steps_in_update,
-                       (model_parameters, dispatch_clip_grad))
+                       (clip_parameters, dispatch_clip_grad))
         n = len(targets)
         sums = [sums[0] + n, sums[1] + values[0] * n, sums[2] + values[1] * n, sums[3] + values[2] * n]
         log.samples += n * run.world_size
@@ -203,9 +204,9 @@ class _StepLog:
         self.started, self.samples = time.time(), 0
 
 
-def _backward(run: Run, loss: torch.Tensor, need_update: bool, model_parameters: Any, clip: Any) -> None:
+def _backward(run: Run, loss: torch.Tensor, need_update: bool, clip_parameters: Any, clip: Any) -> None:
     step = run.settings.step
-    params = (model_parameters(run.model, exclude_head="agc" in step.clip_mode)
+    params = (clip_parameters(run.model, exclude_head="agc" in step.clip_mode)
               if step.clip_grad is not None else None)
     if run.loss_scaler is not None:
         run.loss_scaler(loss, run.optimizer, clip_grad=step.clip_grad, clip_mode=step.clip_mode,
