@@ -106,6 +106,12 @@ def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(runs, name, ta
              if k in flags and not (v is None and k in inert) and not _kind_fits(v, flags[k])}
     assert not wrong
     assert written["device"] == "cpu"  # the device the run used: timm's train.py splits it
+    # timm's train.py builds create_model(model, num_classes=args.num_classes): None is the model's 1000 (and its
+    # teacher's, whose head is then dropped); this package counted the data's classes
+    assert written["num_classes"] == 10
+    # the tiny DeiT is this package's variant: timm's train.py knows it after --device-modules imports the package
+    plugin = written["model"] == "deit_tiny_distilled_patch4_32"
+    assert written["device_modules"] == (["timm_deit_distill"] if plugin else None)
     assert (written["kd_model_name"], written["kd_distill_type"]) == (runs["teacher"], task)
     if task == "token":
         assert written["kd_token_distill_type"] == "soft"

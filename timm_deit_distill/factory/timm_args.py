@@ -5,6 +5,8 @@ for is ignored, a key it has a flag for takes timm's meaning. So besides this pa
 ``deit-distill train -c`` reads), ``args.yaml`` holds what timm needs to run the same thing:
 
 * ``device``: the device the run used (timm's train.py does ``args.device.split(':')``: ``null`` stops it);
+* ``num_classes``: the classes the run counted in its data (timm's train.py would build the model's default);
+* ``device_modules``: this package, where the student or the teacher is one of its variants;
 * timm's distillation keys (``kd_model_name``, ``kd_distill_type``, ``kd_token_distill_type``,
   ``kd_temperature``, ``task_loss_weight``, ``distill_loss_weight``), whenever timm's train.py can run the same
   distillation: DeiT's soft or hard distillation through the distillation token is timm's
@@ -41,11 +43,30 @@ def timm_keys(settings: Any, *, device: str, num_classes: int, distilled: bool,
               teacher_description: Mapping[str, Any] | None,
               student_input_size: Sequence[int] | None) -> dict[str, Any]:
     """The keys timm's train.py needs from ``args.yaml`` to run what ``settings`` ran: the device type the run
-    used, and timm's distillation keys when timm can express the distillation (else none). ``distilled``: the
-    student has a distillation head."""
-    return {"device": device, **timm_distillation_keys(settings, num_classes=num_classes, distilled=distilled,
-                                                       teacher_description=teacher_description,
-                                                       student_input_size=student_input_size)}
+    used, the number of classes (this package counts the data's; timm's train.py builds the model's default, 1000,
+    and gives its teacher as many, its head dropped), this package among ``device_modules`` when a model is one of
+    its variants (timm knows them only after importing it), and timm's distillation keys when timm can express the
+    distillation (else none). ``distilled``: the student has a distillation head."""
+    return {"device": device, "num_classes": int(num_classes),
+            "device_modules": _device_modules(settings),
+            **timm_distillation_keys(settings, num_classes=num_classes, distilled=distilled,
+                                     teacher_description=teacher_description,
+                                     student_input_size=student_input_size)}
+
+
+def _device_modules(settings: Any) -> list[str] | None:
+    """``--device-modules`` for timm's train.py: the run's own, and this package where the student or the teacher
+    is a variant it registers (timm's train.py imports them before ``create_model``)."""
+    from ..models.variants import PLUGIN_VARIANTS
+
+    modules = list(settings.device.device_modules or [])
+    names = (settings.student.model, settings.teacher.source)
+    if any(name in PLUGIN_VARIANTS for name in names) and _PACKAGE not in modules:
+        modules.append(_PACKAGE)
+    return modules or None
+
+
+_PACKAGE = __name__.split(".")[0]
 
 
 def timm_distillation_keys(settings: Any, *, num_classes: int, distilled: bool,
