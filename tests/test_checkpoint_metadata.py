@@ -205,7 +205,7 @@ def test_a_timm_train_checkpoint_trained_with_model_kwargs_starts_and_resumes_a_
     assert len(err.strip().splitlines()) == 1 and "fix: resume with --opt sgd, or add --no-resume-opt" in err, err
     assert not (tmp_path / "resumed").exists()
     assert train.main([*STUDENT, *bare[2:], "--opt", "sgd", "--data-dir", str(data), "--resume", str(path),
-                       "--experiment", "resumed"]) == 0
+                       *_timm_token_teacher(tmp_path), "--experiment", "resumed"]) == 0
     resumed = load(tmp_path / "resumed" / "last.pth.tar")
     assert resumed["epoch"] == 1 and resumed["deit_distill"]["model_kwargs"] == {**STUDENT_KWARGS, "num_classes": 10}
     assert type(resumed["optimizer"]["param_groups"][0]["momentum"]) is float  # SGD's state, stepped on
@@ -213,11 +213,36 @@ def test_a_timm_train_checkpoint_trained_with_model_kwargs_starts_and_resumes_a_
     # Without the run's --model-kwargs the weights do not fit: the one line names the flag that builds them.
     given = "--model-kwargs depth=1 embed_dim=32 num_heads=2"
     for how in (["--initial-checkpoint", str(path), "--experiment", "init2"],
-                ["--resume", str(path), "--opt", "sgd", "--experiment", "resumed2"]):
+                ["--resume", str(path), "--opt", "sgd", *_timm_token_teacher(tmp_path), "--experiment", "resumed2"]):
         assert train.main([*bare, "--data-dir", str(data), *how]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and given in err, err
         assert not (tmp_path / how[-1]).exists()
+
+
+def _timm_token_teacher(folder, arch="resnet10t"):
+    """The flags of the teacher timm's train.py built from ``--kd-model-name resnet10t`` (its weights as a file:
+    nothing is downloaded here), for the hard token distillation the checkpoint's run trained with."""
+    path = folder / f"{arch}.pth"
+    if not path.exists():
+        torch.save(timm.create_model(arch, num_classes=10).state_dict(), path)
+    return ["--distill-teacher", arch, "--distill-teacher-path", str(path), "--distill-type", "hard",
+            "--no-teacher-check"]
+
+
+def test_resuming_a_distilled_timm_train_checkpoint_without_its_teacher_is_refused(foreign, tmp_path, capsys):
+    # timm's train.py --kd-model-name resnet10t --kd-distill-type token --kd-token-distill-type hard: resumed
+    # without a teacher (or with another one) it would train on, silently, as another run
+    path, _ = foreign["timm_token"]
+    resume = [*STUDENT, *[a if a != "3" else "42" for a in FAST], "--opt", "sgd", "--epochs", "2", "--data-dir",
+              str(foreign["data"]), "--output", str(tmp_path), "--resume", str(path)]
+    other = _timm_token_teacher(tmp_path, "resnet14t")
+    for teacher, after in (([], "none"), (other, "resnet14t (hard distillation)")):
+        assert train.main([*resume, *teacher, "--experiment", "resumed"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"teacher resnet10t (hard distillation) -> {after}" in err and "fix:" in err, err
+        assert not (tmp_path / "resumed").exists()
 
 
 def test_push_of_a_timm_logit_checkpoint_names_its_teacher_and_claims_no_second_head(tmp_path):
@@ -235,3 +260,4 @@ def test_push_of_a_timm_logit_checkpoint_names_its_teacher_and_claims_no_second_
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(published(x), _model("resnet10t", weights, num_classes=10, stem_width=16)(x))
+
