@@ -200,7 +200,7 @@ def test_a_timm_train_checkpoint_trained_with_model_kwargs_starts_and_resumes_a_
     capsys.readouterr()
     # timm's run trained with SGD (its default): its optimizer state does not fit AdamW, said before any work
     assert train.main([*STUDENT, *bare[2:], "--data-dir", str(data), "--resume", str(path),
-                       "--experiment", "resumed"]) == 2
+                       *_timm_token_teacher(tmp_path), "--experiment", "resumed"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "fix: resume with --opt sgd, or add --no-resume-opt" in err, err
     assert not (tmp_path / "resumed").exists()
