@@ -88,7 +88,17 @@ def timm_train_args(**flags: Any) -> argparse.Namespace:
     return args
 
 
+def _resolve_lr(args: argparse.Namespace) -> None:
+    """train.py's learning rate from --lr-base at one process's batch (it sets --lr-base-scale when not given)."""
+    if not args.lr:
+        ratio = args.batch_size * args.world_size * args.grad_accum_steps / args.lr_base_size
+        if not args.lr_base_scale:
+            args.lr_base_scale = "sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear"
+        args.lr = args.lr_base * (ratio ** 0.5 if args.lr_base_scale == "sqrt" else ratio)
+
+
 def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, seed: int = 0, epoch: int = 0,
+                          summary: list[dict[str, float]] | None = None,
                           **flags: Any) -> tuple[Path, dict[str, torch.Tensor]]:
     """``folder/last.pth.tar`` as timm's train.py leaves it after ``epoch``, and the student's weights in it.
 
@@ -97,12 +107,18 @@ def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, see
     ``kd_model_name`` with ``kd_distill_type='token'``, ``LogitDistillationTask`` with ``'logit'``, else
     ``ClassificationTask``; the ``teacher`` module stands
     in for the one train.py would create from ``kd_model_name``: it is not saved) and timm's ``CheckpointSaver``
-    writes the file."""
+    writes the file. ``summary``: its rows (timm's ``update_summary`` dicts, ``epoch`` first), written as train.py
+    writes ``summary.csv``, beside the ``args.yaml`` of its flags as given (train.py's ``args_text``)."""
+    import csv
+
+    import yaml
     from timm.optim import create_optimizer_v2, optimizer_kwargs
     from timm.task import ClassificationTask, LogitDistillationTask, TokenDistillationTask
     from timm.utils import CheckpointSaver
 
     args = timm_train_args(**flags)
+    args_text = yaml.safe_dump({**TIMM_TRAIN_DEFAULTS, **flags}, default_flow_style=False)
+    _resolve_lr(args)
     in_chans = args.in_chans if args.in_chans is not None else (args.input_size[0] if args.input_size else 3)
     torch.manual_seed(seed)
     model = timm.create_model(args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
@@ -133,6 +149,12 @@ def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, see
                             checkpoint_dir=str(folder), recovery_dir=str(folder), decreasing=False,
                             max_history=args.checkpoint_hist, task=task)
     saver.save_checkpoint(epoch, metric=50.0)
+    if summary is not None:
+        (folder / "args.yaml").write_text(args_text)
+        with open(folder / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+            writer.writeheader()
+            writer.writerows(summary)
     return folder / "last.pth.tar", {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -261,3 +261,27 @@ def test_push_of_a_timm_logit_checkpoint_names_its_teacher_and_claims_no_second_
     with torch.inference_mode():
         assert torch.equal(published(x), _model("resnet10t", weights, num_classes=10, stem_width=16)(x))
 
+
+def test_push_of_a_timm_train_run_folder_states_the_results_of_its_summary(tmp_path, caplog):
+    # timm's train.py resolves --lr-base-scale and --lr while running: the args.yaml beside its checkpoint holds
+    # them as given, and is still that run's
+    rows = [{"epoch": 0, "train_loss": 2.25, "eval_loss": 2.1, "eval_top1": 31.25, "eval_top5": 80.5, "lr": 0.01}]
+    path, _ = timm_train_checkpoint(tmp_path / "timm-run", teacher=timm.create_model("resnet18", num_classes=10),
+                                    model="resnet10t", num_classes=10, kd_model_name="resnet18", summary=rows)
+    assert load(path)["args"].lr_base_scale == "linear"
+    with caplog.at_level("WARNING"):
+        card = (save_pretrained(path, tmp_path / "hub") / "README.md").read_text()
+    assert "No `summary.csv`" not in card and "31.25" in card, card
+    assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_the_card_of_a_timm_train_run_with_model_ema_gives_its_eval_columns_to_the_ema(tmp_path, use_ema):
+    # timm's train.py --model-ema: summary.csv's eval_* are the EMA's (eval_metrics = ema_eval_metrics); the raw
+    # weights' figures are written nowhere
+    rows = [{"epoch": 0, "train_loss": 2.25, "eval_loss": 2.1, "eval_top1": 31.25, "eval_top5": 80.5, "lr": 0.01}]
+    path, _ = timm_train_checkpoint(tmp_path / "timm-run", model="resnet10t", num_classes=10, model_ema=True,
+                                    summary=rows)
+    card = (save_pretrained(path, tmp_path / "hub", use_ema=use_ema) / "README.md").read_text()
+    assert "| top-1, EMA weights | 31.25 |" in card, card
+    assert "| top-1 | 31.25 |" not in card

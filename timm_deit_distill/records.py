@@ -24,7 +24,7 @@ import yaml
 from .atomic import atomic_write_text
 
 __all__ = ["summary_columns", "write_summary", "read_summary", "read_summary_text", "write_args_yaml",
-           "EVAL_COLUMNS", "RAW_PREFIX", "current_row", "weights_view"]
+           "EVAL_COLUMNS", "RAW_PREFIX", "current_row", "weights_view", "timm_rows"]
 
 # timm's summary.csv columns first (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr), then ours.
 _BASE = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
@@ -63,15 +63,26 @@ def current_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def weights_view(row: Mapping[str, Any], weights: str) -> dict[str, Any]:
     """The figures of one set of weights in a summary row (either layout), under the ``eval_*`` names:
-    ``weights='ema'`` gives the EMA's (None where the row has no evaluated EMA), ``'raw'`` the raw weights'."""
+    ``weights='ema'`` gives the EMA's (None where the row has no evaluated EMA), ``'raw'`` the raw weights'. A row
+    with ``raw_eval_*`` columns had its EMA evaluated, even where the raw weights' cells are empty (timm's
+    train.py does not write them: :func:`timm_rows`)."""
     row = current_row(row)
-    has_ema = any(row.get(RAW_PREFIX + k) not in (None, "") for k in EVAL_COLUMNS)
+    has_ema = any(RAW_PREFIX + k in row for k in EVAL_COLUMNS)
     out = {k: v for k, v in row.items() if not k.startswith(RAW_PREFIX)}
     if weights == "raw" and has_ema:
         out.update({k: row.get(RAW_PREFIX + k) for k in _RAW_FOLLOWS})
     elif weights == "ema" and not has_ema:
         out.update({k: None for k in _RAW_FOLLOWS})
     return out
+
+
+def timm_rows(rows: Sequence[Mapping[str, Any]], *, ema_evaluated: bool) -> list[dict[str, Any]]:
+    """Rows of timm train.py's ``summary.csv`` in this package's columns. With ``--model-ema`` (not
+    ``--model-ema-force-cpu``) timm's ``eval_*`` are the EMA's, and the raw weights' figures were not written:
+    their ``raw_eval_*`` cells are empty."""
+    if not ema_evaluated:
+        return [dict(row) for row in rows]
+    return [{**{RAW_PREFIX + k: "" for k in EVAL_COLUMNS}, **row} for row in rows]
 
 
 def _cell(value: Any) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..atomic import sha256_file
 from ..errors import HubExportError, OutputExistsError
-from ..records import read_summary_text
+from ..records import read_summary_text, timm_rows
 from ..task import has_distillation_head
 from ..version import __version__
 from .card import CardFacts, build_model_card
@@ -158,6 +158,9 @@ def _student_from_checkpoint(
         data_config.pop("input_size", None)
     summary_rows, source_kind = _summary_rows(ckpt, source, train_args, beside_args,
                                               saved_args=bool(saved.args))
+    if meta.layout == "timm":  # timm's eval_* columns follow its evaluated EMA
+        summary_rows = timm_rows(summary_rows, ema_evaluated=bool(train_args.get("model_ema"))
+                                 and not train_args.get("model_ema_force_cpu"))
     epoch = ckpt.get("epoch")
     return _Student(
         state_dict=state_dict,
@@ -205,9 +208,12 @@ def _summary_rows(ckpt: Mapping[str, Any], source: Path | None, train_args: Mapp
 
 
 # Settings a checkpoint records resolved (the learning rate, the class count) or as history (a resume), while
-# args.yaml keeps them as given: they differ within one run.
+# args.yaml keeps them as given: they differ within one run. timm's train.py also resolves --lr-base-scale, the
+# device ('cuda' -> 'cuda:N' under torchrun), --data-dir (from the positional data) and
+# --grad-accum-steps before it saves its args, after it wrote args.yaml.
 _RESOLVED_SETTINGS = frozenset({"num_classes", "lr", "dist_bn", "resume", "no_resume_opt", "start_epoch",
-                                "resumed", "teacher_check", "config"})
+                                "resumed", "teacher_check", "config", "lr_base_scale", "device", "data_dir",
+                                "grad_accum_steps"})
 
 
 def _changed_settings(saved: Mapping[str, Any], beside: Mapping[str, Any]) -> list[str]:
