@@ -78,7 +78,8 @@ def _teacher_dir(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A DeiT-spelled soft run and a timm-spelled token run, the teacher a `local-dir:` folder."""
+    """DeiT-spelled soft runs (a distilled and a single-head student) and timm-spelled token and logit runs, the
+    teacher a `local-dir:` folder."""
     root = tmp_path_factory.mktemp("kd")
     data, teacher = digits(root / "digits", train_per_class=3), _teacher_dir(root / "teacher")
     common = ["--data-dir", str(data), *STUDENT, *FAST, "--epochs", "1", "--no-teacher-check", "--output", str(root)]
@@ -89,14 +90,17 @@ def runs(tmp_path_factory):
     single = [a for a in common if a not in STUDENT] + ["--model", "resnet10t", "--img-size", "32"]
     assert train.main([*single, "--distill-teacher", f"local-dir:{teacher}", "--distill-type", "soft",
                        "--distill-alpha", "0.3", "--distill-tau", "2", "--experiment", "usual"]) == 0
+    assert train.main([*single, "--kd-model-name", f"local-dir:{teacher}", "--task-loss-weight", "0.7",
+                       "--experiment", "timm_logit"]) == 0  # timm's default --kd-distill-type: logit
     return {"dir": root / "soft", "teacher": f"local-dir:{teacher}", "data": data,
             "args": {name: yaml.safe_load((root / name / "args.yaml").read_text())
-                     for name in ("soft", "timm", "usual")}}
+                     for name in ("soft", "timm", "usual", "timm_logit")}}
 
 
 @pytest.mark.parametrize("name, task, weights", [("soft", "token", (0.7, 0.03)),
                                                   ("timm", "token", (0.7, None)),  # timm's: as given
-                                                  ("usual", "logit", (0.7, 0.03))])  # one head: timm's logit task
+                                                  ("usual", "logit", (0.7, 0.03)),  # one head: timm's logit task
+                                                  ("timm_logit", "logit", (0.7, None))])
 def test_every_key_timm_has_a_flag_for_holds_what_that_flag_takes(runs, name, task, weights):
     flags, written = timm_flags(), runs["args"][name]
     assert len(flags) == 171  # the list's 172 options: these and the positional data
@@ -197,3 +201,14 @@ def test_the_file_read_back_with_c_gives_the_same_settings_and_an_edit_in_one_pl
     edited.write_text(path.read_text().replace("distill_tau: 2.0", "distill_tau: 3.0"))
     with pytest.raises(UsageError, match=r"kd_temperature 2\.0 disagrees with distill_tau 3\.0"):
         train_settings(config=str(edited))
+
+
+def test_push_reads_the_run_folder_whose_args_yaml_holds_timms_keys(runs, tmp_path, caplog):
+    # the kd_* keys, num_classes and device_modules are args.yaml's rendering for timm's train.py: the checkpoint
+    # beside it is still that run's, and the card states the run's summary.csv
+    from timm_deit_distill.hub import save_pretrained
+
+    with caplog.at_level("WARNING"):
+        card = (save_pretrained(runs["dir"] / "last.pth.tar", tmp_path / "hub") / "README.md").read_text()
+    assert "From the run's `summary.csv`." in card
+    assert not [r for r in caplog.records if "beside it" in r.getMessage()]

@@ -210,16 +210,24 @@ def _summary_rows(ckpt: Mapping[str, Any], source: Path | None, train_args: Mapp
 # Settings a checkpoint records resolved (the learning rate, the class count) or as history (a resume), while
 # args.yaml keeps them as given: they differ within one run. timm's train.py also resolves --lr-base-scale, the
 # device ('cuda' -> 'cuda:N' under torchrun), --data-dir (from the positional data) and
-# --grad-accum-steps before it saves its args, after it wrote args.yaml.
+# --grad-accum-steps before it saves its args, after it wrote args.yaml. This package's args.yaml adds itself to
+# --device-modules for timm's train.py (factory.timm_args) where its checkpoints keep the flag as given.
 _RESOLVED_SETTINGS = frozenset({"num_classes", "lr", "dist_bn", "resume", "no_resume_opt", "start_epoch",
                                 "resumed", "teacher_check", "config", "lr_base_scale", "device", "data_dir",
-                                "grad_accum_steps"})
+                                "grad_accum_steps", "device_modules"})
+
+
+# The keys of timm's train.py a DeiT-spelled run's args.yaml renders its distill_* settings in (factory.timm_args);
+# its checkpoints keep timm's defaults there.
+_TIMM_RENDERING = frozenset({"kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_temperature",
+                             "task_loss_weight", "distill_loss_weight", "kd_loss_type"})
 
 
 def _changed_settings(saved: Mapping[str, Any], beside: Mapping[str, Any]) -> list[str]:
     """``key: checkpoint value vs args.yaml value`` for each setting both record differently."""
+    skip = _RESOLVED_SETTINGS | (_TIMM_RENDERING if beside.get("distill_type") in ("soft", "hard") else set())
     return [f"{key}: {saved[key]!r} vs {beside[key]!r}" for key in sorted(saved.keys() & beside.keys())
-            if key not in _RESOLVED_SETTINGS and _jsonable(saved[key]) != _jsonable(beside[key])]
+            if key not in skip and _jsonable(saved[key]) != _jsonable(beside[key])]
 
 
 def _same_run(own: list[dict[str, str]], rows: list[dict[str, str]]) -> bool:
