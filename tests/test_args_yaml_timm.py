@@ -20,7 +20,7 @@ from train_fixtures import FAST, STUDENT, STUDENT_KWARGS, digits
 from timm_deit_distill.commands import train
 from timm_deit_distill.errors import UsageError
 from timm_deit_distill.factory.api import train_settings
-from timm_deit_distill.factory.timm_args import timm_distillation_keys
+from timm_deit_distill.factory.timm_args import timm_distillation_keys, timm_gap
 from timm_deit_distill.losses import DistillationLoss
 
 FLAGS = Path("/work/shared/reference/timm_train_flags.txt")
@@ -212,3 +212,34 @@ def test_push_reads_the_run_folder_whose_args_yaml_holds_timms_keys(runs, tmp_pa
         card = (save_pretrained(runs["dir"] / "last.pth.tar", tmp_path / "hub") / "README.md").read_text()
     assert "From the run's `summary.csv`." in card
     assert not [r for r in caplog.records if "beside it" in r.getMessage()]
+
+
+def test_a_run_timm_cannot_express_says_so_at_the_top_of_its_args_yaml(runs, tmp_path):
+    # a teacher from a checkpoint file: timm's train.py would build kd_model_name pretrained; the file has no kd_*
+    # keys and its first line says what timm's -c of it does
+    file = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=10).state_dict(), file)
+    assert train.main(["--data-dir", str(runs["data"]), *STUDENT, *FAST, "--epochs", "1", "--no-teacher-check",
+                       "--distill-teacher", "resnet10t", "--distill-teacher-path", str(file), "--distill-type", "hard",
+                       "--output", str(tmp_path), "--experiment", "file"]) == 0
+    path = tmp_path / "file" / "args.yaml"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# timm's train.py: this run's teacher came from a checkpoint file") and \
+        first.endswith("trains without a teacher."), first
+    assert yaml.safe_load(path.read_text())["kd_model_name"] is None
+    assert train_settings(config=str(path)).teacher.checkpoint_path == str(file)  # the comment is no setting
+
+
+def test_the_gap_names_why_timm_would_not_distil_as_the_run_did():
+    def gap(settings, distilled=True, **where):
+        return timm_gap(settings, distilled=distilled, **{k: v for k, v in {**AT32, **where}.items()
+                                                          if k != "num_classes"})
+
+    assert gap(_deit_settings("hard")) is None and gap(_deit_settings("soft"), distilled=False) is None
+    assert "no timm task" in gap(_deit_settings("hard"), distilled=False)
+    assert "its own input size" in gap(_deit_settings("soft", input_size=(3, 64, 64)))
+    timm_spelled = _deit_settings("soft", checkpoint_path="t.pth")
+    timm_spelled.distill.family = "timm"
+    assert "builds kd_model_name pretrained, at the student's input, instead" in gap(timm_spelled)
+    none = _deit_settings("none")
+    assert gap(none) is None

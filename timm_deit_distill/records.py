@@ -128,6 +128,8 @@ def read_summary(path: str | os.PathLike[str]) -> list[dict[str, float | int | N
     return out
 
 
-def write_args_yaml(path: str | os.PathLike[str], config: dict[str, Any]) -> None:
-    """Write the resolved settings; ``deit-distill train -c args.yaml`` repeats the run."""
-    atomic_write_text(path, yaml.safe_dump(config, default_flow_style=False, sort_keys=False))
+def write_args_yaml(path: str | os.PathLike[str], config: dict[str, Any], *, note: str | None = None) -> None:
+    """Write the resolved settings; ``deit-distill train -c args.yaml`` repeats the run. ``note``: a comment at
+    the top of the file (YAML readers skip it)."""
+    head = "".join(f"# {line}\n" for line in note.splitlines()) if note else ""
+    atomic_write_text(path, head + yaml.safe_dump(config, default_flow_style=False, sort_keys=False))

@@ -33,6 +33,7 @@ from ..stops import deferred
 from . import builders
 from .settings import TrainSettings
 from .teacher import create_teacher, ready_teacher
+from .timm_args import timm_device_modules
 
 __all__ = ["Run", "build_run", "build_schedule", "extra_state", "PLATEAU_NOTE"]
 
@@ -147,9 +148,10 @@ def build_run(settings: TrainSettings, *, on_start: Callable[[Run], None] | None
     lr, lr_how = _build_optimization(run)
     metadata = _run_metadata(run, arch_kwargs, data_config, labels, train_ds, checked.resume_from)
     # what checkpoints record as their args: the settings with what the run resolved (classes, lr, dist_bn, the
-    # device type: timm's train.py splits args.device, so None is never recorded)
+    # device type: timm's train.py splits args.device, so None is never recorded; the modules it imports, this
+    # package's for its variants, as args.yaml writes them)
     saved = {**settings.options(), "num_classes": num_classes, "lr": lr, "dist_bn": run.dist_bn,
-             "device": run.device.type}
+             "device": run.device.type, "device_modules": timm_device_modules(settings)}
     comparison, metadata, resumed = _check_resume(run, checked, view, train_ds, saved, metadata)
     metadata = _ready_teacher(run, checked, eval_ds, data_config, len(run.train_loader), metadata)
     _claim(run, checked.folder_plan, data_config, metadata, on_start, announce)
@@ -602,7 +604,7 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
     from ..records import write_args_yaml
     from ..run_folder import format_size
     from ..task import has_distillation_head
-    from .timm_args import timm_keys
+    from .timm_args import timm_gap, timm_keys
 
     settings = run.settings
     removed, size = run.lock.remove_partial_files()
@@ -614,15 +616,17 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
         decreasing=settings.intervals.eval_metric == "loss", max_history=settings.intervals.checkpoint_hist,
         extra_state=lambda: extra_state(run))
     record = {k: v for k, v in settings.options().items() if k not in ("resume", "no_resume_opt", "start_epoch")}
-    record.update(timm_keys(settings, device=saved["device"], num_classes=num_classes,
-                            distilled=has_distillation_head(run.student),
-                            teacher_description=getattr(run.teacher, "description", None),
-                            student_input_size=data_config.get("input_size")))  # what timm's train.py -c reads
+    where = dict(distilled=has_distillation_head(run.student),
+                 teacher_description=getattr(run.teacher, "description", None),
+                 student_input_size=data_config.get("input_size"))
+    record.update(timm_keys(settings, device=saved["device"], num_classes=num_classes, **where))  # timm's -c reads
+    gap = timm_gap(settings, **where)
     if metadata.resumed:
         record["resumed"] = metadata.resumed
     if metadata.distill is not None and metadata.distill.teacher_check is not ckpt.NOT_RECORDED:
         record["teacher_check"] = metadata.distill.teacher_check
-    write_args_yaml(os.path.join(run.output_dir, "args.yaml"), record)
+    write_args_yaml(os.path.join(run.output_dir, "args.yaml"), record,
+                    note=f"timm's train.py: {gap}." if gap else None)
     _log_run(run, data_config, num_classes, train_ds, eval_ds, lr_how)
     if removed:
         _logger.info("Removed %d partial file(s) (%s) that a killed save left in %s.", removed,

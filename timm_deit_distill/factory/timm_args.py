@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["TIMM_KD_KEYS", "timm_keys", "timm_distillation_keys", "check_own_record"]
+__all__ = ["TIMM_KD_KEYS", "timm_keys", "timm_distillation_keys", "timm_gap", "timm_device_modules", "check_own_record"]
 
 #: timm train.py's distillation keys this package writes (timm's names, timm's meaning).
 TIMM_KD_KEYS = ("kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_temperature",
@@ -48,13 +48,13 @@ def timm_keys(settings: Any, *, device: str, num_classes: int, distilled: bool,
     its variants (timm knows them only after importing it), and timm's distillation keys when timm can express the
     distillation (else none). ``distilled``: the student has a distillation head."""
     return {"device": device, "num_classes": int(num_classes),
-            "device_modules": _device_modules(settings),
+            "device_modules": timm_device_modules(settings),
             **timm_distillation_keys(settings, num_classes=num_classes, distilled=distilled,
                                      teacher_description=teacher_description,
                                      student_input_size=student_input_size)}
 
 
-def _device_modules(settings: Any) -> list[str] | None:
+def timm_device_modules(settings: Any) -> list[str] | None:
     """``--device-modules`` for timm's train.py: the run's own, and this package where the student or the teacher
     is a variant it registers (timm's train.py imports them before ``create_model``)."""
     from ..models.variants import PLUGIN_VARIANTS
@@ -86,6 +86,29 @@ def timm_distillation_keys(settings: Any, *, num_classes: int, distilled: bool,
         {"kd_distill_type": "logit", "kd_loss_type": "kl"}
     return {"kd_model_name": teacher.source, **task, "kd_temperature": float(distill.tau),
             "task_loss_weight": 1.0 - float(distill.alpha), "distill_loss_weight": float(distill.alpha) * scale}
+
+
+def timm_gap(settings: Any, *, distilled: bool, teacher_description: Mapping[str, Any] | None,
+             student_input_size: Sequence[int] | None) -> str | None:
+    """Why timm's train.py ``-c`` of this run's ``args.yaml`` would not distil as the run did (the file says so in
+    a comment at its top), or None where it would (or the run has no teacher)."""
+    distill, teacher = settings.distill, settings.teacher
+    if distill.type in (None, "none"):
+        return None
+    timm_spelled = getattr(distill, "family", "deit") != "deit"
+    if not timm_spelled and not distilled and distill.type == "hard":
+        return ("DeiT's hard distillation on a single-head student has no timm task (timm's logit task is soft "
+                "only): timm's train.py -c of this file trains without a teacher")
+    if _timm_builds_the_teacher(settings, teacher_description, student_input_size):
+        return None
+    how = ("a target cache" if settings.distill_cache else "a checkpoint file" if teacher.checkpoint_path else
+           "its own input size or normalisation")
+    if timm_spelled:
+        return (f"this run's teacher came from {how}; timm's train.py -c of this file builds kd_model_name "
+                "pretrained, at the student's input, instead")
+    return (f"this run's teacher came from {how}, which timm's train.py cannot build (it creates kd_model_name "
+            "pretrained, at the student's input): its kd_model_name is null here, and timm's train.py -c of it "
+            "trains without a teacher")
 
 
 def _timm_builds_the_teacher(settings: Any, description: Mapping[str, Any] | None,
