@@ -88,20 +88,37 @@ def timm_train_args(**flags: Any) -> argparse.Namespace:
     return args
 
 
+def _resolve_lr(args: argparse.Namespace) -> None:
+    """train.py's learning rate from --lr-base at one process's batch (it sets --lr-base-scale when not given)."""
+    if not args.lr:
+        ratio = args.batch_size * args.world_size * args.grad_accum_steps / args.lr_base_size
+        if not args.lr_base_scale:
+            args.lr_base_scale = "sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear"
+        args.lr = args.lr_base * (ratio ** 0.5 if args.lr_base_scale == "sqrt" else ratio)
+
+
 def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, seed: int = 0, epoch: int = 0,
+                          summary: list[dict[str, float]] | None = None,
                           **flags: Any) -> tuple[Path, dict[str, torch.Tensor]]:
     """``folder/last.pth.tar`` as timm's train.py leaves it after ``epoch``, and the student's weights in it.
 
     The student is built as train.py builds it (``create_model`` with the data flags' ``in_chans``, ``num_classes``,
     the drop rates, ``global_pool`` and ``**model_kwargs``), its task is train.py's (``TokenDistillationTask`` for
-    ``kd_model_name`` with ``kd_distill_type='token'``, else ``ClassificationTask``; the ``teacher`` module stands
+    ``kd_model_name`` with ``kd_distill_type='token'``, ``LogitDistillationTask`` with ``'logit'``, else
+    ``ClassificationTask``; the ``teacher`` module stands
     in for the one train.py would create from ``kd_model_name``: it is not saved) and timm's ``CheckpointSaver``
-    writes the file."""
+    writes the file. ``summary``: its rows (timm's ``update_summary`` dicts, ``epoch`` first), written as train.py
+    writes ``summary.csv``, beside the ``args.yaml`` of its flags as given (train.py's ``args_text``)."""
+    import csv
+
+    import yaml
     from timm.optim import create_optimizer_v2, optimizer_kwargs
-    from timm.task import ClassificationTask, TokenDistillationTask
+    from timm.task import ClassificationTask, LogitDistillationTask, TokenDistillationTask
     from timm.utils import CheckpointSaver
 
     args = timm_train_args(**flags)
+    args_text = yaml.safe_dump({**TIMM_TRAIN_DEFAULTS, **flags}, default_flow_style=False)
+    _resolve_lr(args)
     in_chans = args.in_chans if args.in_chans is not None else (args.input_size[0] if args.input_size else 3)
     torch.manual_seed(seed)
     model = timm.create_model(args.model, pretrained=args.pretrained, in_chans=in_chans, num_classes=args.num_classes,
@@ -111,7 +128,12 @@ def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, see
                               **args.model_kwargs)
     if args.num_classes is None:
         args.num_classes = model.num_classes
-    if args.kd_model_name is not None:
+    if args.kd_model_name is not None and args.kd_distill_type == "logit":
+        assert teacher is not None
+        task = LogitDistillationTask(student_model=model, teacher_model=teacher, criterion=nn.CrossEntropyLoss(),
+                                     loss_type=args.kd_loss_type, distill_loss_weight=args.distill_loss_weight,
+                                     task_loss_weight=args.task_loss_weight, temperature=args.kd_temperature)
+    elif args.kd_model_name is not None:
         assert args.kd_distill_type == "token" and teacher is not None
         task = TokenDistillationTask(student_model=model, teacher_model=teacher, criterion=nn.CrossEntropyLoss(),
                                      distill_type=args.kd_token_distill_type,
@@ -127,6 +149,12 @@ def timm_train_checkpoint(folder: Path, *, teacher: nn.Module | None = None, see
                             checkpoint_dir=str(folder), recovery_dir=str(folder), decreasing=False,
                             max_history=args.checkpoint_hist, task=task)
     saver.save_checkpoint(epoch, metric=50.0)
+    if summary is not None:
+        (folder / "args.yaml").write_text(args_text)
+        with open(folder / "summary.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+            writer.writeheader()
+            writer.writerows(summary)
     return folder / "last.pth.tar", {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -41,7 +41,7 @@ def test_the_function_trains_the_run_the_same_flags_train_on_the_command_line(tm
     assert result.run_dir == str(api) and result.checkpoint == str(api / "last.pth.tar")
     assert read_summary_text(api / "summary.csv") == read_summary_text(cli / "summary.csv")
     assert [row["epoch"] for row in result.summary] == [0]
-    assert result.best_epoch == 0 and result.best_metric == pytest.approx(float(result.summary[0]["eval_top1_ema"]))
+    assert result.best_epoch == 0 and result.best_metric == pytest.approx(float(result.summary[0]["eval_top1"]))
     records = [yaml.safe_load((folder / "args.yaml").read_text()) for folder in (cli, api)]
     assert records[0].pop("experiment") == "cli" and records[1].pop("experiment") == "api"
     assert records[0] == records[1]

@@ -189,3 +189,99 @@ def test_a_teacher_from_a_timm_train_checkpoint_is_built_with_its_model_kwargs(f
     with torch.inference_mode():
         assert torch.equal(teacher.model(x), reference(x))
     assert teacher.description["input_size"] == [3, 32, 32]  # recorded by timm's --img-size
+
+
+def test_a_timm_train_checkpoint_trained_with_model_kwargs_starts_and_resumes_a_run(foreign, tmp_path, capsys):
+    path, weights = foreign["timm_token"]
+    data, flags = foreign["data"], [a if a != "3" else "42" for a in FAST]  # timm's train.py seed: 42
+    bare = ["--model", VARIANT, *flags, "--epochs", "2", "--output", str(tmp_path)]
+    assert train.main([*STUDENT, *bare[2:], "--data-dir", str(data), "--initial-checkpoint", str(path),
+                       "--experiment", "init"]) == 0
+    capsys.readouterr()
+    # timm's run trained with SGD (its default): its optimizer state does not fit AdamW, said before any work
+    assert train.main([*STUDENT, *bare[2:], "--data-dir", str(data), "--resume", str(path),
+                       *_timm_token_teacher(tmp_path), "--experiment", "resumed"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "fix: resume with --opt sgd, or add --no-resume-opt" in err, err
+    assert not (tmp_path / "resumed").exists()
+    assert train.main([*STUDENT, *bare[2:], "--opt", "sgd", "--data-dir", str(data), "--resume", str(path),
+                       *_timm_token_teacher(tmp_path), "--experiment", "resumed"]) == 0
+    resumed = load(tmp_path / "resumed" / "last.pth.tar")
+    assert resumed["epoch"] == 1 and resumed["deit_distill"]["model_kwargs"] == {**STUDENT_KWARGS, "num_classes": 10}
+    assert type(resumed["optimizer"]["param_groups"][0]["momentum"]) is float  # SGD's state, stepped on
+    capsys.readouterr()
+    # Without the run's --model-kwargs the weights do not fit: the one line names the flag that builds them.
+    given = "--model-kwargs depth=1 embed_dim=32 num_heads=2"
+    for how in (["--initial-checkpoint", str(path), "--experiment", "init2"],
+                ["--resume", str(path), "--opt", "sgd", *_timm_token_teacher(tmp_path), "--experiment", "resumed2"]):
+        assert train.main([*bare, "--data-dir", str(data), *how]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and given in err, err
+        assert not (tmp_path / how[-1]).exists()
+
+
+def _timm_token_teacher(folder, arch="resnet10t"):
+    """The flags of the teacher timm's train.py built from ``--kd-model-name resnet10t`` (its weights as a file:
+    nothing is downloaded here), for the hard token distillation the checkpoint's run trained with."""
+    path = folder / f"{arch}.pth"
+    if not path.exists():
+        torch.save(timm.create_model(arch, num_classes=10).state_dict(), path)
+    return ["--distill-teacher", arch, "--distill-teacher-path", str(path), "--distill-type", "hard",
+            "--no-teacher-check"]
+
+
+def test_resuming_a_distilled_timm_train_checkpoint_without_its_teacher_is_refused(foreign, tmp_path, capsys):
+    # timm's train.py --kd-model-name resnet10t --kd-distill-type token --kd-token-distill-type hard: resumed
+    # without a teacher (or with another one) it would train on, silently, as another run
+    path, _ = foreign["timm_token"]
+    resume = [*STUDENT, *[a if a != "3" else "42" for a in FAST], "--opt", "sgd", "--epochs", "2", "--data-dir",
+              str(foreign["data"]), "--output", str(tmp_path), "--resume", str(path)]
+    other = _timm_token_teacher(tmp_path, "resnet14t")
+    for teacher, after in (([], "none"), (other, "resnet14t (hard distillation)")):
+        assert train.main([*resume, *teacher, "--experiment", "resumed"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"teacher resnet10t (hard distillation) -> {after}" in err and "fix:" in err, err
+        assert not (tmp_path / "resumed").exists()
+
+
+def test_push_of_a_timm_logit_checkpoint_names_its_teacher_and_claims_no_second_head(tmp_path):
+    # timm's train.py --kd-model-name resnet18 (logit, its default) --model-kwargs stem_width=16 on a resnet10t
+    torch.manual_seed(7)
+    path, weights = timm_train_checkpoint(tmp_path / "timm-logit", teacher=timm.create_model("resnet18", num_classes=10),
+                                          model="resnet10t", model_kwargs={"stem_width": 16}, num_classes=10,
+                                          kd_model_name="resnet18", task_loss_weight=0.6)
+    folder = save_pretrained(path, tmp_path / "hub")
+    card = (folder / "README.md").read_text()
+    assert "timm's **logit** distillation from the teacher `resnet18`" in card and "- distillation-logit" in card
+    assert "| loss weights (timm's train.py) | 0.6 x task loss + 0.4 x distillation loss |" in card
+    assert "trained without a teacher" not in card and "distillation-token" not in card  # it has one head
+    published = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.equal(published(x), _model("resnet10t", weights, num_classes=10, stem_width=16)(x))
+
+
+def test_push_of_a_timm_train_run_folder_states_the_results_of_its_summary(tmp_path, caplog):
+    # timm's train.py resolves --lr-base-scale and --lr while running: the args.yaml beside its checkpoint holds
+    # them as given, and is still that run's
+    rows = [{"epoch": 0, "train_loss": 2.25, "eval_loss": 2.1, "eval_top1": 31.25, "eval_top5": 80.5, "lr": 0.01}]
+    path, _ = timm_train_checkpoint(tmp_path / "timm-run", teacher=timm.create_model("resnet18", num_classes=10),
+                                    model="resnet10t", num_classes=10, kd_model_name="resnet18", summary=rows)
+    assert load(path)["args"].lr_base_scale == "linear"
+    with caplog.at_level("WARNING"):
+        card = (save_pretrained(path, tmp_path / "hub") / "README.md").read_text()
+    assert "No `summary.csv`" not in card and "31.25" in card, card
+    assert not [r for r in caplog.records if "other settings" in r.getMessage()]
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_the_card_of_a_timm_train_run_with_model_ema_gives_its_eval_columns_to_the_ema(tmp_path, use_ema):
+    # timm's train.py --model-ema: summary.csv's eval_* are the EMA's (eval_metrics = ema_eval_metrics); the raw
+    # weights' figures are written nowhere
+    rows = [{"epoch": 0, "train_loss": 2.25, "eval_loss": 2.1, "eval_top1": 31.25, "eval_top5": 80.5, "lr": 0.01}]
+    path, _ = timm_train_checkpoint(tmp_path / "timm-run", model="resnet10t", num_classes=10, model_ema=True,
+                                    summary=rows)
+    card = (save_pretrained(path, tmp_path / "hub", use_ema=use_ema) / "README.md").read_text()
+    assert "| top-1, EMA weights | 31.25 |" in card, card
+    assert "| top-1 | 31.25 |" not in card

@@ -136,7 +136,7 @@ def _check_summary(run_dir, *, epochs, ema, alpha, teacher):
     rows = read_summary(run_dir / "summary.csv")
     header = (run_dir / "summary.csv").read_text().splitlines()[0].split(",")
     assert header == summary_columns(ema=ema)
-    assert set(BRIEF_COLUMNS) <= set(header) and (("eval_top1_ema" in header) == ema)
+    assert set(BRIEF_COLUMNS) <= set(header) and (("raw_eval_top1" in header) == ema)
     assert [r["epoch"] for r in rows] == list(range(epochs))
     for r in rows:
         # Each logged part is a sample mean, so the total is the same mix of the parts.
@@ -209,7 +209,7 @@ def test_recipe_run_hard_distillation_on_fewer_images_than_a_batch(data, tmp_pat
     assert code == 0, err
     run_dir = tmp_path / "hard"
     rows = _check_summary(run_dir, epochs=2, ema=True, alpha=0.5, teacher=True)
-    assert all(r["eval_top1_ema"] is not None for r in rows)
+    assert all(r["raw_eval_top1"] is not None for r in rows)
     ckpt = _check_timm_reads(run_dir, dict(num_classes=10, **STUDENT_KWARGS), ema=True)
     meta = ckpt["deit_distill"]
     assert meta["recipe"] == "deit_tiny" and meta["ema"] is True and meta["distill"]["type"] == "hard"

@@ -68,16 +68,24 @@ def plot_panels(path: str | os.PathLike[str], panels: Sequence[Panel], *, size: 
 _LOSSES = [("train_loss", "train (total)"), ("train_task_loss", "train (class head)"),
            ("train_distill_loss", "train (distillation head)"), ("eval_loss", "eval")]
 _ACCURACIES = [("eval_top1", "fused"), ("eval_top1_cls", "class head"), ("eval_top1_dist", "distillation head"),
-               ("eval_top1_ema", "EMA (fused)"), ("teacher_top1", "teacher")]
+               ("teacher_top1", "teacher")]
+# With an evaluated EMA the eval_* columns are the EMA's (timm's rule) and raw_eval_* the raw weights'.
+_ACCURACIES_EMA = [("eval_top1", "EMA, fused"), ("eval_top1_cls", "EMA, class head"),
+                   ("eval_top1_dist", "EMA, distillation head"), ("raw_eval_top1", "raw weights, fused"),
+                   ("teacher_top1", "teacher")]
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> None:
     """``curves.png``: the ``summary.csv`` rows' losses and accuracies per epoch. Series with no values are left out."""
+    from .records import RAW_PREFIX, current_row
+
     style = {"marker": "o", "markersize": 3}
+    rows = [current_row(r) for r in rows]
+    accuracies = _ACCURACIES_EMA if any(r.get(RAW_PREFIX + "eval_top1") is not None for r in rows) else _ACCURACIES
 
     def series(columns: list[tuple[str, str]]) -> list[Series]:
         return [Series([(r["epoch"], r[key]) for r in rows if r.get(key) is not None], label, style)
                 for key, label in columns]
 
     plot_panels(path, [Panel(series(_LOSSES), "epoch", "loss"),
-                       Panel(series(_ACCURACIES), "epoch", "top-1 accuracy (%)")], size=(10, 4), title=title)
+                       Panel(series(accuracies), "epoch", "top-1 accuracy (%)")], size=(10, 4), title=title)

@@ -154,6 +154,18 @@ class RunMetadata:
         return (self.model_kwargs or {}).get("num_classes")
 
     @property
+    def model_kwargs_flag(self) -> str | None:
+        """The ``--model-kwargs`` its run was given (timm train.py's args and this package's record them) as the
+        flag that builds the same architecture again, e.g. ``--model-kwargs depth=1 embed_dim=32``; None when
+        none was given or the layout does not record it."""
+        kwargs = (self.args or {}).get("model_kwargs")
+        if not isinstance(kwargs, Mapping) or not kwargs:
+            return None
+        # timm's ParseKwargs reads each value with ast.literal_eval (a plain word stays a string)
+        return "--model-kwargs " + " ".join(f"{k}={str(v).replace(' ', '') if not isinstance(v, str) else v}"
+                                            for k, v in kwargs.items())
+
+    @property
     def distils(self) -> bool:
         """Whether a teacher taught the student."""
         return self.distill is not None and self.distill.distils

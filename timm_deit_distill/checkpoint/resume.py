@@ -14,7 +14,7 @@ from timm.models import clean_state_dict
 from timm.utils.model import unwrap_model
 
 from ..errors import CheckpointError
-from .metadata import RunMetadata
+from .metadata import Distillation, RunMetadata
 from .reader import load_training_checkpoint
 from .saver import set_rng_state
 
@@ -138,8 +138,10 @@ def resume(
     except RuntimeError as e:
         # torch lists every mismatching tensor on its own line; the first few name the problem.
         detail = " ".join(" ".join(str(e).split("\n")[:4]).split())[:500]
+        flag = RunMetadata.from_checkpoint(checkpoint).model_kwargs_flag
+        built = f" (its run built the student with {flag})" if flag else ""
         raise CheckpointError(f"{path!r} does not fit the student built from these flags: {detail} Resume with "
-                              "the flags of the original run (its args.yaml: -c RUN/args.yaml).") from None
+                              f"the flags of the original run{built} (its args.yaml: -c RUN/args.yaml).") from None
     if optimizer is not None and "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
     if optimizer is not None and loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
@@ -239,6 +241,7 @@ def compare_resume(checkpoint: Mapping[str, Any], *, settings: Mapping[str, Any]
                          "student, training data and teacher could not be compared")
         if old_settings.get("model") not in (None, settings.get("model")):
             refuse("model", old_settings["model"], settings.get("model"))
+        _compare_foreign_teacher(old.distill, new.distill, out, refuse)
     if old.seed is not None and old.seed != settings.get("seed"):
         refuse("seed", old.seed, settings.get("seed"))
     if own:
@@ -302,6 +305,41 @@ def _compare_unlabeled(old: RunMetadata, new: RunMetadata, refuse: Callable[[str
                 before, after = (f"{x['num_images']} from {x['source']}" if x else "none" for x in (a, b))
             refuse(what, before, after)
             return
+
+
+def _compare_foreign_teacher(old: Distillation | None, new: Distillation | None, out: ResumeComparison,
+                             refuse: Callable[[str, Any, Any], None]) -> None:
+    """The teacher of a timm train.py (``kd_model_name``) or DeiT main.py (``teacher_model``) run, which record
+    its name only: a resume that adds or drops the teacher, or names another model, is refused (resuming a
+    distilled timm run without one trained on without a teacher, silently). Weights given another way (a file, a
+    ``local-dir:`` folder) cannot be compared with what timm downloaded: noted."""
+    if old is None:  # a checkpoint without the program's args: nothing recorded
+        return
+    before = old.teacher if old.distils else None
+    after = new.teacher if new is not None and new.distils else None
+    if (before is None) != (after is None):
+        refuse("teacher", _named(before, old), _named(after, new))
+    elif before is not None and after is not None:
+        if _model_name(before) != _model_name(after):
+            refuse("teacher", _named(before, old), _named(after, new))
+        else:
+            out.notes.append(f"the checkpoint's run names its teacher {before!r} only: its weights could not be "
+                             "compared with this run's")
+
+
+def _named(teacher: str | None, distill: Distillation | None) -> str:
+    if teacher is None:
+        return "none"
+    kind = distill.kd_distill_type or distill.type if distill is not None else None
+    return f"{teacher} ({kind} distillation)" if kind else teacher
+
+
+def _model_name(source: str) -> str:
+    """A teacher source's model name as timm's train.py named it: ``timm/resnet18.a1_in1k`` -> ``resnet18``; a
+    ``hf-hub:``/``local-dir:`` source stays as it is (another name)."""
+    if ":" in source:
+        return source
+    return source.split("/")[-1].split(".")[0]
 
 
 _STREAM_KEYS = ("seed", "world_size", "workers", "batch_size", "num_samples", "shards")

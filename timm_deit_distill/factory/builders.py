@@ -27,6 +27,7 @@ from ..targets import TargetSource
 from ..teacher.sources import SOURCE_PREFIXES
 
 if TYPE_CHECKING:
+    from ..checkpoint import RunMetadata
     from ..task import DeiTDistillationTask
 
 __all__ = [
@@ -193,7 +194,7 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any], *,
                         else student.drop_connect, drop_block_rate=student.drop_block,
                         bn_momentum=student.bn_momentum, bn_eps=student.bn_eps)
     kwargs.update({k: v for k, v in train_kwargs.items() if v is not None})
-    overlay, initial, initial_classes = _initial_weights(student)
+    overlay, initial, initial_meta = _initial_weights(student)
     try:
         model = timm.create_model(student.model, pretrained=student.pretrained, pretrained_cfg_overlay=overlay,
                                   checkpoint_path=initial if isinstance(initial, str) else None, **kwargs)
@@ -209,12 +210,14 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any], *,
         try:
             model.load_state_dict(initial)  # strict, as timm loads --initial-checkpoint
         except RuntimeError as e:
+            flag = initial_meta.model_kwargs_flag if initial_meta is not None else None
+            built = f"; its run built it with {flag}: pass the same" if flag else ""
             raise CheckpointError(
                 f"--initial-checkpoint {student.initial_checkpoint} does not fit --model {student.model} built "
                 f"with {kwargs}: {' '.join(str(e).split())[:400]}. It loads strictly (same architecture and "
-                "classes); to start from weights with another head or input size use --pretrained "
+                f"classes{built}); to start from weights with another head or input size use --pretrained "
                 "--pretrained-path FILE (head replaced, position embedding resampled).") from None
-        check_same_classes(initial_classes, label_names, f"the classes of --initial-checkpoint "
+        check_same_classes(initial_meta.label_names if initial_meta is not None else None, label_names, f"the classes of --initial-checkpoint "
                            f"{student.initial_checkpoint}", "the training data", "train on data with the "
                            "checkpoint's classes in their order (a --class-map listing them), or start from it with "
                            f"--pretrained --pretrained-path {student.initial_checkpoint} (its head replaced).")
@@ -233,12 +236,12 @@ def create_student(student: StudentSettings, arch_kwargs: Mapping[str, Any], *,
 
 
 def _initial_weights(student: StudentSettings,
-                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None, Sequence[str] | None]:
+                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | str | None, RunMetadata | None]:
     """The student's starting weights from --pretrained-path / --initial-checkpoint, read by the package's
     reader and weights policy (timm's loaders would take a file's EMA weights silently).
 
-    Returns (pretrained_cfg_overlay for timm.create_model, the --initial-checkpoint state dict, the classes that
-    checkpoint records); NumPy .npz/.npy files stay with timm, whose models read them with their own
+    Returns (pretrained_cfg_overlay for timm.create_model, the --initial-checkpoint state dict, what that
+    checkpoint records of its run: classes, --model-kwargs); NumPy .npz/.npy files stay with timm, whose models read them with their own
     load_pretrained.
     """
     from ..checkpoint import read_checkpoint, read_run_metadata, select_weights
@@ -258,19 +261,19 @@ def _initial_weights(student: StudentSettings,
             # num_classes=-1: timm replaces the head of --pretrained-path weights (timm train.py's behaviour)
             overlay = dict(state_dict=state_dict, num_classes=-1)
     initial: dict[str, Any] | str | None = None
-    initial_classes: Sequence[str] | None = None
+    initial_meta: RunMetadata | None = None
     if student.initial_checkpoint:
         if student.initial_checkpoint.lower().endswith((".npz", ".npy")):
             initial = student.initial_checkpoint
         else:
             checkpoint = read_checkpoint(student.initial_checkpoint, what="--initial-checkpoint")
-            initial_classes = read_run_metadata(checkpoint).label_names
+            initial_meta = read_run_metadata(checkpoint)
             initial, _ = select_weights(checkpoint, use_ema=student.initial_ema,
                                         name=f"--initial-checkpoint {student.initial_checkpoint}", flags=flags)
     if student.initial_ema is not None and overlay is None and not isinstance(initial, dict):
         raise UsageError("--initial-ema / --no-initial-ema choose between the raw and EMA weights of an "
                          "--initial-checkpoint or --pretrained-path file; pass one, or drop the flag.")
-    return overlay, initial, initial_classes
+    return overlay, initial, initial_meta
 
 
 def initial_weights_origin(student: StudentSettings, model: nn.Module, *,

@@ -26,7 +26,7 @@ from ..stops import check as check_stop
 from ..stops import deferred
 from .run import Run
 
-__all__ = ["run_epochs", "train_one_epoch", "evaluate_epoch"]
+__all__ = ["run_epochs", "train_one_epoch", "evaluate_epoch", "ema_evaluated"]
 
 # the parts of a batch with unlabelled images beyond the three every batch has (DistillationLoss.parts)
 UNLABELED_PARTS = ("task_loss_labeled", "pseudo_loss", "distill_loss_labeled", "distill_loss_unlabeled")
@@ -94,7 +94,7 @@ def _save_epoch(run: Run, epoch: int, row: dict[str, Any], metric: Any) -> None:
     if metric is not None or last or (epoch + 1) % settings.intervals.checkpoint_interval == 0:
         run.best = run.saver.save_checkpoint(epoch, metric=metric)
         run.last_saved_epoch = epoch
-    write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=run.model_ema is not None,
+    write_summary(os.path.join(run.output_dir, "summary.csv"), run.history, ema=ema_evaluated(run),
                   unlabeled=run.unlabeled_ds is not None)
     if metric is not None or last:  # redraw with new eval points only: a plot costs ~0.5 s of CPU
         plot_curves(run.history, os.path.join(run.output_dir, "curves.png"),
@@ -232,32 +232,46 @@ def _backward(run: Run, loss: torch.Tensor, need_update: bool, clip_parameters: 
         run.optimizer.step()
 
 
+def ema_evaluated(run: Run) -> bool:
+    """Whether the epochs evaluate the EMA (timm: ``--model-ema`` without ``--model-ema-force-cpu``)."""
+    return run.model_ema is not None and not run.settings.ema.model_ema_force_cpu
+
+
 def evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    """The epoch's evaluation: per-head accuracy, the teacher's, the EMA's; ``_metric`` ranks the checkpoint."""
+    """The epoch's evaluation, as timm's train.py's: the raw weights, then the EMA when it is evaluated, whose
+    figures then fill the ``eval_*`` columns and rank the checkpoint (``_metric``), the raw ones going to
+    ``raw_eval_*``. The teacher runs beside the weights the ``eval_*`` columns describe."""
     from timm.utils import distribute_bn
 
     from ..evaluation import evaluate
+    from ..records import RAW_PREFIX
 
     settings = run.settings
     if run.distributed and run.dist_bn in ("broadcast", "reduce"):
         distribute_bn(run.model, run.world_size, run.dist_bn == "reduce")
     common = dict(device=run.device, amp_autocast=run.amp_autocast, channels_last=settings.misc.channels_last,
                   distributed=run.distributed)
-    metrics = evaluate(run.student, run.eval_loader, teacher=run.teacher,
+    with_ema = ema_evaluated(run)
+    metrics = evaluate(run.student, run.eval_loader, teacher=None if with_ema else run.teacher,
                        progress=lambda it: progress_bar(it, f"eval {epoch}", show=run.primary), **common)
-    row = {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
-           "eval_top1_cls": metrics["top1_cls"], "eval_top5_cls": metrics["top5_cls"],
-           "eval_top1_dist": metrics["top1_dist"], "eval_top5_dist": metrics["top5_dist"],
-           "teacher_top1": metrics["teacher_top1"], "teacher_agreement": metrics["teacher_agreement"]}
-    ranking = metrics
-    if run.model_ema is not None and not settings.ema.model_ema_force_cpu:
+    row = _eval_row(metrics)
+    if with_ema:
         if run.distributed and run.dist_bn in ("broadcast", "reduce"):
             distribute_bn(run.model_ema, run.world_size, run.dist_bn == "reduce")
-        ema = evaluate(run.model_ema.module, run.eval_loader, **common)
-        row["eval_top1_ema"], row["eval_top5_ema"] = ema["top1"], ema["top5"]
-        ranking = ema  # timm ranks checkpoints by the EMA's metrics when it evaluates them
-    row["_metric"] = ranking[settings.intervals.eval_metric]
+        raw = {RAW_PREFIX + k: v for k, v in row.items() if k.startswith("eval_")}
+        metrics = evaluate(run.model_ema.module, run.eval_loader, teacher=run.teacher,
+                           progress=lambda it: progress_bar(it, f"eval {epoch} (EMA)", show=run.primary), **common)
+        row = {**_eval_row(metrics), **raw}
+    row["_metric"] = metrics[settings.intervals.eval_metric]  # timm ranks by what it writes under eval_*
     return row
+
+
+def _eval_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One evaluation's summary.csv columns."""
+    return {"eval_loss": metrics["loss"], "eval_top1": metrics["top1"], "eval_top5": metrics["top5"],
+            "eval_top1_cls": metrics["top1_cls"], "eval_top5_cls": metrics["top5_cls"],
+            "eval_top1_dist": metrics["top1_dist"], "eval_top5_dist": metrics["top5_dist"],
+            "teacher_top1": metrics["teacher_top1"], "teacher_agreement": metrics["teacher_agreement"]}
 
 
 def _log_epoch(run: Run, row: dict[str, Any]) -> None:
@@ -271,8 +285,9 @@ def _log_epoch(run: Run, row: dict[str, Any]) -> None:
                      f"{f('train_distill_loss_labeled', '{:.4f}')}; unlabelled: pseudo "
                      f"{f('train_pseudo_loss', '{:.4f}')}, distill {f('train_distill_loss_unlabeled', '{:.4f}')}")
     if row.get("eval_top1") is not None:
-        parts.append(f"eval top-1 {f('eval_top1')} (cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"
-                     + (f", EMA {f('eval_top1_ema')}" if "eval_top1_ema" in row else "") + ")")
+        parts.append(f"eval top-1{' (EMA)' if 'raw_eval_top1' in row else ''} {f('eval_top1')} "
+                     f"(cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"
+                     + (f"; raw weights {f('raw_eval_top1')}" if "raw_eval_top1" in row else "") + ")")
     if row.get("teacher_top1") is not None:
         parts.append(f"teacher top-1 {f('teacher_top1')}, agreement {f('teacher_agreement', '{:.3f}')}")
     _logger.info("  ".join(parts))

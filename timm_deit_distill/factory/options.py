@@ -46,6 +46,7 @@ from ..errors import UsageError
 from ..losses import DISTILLATION_TYPES, KD_LOSS_TYPES, KD_TASKS, SOFT_REDUCTIONS, TEACHER_TYPES
 from ..teacher import COMPILE_CHOICES, MIN_AGREEMENT, PRECISIONS
 from .flags import TEACHER_EMA, add_either_flag
+from .timm_args import check_own_record
 
 __all__ = [
     "TRAIN_PROG", "EVAL_PROG", "train_parser", "eval_parser", "given_options", "options_from_argv",
@@ -858,6 +859,7 @@ def resolve_options(parser: argparse.ArgumentParser, given: Mapping[str, Any], *
     given = dict(given)
     config = given.pop("config", "") or ""
     config_values = check_keys(parser, _read_yaml(config, "--config"), f"--config {config}") if config else {}
+    check_own_record(config_values, f"--config {config}")  # our args.yaml's kd_* keys are for timm's train.py
     if not config_values.get("kd_model_name"):
         # timm's args.yaml records kd_temperature: 4.0 etc. even when no KD teacher was used; inert there, so here too.
         for key in _TIMM_KD:

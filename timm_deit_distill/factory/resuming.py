@@ -15,7 +15,7 @@ from .settings import TrainSettings
 if TYPE_CHECKING:
     from ..checkpoint import RunMetadata
 
-__all__ = ["identity_refusal", "nothing_to_train", "warn_changes", "log_resumed", "plateau_keeps_lr"]
+__all__ = ["identity_refusal", "optimizer_refusal", "nothing_to_train", "warn_changes", "log_resumed", "plateau_keeps_lr"]
 
 _logger = logging.getLogger("timm_deit_distill.train")
 
@@ -42,6 +42,21 @@ def identity_refusal(settings: TrainSettings, comparison: Any, checkpoint: dict[
     new = _new_run_from(settings, comparison, checkpoint, metadata)
     return (f"--resume {ckpt}: {'; '.join(comparison.refused)}. An exact resume needs the student, the training "
             f"data, the seed and the teacher of the run it continues. fix: {keep}; or {new}.")
+
+
+def optimizer_refusal(settings: TrainSettings, checkpoint: dict[str, Any], metadata: RunMetadata) -> str | None:
+    """The refusal of a resume whose ``--opt`` is not the checkpoint's run's (a timm train.py run's SGD resumed
+    with AdamW): the saved state (momentum buffers, moments, the groups' hyperparameters) would be loaded into
+    another optimizer, which then fails at its first step. None when the optimizer state is not resumed."""
+    import shlex
+
+    before, now = (metadata.args or {}).get("opt"), settings.optimizer.opt
+    if settings.run.no_resume_opt or "optimizer" not in checkpoint or not isinstance(before, str) or \
+            before.lower() == now.lower():
+        return None
+    return (f"--resume {settings.run.resume}: its optimizer state is --opt {shlex.quote(before)}'s and this run "
+            f"trains with --opt {now}, which cannot take it. fix: resume with --opt {shlex.quote(before)}, or add "
+            f"--no-resume-opt to start {now} afresh (the weights, EMA, epoch and schedule are still resumed).")
 
 
 def _resume_folder(settings: TrainSettings, plan: Any, record: str) -> str:

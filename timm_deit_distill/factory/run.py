@@ -33,6 +33,7 @@ from ..stops import deferred
 from . import builders
 from .settings import TrainSettings
 from .teacher import create_teacher, ready_teacher
+from .timm_args import timm_device_modules
 
 __all__ = ["Run", "build_run", "build_schedule", "extra_state", "PLATEAU_NOTE"]
 
@@ -148,8 +149,11 @@ def build_run(settings: TrainSettings, *, on_start: Callable[[Run], None] | None
     view = _place_student_and_loaders(run, train_ds, eval_ds, data_config, num_classes)
     lr, lr_how = _build_optimization(run)
     metadata = _run_metadata(run, arch_kwargs, data_config, labels, train_ds, checked.resume_from)
-    # what checkpoints record as their args: the settings with what the run resolved (classes, lr, dist_bn)
-    saved = {**settings.options(), "num_classes": num_classes, "lr": lr, "dist_bn": run.dist_bn}
+    # what checkpoints record as their args: the settings with what the run resolved (classes, lr, dist_bn, the
+    # device type: timm's train.py splits args.device, so None is never recorded; the modules it imports, this
+    # package's for its variants, as args.yaml writes them)
+    saved = {**settings.options(), "num_classes": num_classes, "lr": lr, "dist_bn": run.dist_bn,
+             "device": run.device.type, "device_modules": timm_device_modules(settings)}
     comparison, metadata, resumed = _check_resume(run, checked, view, train_ds, saved, metadata)
     metadata = _ready_teacher(run, checked, eval_ds, data_config, len(run.train_loader), metadata)
     _claim(run, checked.folder_plan, data_config, metadata, on_start, announce)
@@ -552,7 +556,7 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
     cache against the run; then the resumed weights, optimizer, schedule and EMA (the generator states come last,
     after the folder is claimed). Returns (the resume comparison, the metadata, the resumed state)."""
     from .. import checkpoint as ckpt
-    from .resuming import identity_refusal, nothing_to_train
+    from .resuming import identity_refusal, nothing_to_train, optimizer_refusal
 
     settings, resume_from = run.settings, checked.resume_from
     comparison = None
@@ -560,6 +564,9 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
         comparison = ckpt.compare_resume(resume_from, settings=saved, metadata=metadata)
         if comparison.refused:
             raise UsageError(identity_refusal(settings, comparison, resume_from, metadata, checked.folder_plan))
+        other_optimizer = optimizer_refusal(settings, resume_from, ckpt.RunMetadata.from_checkpoint(resume_from))
+        if other_optimizer:
+            raise UsageError(other_optimizer)
     start_epoch = checked.resume_epoch + 1 if checked.resume_epoch is not None else 0
     if settings.run.start_epoch is not None:
         start_epoch = settings.run.start_epoch
@@ -671,6 +678,8 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
     from .. import checkpoint as ckpt
     from ..records import write_args_yaml
     from ..run_folder import format_size
+    from ..task import has_distillation_head
+    from .timm_args import timm_gap, timm_keys
 
     settings = run.settings
     removed, size = run.lock.remove_partial_files()
@@ -682,11 +691,17 @@ def _write_first_files(run: Run, saved: dict[str, Any], metadata: Any, data_conf
         decreasing=settings.intervals.eval_metric == "loss", max_history=settings.intervals.checkpoint_hist,
         extra_state=lambda: extra_state(run))
     record = {k: v for k, v in settings.options().items() if k not in ("resume", "no_resume_opt", "start_epoch")}
+    where = dict(distilled=has_distillation_head(run.student),
+                 teacher_description=getattr(run.teacher, "description", None),
+                 student_input_size=data_config.get("input_size"))
+    record.update(timm_keys(settings, device=saved["device"], num_classes=num_classes, **where))  # timm's -c reads
+    gap = timm_gap(settings, **where)
     if metadata.resumed:
         record["resumed"] = metadata.resumed
     if metadata.distill is not None and metadata.distill.teacher_check is not ckpt.NOT_RECORDED:
         record["teacher_check"] = metadata.distill.teacher_check
-    write_args_yaml(os.path.join(run.output_dir, "args.yaml"), record)
+    write_args_yaml(os.path.join(run.output_dir, "args.yaml"), record,
+                    note=f"timm's train.py: {gap}." if gap else None)
     _log_run(run, data_config, num_classes, train_ds, eval_ds, lr_how)
     if removed:
         _logger.info("Removed %d partial file(s) (%s) that a killed save left in %s.", removed,
@@ -757,11 +772,13 @@ def _teacher_source(run: Run) -> str:
 def _resume_tail(run: Run, checked: _Checked, comparison: Any, resumed: Any) -> None:
     """After the folder is claimed: the resumed history and generator states, and the schedule positioned at the
     start epoch (timm's rule, and the plateau schedule's rate)."""
+    from ..records import current_row
     from .resuming import log_resumed, warn_changes
 
     settings = run.settings
     if resumed is not None:
-        run.start_epoch, run.num_updates, run.history = resumed.start_epoch, resumed.num_updates, resumed.summary
+        run.start_epoch, run.num_updates = resumed.start_epoch, resumed.num_updates
+        run.history = [current_row(row) for row in resumed.summary]  # an older run's rows in today's columns
         if checked.folder_plan.continuing:
             run.last_saved_epoch = checked.resume_epoch
             if run.saver is not None:

@@ -13,7 +13,7 @@ The YAML front matter is written by huggingface_hub's ``ModelCardData``, so the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ RESULT_COLUMNS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("eval_top1_ema",), "top-1, EMA weights"),
     (("teacher_top1", "eval_teacher_top1"), "teacher top-1 on the same evaluation set"),
     (("teacher_agreement", "eval_teacher_agreement"), "student-teacher agreement"),
+    (("teacher_agreement_ema",), "student-teacher agreement, EMA weights"),
     (("eval_loss",), "evaluation loss"),
 )
 
@@ -82,6 +83,7 @@ class CardFacts:
     license: str = "apache-2.0"
     datasets: Sequence[str] = ()
     initial_weights: Mapping[str, Any] | None = None  # the checkpoint's deit_distill['initial_weights']
+    distilled: bool = True  # the student has a distillation head (else its one output is all there is)
 
 
 def _fmt(value: Any) -> str:
@@ -120,6 +122,25 @@ def _column(row: Mapping[str, str], names: Sequence[str]) -> str | None:
         if value not in (None, ""):
             return value
     return None
+
+
+def _by_weights(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary row with the raw weights' figures under ``eval_*`` and the EMA's under ``*_ema`` (what the
+    card's labels say), whichever layout the run wrote (timm's rule: ``eval_*`` the EMA's, ``raw_eval_*``)."""
+    from ..records import weights_view
+
+    out = weights_view(row, "raw")
+    ema = weights_view(row, "ema")
+    for column in ("eval_top1", "eval_top5", "teacher_agreement"):
+        if ema.get(column) not in (None, ""):
+            out[f"{column}_ema"] = ema[column]
+    return out
+
+
+def _one_head_label(label: str) -> str:
+    """A result's label for a student with one head: its output is not an average of heads."""
+    return {"top-1, fused heads (average of class and distillation heads)": "top-1",
+            "top-5, fused heads": "top-5"}.get(label, label)
 
 
 def _published_row(facts: CardFacts) -> tuple[Mapping[str, str] | None, str]:
@@ -294,6 +315,7 @@ def _start_text(initial: Mapping[str, Any]) -> str:
 
 def build_model_card(facts: CardFacts) -> str:
     """The README.md text: YAML front matter, then the architecture, teacher, recipe, results and usage."""
+    facts = replace(facts, summary_rows=[_by_weights(row) for row in facts.summary_rows])
     distill = dict(facts.distill or {})
     dtype = distill.get("type")
     name = facts.repo_id or facts.variant
@@ -356,7 +378,7 @@ def build_model_card(facts: CardFacts) -> str:
     if published is None:
         out.append("No `summary.csv` was found beside the checkpoint, so no results are stated.")
     else:
-        rows = [(label, _fmt(v)) for names, label in RESULT_COLUMNS
+        rows = [(_one_head_label(label) if not facts.distilled else label, _fmt(v)) for names, label in RESULT_COLUMNS
                 if (v := _column(published, names)) is not None]
         where = {"csv": "From the run's `summary.csv`.",
                  "checkpoint": "From the epochs the checkpoint itself records."}.get(
@@ -367,7 +389,8 @@ def build_model_card(facts: CardFacts) -> str:
             out += ["", "The published weights are the EMA weights: the EMA row is their accuracy."]
         best = max(facts.summary_rows, key=lambda r: float(r.get("eval_top1") or "-inf"), default=None)
         if best is not None and best.get("eval_top1") and best is not published:
-            out += ["", f"Best fused top-1 during the run: {_fmt(best['eval_top1'])} at epoch {best.get('epoch')}."]
+            fused = "fused " if facts.distilled else ""
+            out += ["", f"Best {fused}top-1 during the run: {_fmt(best['eval_top1'])} at epoch {best.get('epoch')}."]
 
     hub_name = f"hf-hub:{facts.repo_id}" if facts.repo_id else "local-dir:PATH/TO/THIS/FOLDER"
     out += ["", "## Usage", "", "Plain timm is enough; this package is not needed to load the model.", "",
@@ -377,8 +400,9 @@ def build_model_card(facts: CardFacts) -> str:
             "transform = timm.data.create_transform(**config)",
             "with torch.inference_mode():",
             "    probs = model(transform(image).unsqueeze(0)).softmax(-1)  # image: a PIL image",
-            "```", "",
-            "In eval mode the model returns the average of its class-token and distillation-token heads."]
+            "```"]
+    if facts.distilled:
+        out += ["", "In eval mode the model returns the average of its class-token and distillation-token heads."]
     if facts.repo_id:
         out += ["To download with every file checked against the sha256 the Hub lists for it:", "",
                 "```bash", f"deit-distill pull {facts.repo_id}", "```"]

@@ -27,7 +27,8 @@ from torch import nn
 
 from ..atomic import sha256_file
 from ..errors import HubExportError, OutputExistsError
-from ..records import read_summary_text
+from ..records import read_summary_text, timm_rows
+from ..task import has_distillation_head
 from ..version import __version__
 from .card import CardFacts, build_model_card
 
@@ -157,6 +158,9 @@ def _student_from_checkpoint(
         data_config.pop("input_size", None)
     summary_rows, source_kind = _summary_rows(ckpt, source, train_args, beside_args,
                                               saved_args=bool(saved.args))
+    if meta.layout == "timm":  # timm's eval_* columns follow its evaluated EMA
+        summary_rows = timm_rows(summary_rows, ema_evaluated=bool(train_args.get("model_ema"))
+                                 and not train_args.get("model_ema_force_cpu"))
     epoch = ckpt.get("epoch")
     return _Student(
         state_dict=state_dict,
@@ -204,15 +208,26 @@ def _summary_rows(ckpt: Mapping[str, Any], source: Path | None, train_args: Mapp
 
 
 # Settings a checkpoint records resolved (the learning rate, the class count) or as history (a resume), while
-# args.yaml keeps them as given: they differ within one run.
+# args.yaml keeps them as given: they differ within one run. timm's train.py also resolves --lr-base-scale, the
+# device ('cuda' -> 'cuda:N' under torchrun), --data-dir (from the positional data) and
+# --grad-accum-steps before it saves its args, after it wrote args.yaml. This package's args.yaml adds itself to
+# --device-modules for timm's train.py (factory.timm_args) where its checkpoints keep the flag as given.
 _RESOLVED_SETTINGS = frozenset({"num_classes", "lr", "dist_bn", "resume", "no_resume_opt", "start_epoch",
-                                "resumed", "teacher_check", "config"})
+                                "resumed", "teacher_check", "config", "lr_base_scale", "device", "data_dir",
+                                "grad_accum_steps", "device_modules"})
+
+
+# The keys of timm's train.py a DeiT-spelled run's args.yaml renders its distill_* settings in (factory.timm_args);
+# its checkpoints keep timm's defaults there.
+_TIMM_RENDERING = frozenset({"kd_model_name", "kd_distill_type", "kd_token_distill_type", "kd_temperature",
+                             "task_loss_weight", "distill_loss_weight", "kd_loss_type"})
 
 
 def _changed_settings(saved: Mapping[str, Any], beside: Mapping[str, Any]) -> list[str]:
     """``key: checkpoint value vs args.yaml value`` for each setting both record differently."""
+    skip = _RESOLVED_SETTINGS | (_TIMM_RENDERING if beside.get("distill_type") in ("soft", "hard") else set())
     return [f"{key}: {saved[key]!r} vs {beside[key]!r}" for key in sorted(saved.keys() & beside.keys())
-            if key not in _RESOLVED_SETTINGS and _jsonable(saved[key]) != _jsonable(beside[key])]
+            if key not in skip and _jsonable(saved[key]) != _jsonable(beside[key])]
 
 
 def _same_run(own: list[dict[str, str]], rows: list[dict[str, str]]) -> bool:
@@ -474,7 +489,7 @@ def _export(
             train_args=student.train_args, summary_rows=student.summary_rows,
             summary_source=student.summary_source, source_file=student.source_file,
             source_sha256=student.source_sha256, license=license, datasets=tuple(datasets),
-            initial_weights=student.initial_weights,
+            initial_weights=student.initial_weights, distilled=has_distillation_head(model),
         )
         (staging / CARD_NAME).write_text(build_model_card(facts), encoding="utf-8")
         _apply_umask(staging)
