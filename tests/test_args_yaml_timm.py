@@ -20,6 +20,7 @@ from train_fixtures import FAST, STUDENT, STUDENT_KWARGS, digits
 from timm_deit_distill.commands import train
 from timm_deit_distill.errors import UsageError
 from timm_deit_distill.factory.api import train_settings
+from timm_deit_distill.factory.settings import UnlabeledSettings
 from timm_deit_distill.factory.timm_args import timm_distillation_keys, timm_gap
 from timm_deit_distill.losses import DistillationLoss
 
@@ -243,3 +244,9 @@ def test_the_gap_names_why_timm_would_not_distil_as_the_run_did():
     assert "builds kd_model_name pretrained, at the student's input, instead" in gap(timm_spelled)
     none = _deit_settings("none")
     assert gap(none) is None
+    with_unlabeled = _deit_settings("hard")
+    with_unlabeled.unlabeled = UnlabeledSettings(unlabeled_data_dir="crawl")
+    assert "unlabelled images (--unlabeled-data-dir crawl)" in gap(with_unlabeled)
+    assert "trains on the labelled images only" in gap(with_unlabeled)
+    with_unlabeled.unlabeled = UnlabeledSettings()
+    assert gap(with_unlabeled) is None

@@ -114,3 +114,33 @@ def test_a_checkpoint_copied_beside_another_runs_summary_keeps_its_own_results(t
     fused = results["top-1, fused heads (average of class and distillation heads)"]
     assert fused == f"{ours.summary_rows[1]['eval_top1']:.2f}"
     assert "another run's?" in caplog.text
+
+
+@pytest.mark.parametrize("variant, distilled, dtype, headline, tags, not_tags", [
+    ("deit_tiny_distilled_patch4_32", True, "hard",
+     "A DeiT student (`deit_tiny_distilled_patch4_32`) trained with **hard** distillation through attention from",
+     {"deit", "vision-transformer", "knowledge-distillation", "distillation-hard"}, set()),
+    ("deit_tiny_patch16_224", False, "soft",
+     "A DeiT student (`deit_tiny_patch16_224`, one head, no distillation token) trained with **soft** distillation "
+     "on its one head from", {"deit", "vision-transformer", "knowledge-distillation"}, set()),
+    ("mobilenetv3_small_050", False, "soft", "A timm student (`mobilenetv3_small_050`, one head, no distillation "
+     "token) trained with **soft** distillation on its one head from", {"knowledge-distillation"},
+     {"deit", "vision-transformer"}),
+    ("resnet10t", False, "none", "A timm model (`resnet10t`) trained without a teacher", {"timm"},
+     {"deit", "vision-transformer", "knowledge-distillation"}),
+])
+def test_the_headline_and_tags_say_what_the_student_is_and_how_it_learned(variant, distilled, dtype, headline,
+                                                                           tags, not_tags):
+    """'Distillation through attention' and the deit / vision-transformer tags belong to students that have them
+    (timm's registry decides the family); a run without a teacher is not tagged knowledge-distillation."""
+    from timm_deit_distill.hub.card import CardFacts, build_model_card
+
+    distill = {"type": dtype, "teacher": "resnet10t"} if dtype != "none" else {"type": "none"}
+    text = build_model_card(CardFacts(
+        variant=variant, timm_architecture=variant, model_args={"num_classes": 10}, num_params=1000,
+        num_classes=10, data_config={"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3},
+        weights="raw", distill=distill, distilled=distilled))
+    first = text.split("\n---\n", 1)[1].split("\n\n")[1]
+    assert first.startswith(headline), first
+    data_tags = set(ModelCard(text).data.tags)
+    assert tags <= data_tags and not (not_tags & data_tags), data_tags

@@ -285,9 +285,12 @@ def _log_epoch(run: Run, row: dict[str, Any]) -> None:
                      f"{f('train_distill_loss_labeled', '{:.4f}')}; unlabelled: pseudo "
                      f"{f('train_pseudo_loss', '{:.4f}')}, distill {f('train_distill_loss_unlabeled', '{:.4f}')}")
     if row.get("eval_top1") is not None:
-        parts.append(f"eval top-1{' (EMA)' if 'raw_eval_top1' in row else ''} {f('eval_top1')} "
-                     f"(cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"
-                     + (f"; raw weights {f('raw_eval_top1')}" if "raw_eval_top1" in row else "") + ")")
+        # the heads' figures only where there are two heads (a single-head student has neither)
+        inner = [f"cls {f('eval_top1_cls')}, dist {f('eval_top1_dist')}"] if row.get("eval_top1_cls") is not None \
+            else []
+        inner += [f"raw weights {f('raw_eval_top1')}"] if "raw_eval_top1" in row else []
+        parts.append(f"eval top-1{' (EMA)' if 'raw_eval_top1' in row else ''} {f('eval_top1')}"
+                     + (f" ({'; '.join(inner)})" if inner else ""))
     if row.get("teacher_top1") is not None:
         parts.append(f"teacher top-1 {f('teacher_top1')}, agreement {f('teacher_agreement', '{:.3f}')}")
     _logger.info("  ".join(parts))

@@ -95,6 +95,10 @@ def timm_gap(settings: Any, *, distilled: bool, teacher_description: Mapping[str
     distill, teacher = settings.distill, settings.teacher
     if distill.type in (None, "none"):
         return None
+    unlabeled = getattr(settings, "unlabeled", None)
+    if unlabeled is not None and unlabeled.active:
+        return (f"this run also learned from unlabelled images ({unlabeled.source_name}), which timm's train.py "
+                "cannot read: timm's train.py -c of this file trains on the labelled images only")
     timm_spelled = getattr(distill, "family", "deit") != "deit"
     if not timm_spelled and not distilled and distill.type == "hard":
         return ("DeiT's hard distillation on a single-head student has no timm task (timm's logit task is soft "

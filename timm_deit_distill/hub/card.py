@@ -43,7 +43,7 @@ RECIPE_KEYS: tuple[str, ...] = (
     "model_ema_decay", "amp", "seed", "img_size", "input_size", "dataset", "train_split", "val_split",
 )
 
-_TAGS = ["image-classification", "timm", "deit", "vision-transformer", "knowledge-distillation"]
+_TAGS = ["image-classification", "timm"]
 
 _CITATION = """@InProceedings{pmlr-v139-touvron21a,
   title     = {Training data-efficient image transformers & distillation through attention},
@@ -288,10 +288,11 @@ def _card_data(facts: CardFacts, published: Mapping[str, str] | None) -> ModelCa
     """The front matter: what the Hub filters and displays by."""
     distill = dict(facts.distill or {})
     dtype = distill.get("type")
-    tags = list(_TAGS)
+    deit, vit = _family(facts)
+    tags = list(_TAGS) + (["deit"] if deit else []) + (["vision-transformer"] if vit else [])
     if dtype and dtype != "none":
         teacher = _teacher_id(distill)
-        tags += [f"distillation-{dtype}"] + ([f"teacher:{teacher}"] if teacher else [])
+        tags += ["knowledge-distillation", f"distillation-{dtype}"] + ([f"teacher:{teacher}"] if teacher else [])
     base_model = (facts.initial_weights or {}).get("hub_id") or None
     results = _eval_results(facts, published)
     return ModelCardData(
@@ -313,6 +314,32 @@ def _start_text(initial: Mapping[str, Any]) -> str:
     return f"{what} ({initial.get('flag', 'pretrained')})"
 
 
+def _family(facts: CardFacts) -> tuple[bool, bool]:
+    """Whether the student is a DeiT, and a vision transformer (timm's registry says, by the module it is in)."""
+    from timm.models import is_model_in_modules
+
+    name = str(facts.variant)
+    return (is_model_in_modules(name, ["deit"]),
+            is_model_in_modules(name, ["deit", "vision_transformer", "vision_transformer_hybrid"]))
+
+
+def _headline(facts: CardFacts, dtype: str | None, distill: Mapping[str, Any]) -> str:
+    """The card's first sentence: which student, how it was distilled (through attention only with the token)."""
+    teacher = distill.get("teacher") or (distill.get("teacher_description") or {}).get("name")
+    what = "DeiT" if _family(facts)[0] else "timm"
+    tail = "published by timm-deit-distill. It loads with plain timm."
+    if dtype in ("hard", "soft") and facts.distilled:
+        return (f"A DeiT student (`{facts.variant}`) trained with **{dtype}** distillation through attention from "
+                f"the teacher `{teacher}`, {tail}")
+    if dtype in ("hard", "soft"):
+        return (f"A {what} student (`{facts.variant}`, one head, no distillation token) trained with **{dtype}** "
+                f"distillation on its one head from the teacher `{teacher}`, {tail}")
+    if dtype and dtype != "none":  # timm's train.py's other distillation tasks
+        return (f"A {what} student (`{facts.variant}`) trained with timm's **{dtype}** distillation from the teacher "
+                f"`{teacher}`, {tail}")
+    return f"A {what} model (`{facts.variant}`) trained without a teacher, {tail}"
+
+
 def build_model_card(facts: CardFacts) -> str:
     """The README.md text: YAML front matter, then the architecture, teacher, recipe, results and usage."""
     facts = replace(facts, summary_rows=[_by_weights(row) for row in facts.summary_rows])
@@ -324,16 +351,7 @@ def build_model_card(facts: CardFacts) -> str:
     size = "x".join(str(s) for s in facts.data_config.get("input_size", ())[1:])
     out: list[str] = [f"---\n{data.to_yaml()}\n---", f"# {name}", ""]
 
-    teacher = distill.get("teacher") or (distill.get("teacher_description") or {}).get("name")
-    if dtype in ("hard", "soft"):
-        out.append(f"A DeiT student (`{facts.variant}`) trained with **{dtype}** distillation through attention "
-                   f"from the teacher `{teacher}`, published by timm-deit-distill. It loads with plain timm.")
-    elif dtype and dtype != "none":  # timm's train.py's other distillation tasks
-        out.append(f"A student (`{facts.variant}`) trained with timm's **{dtype}** distillation from the teacher "
-                   f"`{teacher}`, published by timm-deit-distill. It loads with plain timm.")
-    else:
-        out.append(f"A DeiT model (`{facts.variant}`) trained without a teacher, published by timm-deit-distill. "
-                   "It loads with plain timm.")
+    out.append(_headline(facts, dtype, distill))
 
     out += ["", "## Model details", ""]
     args_text = ", ".join(f"{k}={_fmt(v)}" for k, v in facts.model_args.items())
