@@ -8,7 +8,7 @@ import torch
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
-from timm_deit_distill.analysis import token_cosine
+from timm_deit_distill.analysis import disagreement, disagreement_table, head_predictions, token_cosine
 
 DIM = 8
 
@@ -106,3 +106,47 @@ def test_rejects_a_model_without_a_distillation_token():
 def test_rejects_no_images():
     with pytest.raises(ValueError, match="no images"):
         token_cosine(_small_model(), [])
+
+
+def test_head_predictions_read_timms_class_head_distillation_head_and_fused_output():
+    model = _small_model(3)
+    with torch.no_grad():  # heads that disagree, so each read-out is told apart
+        model.head_dist.weight.mul_(-1)
+    batches = [(torch.randn(5, 3, 8, 8), torch.zeros(5)), (torch.randn(3, 3, 8, 8), torch.zeros(3))]
+    preds = head_predictions(model, batches)
+    model.eval()
+    x = torch.cat([b[0] for b in batches])
+    with torch.no_grad():
+        fused = model(x)  # timm's inference output: (x + x_dist) / 2
+        model.set_distilled_training(True)
+        model.train()  # timm returns the two heads apart in distilled training (no dropout in this model)
+        cls, dist = model.forward_head(model.forward_features(x))
+        model.eval()
+        model.set_distilled_training(False)
+    assert preds["fused"] == fused.argmax(1).tolist()
+    assert preds["cls"] == cls.argmax(1).tolist() and preds["dist"] == dist.argmax(1).tolist()
+    assert preds["cls"] != preds["dist"]
+    torch.manual_seed(0)
+    plain = VisionTransformer(img_size=8, patch_size=4, embed_dim=DIM, depth=1, num_heads=2, num_classes=3).eval()
+    with torch.no_grad():
+        assert head_predictions(plain, [x]) == {"fused": plain(x).argmax(1).tolist()}
+
+
+def test_disagreement_is_the_fraction_of_images_whose_predictions_differ():
+    assert disagreement([0, 1, 2, 3], [0, 1, 2, 3]) == 0.0
+    assert disagreement([0, 1, 2, 3], [0, 2, 2, 1]) == 0.5
+    assert disagreement([1, 1, 1, 1, 1], [1, 0, 1, 1, 1]) == 0.2
+    with pytest.raises(ValueError):
+        disagreement([0, 1], [0])
+
+
+def test_disagreement_table_pairs_models_within_each_run_then_averages():
+    runs = [  # two seeds; "c" only in the first
+        {"t": [0, 1, 2, 3], "a": [0, 1, 2, 0], "c": [1, 1, 1, 1]},
+        {"t": [0, 1, 2, 3], "a": [3, 2, 2, 3]},
+    ]
+    table = disagreement_table(runs)
+    assert table["t"]["a"]["per_run"] == [0.25, 0.5] and table["t"]["a"]["mean"] == 0.375
+    assert table["t"]["a"]["std"] == pytest.approx(np.std([0.25, 0.5], ddof=1))
+    assert table["a"]["t"] == table["t"]["a"] and table["t"]["t"]["mean"] == 0.0
+    assert table["a"]["c"] == {"mean": 0.75, "std": None, "per_run": [0.75]}  # paired: only the run with both

@@ -11,18 +11,25 @@ reading the token sequence where timm's ``forward_features`` has it, with forwar
 * ``output``: after the final norm, i.e. what the two heads read.
 
 Each figure is the cosine between the two tokens of one image, averaged over the images.
+
+DeiT's Table 4 compares models by how often they disagree: :func:`head_predictions` gives a model's argmax on
+each image from every head it has (a distilled student read from its class head, its distillation head and
+both, as timm's inference output averages them), and :func:`disagreement` / :func:`disagreement_table` the
+fraction of images on which two models' predictions differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TokenCosine", "token_cosine"]
+__all__ = ["TokenCosine", "token_cosine", "head_predictions", "disagreement", "disagreement_table"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +103,50 @@ def token_cosine(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor]
         layers=[float(sums[f"block{i}"] / count) for i in range(len(model.blocks))],
         num_images=count,
     )
+
+
+@torch.inference_mode()
+def head_predictions(model: nn.Module, batches: Iterable[torch.Tensor | Sequence[torch.Tensor]]) -> dict[str, list[int]]:
+    """The model's argmax per image, in the loader's order: ``fused`` (what the model predicts in eval mode:
+    timm's ``(x + x_dist) / 2`` for a distilled student) and, for a distilled student, ``cls`` and ``dist`` (each
+    head alone, through timm's ``forward_head`` steps). ``batches``: inputs or a loader's ``(inputs, targets)``."""
+    from .evaluation import head_logits
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[int]] = {}
+    try:
+        device = next(model.parameters()).device
+        for batch in batches:
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            heads = head_logits(model, inputs.to(device))
+            for name in ("cls", "dist", "fused"):
+                logits = getattr(heads, name)
+                if logits is not None:
+                    out.setdefault(name, []).extend(logits.argmax(1).tolist())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def disagreement(a: Sequence[int], b: Sequence[int]) -> float:
+    """The fraction of images on which two models' predictions (argmax per image, same images in the same
+    order) differ: DeiT's Table 4."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"disagreement needs two equally long, non-empty prediction lists; got {len(a)} and {len(b)}")
+    return sum(x != y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def disagreement_table(runs: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, dict[str, dict[str, object]]]:
+    """Pairwise disagreement of named models, paired by run: ``runs[k][name]`` is model ``name``'s predictions in
+    run (seed) ``k``. Each pair's fraction is computed within every run that has both models, then averaged:
+    ``table[a][b] = {"mean", "std" (sample std, None for one run), "per_run"}``, symmetric, 0 on the diagonal."""
+    names = list(dict.fromkeys(name for run in runs for name in run))
+    table: dict[str, dict[str, dict[str, object]]] = {a: {} for a in names}
+    for a, b in itertools.product(names, repeat=2):
+        values = [disagreement(run[a], run[b]) for run in runs if a in run and b in run]
+        if not values:
+            continue
+        std = statistics.stdev(values) if len(values) > 1 else None
+        table[a][b] = {"mean": statistics.fmean(values), "std": std, "per_run": values}
+    return table

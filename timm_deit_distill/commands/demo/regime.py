@@ -7,12 +7,42 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENT", "TEACHER", "teacher_options",
-           "student_options"]
+__all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENTS", "StudentKind", "STUDENT", "PLAIN_STUDENT",
+           "PLAIN_STUDENT_KWARGS", "TEACHER", "teacher_options", "student_options"]
 
-MODES = ("none", "soft", "hard")
-STUDENT = "deit_tiny_distilled_patch4_32"
+STUDENT = "deit_tiny_distilled_patch4_32"  # DeiT⚗: DeiT-Ti with the distillation token, 4x4 patches
+# The same vision transformer without the distillation token (timm's DeiT-Ti with the distilled variant's
+# patches and classes; the image size comes from --img-size as for the distilled one): DeiT's Table 3 rows
+# "no distillation", "usual distillation" and "hard distillation" train this.
+PLAIN_STUDENT = "deit_tiny_patch16_224"
+PLAIN_STUDENT_KWARGS = {"patch_size": 4, "num_classes": 10}
 TEACHER = "resnet10t"
+
+
+@dataclass(frozen=True)
+class StudentKind:
+    """One of DeiT's Table 3 students: its key in results.json, its distillation type, whether it has the
+    distillation token, and the row it is in the paper's table."""
+
+    name: str
+    distill_type: str
+    token: bool
+    label: str
+
+    @property
+    def model(self) -> str:
+        return STUDENT if self.token else PLAIN_STUDENT
+
+
+STUDENTS = (
+    StudentKind("none", "none", False, "no distillation"),
+    StudentKind("usual", "soft", False, "usual distillation"),
+    StudentKind("hard", "hard", False, "hard distillation"),
+    StudentKind("deit_hard", "hard", True, "DeiT⚗ hard distillation"),
+    StudentKind("deit_soft", "soft", True, "DeiT⚗ soft distillation"),
+)
+MODES = tuple(kind.name for kind in STUDENTS)
+_KINDS = {kind.name: kind for kind in STUDENTS}
 
 
 @dataclass(frozen=True)
@@ -55,8 +85,8 @@ class Regime:
 
 
 DEFAULT_REGIME = Regime(
-    name="default", train_per_class=20, val_fraction=0.2, img_size=12, epochs=80, teacher_epochs=60,
-    batch_size=32, lr=1e-3, warmup_epochs=10, weight_decay=0.05, clip_grad=1.0, smoothing=0.1, drop_path=0.1,
+    name="default", train_per_class=20, val_fraction=0.2, img_size=12, epochs=30, teacher_epochs=60,
+    batch_size=32, lr=1e-3, warmup_epochs=5, weight_decay=0.05, clip_grad=1.0, smoothing=0.1, drop_path=0.1,
     ema_decay=0.0, scale=(0.25, 1.0), val_interval=10, seeds=(0, 1, 2))
 QUICK_REGIME = replace(
     DEFAULT_REGIME, name="quick", train_per_class=5, epochs=2, teacher_epochs=2, warmup_epochs=1, val_interval=1,
@@ -94,11 +124,15 @@ def teacher_options(regime: Regime, data_dir: Path, output: Path) -> dict[str, A
 
 def student_options(regime: Regime, data_dir: Path, output: Path, mode: str, seed: int,
                     teacher_checkpoint: Path) -> dict[str, Any]:
-    """`deit-distill train` options of one student; the budget is the same for every mode."""
-    options = {**_common_train_options(regime, data_dir), "model": STUDENT, "epochs": regime.epochs,
-               "drop_path": regime.drop_path, "distill_type": mode, "seed": seed, "output": str(output),
-               "experiment": f"{mode}-seed{seed}"}
-    if mode != "none":
+    """`deit-distill train` options of one student (``mode``: a name in :data:`MODES`); the budget is the same for
+    every mode."""
+    kind = _KINDS[mode]
+    options = {**_common_train_options(regime, data_dir), "model": kind.model, "epochs": regime.epochs,
+               "drop_path": regime.drop_path, "distill_type": kind.distill_type, "seed": seed,
+               "output": str(output), "experiment": f"{mode}-seed{seed}"}
+    if not kind.token:
+        options["model_kwargs"] = dict(PLAIN_STUDENT_KWARGS)
+    if kind.distill_type != "none":
         options.update(distill_teacher=TEACHER, distill_teacher_path=str(teacher_checkpoint),
                        distill_alpha=regime.distill_alpha, distill_tau=regime.distill_tau,
                        distill_soft_reduction="deit", teacher_precision="fp32")

@@ -17,8 +17,8 @@ from typing import Any
 from ...errors import DeitDistillError, DemoError, one_line
 from ...stops import pool_worker, spawning, stop_of, working
 from ..common import setup_logging
-from .regime import TEACHER, Regime, student_options, teacher_options
-from .report import student_record
+from .regime import STUDENTS, TEACHER, Regime, student_options, teacher_options
+from .report import TOKEN_COSINE_STUDENT, student_record
 
 __all__ = ["run_training", "run_eval", "measure_token_cosine", "Job", "run_job", "run_jobs", "schedule", "job_cost",
            "Progress", "duration"]
@@ -116,11 +116,10 @@ def run_eval(checkpoint: Path, data_dir: Path, teacher_checkpoint: Path | None, 
     return json.loads(out.read_text())
 
 
-def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dict[str, Any]:
-    """Class/distillation token cosine of a student checkpoint over the validation images."""
+def _model_and_validation(checkpoint: Path, data_dir: Path, use_ema: bool) -> tuple[Any, Any]:
+    """A run's model (from its checkpoint) and a loader over the validation split as `deit-distill eval` reads it."""
     from timm.data import resolve_model_data_config
 
-    from ...analysis import token_cosine
     from ...checkpoint import create_model_from_checkpoint
     from ...data import DataSettings, LoaderSettings, build_eval_loader, open_source
 
@@ -129,7 +128,38 @@ def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dic
     data_config = resolve_model_data_config(model)  # what the checkpoint's metadata set in its pretrained_cfg
     loader = build_eval_loader(val_ds, data_config, LoaderSettings(batch_size=128, validation_batch_size=None,
                                                                     workers=0, pin_mem=False))
+    return model, loader
+
+
+def measure_token_cosine(checkpoint: Path, data_dir: Path, use_ema: bool) -> dict[str, Any]:
+    """Class/distillation token cosine of a student checkpoint over the validation images."""
+    from ...analysis import token_cosine
+
+    model, loader = _model_and_validation(checkpoint, data_dir, use_ema)
     return token_cosine(model, loader).as_dict()
+
+
+def measure_predictions(checkpoint: Path, data_dir: Path, use_ema: bool, top1: float) -> dict[str, list[int]]:
+    """A run's argmax on every validation image, per head (``fused``, and ``cls``/``dist`` for a distilled
+    student), with the images' true classes (``labels``), for the disagreement table; checked against ``top1``,
+    the fused top-1 `deit-distill eval` measured, so the table and the accuracy table read the same images the
+    same way."""
+    from ...analysis import head_predictions
+
+    model, loader = _model_and_validation(checkpoint, data_dir, use_ema)
+    targets: list[int] = []
+
+    def inputs() -> Iterator[Any]:
+        for images, labels in loader:
+            targets.extend(labels.tolist())
+            yield images
+
+    predictions = head_predictions(model, inputs())
+    correct = 100.0 * sum(p == t for p, t in zip(predictions["fused"], targets, strict=True)) / len(targets)
+    if abs(correct - top1) > 1e-6:
+        raise DemoError(f"{checkpoint}: its predictions give top-1 {correct:.4f}% where `deit-distill eval` measured "
+                        f"{top1:.4f}%; the disagreement table would not describe the evaluated model.")
+    return {**predictions, "labels": targets}
 
 
 def duration(seconds: float) -> str:
@@ -192,25 +222,33 @@ class Job:
 
     @property
     def needs_teacher(self) -> bool:
-        return self.mode in ("soft", "hard")
+        return self.mode is not None and _KINDS[self.mode].distill_type != "none"
+
+
+_KINDS = {kind.name: kind for kind in STUDENTS}
 
 
 def run_job(job: Job) -> dict[str, Any]:
-    """Train (or reuse) one run and measure it: the teacher's top-1, or a student's per-seed record."""
+    """Train (or reuse) one run and measure it: the teacher's top-1, or a student's per-seed record; both with the
+    run's validation predictions (``predictions``, per head) for the disagreement table."""
     regime = job.regime
     if job.mode is None:
         ckpt = run_training(teacher_options(regime, job.data_dir, job.runs_dir), job.run_dir,
                             regime.teacher_epochs, "teacher")
         evaluation = run_eval(ckpt, job.data_dir, None, regime.ema)
-        return {"top1": evaluation["top1"], "top5": evaluation["top5"]}
+        return {"top1": evaluation["top1"], "top5": evaluation["top5"],
+                "predictions": measure_predictions(ckpt, job.data_dir, regime.ema, evaluation["top1"])}
     options = student_options(regime, job.data_dir, job.runs_dir, job.mode, job.seed, job.teacher_checkpoint)
     ckpt = run_training(options, job.run_dir, regime.epochs, f"student {job.label}")
-    record: dict[str, Any] = {"seed": job.seed,
-                              **student_record(run_eval(ckpt, job.data_dir, job.teacher_checkpoint, regime.ema,
-                                                       regime.teacher_check))}
-    if job.mode == "hard":
+    # A student trained without the teacher may finish before it: its agreement with the teacher comes from the
+    # two runs' predictions once both are done (run_demo), not from an evaluation that would need the teacher now.
+    teacher = job.teacher_checkpoint if job.needs_teacher else None
+    record: dict[str, Any] = {"seed": job.seed, **student_record(run_eval(ckpt, job.data_dir, teacher, regime.ema,
+                                                                          regime.teacher_check))}
+    if job.mode == TOKEN_COSINE_STUDENT:
         cos = measure_token_cosine(ckpt, job.data_dir, regime.ema)
         record["token_cosine"] = {"input": cos["input"], "output": cos["output"], "layers": cos["layers"]}
+    record["predictions"] = measure_predictions(ckpt, job.data_dir, regime.ema, record["top1_fused"])
     return record
 
 
@@ -234,19 +272,22 @@ def _worker_run(job: Job) -> dict[str, Any]:
 def _describe(job: Job, record: dict[str, Any]) -> str:
     if job.mode is None:
         return f"teacher {TEACHER}: top-1 {record['top1']:.2f}%"
-    text = (f"student {job.label}: top-1 cls {record['top1_cls']:.2f}%, dist {record['top1_dist']:.2f}%, "
-            f"fused {record['top1_fused']:.2f}%; agreement with teacher {record['agreement']:.3f}")
+    heads = (f"cls {record['top1_cls']:.2f}%, dist {record['top1_dist']:.2f}%, fused "
+             if record.get("top1_cls") is not None else "")
+    text = f"student {job.label}: top-1 {heads}{record['top1_fused']:.2f}%"
+    if record.get("agreement") is not None:  # measured later for a student trained without the teacher
+        text += f"; agreement with teacher {record['agreement']:.3f}"
     if "token_cosine" in record:
         tc = record["token_cosine"]
         text += f"; token cosine input {tc['input']:.3f}, output {tc['output']:.3f}"
     return text
 
 
-# Relative cost of one epoch of each kind of run (a student without distillation = 1), measured on the default
-# regime (one thread per run, 2-core Xeon): the convnet teacher ~0.55, a student with the teacher's forward on
-# every batch ~1.25, the hard student ~1.3 with its token-cosine pass. Only their order matters: they set which
-# run starts first, never what a run computes.
-_EPOCH_COST = {None: 0.55, "none": 1.0, "soft": 1.25, "hard": 1.3}
+# Relative cost of one epoch of each kind of run (the student without distillation token or teacher = 1), measured
+# with cProfile on the default regime (one thread per run, 2-core AMD EPYC): the convnet teacher ~0.45, the teacher's
+# forward ~0.06 more per epoch, the distillation token ~0.08 more, the DeiT⚗ hard student's token-cosine pass a
+# little more. Only their order matters: they set which run starts first, never what a run computes.
+_EPOCH_COST = {None: 0.45, "none": 1.0, "usual": 1.06, "hard": 1.06, "deit_soft": 1.14, "deit_hard": 1.16}
 
 
 def job_cost(job: Job) -> float:
@@ -302,16 +343,27 @@ def schedule(jobs: Sequence[Job], workers: int) -> list[int]:
     for i in baseline:
         kinds.setdefault(jobs[i].mode, []).append(i)
     best, best_span = baseline, _makespan(costs, after, baseline, workers)
-    # Every order of run kinds (each kind's runs in seed order): the demo's 10 runs of 4 kinds give 12,600
-    # cheap simulations; a larger demo keeps the baseline.
+    # Every order of run kinds (each kind's runs in seed order) where that is cheap (10 runs of 4 kinds: 12,600
+    # simulations); for more runs, longest first (the teacher first: it holds up its dependants).
     counts = {k: len(v) for k, v in kinds.items()}
-    for order in (_orders(counts) if len(jobs) <= 12 else ()):
-        queues = {k: list(v) for k, v in kinds.items()}
-        priority = [queues[k].pop(0) for k in order]
+    if len(jobs) <= 12:
+        candidates: Iterator[list[int]] | list[list[int]] = (
+            [kinds[k][n] for k, n in _numbered(order)] for order in _orders(counts))
+    else:
+        candidates = [sorted(baseline, key=lambda i: (jobs[i].mode is not None, -costs[i]))]
+    for priority in candidates:
         span = _makespan(costs, after, priority, workers)
         if span < best_span - 1e-9:
             best, best_span = priority, span
     return best
+
+
+def _numbered(order: Sequence[Any]) -> Iterator[tuple[Any, int]]:
+    """Each kind in ``order`` with how many of that kind came before it."""
+    seen: dict[Any, int] = {}
+    for kind in order:
+        yield kind, seen.get(kind, 0)
+        seen[kind] = seen.get(kind, 0) + 1
 
 
 def run_jobs(jobs: Sequence[Job], workers: int, progress: Progress) -> list[dict[str, Any]]:
