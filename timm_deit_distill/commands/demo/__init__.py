@@ -20,6 +20,9 @@ Writes into ``--out``::
     curves.png               every student's validation accuracy and training loss per epoch
     best_student/            the best student as a Hub-ready folder (safetensors, config.json, card)
 
+With ``--unlabeled`` it measures unlabelled images instead (:mod:`.unlabeled`): ``results_unlabeled.json`` and
+``results_unlabeled.md``, the teacher and Table 3's runs reused.
+
 Finished runs are reused when the demo is run again with the same settings and an interrupted run
 resumes from its last checkpoint (saved at every evaluation), so a kill loses at most ``val_interval``
 epochs. Runs train side by side in worker processes of one CPU thread each (``--jobs``): a 5M-parameter
