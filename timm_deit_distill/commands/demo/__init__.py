@@ -20,6 +20,9 @@ Writes into ``--out``::
     curves.png               every student's validation accuracy and training loss per epoch
     best_student/            the best student as a Hub-ready folder (safetensors, config.json, card)
 
+With ``--unlabeled`` it measures unlabelled images instead (:mod:`.unlabeled`): ``results_unlabeled.json`` and
+``results_unlabeled.md``, the teacher and Table 3's runs reused.
+
 Finished runs are reused when the demo is run again with the same settings and an interrupted run
 resumes from its last checkpoint (saved at every evaluation), so a kill loses at most ``val_interval``
 epochs. Runs train side by side in worker processes of one CPU thread each (``--jobs``): a 5M-parameter
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a sub-minute smoke run (tiny data, 2 epochs, one seed): checks the pipeline, not the science")
     p.add_argument("--jobs", type=int, default=_default_jobs(), metavar="N",
                    help="runs trained at once, each in its own process (default: the CPU count, at most 4)")
+    p.add_argument("--unlabeled", action="store_true",
+                   help="instead of Table 3: the same labels plus the other training digits as unlabelled images "
+                        "(no distillation, DeiT⚗ hard and soft, a single-head student with pseudo-labels), into "
+                        "results_unlabeled.json/.md; the teacher and Table 3's runs in --out are reused")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help=f"student epochs (default {DEFAULT_REGIME.epochs}); changing it changes the regime")
     return p
@@ -240,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refuse("demo", e)
     setup_logging()
     command = shlex.join(["deit-distill", "demo", *(sys.argv[1:] if argv is None else argv)])
-    return run_stoppable("demo", lambda: _run(regime, out, args.jobs), lambda stop: (
+    run = _run_unlabeled if args.unlabeled else _run
+    return run_stoppable("demo", lambda: run(regime, out, args.jobs), lambda stop: (
         f"stopped by {stop.name}; the finished runs are kept in {out / 'runs'} and a stopped one resumes from its "
         f"last checkpoint. Rerun the same command to go on: {command}"))
 
@@ -257,6 +265,21 @@ def _run(regime: Regime, out: Path, jobs: int) -> int:
     print(f"Done in {duration(results['elapsed_s'])}. Wrote {out / 'results.json'}, {out / 'results.md'}, "
           f"{out / 'curves.png'} and the best student ({results['best_student']['mode']}, seed "
           f"{results['best_student']['seed']}) as a Hub-ready folder: {results['best_student']['hub_folder']}")
+    return 0
+
+
+def _run_unlabeled(regime: Regime, out: Path, jobs: int) -> int:
+    from ..common import refuse
+    from .unlabeled import run_unlabeled_demo, unlabeled_table
+
+    try:
+        results = run_unlabeled_demo(regime, out, workers=jobs)
+    except (DemoError, FileExistsError) as e:  # as _run
+        return refuse("demo", e)
+    print()
+    print(unlabeled_table(results))
+    print(f"Done in {duration(results['elapsed_s'])}. Wrote {out / 'results_unlabeled.json'} and "
+          f"{out / 'results_unlabeled.md'}.")
     return 0
 
 

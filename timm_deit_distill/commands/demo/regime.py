@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Regime", "DEFAULT_REGIME", "QUICK_REGIME", "MODES", "STUDENTS", "StudentKind", "STUDENT", "PLAIN_STUDENT",
-           "PLAIN_STUDENT_KWARGS", "TEACHER", "teacher_options", "student_options"]
+           "PLAIN_STUDENT_KWARGS", "TEACHER", "teacher_options", "student_options", "UNLABELED_STUDENTS",
+           "UNLABELED_MODES", "UNLABELED_PER_BATCH"]
 
 STUDENT = "deit_tiny_distilled_patch4_32"  # DeiT⚗: DeiT-Ti with the distillation token, 4x4 patches
 # The same vision transformer without the distillation token (timm's DeiT-Ti with the distilled variant's
@@ -28,6 +29,8 @@ class StudentKind:
     distill_type: str
     token: bool
     label: str
+    unlabeled: bool = False  # also trains on the unlabelled digits (`deit-distill demo --unlabeled`)
+    pseudo_labels: bool = False  # --pseudo-labels: the class head learns the teacher's argmax on them
 
     @property
     def model(self) -> str:
@@ -42,7 +45,20 @@ STUDENTS = (
     StudentKind("deit_soft", "soft", True, "DeiT⚗ soft distillation"),
 )
 MODES = tuple(kind.name for kind in STUDENTS)
-_KINDS = {kind.name: kind for kind in STUDENTS}
+# `deit-distill demo --unlabeled`: students that also see the other training digits without their labels. The
+# single-head student is Table 3's "hard distillation" student plus --pseudo-labels, so each row has a twin of the
+# same architecture and distillation type trained without the unlabelled images.
+UNLABELED_STUDENTS = (
+    StudentKind("hard_pseudo_unlabeled", "hard", False, "hard distillation + pseudo-labels, unlabelled images",
+                unlabeled=True, pseudo_labels=True),
+    StudentKind("deit_hard_unlabeled", "hard", True, "DeiT⚗ hard distillation, unlabelled images", unlabeled=True),
+    StudentKind("deit_soft_unlabeled", "soft", True, "DeiT⚗ soft distillation, unlabelled images", unlabeled=True),
+)
+UNLABELED_MODES = tuple(kind.name for kind in UNLABELED_STUDENTS)
+# Unlabelled images added to each batch of --batch-size labelled ones: the labelled part of every step stays the
+# Table 3 run's (same batches, same number of steps), so a row and its twin differ only by the added images.
+UNLABELED_PER_BATCH = 16
+_KINDS = {kind.name: kind for kind in (*STUDENTS, *UNLABELED_STUDENTS)}
 
 
 @dataclass(frozen=True)
@@ -123,13 +139,22 @@ def teacher_options(regime: Regime, data_dir: Path, output: Path) -> dict[str, A
 
 
 def student_options(regime: Regime, data_dir: Path, output: Path, mode: str, seed: int,
-                    teacher_checkpoint: Path) -> dict[str, Any]:
-    """`deit-distill train` options of one student (``mode``: a name in :data:`MODES`); the budget is the same for
-    every mode."""
+                    teacher_checkpoint: Path, unlabeled_dir: Path | None = None) -> dict[str, Any]:
+    """`deit-distill train` options of one student (``mode``: a name in :data:`MODES` or :data:`UNLABELED_MODES`,
+    the latter with ``unlabeled_dir``); the budget is the same for every mode, the unlabelled images come on top."""
     kind = _KINDS[mode]
     options = {**_common_train_options(regime, data_dir), "model": kind.model, "epochs": regime.epochs,
                "drop_path": regime.drop_path, "distill_type": kind.distill_type, "seed": seed,
                "output": str(output), "experiment": f"{mode}-seed{seed}"}
+    if kind.unlabeled:
+        if unlabeled_dir is None:
+            raise ValueError(f"the demo's {mode} student needs the unlabelled images' folder")
+        per_batch = UNLABELED_PER_BATCH
+        # --batch-size counts both kinds: B labelled + u unlabelled, fraction u / (B + u) (round() gives back u)
+        options.update(unlabeled_data_dir=str(unlabeled_dir), batch_size=regime.batch_size + per_batch,
+                       unlabeled_fraction=per_batch / (regime.batch_size + per_batch))
+        if kind.pseudo_labels:
+            options["pseudo_labels"] = True
     if not kind.token:
         options["model_kwargs"] = dict(PLAIN_STUDENT_KWARGS)
     if kind.distill_type != "none":
