@@ -117,7 +117,7 @@ def test_too_few_passes_are_refused_with_the_numbers_and_an_extension_serves_the
     assert train.main(argv) == 0
 
 
-def test_cache_info_shows_the_unlabelled_part(files, built, capsys):  # noqa: F811
+def test_cache_info_shows_the_unlabelled_part(files, built, tmp_path, capsys):  # noqa: F811
     from timm_deit_distill.commands import cache as cache_cli
 
     root, data, unlabelled, teacher = files
@@ -127,6 +127,17 @@ def test_cache_info_shows_the_unlabelled_part(files, built, capsys):  # noqa: F8
     n = len(list(unlabelled.rglob("*.png")))
     assert (f"unlabelled images: {n} from --unlabeled-data-dir {unlabelled} (--unlabeled-fraction 0.75, 12 a batch); "
             f"4/4 passes built, {n} views a pass") in out
+    # --verify hashes the unlabelled passes too: one altered is named
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    chunk = copy / "unlabeled" / "epoch-0002.safetensors"
+    data_bytes = bytearray(chunk.read_bytes())
+    data_bytes[-1] ^= 1
+    chunk.write_bytes(bytes(data_bytes))
+    assert cache_cli.main(["info", str(copy), "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: cache chunk {chunk} does not match its sha256" in out
+    assert "chunks: 5 of 6 match the sha256" in out  # 2 epochs and 4 passes
 
 
 def test_unlabeled_passes_without_unlabelled_images_is_refused(files, tmp_path, capsys):  # noqa: F811

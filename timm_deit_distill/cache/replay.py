@@ -229,9 +229,18 @@ class TeacherTargetCache:
 
     def damaged_chunks(self) -> list[str]:
         """One line per built chunk that is missing, truncated or altered, every chunk hashed (``cache info
-        --verify``); empty when all match the sha256 recorded when they were written."""
-        return [problem for chunk in self.manifest["chunks"]
-                if (problem := self._chunk_problem(chunk, hash_now=True)) is not None]
+        --verify``), the unlabelled passes' included; empty when all match the sha256 recorded when they were
+        written."""
+        from .build import UNLABELED_DIR
+
+        problems = [problem for chunk in self.manifest["chunks"]
+                    if (problem := self._chunk_problem(chunk, hash_now=True)) is not None]
+        if self.unlabeled is not None:
+            try:
+                problems += TeacherTargetCache.open(self.directory / UNLABELED_DIR).damaged_chunks()
+            except CacheError as e:  # its manifest missing or damaged: no pass can be replayed
+                problems.append(f"unlabelled passes: {e}")
+        return problems
 
     def _chunk_problem(self, chunk: dict[str, Any], *, hash_now: bool) -> str | None:
         path = self.directory / chunk["file"]

@@ -81,6 +81,8 @@ def _build(argv: list[str]) -> int:
         return refuse("cache build", e, hint=f" {_kept_epochs(own.out, settings.schedule.epochs)}")
     if int(os.environ.get("RANK", "0")) == 0:
         print(_summary(own.out, manifest))
+        if manifest.get("unlabeled"):
+            _print_unlabeled(TeacherTargetCache.open(own.out, verify=False))
     return 0
 
 
@@ -140,7 +142,7 @@ def _info(argv: list[str]) -> int:
         threshold = "no threshold" if check.get("min_top1") is None else f"threshold {check['min_top1']:.2f}%"
         print(f"teacher check: top-1 {check['top1']:.2f}% on {check['images']} validation images ({threshold}, "
               f"chance {check['chance']:.2f}%), measured when the cache was built")
-    built = len(cache.manifest["chunks"])
+    built = len(cache.manifest["chunks"]) + _unlabeled_chunks(cache)
     if not options.verify:
         print(f"chunks: {built} listed, not hashed here (--verify hashes them; training verifies the ones it needs "
               "before its first step)")
@@ -150,6 +152,19 @@ def _info(argv: list[str]) -> int:
         print(f"damaged: {problem}")
     print(f"chunks: {built - len(damaged)} of {built} match the sha256 recorded when they were written")
     return 1 if damaged else 0
+
+
+def _unlabeled_chunks(cache: TeacherTargetCache) -> int:
+    """How many chunks of unlabelled passes the cache lists (0 without them, or when they cannot be read)."""
+    from ..cache.build import UNLABELED_DIR
+    from ..errors import CacheError
+
+    if cache.unlabeled is None:
+        return 0
+    try:
+        return len(TeacherTargetCache.open(Path(cache.directory) / UNLABELED_DIR).manifest["chunks"])
+    except CacheError:
+        return 0
 
 
 def _print_unlabeled(cache: TeacherTargetCache) -> None:
