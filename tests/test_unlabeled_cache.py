@@ -177,3 +177,22 @@ def test_under_torchrun_the_cache_of_one_process_serves_each_process_its_share(f
     for name, value in a["state_dict"].items():
         if value.is_floating_point():
             assert torch.allclose(value, b["state_dict"][name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_a_resumed_run_from_the_cache_equals_the_uninterrupted_one(files, built, tmp_path):  # noqa: F811
+    """The resumed epoch draws on the unlabelled passes where the stopped run left them (pass 2 of 4 here)."""
+    from train_fixtures import load
+
+    from timm_deit_distill.commands import train
+
+    root, data, unlabelled, teacher = files
+    u = ["--unlabeled-data-dir", str(unlabelled)]
+    assert train.main(_cache_argv(data, teacher, tmp_path, "straight", built, *u)) == 0
+    assert train.main(_cache_argv(data, teacher, tmp_path, "legs", built, *u, "--epochs", "1")) == 0
+    assert train.main(_cache_argv(data, teacher, tmp_path, "legs", built, *u, "--resume",
+                                  str(tmp_path / "legs" / "last.pth.tar"))) == 0
+    a, b = load(tmp_path / "straight" / "last.pth.tar"), load(tmp_path / "legs" / "last.pth.tar")
+    assert a["epoch"] == b["epoch"] == 1
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), f"{name} differs after resume"
