@@ -211,7 +211,6 @@ def _refusals(root, data, unlabelled, tmp_path):
         "split of a folder": ([*u, "--unlabeled-split", "validation"], "which is not given"),
         "fraction": ([*u, "--unlabeled-fraction", "1"], "must be in (0, 1)"),
         "no labelled left": ([*u, "--unlabeled-fraction", "0.99"], "both must be >= 1"),
-        "cache": ([*u, "--distill-cache", str(tmp_path / "cache")], "the cache holds the teacher's targets"),
         "mixup off epoch": ([*u, "--mixup", "0.8", "--mixup-off-epoch", "1"], "--mixup-off-epoch"),
         "odd mix": ([*u, "--mixup", "0.8", "-b", "15", "--unlabeled-fraction", "0.34"],
                     "leaves 5 unlabelled images a batch"),
@@ -222,7 +221,7 @@ def _refusals(root, data, unlabelled, tmp_path):
 @pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "all unreadable", "the training folder",
                                   "validation by content", "the data root", "no teacher", "pseudo labels alone",
                                   "fraction alone", "split of a folder",
-                                  "fraction", "no labelled left", "cache", "mixup off epoch", "odd mix", "too few"])
+                                  "fraction", "no labelled left", "mixup off epoch", "odd mix", "too few"])
 def test_refused_in_one_line_before_anything_is_written(files, case, tmp_path, capsys):
     from timm_deit_distill.commands import train
 
@@ -242,16 +241,7 @@ def test_refused_in_one_line_before_anything_is_written(files, case, tmp_path, c
     assert not (tmp_path / "out" / "run").exists()
 
 
-def test_a_cache_of_a_run_with_unlabelled_images_is_refused(files, tmp_path, capsys):
-    from timm_deit_distill.commands import cache as cache_cli
-
-    root, data, unlabelled, teacher = files
-    argv = _argv(data, teacher, tmp_path / "x", "x", *DEIT, "--distill-type", "soft", "--unlabeled-data-dir",
-                 str(unlabelled))
-    assert cache_cli.main(["build", *argv, "--out", str(tmp_path / "cache")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "unlabelled images" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "cache").exists()
+# the target cache with unlabelled images: tests/test_unlabeled_cache.py
 
 
 # --- every feature works with it --------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class CachedTargets:
         if views is None or epoch is None:
             raise ValueError("cached targets are rows of views: pass the batch's views (the training loader gives "
                              "them with --deterministic-aug) and set the epoch (task.set_epoch(epoch)).")
+        if hasattr(views, "unlabeled_pass"):  # a batch with unlabelled images (data.unlabeled.MixedViews)
+            return torch.cat([self.cache.targets(epoch, views.labeled),
+                              self.cache.unlabeled_targets(views.unlabeled_pass, views.unlabeled)]).to(inputs.device)
         return self.cache.targets(epoch, views).to(inputs.device)
 
     def __repr__(self) -> str:

@@ -46,7 +46,10 @@ from .store import (
     write_json,
 )
 
-__all__ = ["build_cache", "rows_per_epoch", "check_cache_dir"]
+__all__ = ["build_cache", "rows_per_epoch", "check_cache_dir", "UNLABELED_DIR"]
+
+#: The sub-folder of a cache holding its unlabelled passes: a cache of its own, pass ``p`` stored as its epoch ``p``.
+UNLABELED_DIR = "unlabeled"
 
 _logger = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def check_cache_dir(out: str | os.PathLike[str]) -> None:
     if out.is_dir() and not (out / MANIFEST).exists():
         # a killed first build leaves its chunks, lock and hidden partial files: that folder is this cache's,
         # resumed (hidden files, e.g. .DS_Store or .gitkeep, are nobody's data either)
-        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != UNLABELED_DIR
                         and not re.fullmatch(r"epoch-\d+\.(?:safetensors|json)", p.name))
         if others:
             shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
@@ -135,6 +138,8 @@ def build_cache(
     rank: int = 0,
     world_size: int = 1,
     barrier: Callable[[], None] | None = None,
+    unlabeled: dict[str, Any] | None = None,
+    labels_ignored: bool = False,
 ) -> dict[str, Any]:
     """Run ``teacher`` over every view of epochs ``0..epochs-1`` and write the cache into ``out``.
 
@@ -145,13 +150,15 @@ def build_cache(
     ``barrier`` (e.g. ``torch.distributed.barrier``) is called once rank 0 has removed temporary files
     a killed build left, and again before rank 0 writes the final manifest. ``teacher_check`` (the
     teacher's ``TeacherCheck.as_dict()`` measured before building) is recorded in the manifest, outside the
-    fingerprint, so training from the cache can report it. Returns the manifest.
+    fingerprint, so training from the cache can report it. ``unlabeled``: the unlabelled images' record (its
+    ``fingerprint`` joins the cache's, the rest is kept in the manifest). ``labels_ignored``: ``train_ds`` is
+    unlabelled images (its epochs are their passes, under the view settings' seed). Returns the manifest.
     """
     store = store if isinstance(store, CacheStore) else CacheStore.parse(store)
     if epochs < 1:
         raise CacheError(f"--epochs {epochs} must be >= 1.")
     view = view.deterministic()  # a cache is only replayable from deterministic views
-    num_classes = check_num_classes(train_ds, view.num_classes)
+    num_classes = int(view.num_classes) if labels_ignored else check_num_classes(train_ds, view.num_classes)
     views = view.fingerprint()
     if teacher_description is None:
         teacher_description = getattr(teacher, "description", None)
@@ -159,6 +166,8 @@ def build_cache(
     teacher_identity = {k: v for k, v in (teacher_description or {}).items() if k != "file"} or None
     fingerprint = make_fingerprint(dataset=dataset_fingerprint(train_ds), views=views, teacher=teacher_identity,
                                    store=store.spec, versions=library_versions())
+    if unlabeled is not None:  # only then: the fingerprints of caches without unlabelled images stay as they were
+        fingerprint["unlabeled"] = unlabeled["fingerprint"]
     fid = fingerprint_id(fingerprint)
     check_cache_dir(out)
     out = Path(out)
@@ -177,6 +186,8 @@ def build_cache(
                 "teacher_check": teacher_check,
                 "rows_per_epoch": rows, "epochs": total_epochs, "bytes_per_view": store.bytes_per_view(num_classes),
                 "chunks": [], "complete": False}
+    if unlabeled is not None:
+        manifest["unlabeled"] = {k: v for k, v in unlabeled.items() if k != "fingerprint"}
     lock = None
     if rank == 0:
         # The build's lock on --out: a second build into it is refused, and what a killed build left half
@@ -187,7 +198,8 @@ def build_cache(
             _logger.info("Removed %d partial file(s) (%s) a killed build left in %s.", removed, format_size(size), out)
     try:
         return _build_epochs(out, manifest, train_ds, view, loader, teacher, store, fid, rows,
-                             epochs=epochs, rank=rank, world_size=world_size, barrier=barrier)
+                             epochs=epochs, rank=rank, world_size=world_size, barrier=barrier,
+                             labels_ignored=labels_ignored)
     finally:
         if lock is not None:
             lock.release()
@@ -195,7 +207,8 @@ def build_cache(
 
 def _build_epochs(out: Path, manifest: dict[str, Any], train_ds: Any, view: ViewSettings, loader_settings: LoaderSettings,
                   teacher: Callable[[torch.Tensor], torch.Tensor], store: CacheStore, fid: str, rows: int, *,
-                  epochs: int, rank: int, world_size: int, barrier: Callable[[], None] | None) -> dict[str, Any]:
+                  epochs: int, rank: int, world_size: int, barrier: Callable[[], None] | None,
+                  labels_ignored: bool = False) -> dict[str, Any]:
     if rank == 0:
         _finalise_manifest(out, manifest)
     if barrier is not None:
@@ -208,7 +221,7 @@ def _build_epochs(out: Path, manifest: dict[str, Any], train_ds: Any, view: View
         if epoch % world_size != rank or _chunk_done(out, epoch, fid):
             continue
         if loader is None:
-            loader = build_train_loader(train_ds, view, loader_settings, drop_last=False)
+            loader = build_train_loader(train_ds, view, loader_settings, drop_last=False, unlabeled=labels_ignored)
         _build_epoch(out, epoch, loader, layout, teacher, store, fid, rows)
         if rank == 0:
             _finalise_manifest(out, manifest)

@@ -50,6 +50,7 @@ class TeacherTargetCache:
         self._open_epoch: int | None = None
         self._arrays: dict[str, np.ndarray] = {}
         self._expected_check: np.ndarray | None = None
+        self._unlabeled: TeacherTargetCache | None = None  # its unlabelled passes, once check_unlabeled passed
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, verify: bool = True) -> TeacherTargetCache:
@@ -101,7 +102,9 @@ class TeacherTargetCache:
         current = make_fingerprint(
             dataset=dataset_fingerprint(train_ds), views=view.deterministic().fingerprint(),
             teacher=self.teacher_description, store=self.store.spec, versions=library_versions())
-        problems += differences({k: v for k, v in self.fingerprint.items() if k != "teacher"},
+        # the unlabelled images are held against the run by check_unlabeled (a run without them replays the
+        # labelled rows alone: those do not depend on them)
+        problems += differences({k: v for k, v in self.fingerprint.items() if k not in ("teacher", "unlabeled")},
                                  {k: v for k, v in current.items() if k != "teacher"})
         if teacher is not None:
             problems += self._teacher_problems(teacher)
@@ -130,6 +133,49 @@ class TeacherTargetCache:
         self._layout = ViewLayout(len(train_ds), seed=self.fingerprint["views"]["seed"],
                                   repeats=self.fingerprint["views"]["aug_repeats"],
                                   group_size=self.fingerprint["views"]["mix_group_size"], grouped=True)
+
+    @property
+    def unlabeled(self) -> dict[str, Any] | None:
+        """What the cache records of its unlabelled images (source, images, passes, fraction), or None."""
+        record = self.manifest.get("unlabeled")
+        return dict(record) if isinstance(record, dict) else None
+
+    def check_unlabeled(self, view: ViewSettings, unlabeled_ds: Any, passes: int, *, start_pass: int = 0,
+                        distill_type: str, flag: str) -> None:
+        """Refuse, before training, a run whose unlabelled images (``unlabeled_ds``, their views ``view``: the
+        run's under the unlabelled seed) are not the cache's, or that consumes passes ``start_pass..passes-1`` of
+        them when the cache holds fewer; then serve their rows (:meth:`unlabeled_targets`)."""
+        from ..data.unlabeled import unlabeled_view
+        from .build import UNLABELED_DIR
+
+        build = f"`deit-distill cache build` with the run's flags and {flag}"
+        if self.unlabeled is None or "unlabeled" not in self.fingerprint:
+            raise CacheMismatch(f"the teacher target cache in {self.directory} holds no unlabelled views (it was built "
+                                f"without unlabelled images) and this run draws on {flag}; fix: build a cache with "
+                                f"{build}, or drop {flag}.")
+        diffs = differences(self.fingerprint["unlabeled"], dataset_fingerprint(unlabeled_ds))
+        if diffs:
+            raise CacheMismatch(f"the teacher target cache in {self.directory} was built with other unlabelled images "
+                                f"({self.unlabeled.get('source')}) than {flag}: " + "; ".join(diffs[:3]) +
+                                f"; fix: build a cache with {build}, or train with the cache's unlabelled images.")
+        nested = TeacherTargetCache.open(self.directory / UNLABELED_DIR, verify=self.verify)
+        have = nested.epochs
+        held = next((i for i, p in enumerate(have) if p != i), len(have))  # passes 0..held-1 are whole
+        if held < passes:
+            raise CacheMismatch(
+                f"training consumes {passes} pass(es) over the {len(unlabeled_ds)} unlabelled images but the cache in "
+                f"{self.directory} holds {held}; fix: extend it with `deit-distill cache build ... --unlabeled-passes "
+                f"{passes} --out {self.directory}` (finished passes are kept).")
+        nested.check_training(unlabeled_view(view), unlabeled_ds, passes, distill_type=distill_type,
+                              start_epoch=start_pass)
+        self._unlabeled = nested
+
+    def unlabeled_targets(self, unlabeled_pass: int, view_index: torch.Tensor) -> torch.Tensor:
+        """Teacher targets of the unlabelled views at positions ``view_index`` of pass ``unlabeled_pass`` (as
+        :meth:`targets`)."""
+        if self._unlabeled is None:
+            raise CacheError("call check_unlabeled(view, unlabeled_ds, passes, ...) before reading unlabelled targets.")
+        return self._unlabeled.targets(unlabeled_pass, view_index)
 
     @property
     def teacher_check(self) -> dict[str, Any] | None:
@@ -183,9 +229,18 @@ class TeacherTargetCache:
 
     def damaged_chunks(self) -> list[str]:
         """One line per built chunk that is missing, truncated or altered, every chunk hashed (``cache info
-        --verify``); empty when all match the sha256 recorded when they were written."""
-        return [problem for chunk in self.manifest["chunks"]
-                if (problem := self._chunk_problem(chunk, hash_now=True)) is not None]
+        --verify``), the unlabelled passes' included; empty when all match the sha256 recorded when they were
+        written."""
+        from .build import UNLABELED_DIR
+
+        problems = [problem for chunk in self.manifest["chunks"]
+                    if (problem := self._chunk_problem(chunk, hash_now=True)) is not None]
+        if self.unlabeled is not None:
+            try:
+                problems += TeacherTargetCache.open(self.directory / UNLABELED_DIR).damaged_chunks()
+            except CacheError as e:  # its manifest missing or damaged: no pass can be replayed
+                problems.append(f"unlabelled passes: {e}")
+        return problems
 
     def _chunk_problem(self, chunk: dict[str, Any], *, hash_now: bool) -> str | None:
         path = self.directory / chunk["file"]

@@ -48,6 +48,7 @@ def _split_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     own = ArgumentParser(prog="deit-distill cache build", add_help=False)
     own.add_argument("--store", default="hard")
     own.add_argument("--out", default=None)
+    own.add_argument("--unlabeled-passes", type=int, default=None)
     return own.parse_known_args(argv)
 
 
@@ -63,7 +64,10 @@ def _build(argv: list[str]) -> int:
               "  --store   hard (teacher argmax, exact for hard distillation), topk:K (K largest logits, fp16),\n"
               "            full (every logit, fp32, exact) or full:fp16; default hard\n"
               "  --out     the cache directory (rerun on it to resume or extend)\n"
-              "  --epochs  epochs to cache (training may use up to this many)")
+              "  --epochs  epochs to cache (training may use up to this many)\n"
+              "  --unlabeled-passes P  with --unlabeled-data-dir/--unlabeled-dataset: passes over the unlabelled\n"
+              "            images to cache (default: what one process consumes in --epochs; training under\n"
+              "            torchrun names the count it needs when it is more)")
         return 0
     # The training flags through the trainer's own declaration, named as this command: a bad flag prints
     # `deit-distill cache build: error: ...`, not the trainer's name.
@@ -72,11 +76,13 @@ def _build(argv: list[str]) -> int:
     store = CacheStore.parse(own.store)
     settings = settings_from_options(train_args.resolve_given(given, prog="deit-distill cache build"))
     try:
-        manifest = build_teacher_cache(settings, out=own.out, store=store)
+        manifest = build_teacher_cache(settings, out=own.out, store=store, unlabeled_passes=own.unlabeled_passes)
     except DiskFullError as e:  # no input's fault (exit 1): what is kept, and the rerun that resumes
         return refuse("cache build", e, hint=f" {_kept_epochs(own.out, settings.schedule.epochs)}")
     if int(os.environ.get("RANK", "0")) == 0:
         print(_summary(own.out, manifest))
+        if manifest.get("unlabeled"):
+            _print_unlabeled(TeacherTargetCache.open(own.out, verify=False))
     return 0
 
 
@@ -128,6 +134,7 @@ def _info(argv: list[str]) -> int:
     views = cache.fingerprint["views"]
     print(f"teacher: {teacher.get('name')} ({teacher.get('precision')}), sha256 {str(teacher.get('sha256'))[:12]}")
     print("views: " + ", ".join(f"{k}={v}" for k, v in views.items()))
+    _print_unlabeled(cache)
     check = cache.teacher_check
     if check is None:
         print("teacher check: none (built with --no-teacher-check: training from it needs --no-teacher-check)")
@@ -135,7 +142,7 @@ def _info(argv: list[str]) -> int:
         threshold = "no threshold" if check.get("min_top1") is None else f"threshold {check['min_top1']:.2f}%"
         print(f"teacher check: top-1 {check['top1']:.2f}% on {check['images']} validation images ({threshold}, "
               f"chance {check['chance']:.2f}%), measured when the cache was built")
-    built = len(cache.manifest["chunks"])
+    built = len(cache.manifest["chunks"]) + _unlabeled_chunks(cache)
     if not options.verify:
         print(f"chunks: {built} listed, not hashed here (--verify hashes them; training verifies the ones it needs "
               "before its first step)")
@@ -145,6 +152,38 @@ def _info(argv: list[str]) -> int:
         print(f"damaged: {problem}")
     print(f"chunks: {built - len(damaged)} of {built} match the sha256 recorded when they were written")
     return 1 if damaged else 0
+
+
+def _unlabeled_chunks(cache: TeacherTargetCache) -> int:
+    """How many chunks of unlabelled passes the cache lists (0 without them, or when they cannot be read)."""
+    from ..cache.build import UNLABELED_DIR
+    from ..errors import CacheError
+
+    if cache.unlabeled is None:
+        return 0
+    try:
+        return len(TeacherTargetCache.open(Path(cache.directory) / UNLABELED_DIR).manifest["chunks"])
+    except CacheError:
+        return 0
+
+
+def _print_unlabeled(cache: TeacherTargetCache) -> None:
+    """The unlabelled part of a cache: which images, and how many passes over them are built."""
+    from ..cache.build import UNLABELED_DIR
+    from ..errors import CacheError
+
+    record = cache.unlabeled
+    if record is None:
+        print("unlabelled images: none (labelled views only)")
+        return
+    try:
+        nested = TeacherTargetCache.open(Path(cache.directory) / UNLABELED_DIR).manifest
+        built = f"{len(nested['chunks'])}/{nested['epochs']} passes built, {nested['rows_per_epoch']} views a pass"
+    except CacheError as e:
+        built = f"its passes cannot be read ({e})"
+    where = "" if str(record["location"]) in str(record["source"]) else f" ({record['location']})"
+    print(f"unlabelled images: {record['num_images']} from {record['source']}{where} "
+          f"(--unlabeled-fraction {record['fraction']:g}, {record['per_batch']} a batch); {built}")
 
 
 def _build_stopped(argv: list[str], stop: Stopped) -> str:

@@ -236,15 +236,16 @@ class ViewLoader:
 
 def build_train_loader(dataset: Any, view: ViewSettings, loader: LoaderSettings, *, rank: int = 0,
                        world_size: int = 1, drop_last: bool = True,
-                       unlabeled_per_epoch: int | None = None) -> ViewLoader:
+                       unlabeled_per_epoch: int | None = None, unlabeled: bool = False) -> ViewLoader:
     """The training loader for ``dataset`` with timm's transforms and Mixup (see :mod:`timm_deit_distill.data`).
 
     ``drop_last=False`` keeps the last partial batch (made of whole mix groups), so every position of
     the epoch is produced: what a teacher target cache needs. ``unlabeled_per_epoch``: ``dataset`` is unlabelled
     images (its labels ignored, every target 0), drawn that many batches per epoch from passes over it that
-    continue across epochs (pass ``p`` ordered and augmented as epoch ``p`` of ``view``'s seed).
+    continue across epochs (pass ``p`` ordered and augmented as epoch ``p`` of ``view``'s seed). ``unlabeled``
+    alone: unlabelled images loaded by epoch, epoch ``p`` being that pass (what a cache of them builds from).
     """
-    unlabeled = unlabeled_per_epoch is not None
+    unlabeled = unlabeled or unlabeled_per_epoch is not None
     if not unlabeled:
         check_num_classes(dataset, view.num_classes)
     a = view.augment

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -23,7 +24,8 @@ from .sources import DataSettings, is_streamed, open_split, sample_name, source_
 from .sources.source_folder import FolderSource, _scan_images
 from .views import view_seed
 
-__all__ = ["open_unlabeled", "check_unlabeled", "unlabeled_seed", "MixedLoader", "content_digest", "STREAM_UNLABELED"]
+__all__ = ["open_unlabeled", "check_unlabeled", "unlabeled_seed", "unlabeled_view", "MixedLoader", "MixedViews",
+           "content_digest", "passes_consumed", "batches_per_pass", "STREAM_UNLABELED"]
 
 _logger = logging.getLogger(__name__)
 
@@ -34,6 +36,31 @@ STREAM_UNLABELED = 6
 def unlabeled_seed(seed: int) -> int:
     """The seed the unlabelled views are ordered and augmented under: their own identity, never a labelled view's."""
     return view_seed(int(seed), 0, 0, STREAM_UNLABELED) & 0x7FFFFFFF
+
+
+def unlabeled_view(view: Any) -> Any:
+    """The view settings of the unlabelled images: the run's, under :func:`unlabeled_seed`."""
+    return replace(view, augment=replace(view.augment, seed=unlabeled_seed(view.augment.seed)))
+
+
+def batches_per_pass(num_samples: int, view: Any, batch_size: int, *, world_size: int = 1) -> int:
+    """Batches of ``batch_size`` one process draws from one pass over ``num_samples`` images (the training
+    loader's own count: per-rank positions, the last partial batch dropped)."""
+    from .loaders import _ViewBatchSampler
+    from .views import ViewLayout
+
+    a = view.augment
+    layout = ViewLayout(int(num_samples), seed=int(a.seed), repeats=a.repeats, group_size=int(a.mix_group_size),
+                        grouped=bool(a.deterministic_aug))
+    return _ViewBatchSampler(layout, batch_size=int(batch_size), rank=0, world_size=int(world_size),
+                             mixing=bool(a.mixing)).num_batches
+
+
+def passes_consumed(epochs: int, labeled_batches: int, unlabeled_batches: int) -> int:
+    """Passes over the unlabelled images (0..P-1, whole or begun) that ``epochs`` epochs of ``labeled_batches``
+    batches consume when a pass gives ``unlabeled_batches`` batches: batch ``g`` of the run is of pass
+    ``g // unlabeled_batches``."""
+    return (int(epochs) * int(labeled_batches) - 1) // int(unlabeled_batches) + 1
 
 
 def open_unlabeled(data_dir: str | None, dataset: str | None, split: str, *, skip_bad_images: bool,
@@ -133,10 +160,22 @@ def check_unlabeled(unlabeled: Any, train: Any, val: Any, *, flag: str) -> None:
                             "learned from; fix: remove the validation images from the unlabelled ones.")
 
 
+@dataclass(frozen=True)
+class MixedViews:
+    """The view identities of a mixed batch: the labelled views' positions in the epoch, then the unlabelled ones'
+    positions in their pass ``unlabeled_pass`` (an unlabelled view is ``(pass, position)`` under its own seed,
+    whatever the process count): what a teacher target cache replays."""
+
+    labeled: torch.Tensor
+    unlabeled: torch.Tensor
+    unlabeled_pass: int
+
+
 class MixedLoader:
     """The training loader of a run with unlabelled images: each batch is a labelled batch followed by an
     unlabelled one, yielded as ``(inputs, targets, views)`` with ``targets`` the labelled samples' (the first
-    ``len(targets)`` of ``inputs``) and ``views`` theirs; ``len()`` and ``set_epoch`` are the labelled loader's."""
+    ``len(targets)`` of ``inputs``) and ``views`` both kinds' identities (:class:`MixedViews`); ``len()`` and
+    ``set_epoch`` are the labelled loader's."""
 
     def __init__(self, labeled: Any, unlabeled: Any) -> None:
         self.labeled, self.unlabeled = labeled, unlabeled
@@ -157,5 +196,8 @@ class MixedLoader:
         return len(self.labeled)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for (inputs, targets, views), (more, _, _) in zip(self.labeled, self.unlabeled, strict=True):
-            yield torch.cat([inputs, more]), targets, views
+        sampler = self.unlabeled.batch_sampler
+        first = sampler.epoch * sampler.per_epoch  # this epoch's first batch in the sequence of unlabelled passes
+        for b, ((inputs, targets, views), (more, _, positions)) in enumerate(zip(self.labeled, self.unlabeled,
+                                                                                  strict=True)):
+            yield torch.cat([inputs, more]), targets, MixedViews(views, positions, (first + b) // sampler.num_batches)

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from ..cache import CacheError, CacheStore, build_cache, check_cache_dir, rows_per_epoch
+from ..cache.build import UNLABELED_DIR
 from ..cache.store import MANIFEST
+from ..data.unlabeled import unlabeled_view
 from ..run_folder import output_inside_data
 from ..stops import check as check_stop
 from . import builders
@@ -34,11 +36,13 @@ def check_cache_output(out: str | None) -> None:
     check_cache_dir(out)
 
 
-def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore) -> dict[str, Any]:
-    """Build (or resume, or extend) the cache of ``settings``' training views in ``out``; returns its manifest."""
+def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore,
+                        unlabeled_passes: int | None = None) -> dict[str, Any]:
+    """Build (or resume, or extend) the cache of ``settings``' training views in ``out``; returns its manifest.
+    With unlabelled images, also ``unlabeled_passes`` passes over them (default: what one process consumes)."""
     from ..data import ViewSettings, check_num_classes, check_views_supported, label_names
 
-    _check_build(settings, out)
+    _check_build(settings, out, unlabeled_passes)
     # A cache holds one row per (epoch, position): only sources with a stable sample index have positions.
     check_views_supported(settings.data.dataset, deterministic_aug=True, distill_cache=False, aug_repeats=1,
                           what="cache build")
@@ -52,6 +56,7 @@ def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore)
                                              loader=settings.loader, seed=settings.seed)
     labels = label_names(train_ds)
     num_classes = check_num_classes(train_ds, settings.student.num_classes)
+    unlabeled_ds = _open_unlabeled(settings, train_ds, val_ds)
     data_config = builders.student_data_config(settings.student, num_classes)
 
     # The teacher exactly as `deit-distill train` gets it, so cached and online targets are the same numbers.
@@ -82,26 +87,73 @@ def build_teacher_cache(settings: TrainSettings, *, out: str, store: CacheStore)
         _logger.info("caching %d epochs of %d images, store %s, teacher %s (%s), into %s", epochs,
                      len(train_ds), store.spec, settings.teacher.source or settings.teacher.checkpoint_path,
                      teacher.path, out)
+    common = {"store": store, "teacher_description": teacher.description, "teacher_check": check, "rank": rank,
+              "world_size": world_size, "barrier": barrier}
     try:
-        return build_cache(train_ds, view, loader, run_teacher, out, epochs=epochs, store=store,
-                           teacher_description=teacher.description, teacher_check=check, rank=rank,
-                           world_size=world_size, barrier=barrier)
+        return _build_both(settings, train_ds, unlabeled_ds, view, run_teacher, out, unlabeled_passes, common)
     finally:
         if device_info.distributed:
             torch.distributed.destroy_process_group()
 
 
-def _check_build(settings: TrainSettings, out: str) -> None:
-    """What a build needs before the data is read: no unlabelled images, an --out outside the data, a teacher."""
-    if settings.unlabeled.active:
-        raise CacheError("a cache holds the teacher's targets of the labelled views only, and a run with unlabelled "
-                         "images runs its teacher online; fix: drop --unlabeled-data-dir / --unlabeled-dataset.")
+def _build_both(settings: TrainSettings, train_ds: Any, unlabeled_ds: Any, view: Any, run_teacher: Any, out: str,
+                unlabeled_passes: int | None, common: dict[str, Any]) -> dict[str, Any]:
+    """The labelled views' cache in ``out``, then (with unlabelled images) their passes in ``out/unlabeled``; returns
+    the labelled cache's manifest (which records the unlabelled part)."""
+    record = None
+    if unlabeled_ds is not None:
+        record = _unlabeled_record(settings, unlabeled_ds, view, len(train_ds), unlabeled_passes)
+        _logger.info("caching %d pass(es) over %d unlabelled images into %s", record["passes"], len(unlabeled_ds),
+                     Path(out) / UNLABELED_DIR)
+    manifest = build_cache(train_ds, view, settings.loader, run_teacher, out, epochs=settings.schedule.epochs,
+                           unlabeled=record, **common)
+    if record is not None:
+        build_cache(unlabeled_ds, unlabeled_view(view), settings.loader, run_teacher, Path(out) / UNLABELED_DIR,
+                    epochs=record["passes"], labels_ignored=True, **common)
+    return manifest
+
+
+def _check_build(settings: TrainSettings, out: str, unlabeled_passes: int | None) -> None:
+    """What a build needs before the data is read: an --out outside the data, a teacher, and --unlabeled-passes
+    only with unlabelled images (at least 1)."""
+    if unlabeled_passes is not None and not settings.unlabeled.active:
+        raise CacheError(f"--unlabeled-passes {unlabeled_passes} caches passes over unlabelled images, but none are "
+                         "given; fix: add --unlabeled-data-dir DIR (as for training), or drop --unlabeled-passes.")
+    if unlabeled_passes is not None and unlabeled_passes < 1:
+        raise CacheError(f"--unlabeled-passes {unlabeled_passes} must be >= 1.")
     inside = output_inside_data("--out", out, settings.data.data_dir)  # the rest of --out was checked above
     if inside is not None:
         raise CacheError(inside)
     if not settings.teacher.given:
         raise CacheError("no teacher given; fix: add --distill-teacher NAME (e.g. regnety_160.deit_in1k) "
                          "and/or --distill-teacher-path FILE, as for `deit-distill train`.")
+
+
+def _open_unlabeled(settings: TrainSettings, train_ds: Any, val_ds: Any) -> Any:
+    """The unlabelled images, opened and checked as `deit-distill train` does (None without them)."""
+    from .run import _open_unlabeled as open_checked
+
+    return open_checked(settings, train_ds, val_ds, 1)
+
+
+def _unlabeled_record(settings: TrainSettings, unlabeled_ds: Any, view: Any, num_labeled: int,
+                      passes: int | None) -> dict[str, Any]:
+    """What the cache records of its unlabelled images: the source, its content fingerprint (part of the cache's),
+    and the passes cached: ``passes``, else those one process consumes over ``--epochs`` (a run of N processes
+    draws N times fewer batches a pass and epoch, rounded: training names the count it needs if it is more)."""
+    from ..data import dataset_fingerprint
+    from ..data.unlabeled import batches_per_pass, passes_consumed
+
+    u, batch = settings.unlabeled, settings.loader.batch_size
+    per_batch = u.per_batch(batch)
+    deterministic = view.deterministic()
+    if passes is None:
+        labeled = batches_per_pass(num_labeled, deterministic, batch - per_batch)
+        passes = passes_consumed(settings.schedule.epochs, labeled,
+                                 batches_per_pass(len(unlabeled_ds), unlabeled_view(deterministic), per_batch))
+    return {"fingerprint": dataset_fingerprint(unlabeled_ds), "source": u.source_name,
+            "location": str(unlabeled_ds.source_info.location), "num_images": len(unlabeled_ds),
+            "fraction": u.unlabeled_fraction, "per_batch": per_batch, "passes": int(passes)}
 
 
 def _started_path(out: str, teacher: Any) -> str | None:

@@ -1143,8 +1143,6 @@ def _validate_unlabeled(args: argparse.Namespace) -> None:
     need(args.distill_type != "none", f"{flag} gives images without labels, and with --distill-type none nothing "
          "learns from them (only the teacher's answer supervises them): add a teacher (--distill-teacher NAME, "
          "--distill-type soft|hard), or drop it.")
-    need(not args.distill_cache, f"{flag} with --distill-cache: the cache holds the teacher's targets of the labelled "
-         "views only; fix: drop --distill-cache (the teacher runs online on both kinds).")
     need(args.kd_distill_type != "feature", f"{flag} with --kd-distill-type feature is not supported yet; fix: use "
          "logit or token distillation, or drop the unlabelled images.")
     need(not args.mixup_off_epoch, f"{flag} with --mixup-off-epoch: the unlabelled images are drawn in their own "

@@ -576,6 +576,8 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
     if run.cache is not None:
         run.cache.check_training(view, train_ds, run.num_epochs, distill_type=settings.distill.type,
                                  teacher=settings.teacher, start_epoch=start_epoch)
+        if run.unlabeled_ds is not None:
+            _check_unlabeled_cache(run, view, start_epoch)
     resumed = None
     if resume_from is not None:
         assert comparison is not None
@@ -589,6 +591,18 @@ def _check_resume(run: Run, checked: _Checked, view: Any, train_ds: Any, saved: 
                  "changed": comparison.changed}
         metadata = replace(metadata, resumed=[*(ckpt.RunMetadata.from_checkpoint(resume_from).resumed or []), entry])
     return comparison, metadata, resumed
+
+
+def _check_unlabeled_cache(run: Run, view: Any, start_epoch: int) -> None:
+    """The cache's unlabelled passes against the run's: the same images, and every pass this process draws on
+    (its batches per pass are its own share's, so the count depends on the process count)."""
+    from ..data.unlabeled import passes_consumed
+
+    labeled = len(run.train_loader)
+    per_pass = run.train_loader.unlabeled.batch_sampler.num_batches
+    run.cache.check_unlabeled(view, run.unlabeled_ds, passes_consumed(run.num_epochs, labeled, per_pass),
+                              start_pass=start_epoch * labeled // per_pass, distill_type=run.settings.distill.type,
+                              flag=run.settings.unlabeled.source_name)
 
 
 def _ready_teacher(run: Run, checked: _Checked, eval_ds: Any, data_config: dict[str, Any], train_batches: int,
