@@ -13,8 +13,7 @@ AdamW. Modes, all at ``--batch-size B``:
   all B, the class term on the labelled ones (the trainer's :class:`~timm_deit_distill.data.unlabeled.MixedLoader`
   composition and :class:`~timm_deit_distill.losses.DistillationLoss`'s mixed-batch loss);
 * ``unlabeled_cached``: the same batch with both parts' targets read from caches (one per kind, each view by its
-  identity). The trainer refuses ``--distill-cache`` with unlabelled images today: this row is what a cache would
-  leave of the step's cost, measured on the same step.
+  identity), as the trainer's ``--distill-cache`` replays a cache built with unlabelled images.
 
 Each cycle runs one step of every mode, in rotating order; figures are medians over cycles of each mode's step
 time over the plain step's in the same cycle. Prints one line with the ratios side by side::
