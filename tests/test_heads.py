@@ -346,11 +346,8 @@ def test_kd_feature_trains_its_projection_checkpoints_it_and_resumes_exactly(fil
 def test_a_single_head_student_under_torchrun_matches_one_process(files, tmp_path):
     """Two torchrun processes (gloo) train a plain ViT (DeiT-Ti's architecture without the distillation token)
     with soft distillation to the weights one process reaches with the global batch."""
-    import os
-    import subprocess
-    import sys
 
-    from train_fixtures import load, run_cli
+    from train_fixtures import load, run_cli, run_torchrun
 
     from timm_deit_distill.records import read_summary
 
@@ -364,10 +361,7 @@ def test_a_single_head_student_under_torchrun_matches_one_process(files, tmp_pat
                 "--no-teacher-check", "--teacher-precision", "fp32", "--teacher-compile", "no", "--seed", "5",
                 "--output", str(tmp_path), "--experiment", name]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "timm_deit_distill", "train", *argv("ddp", 8)],
-                         capture_output=True, text=True, timeout=600, env=env)
+    ddp = run_torchrun(argv("ddp", 8))
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     single = run_cli(argv("single", 16))
     assert single.returncode == 0, single.stdout + single.stderr

@@ -8,13 +8,9 @@ evaluate like it (counts reduced across ranks, timm's padding of the last rank l
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from train_fixtures import STUDENT, digits, load, run_cli, teacher_checkpoint
+from train_fixtures import STUDENT, digits, load, run_cli, run_torchrun, teacher_checkpoint
 
 from timm_deit_distill.commands import evaluate
 from timm_deit_distill.records import read_summary
@@ -32,11 +28,7 @@ def test_torchrun_two_processes_matches_one(tmp_path, capsys):
     # 89 validation images: the second rank's shard is padded by one, which must not be counted.
     data = digits(tmp_path / "digits", train_per_class=6, val_fraction=0.0495)
     teacher = teacher_checkpoint(tmp_path / "teacher.pth")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "timm_deit_distill", "train", *_argv(data, teacher, tmp_path, "ddp", 8)],
-        capture_output=True, text=True, timeout=600, env=env)
+    ddp = run_torchrun(_argv(data, teacher, tmp_path, "ddp", 8))
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     # torchrun's rank 0 chose the teacher's path on this machine's clock (every rank took it); the one-process
     # run is given that path, so both teach the same targets whatever this CPU finds fastest.

@@ -334,11 +334,8 @@ def test_print_config_shows_the_unlabelled_settings(files, capsys):
 def test_under_torchrun_each_process_takes_its_share_of_both_kinds(files, tmp_path):
     """Two torchrun processes (gloo) with half the batch each reach the weights of one process with the whole
     batch: each process draws its share of the labelled and of the unlabelled images."""
-    import os
-    import subprocess
-    import sys
 
-    from train_fixtures import load, run_cli
+    from train_fixtures import load, run_cli, run_torchrun
 
     root, data, unlabelled, teacher = files
 
@@ -347,10 +344,7 @@ def test_under_torchrun_each_process_takes_its_share_of_both_kinds(files, tmp_pa
                      "--lr", "0.05", "--distill-type", "soft", "--pseudo-labels", "--unlabeled-data-dir",
                      str(unlabelled))
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "timm_deit_distill", "train", *argv("ddp", 8)],
-                         capture_output=True, text=True, timeout=600, env=env)
+    ddp = run_torchrun(argv("ddp", 8))
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     single = run_cli(argv("single", 16))
     assert single.returncode == 0, single.stdout + single.stderr

@@ -156,20 +156,13 @@ def test_under_torchrun_the_cache_of_one_process_serves_each_process_its_share(f
     """Two torchrun processes (gloo) with half the batch each, replaying the cache one process built, reach the
     weights of one process with the whole batch and its teacher online: an unlabelled view is (pass, position),
     whatever the process count."""
-    import os
-    import subprocess
-    import sys
 
-    from train_fixtures import load, run_cli
+    from train_fixtures import load, run_cli, run_torchrun
 
     root, data, unlabelled, teacher = files
     # SGD as in test_unlabeled's torchrun test: AdamW's normalised steps magnify the float noise of a split batch
     u = ["--unlabeled-data-dir", str(unlabelled), "--opt", "sgd", "--lr", "0.05"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "timm_deit_distill", "train", *_cache_argv(data, teacher, tmp_path, "ddp", built, *u,
-                                                                            "-b", "8")],
-                         capture_output=True, text=True, timeout=600, env=env)
+    ddp = run_torchrun(_cache_argv(data, teacher, tmp_path, "ddp", built, *u, "-b", "8"))
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     single = run_cli(_argv(data, teacher, tmp_path, "single", *CACHE_RUN, *u))
     assert single.returncode == 0, single.stdout + single.stderr

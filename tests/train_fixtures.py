@@ -57,6 +57,15 @@ def run_cli(argv: list[str], *, env: dict[str, str] | None = None, timeout: int 
                           text=True, timeout=timeout, env=full_env, **kwargs)
 
 
+def run_torchrun(argv: list[str], *, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m timm_deit_distill train ARGV``: two CPU processes (gloo over
+    loopback), one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "timm_deit_distill", "train", *argv], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def run_cli_on_terminal(argv: list[str], *, timeout: int = 300) -> tuple[subprocess.CompletedProcess, str]:
     """Like :func:`run_cli` with stderr on a pseudo-terminal; returns the process and what the terminal showed."""
     import fcntl
