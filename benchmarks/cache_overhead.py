@@ -33,13 +33,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from deit_views import deit_augment  # beside this script (run as python benchmarks/X.py)
+from deit_views import deit_augment, epoch0_batches  # beside this script (run as python benchmarks/X.py)
 from timm.loss import SoftTargetCrossEntropy
 
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
@@ -61,13 +61,6 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches of epoch 0, over and over (the cache holds epoch 0)."""
-    while True:
-        loader.set_epoch(0)
-        yield from loader
 
 
 def measure(opts: argparse.Namespace) -> dict[str, Any]:
@@ -105,7 +98,7 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         criterion = DistillationLoss(SoftTargetCrossEntropy(), None, kind, 0.5, 1.0)
-        batches = _batches(build_train_loader(train_ds, view, loader))
+        batches = epoch0_batches(build_train_loader(train_ds, view, loader))
 
         def step() -> float:
             t0 = clock()

@@ -1,8 +1,22 @@
-"""DeiT's training augmentation under --deterministic-aug, as the cache benchmarks build their views."""
+"""DeiT's training augmentation under --deterministic-aug, as the cache benchmarks build their views, and the
+views of epoch 0 those benchmarks step through."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
 from timm_deit_distill.data import AugmentSettings
+
+
+def epoch0_batches(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The loader's batches of epoch 0, over and over (a cache the benchmark builds holds epoch 0; an unlabelled
+    loader's epoch 0 is its pass 0)."""
+    while True:
+        loader.set_epoch(0)
+        yield from loader
 
 
 def deit_augment() -> AugmentSettings:

@@ -39,7 +39,7 @@ from typing import Any
 
 import timm
 import torch
-from deit_views import deit_augment  # beside this script (run as python benchmarks/X.py)
+from deit_views import deit_augment, epoch0_batches  # beside this script (run as python benchmarks/X.py)
 from timm.loss import SoftTargetCrossEntropy
 
 import timm_deit_distill  # noqa: F401  (registers the distilled variants)
@@ -53,13 +53,6 @@ from timm_deit_distill.teacher import DistillationTeacher
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _epoch0(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches of epoch 0, over and over (the caches hold epoch 0, the unlabelled one its pass 0)."""
-    while True:
-        loader.set_epoch(0)
-        yield from loader
 
 
 def _data(opts: argparse.Namespace, tmp: Path, student: Any) -> tuple[Any, Any, ViewSettings, int]:
@@ -99,7 +92,7 @@ def measure(opts: argparse.Namespace) -> dict[str, float]:
          "unlabelled images")
 
     def plain_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]]]:
-        for inputs, labels, views in _epoch0(build_train_loader(train_ds, view, settings)):
+        for inputs, labels, views in epoch0_batches(build_train_loader(train_ds, view, settings)):
             yield inputs, labels, lambda views=views: cache.targets(0, views)
 
     def mixed_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]]]:
@@ -107,7 +100,7 @@ def measure(opts: argparse.Namespace) -> dict[str, float]:
         unl = build_train_loader(unlabeled_ds, unlabeled_view, part["unlabelled"], unlabeled_per_epoch=len(lab))
         assert len(unlabeled_ds) // u >= len(lab), "the unlabelled batches of epoch 0 must come from pass 0"
         while True:
-            for (x, y, v), (xu, _, vu) in zip(_epoch0(lab), _epoch0(unl), strict=False):
+            for (x, y, v), (xu, _, vu) in zip(epoch0_batches(lab), epoch0_batches(unl), strict=False):
                 yield torch.cat([x, xu]), y, lambda v=v, vu=vu: torch.cat([cache.targets(0, v), cache_u.targets(0, vu)])
 
     def runner(kind: str, batches: Iterator[Any], cached: bool) -> Callable[[], float]:
