@@ -215,13 +215,18 @@ def _refusals(root, data, unlabelled, tmp_path):
         "odd mix": ([*u, "--mixup", "0.8", "-b", "15", "--unlabeled-fraction", "0.34"],
                     "leaves 5 unlabelled images a batch"),
         "too few": (["--unlabeled-data-dir", str(broken), "--skip-bad-images"], "fewer than the 8 a batch takes"),
+        # the source's own refusal names the flag the user gave, not the labelled data's --dataset / --data-dir
+        "unknown hub dataset": (["--unlabeled-dataset", "hfds/acme/nothing-here", "--unlabeled-data-dir",
+                                 str(tmp_path / "hf-cache")],
+                                "error: --unlabeled-dataset hfds/acme/nothing-here: not found locally"),
     }
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "all unreadable", "the training folder",
                                   "validation by content", "the data root", "no teacher", "pseudo labels alone",
                                   "fraction alone", "split of a folder",
-                                  "fraction", "no labelled left", "mixup off epoch", "odd mix", "too few"])
+                                  "fraction", "no labelled left", "mixup off epoch", "odd mix", "too few",
+                                  "unknown hub dataset"])
 def test_refused_in_one_line_before_anything_is_written(files, case, tmp_path, capsys):
     from timm_deit_distill.commands import train
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -70,19 +71,33 @@ def open_unlabeled(data_dir: str | None, dataset: str | None, split: str, *, ski
     :class:`DataError` naming the fix for a missing, empty or unreadable source, or a stream (no index to draw
     from)."""
     if dataset:
-        data = DataSettings(data_dir=data_dir, dataset=dataset, train_split=split, val_split=split,
-                            skip_bad_images=skip_bad_images, input_img_mode=input_img_mode,
-                            split_flags="--unlabeled-split")
-        if data.source.streamed:
-            raise DataError(f"--unlabeled-dataset {dataset} is a stream: unlabelled images are drawn by index "
-                            "(seeded, resumable); fix: a map-style source (an image folder, hfds/, torch/).")
-        data.source.check_split(data, split, training=True)
-        ds = open_split(data, split, training=True, num_classes=None, batch_size=batch_size, seed=seed)
+        try:
+            ds = _open_dataset(data_dir, dataset, split, skip_bad_images=skip_bad_images,
+                               input_img_mode=input_img_mode, batch_size=batch_size, seed=seed)
+        except DataError as e:  # the sources name the labelled data's flags: name the ones the user gave here
+            raise DataError(_UNLABELED_FLAGS.sub(lambda m: "--unlabeled-" + m.group(0)[2:], str(e))) from None
     else:
         ds = _open_folder(str(data_dir), skip_bad_images=skip_bad_images, input_img_mode=input_img_mode)
     if source_size(ds) == 0:
         raise DataError(f"{_name(data_dir, dataset)} holds no images; fix: point it at unlabelled images.")
     return ds
+
+
+# --dataset / --data-dir as whole flags (not --dataset-download, nor a flag already spelled --unlabeled-...)
+_UNLABELED_FLAGS = re.compile(r"(?<![\w-])--(?:dataset|data-dir)(?![\w-])")
+
+
+def _open_dataset(data_dir: str | None, dataset: str, split: str, *, skip_bad_images: bool, input_img_mode: str,
+                  batch_size: int, seed: int) -> Any:
+    """Split ``split`` of the map-style source ``dataset`` (``data_dir`` its root), checked as a training split."""
+    data = DataSettings(data_dir=data_dir, dataset=dataset, train_split=split, val_split=split,
+                        skip_bad_images=skip_bad_images, input_img_mode=input_img_mode,
+                        split_flags="--unlabeled-split")
+    if data.source.streamed:
+        raise DataError(f"--unlabeled-dataset {dataset} is a stream: unlabelled images are drawn by index "
+                        "(seeded, resumable); fix: a map-style source (an image folder, hfds/, torch/).")
+    data.source.check_split(data, split, training=True)
+    return open_split(data, split, training=True, num_classes=None, batch_size=batch_size, seed=seed)
 
 
 def _name(data_dir: str | None, dataset: str | None) -> str:
